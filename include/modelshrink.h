@@ -1,0 +1,113 @@
+/*
+ * modelshrink — shrink neural-network model files without breaking them.
+ *
+ * This is the only header the CLI and users include. The library reads a model, runs the
+ * requested passes (deduplication today; FP16/BF16 and INT8 conversion, checkpoint stripping
+ * and pruning in later versions) and writes the result by streaming tensor payloads, so
+ * memory stays bounded whatever the model's size.
+ *
+ * Minimal use:
+ *
+ *     msh_convert_options opt;
+ *     msh_convert_options_init(&opt);
+ *     msh_convert_result res;
+ *     msh_error err;
+ *     if (msh_convert_file("in.onnx", "out.onnx", &opt, &res, &err) != MSH_OK)
+ *         fprintf(stderr, "%s\n", err.msg);
+ *
+ * Ownership: strings returned through `char **` out-parameters are malloc'd and owned by the
+ * caller (release with msh_free). Threading: every call is independent and re-entrant; calls on
+ * different files may run in parallel threads.
+ *
+ * Errors: functions return msh_status (MSH_OK == 0). On failure `err->msg` holds one line that
+ * names the file and what is wrong, e.g. "m.onnx: initializer 'w1': dim 2 is negative". The
+ * library never prints, exits or aborts.
+ */
+#ifndef MODELSHRINK_H
+#define MODELSHRINK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MSH_VERSION_MAJOR 0
+#define MSH_VERSION_MINOR 1
+#define MSH_VERSION_PATCH 0
+
+/** Status codes. Stable: values never change meaning. */
+typedef enum msh_status {
+    MSH_OK = 0,
+    MSH_ERR_IO = 1,          /**< a read, write, rename or fsync failed */
+    MSH_ERR_FORMAT = 2,      /**< the file is not a well-formed model of its format */
+    MSH_ERR_LIMIT = 3,       /**< a size, count or nesting limit was exceeded */
+    MSH_ERR_UNSAFE = 4,      /**< refused for safety (external path leaving the folder, ...) */
+    MSH_ERR_NOMEM = 5,       /**< out of memory */
+    MSH_ERR_USAGE = 6,       /**< bad arguments (output equals input, unknown option value) */
+    MSH_ERR_UNSUPPORTED = 7, /**< valid input that this version does not handle */
+    MSH_ERR_CUDA = 8         /**< a CUDA call failed */
+} msh_status;
+
+/** A short stable name for a status ("MSH_ERR_FORMAT"). Never NULL. */
+const char *msh_status_name(msh_status s);
+
+/** The detail of a failure: one line, naming the file and the problem. */
+typedef struct msh_error {
+    msh_status status;
+    char msg[1024];
+} msh_error;
+
+/** Library version as "MAJOR.MINOR.PATCH". */
+const char *msh_version(void);
+
+/** Options of one conversion. Initialise with msh_convert_options_init. */
+typedef struct msh_convert_options {
+    int dedup;              /**< merge identical initializers (default 1) */
+    int dedup_graph_inputs; /**< also merge initializers that are graph inputs (default 0) */
+    int external_data;      /**< write tensors to "<output>.data" (default 0; forced on when the
+                                 input's tensors are external or the output would pass 2 GiB) */
+    int64_t external_threshold; /**< tensors below this many bytes stay inline (default 1024) */
+} msh_convert_options;
+
+void msh_convert_options_init(msh_convert_options *opt);
+
+/** What one conversion did. Byte counts include external data files. */
+typedef struct msh_convert_result {
+    int64_t bytes_in;
+    int64_t bytes_out;
+    int64_t dedup_merged;      /**< tensors removed by dedup */
+    int64_t dedup_saved_bytes; /**< tensor bytes removed by dedup */
+    int external_out;          /**< 1 when the output's tensors went to "<output>.data" */
+    char note[256];            /**< a remark for the user (e.g. why output went external), or "" */
+} msh_convert_result;
+
+/**
+ * Convert the model at `in_path` into `out_path`. The output (and "<out_path>.data" when tensors
+ * are written externally) is written under a temporary name in the output's folder, synced and
+ * renamed; on failure nothing is left behind. The input is never modified; an output path that
+ * names the input (or one of its external data files) is refused with MSH_ERR_USAGE.
+ * Returns MSH_OK, MSH_ERR_IO, MSH_ERR_FORMAT, MSH_ERR_LIMIT, MSH_ERR_UNSAFE, MSH_ERR_NOMEM,
+ * MSH_ERR_USAGE or MSH_ERR_UNSUPPORTED.
+ */
+msh_status msh_convert_file(const char *in_path, const char *out_path,
+                            const msh_convert_options *opt, msh_convert_result *res,
+                            msh_error *err);
+
+/**
+ * Explain the size of the model at `path` as a JSON object (schema in README.md, "inspect
+ * --json"). `*json_out` receives a malloc'd NUL-terminated string owned by the caller.
+ */
+msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err);
+
+/** Number of usable CUDA devices; 0 when built without CUDA or when none is present. */
+int msh_cuda_device_count(void);
+
+/** Release memory returned by the library. NULL is fine. */
+void msh_free(void *p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MODELSHRINK_H */

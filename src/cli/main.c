@@ -1,0 +1,356 @@
+/* modelshrink command line. Uses only the public API (include/modelshrink.h). */
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "table.h"
+#include "modelshrink.h"
+
+enum { EXIT_ALL_OK = 0, EXIT_SOME_FAILED = 1, EXIT_USAGE = 2 };
+
+static const char *usage_text =
+    "usage: modelshrink <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  inspect [--json] FILE...            explain a model's size\n"
+    "  convert [OPTIONS] INPUT... -o OUTPUT shrink models (files, or folders of *.onnx)\n"
+    "\n"
+    "convert options:\n"
+    "  -o, --output PATH       output file (one input file) or folder\n"
+    "      --no-dedup          do not merge identical initializers\n"
+    "      --dedup-graph-inputs  also merge initializers that are graph inputs\n"
+    "      --external-data     write tensors to <output>.data (4096-byte aligned)\n"
+    "  -q, --quiet             no per-model lines\n"
+    "\n"
+    "  -h, --help              this text\n"
+    "      --version           print the version\n"
+    "\n"
+    "exit codes: 0 all converted, 1 at least one input failed, 2 usage error\n";
+
+static int usage_error(const char *fmt, const char *arg) {
+    fprintf(stderr, "modelshrink: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n(run 'modelshrink --help' for usage)\n");
+    return EXIT_USAGE;
+}
+
+/* ---- inputs to (input, output) pairs ---- */
+
+typedef struct job {
+    char *in;
+    char *out;
+} job;
+
+typedef struct jobs {
+    job *v;
+    size_t n, cap;
+} jobs;
+
+static int jobs_add(jobs *j, const char *in, const char *out) {
+    if (j->n == j->cap) {
+        size_t cap = j->cap ? 2 * j->cap : 16;
+        job *p = realloc(j->v, cap * sizeof *p);
+        if (!p)
+            return 0;
+        j->v = p;
+        j->cap = cap;
+    }
+    j->v[j->n].in = strdup(in);
+    j->v[j->n].out = strdup(out);
+    if (!j->v[j->n].in || !j->v[j->n].out)
+        return 0;
+    j->n++;
+    return 1;
+}
+
+static char *path_join(const char *a, const char *b) {
+    size_t n = strlen(a) + strlen(b) + 2;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s%s%s", a, (*a && a[strlen(a) - 1] == '/') ? "" : "/", b);
+    return p;
+}
+
+static int has_suffix(const char *s, const char *suf) {
+    size_t n = strlen(s), k = strlen(suf);
+    return n >= k && strcmp(s + n - k, suf) == 0;
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Collect *.onnx below `dir` (sorted, recursive), mirrored below `out`. Skips the output folder
+ * when it lies inside the input. */
+static int walk_dir(jobs *j, const char *dir, const char *out, const struct stat *out_st,
+                    int depth) {
+    if (depth > 64)
+        return 1;
+    DIR *d = opendir(dir);
+    if (!d) {
+        fprintf(stderr, "modelshrink: %s: cannot read folder: %s\n", dir, strerror(errno));
+        return 0;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue; /* ".", "..", hidden files and our own temporaries */
+        if (n == cap) {
+            cap = cap ? 2 * cap : 32;
+            char **p = realloc(names, cap * sizeof *p);
+            if (!p)
+                break;
+            names = p;
+        }
+        names[n++] = strdup(de->d_name);
+    }
+    closedir(d);
+    qsort(names, n, sizeof *names, cmp_str);
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) {
+        char *src = path_join(dir, names[i]);
+        char *dst = path_join(out, names[i]);
+        struct stat sb;
+        if (src && dst && stat(src, &sb) == 0) {
+            if (S_ISDIR(sb.st_mode)) {
+                if (!(out_st && sb.st_dev == out_st->st_dev && sb.st_ino == out_st->st_ino))
+                    ok &= walk_dir(j, src, dst, out_st, depth + 1);
+            } else if (S_ISREG(sb.st_mode) && has_suffix(names[i], ".onnx")) {
+                ok &= jobs_add(j, src, dst);
+            }
+        }
+        free(src);
+        free(dst);
+        free(names[i]);
+    }
+    free(names);
+    return ok;
+}
+
+static int mkdirs_for(const char *file) {
+    char *p = strdup(file);
+    if (!p)
+        return 0;
+    char *slash = strrchr(p, '/');
+    if (!slash || slash == p) {
+        free(p);
+        return 1;
+    }
+    *slash = 0;
+    for (char *q = p + 1; *q; q++) {
+        if (*q != '/')
+            continue;
+        *q = 0;
+        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
+            free(p);
+            return 0;
+        }
+        *q = '/';
+    }
+    int ok = mkdir(p, 0777) == 0 || errno == EEXIST;
+    free(p);
+    return ok;
+}
+
+static void fmt_bytes(long long n, char *buf, size_t cap) { snprintf(buf, cap, "%lld", n); }
+
+static int cmd_convert(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"output", required_argument, 0, 'o'},
+        {"no-dedup", no_argument, 0, 1},
+        {"dedup-graph-inputs", no_argument, 0, 2},
+        {"external-data", no_argument, 0, 3},
+        {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    msh_convert_options opt;
+    msh_convert_options_init(&opt);
+    const char *output = NULL;
+    int quiet = 0, c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': output = optarg; break;
+        case 1: opt.dedup = 0; break;
+        case 2: opt.dedup_graph_inputs = 1; break;
+        case 3: opt.external_data = 1; break;
+        case 'q': quiet = 1; break;
+        case 'h': fputs(usage_text, stdout); return EXIT_ALL_OK;
+        default:
+            return usage_error("convert: unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (!output)
+        return usage_error("convert: %s", "missing -o OUTPUT");
+    if (optind >= argc)
+        return usage_error("convert: %s", "no input given");
+    int n_in = argc - optind;
+    struct stat ist, ost;
+    int out_is_dir = stat(output, &ost) == 0 && S_ISDIR(ost.st_mode);
+    jobs j = {0};
+    int failed = 0;
+    if (n_in == 1 && stat(argv[optind], &ist) == 0 && !S_ISDIR(ist.st_mode) && !out_is_dir &&
+        !has_suffix(output, "/")) {
+        if (ist.st_dev == ost.st_dev && ist.st_ino == ost.st_ino)
+            return usage_error("convert: output %s is the input file", output);
+        jobs_add(&j, argv[optind], output);
+    } else {
+        if (!out_is_dir && mkdir(output, 0777) != 0 && errno != EEXIST) {
+            fprintf(stderr, "modelshrink: %s: cannot create output folder: %s\n", output,
+                    strerror(errno));
+            return EXIT_SOME_FAILED;
+        }
+        if (stat(output, &ost) != 0 || !S_ISDIR(ost.st_mode))
+            return usage_error("convert: output %s is not a folder", output);
+        for (int i = optind; i < argc; i++) {
+            const char *in = argv[i];
+            if (stat(in, &ist) != 0) {
+                fprintf(stderr, "modelshrink: %s: cannot open: %s\n", in, strerror(errno));
+                failed++;
+                continue;
+            }
+            if (S_ISDIR(ist.st_mode)) {
+                if (ist.st_dev == ost.st_dev && ist.st_ino == ost.st_ino)
+                    return usage_error("convert: output folder %s is an input folder", output);
+                if (!walk_dir(&j, in, output, &ost, 0))
+                    failed++;
+            } else {
+                const char *base = strrchr(in, '/');
+                char *dst = path_join(output, base ? base + 1 : in);
+                if (dst && !jobs_add(&j, in, dst))
+                    failed++;
+                free(dst);
+            }
+        }
+    }
+    long long tin = 0, tout = 0;
+    for (size_t i = 0; i < j.n; i++) {
+        msh_convert_result r;
+        msh_error err;
+        if (!mkdirs_for(j.v[i].out)) {
+            fprintf(stderr, "modelshrink: %s: cannot create the folder of %s: %s\n", j.v[i].in,
+                    j.v[i].out, strerror(errno));
+            failed++;
+            continue;
+        }
+        msh_status st = msh_convert_file(j.v[i].in, j.v[i].out, &opt, &r, &err);
+        if (st != MSH_OK) {
+            fprintf(stderr, "modelshrink: %s\n", err.msg);
+            if (st == MSH_ERR_USAGE && j.n == 1) {
+                free(j.v[i].in);
+                free(j.v[i].out);
+                free(j.v);
+                return EXIT_USAGE;
+            }
+            failed++;
+            continue;
+        }
+        tin += r.bytes_in;
+        tout += r.bytes_out;
+        if (!quiet) {
+            char a[32], b[32];
+            fmt_bytes(r.bytes_in, a, sizeof a);
+            fmt_bytes(r.bytes_out, b, sizeof b);
+            printf("%s -> %s: %s -> %s bytes (%.2fx)", j.v[i].in, j.v[i].out, a, b,
+                   r.bytes_out ? (double)r.bytes_in / (double)r.bytes_out : 0.0);
+            if (r.dedup_merged)
+                printf(", dedup merged %lld tensors", (long long)r.dedup_merged);
+            if (r.external_out)
+                printf(", tensors in %s.data", j.v[i].out);
+            printf("\n");
+            if (r.note[0])
+                printf("  note: %s\n", r.note);
+        }
+    }
+    if (!quiet && j.n > 1)
+        printf("total: %zu converted, %d failed, %lld -> %lld bytes (%.2fx)\n",
+               j.n - (size_t)failed, failed, tin, tout, tout ? (double)tin / (double)tout : 0.0);
+    for (size_t i = 0; i < j.n; i++) {
+        free(j.v[i].in);
+        free(j.v[i].out);
+    }
+    free(j.v);
+    fflush(stdout);
+    return failed ? EXIT_SOME_FAILED : EXIT_ALL_OK;
+}
+
+static int cmd_inspect(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    int json = 0, c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'j': json = 1; break;
+        case 'h': fputs(usage_text, stdout); return EXIT_ALL_OK;
+        default:
+            return usage_error("inspect: unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind >= argc)
+        return usage_error("inspect: %s", "no file given");
+    int failed = 0;
+    cJSON *root = cJSON_CreateObject();
+    cJSON *files = cJSON_AddArrayToObject(root, "files");
+    for (int i = optind; i < argc; i++) {
+        char *text = NULL;
+        msh_error err;
+        msh_status st = msh_inspect_file(argv[i], &text, &err);
+        if (st != MSH_OK) {
+            fprintf(stderr, "modelshrink: %s\n", err.msg);
+            failed++;
+            cJSON *x = cJSON_CreateObject();
+            cJSON_AddStringToObject(x, "path", argv[i]);
+            cJSON_AddStringToObject(x, "error", err.msg);
+            cJSON_AddItemToArray(files, x);
+            continue;
+        }
+        cJSON *x = cJSON_Parse(text);
+        msh_free(text);
+        if (!x) {
+            fprintf(stderr, "modelshrink: %s: internal error: bad report\n", argv[i]);
+            failed++;
+            continue;
+        }
+        if (!json)
+            msh_cli_print_table(x, stdout);
+        cJSON_AddItemToArray(files, x);
+    }
+    if (json) {
+        char *s = cJSON_Print(root);
+        if (s)
+            printf("%s\n", s);
+        free(s);
+    }
+    cJSON_Delete(root);
+    fflush(stdout);
+    return failed ? EXIT_SOME_FAILED : EXIT_ALL_OK;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2)
+        return usage_error("%s", "no command given");
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        fputs(usage_text, stdout);
+        return EXIT_ALL_OK;
+    }
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+        printf("modelshrink %s (CUDA devices: %d)\n", msh_version(), msh_cuda_device_count());
+        return EXIT_ALL_OK;
+    }
+    if (strcmp(cmd, "convert") == 0)
+        return cmd_convert(argc - 1, argv + 1);
+    if (strcmp(cmd, "inspect") == 0)
+        return cmd_inspect(argc - 1, argv + 1);
+    return usage_error("unknown command '%s'", cmd);
+}

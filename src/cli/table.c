@@ -1,0 +1,100 @@
+#include "table.h"
+
+#include <string.h>
+
+static double num(const cJSON *o, const char *k) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(x) ? x->valuedouble : 0.0;
+}
+
+static const char *str(const cJSON *o, const char *k) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(x) ? x->valuestring : "";
+}
+
+static void human(double n, char *buf, size_t cap) {
+    const char *u[] = {"B", "kB", "MB", "GB", "TB"};
+    int i = 0;
+    while (n >= 1000.0 && i < 4) {
+        n /= 1000.0;
+        i++;
+    }
+    if (i == 0)
+        snprintf(buf, cap, "%.0f B", n);
+    else
+        snprintf(buf, cap, "%.1f %s", n, u[i]);
+}
+
+static void shape(const cJSON *o, char *buf, size_t cap) {
+    size_t w = 0;
+    w += (size_t)snprintf(buf + w, cap - w, "[");
+    const cJSON *d;
+    int first = 1;
+    cJSON_ArrayForEach(d, cJSON_GetObjectItemCaseSensitive(o, "shape")) {
+        if (w >= cap - 24)
+            break;
+        w += (size_t)snprintf(buf + w, cap - w, "%s%.0f", first ? "" : ",", d->valuedouble);
+        first = 0;
+    }
+    snprintf(buf + w, cap - w, "]");
+}
+
+void msh_cli_print_table(const cJSON *r, FILE *out) {
+    char a[32], b[32], c[32], sh[96];
+    double file = num(r, "file_bytes"), ext = num(r, "external_bytes");
+    human(file + ext, a, sizeof a);
+    fprintf(out, "%s: %s, ONNX IR %.0f, opsets", str(r, "path"), a, num(r, "ir_version"));
+    const cJSON *x;
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "opsets")) {
+        const char *dom = str(x, "domain");
+        fprintf(out, " %s %.0f", *dom ? dom : "ai.onnx", num(x, "version"));
+    }
+    fprintf(out, "\n");
+    double tb = num(r, "tensor_bytes");
+    human(tb, a, sizeof a);
+    human(num(r, "overhead_bytes"), b, sizeof b);
+    human(ext, c, sizeof c);
+    double total = file + ext;
+    fprintf(out, "  %-22s %12s  %5.1f%%  (%.0f tensors)\n", "tensor data", a,
+            total > 0 ? 100.0 * tb / total : 0.0, num(r, "tensor_count"));
+    fprintf(out, "  %-22s %12s  %5.1f%%\n", "graph + metadata", b,
+            total > 0 ? 100.0 * num(r, "overhead_bytes") / total : 0.0);
+    if (ext > 0)
+        fprintf(out, "  %-22s %12s  (part of tensor data)\n", "in external files", c);
+    fprintf(out, "  by element type:\n");
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "by_dtype")) {
+        human(num(x, "bytes"), a, sizeof a);
+        fprintf(out, "    %-14s %8.0f tensors %12s\n", str(x, "dtype"), num(x, "count"), a);
+    }
+    const cJSON *dup = cJSON_GetObjectItemCaseSensitive(r, "duplicates");
+    human(num(dup, "saved_bytes"), a, sizeof a);
+    fprintf(out, "  duplicates: %.0f groups, %.0f redundant tensors, dedup saves %s (%.1f%%)\n",
+            num(dup, "groups"), num(dup, "tensors"), a,
+            total > 0 ? 100.0 * num(dup, "saved_bytes") / total : 0.0);
+    int shown = 0;
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(dup, "list")) {
+        if (shown++ == 8) {
+            fprintf(out, "    ...\n");
+            break;
+        }
+        const cJSON *mem = cJSON_GetObjectItemCaseSensitive(x, "members");
+        int n = cJSON_GetArraySize(mem);
+        human(num(x, "bytes_each"), a, sizeof a);
+        shape(x, sh, sizeof sh);
+        fprintf(out, "    %d x %s %s (%s each): %s, %s%s\n", n, str(x, "dtype"), sh, a,
+                cJSON_GetArrayItem(mem, 0)->valuestring,
+                n > 1 ? cJSON_GetArrayItem(mem, 1)->valuestring : "", n > 2 ? ", ..." : "");
+    }
+    fprintf(out, "  largest tensors:\n");
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "largest")) {
+        human(num(x, "bytes"), a, sizeof a);
+        shape(x, sh, sizeof sh);
+        fprintf(out, "    %12s  %-8s %-18s %s (%s, %s)\n", a, str(x, "dtype"), sh, str(x, "name"),
+                str(x, "location"), str(x, "graph"));
+    }
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "external")) {
+        human(num(x, "bytes"), a, sizeof a);
+        fprintf(out, "  external file %s: %.0f tensors, %s\n", str(x, "location"),
+                num(x, "tensors"), a);
+    }
+}

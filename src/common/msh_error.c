@@ -1,0 +1,82 @@
+#include "common/msh_common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+msh_status msh_fail(msh_error *e, msh_status s, const char *fmt, ...) {
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+        for (char *p = e->msg; *p; p++)
+            if (*p == '\n' || *p == '\r')
+                *p = ' ';
+        e->status = s;
+    }
+    return s;
+}
+
+void msh_error_prefix(msh_error *e, const char *what) {
+    if (!e)
+        return;
+    char tmp[sizeof e->msg];
+    size_t w = strlen(what);
+    if (w > sizeof tmp - 3)
+        w = sizeof tmp - 3;
+    memcpy(tmp, what, w);
+    tmp[w] = ':';
+    tmp[w + 1] = ' ';
+    size_t rest = strlen(e->msg);
+    if (rest > sizeof tmp - w - 3)
+        rest = sizeof tmp - w - 3;
+    memcpy(tmp + w + 2, e->msg, rest);
+    tmp[w + 2 + rest] = 0;
+    memcpy(e->msg, tmp, sizeof tmp);
+}
+
+const char *msh_status_name(msh_status s) {
+    switch (s) {
+    case MSH_OK: return "MSH_OK";
+    case MSH_ERR_IO: return "MSH_ERR_IO";
+    case MSH_ERR_FORMAT: return "MSH_ERR_FORMAT";
+    case MSH_ERR_LIMIT: return "MSH_ERR_LIMIT";
+    case MSH_ERR_UNSAFE: return "MSH_ERR_UNSAFE";
+    case MSH_ERR_NOMEM: return "MSH_ERR_NOMEM";
+    case MSH_ERR_USAGE: return "MSH_ERR_USAGE";
+    case MSH_ERR_UNSUPPORTED: return "MSH_ERR_UNSUPPORTED";
+    case MSH_ERR_CUDA: return "MSH_ERR_CUDA";
+    }
+    return "MSH_ERR_UNKNOWN";
+}
+
+const char *msh_version(void) { return MSH_VERSION_STRING; }
+
+void msh_free(void *p) { free(p); }
+
+void *msh_xmalloc(size_t n) { return malloc(n ? n : 1); }
+
+void *msh_xrealloc(void *p, size_t n) { return realloc(p, n ? n : 1); }
+
+char *msh_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+void msh_format_bytes(int64_t n, char *buf, size_t cap) {
+    const char *units[] = {"B", "kB", "MB", "GB", "TB"};
+    double v = (double)n;
+    int u = 0;
+    while (v >= 1000.0 && u < 4) {
+        v /= 1000.0;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, cap, "%lld B", (long long)n);
+    else
+        snprintf(buf, cap, "%.1f %s", v, units[u]);
+}

@@ -1,0 +1,221 @@
+#include "common/msh_io.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+msh_status msh_reader_init(msh_reader *r, int fd, int64_t size, size_t cap, msh_error *e) {
+    memset(r, 0, sizeof *r);
+    r->fd = fd;
+    r->size = size;
+    r->cap = cap;
+    r->buf = malloc(cap);
+    if (!r->buf)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory for a %zu-byte read buffer", cap);
+    return MSH_OK;
+}
+
+void msh_reader_free(msh_reader *r) {
+    free(r->buf);
+    r->buf = NULL;
+}
+
+msh_status msh_pread_full(int fd, void *dst, size_t n, int64_t off, msh_error *e) {
+    uint8_t *p = dst;
+    while (n > 0) {
+        ssize_t k = pread(fd, p, n, (off_t)off);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            return msh_fail(e, MSH_ERR_IO, "read failed at offset %lld: %s", (long long)off,
+                            strerror(errno));
+        }
+        if (k == 0)
+            return msh_fail(e, MSH_ERR_FORMAT, "unexpected end of file at offset %lld",
+                            (long long)off);
+        p += k;
+        n -= (size_t)k;
+        off += k;
+    }
+    return MSH_OK;
+}
+
+msh_status msh_reader_read(msh_reader *r, void *dst, size_t n, msh_error *e) {
+    uint8_t *out = dst;
+    if ((int64_t)n > r->size - r->pos)
+        return msh_fail(e, MSH_ERR_FORMAT, "truncated: %zu bytes needed at offset %lld", n,
+                        (long long)r->pos);
+    while (n > 0) {
+        if (r->pos < r->boff || r->pos >= r->boff + (int64_t)r->blen) {
+            int64_t left = r->size - r->pos;
+            size_t want = (int64_t)r->cap < left ? r->cap : (size_t)left;
+            MSH_FORWARD(msh_pread_full(r->fd, r->buf, want, r->pos, e));
+            r->boff = r->pos;
+            r->blen = want;
+        }
+        size_t at = (size_t)(r->pos - r->boff);
+        size_t k = r->blen - at;
+        if (k > n)
+            k = n;
+        memcpy(out, r->buf + at, k);
+        out += k;
+        n -= k;
+        r->pos += (int64_t)k;
+    }
+    return MSH_OK;
+}
+
+char *msh_path_dir(const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return msh_strdup(".");
+    if (slash == path)
+        return msh_strdup("/");
+    size_t n = (size_t)(slash - path);
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, path, n);
+        d[n] = 0;
+    }
+    return d;
+}
+
+static mode_t msh_file_mode(void) {
+    /* umask can only be read by setting it; this runs before any worker thread starts writing. */
+    static int have = 0;
+    static mode_t mode = 0644;
+    if (!have) {
+        mode_t m = umask(0);
+        umask(m);
+        mode = (mode_t)(0666 & ~m);
+        have = 1;
+    }
+    return mode;
+}
+
+msh_status msh_sink_open(msh_sink *s, const char *final_path, msh_error *e) {
+    memset(s, 0, sizeof *s);
+    s->fd = -1;
+    char *dir = msh_path_dir(final_path);
+    const char *base = strrchr(final_path, '/');
+    base = base ? base + 1 : final_path;
+    size_t n = strlen(dir) + strlen(base) + 32;
+    s->tmp_path = malloc(n);
+    s->final_path = msh_strdup(final_path);
+    s->cap = (size_t)1 << 20;
+    s->buf = malloc(s->cap);
+    if (!dir || !s->tmp_path || !s->final_path || !s->buf) {
+        free(dir);
+        msh_sink_abort(s);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    snprintf(s->tmp_path, n, "%s/.%s.msh-tmp-XXXXXX", dir, base);
+    free(dir);
+    s->fd = mkstemp(s->tmp_path);
+    if (s->fd < 0) {
+        msh_status st = msh_fail(e, MSH_ERR_IO, "cannot create a temporary file in the folder of "
+                                 "%s: %s", final_path, strerror(errno));
+        free(s->tmp_path);
+        s->tmp_path = NULL;
+        msh_sink_abort(s);
+        return st;
+    }
+    if (fchmod(s->fd, msh_file_mode()) != 0) {
+        msh_status st = msh_fail(e, MSH_ERR_IO, "cannot set permissions of %s: %s", s->tmp_path,
+                                 strerror(errno));
+        msh_sink_abort(s);
+        return st;
+    }
+    return MSH_OK;
+}
+
+static msh_status msh_sink_flush(msh_sink *s, msh_error *e) {
+    size_t off = 0;
+    while (off < s->len) {
+        ssize_t k = write(s->fd, s->buf + off, s->len - off);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            return msh_fail(e, MSH_ERR_IO, "cannot write %s: %s", s->final_path, strerror(errno));
+        }
+        off += (size_t)k;
+    }
+    s->len = 0;
+    return MSH_OK;
+}
+
+msh_status msh_sink_write(msh_sink *s, const void *p, size_t n, msh_error *e) {
+    const uint8_t *src = p;
+    s->written += (int64_t)n;
+    while (n > 0) {
+        if (s->len == s->cap)
+            MSH_FORWARD(msh_sink_flush(s, e));
+        size_t k = s->cap - s->len;
+        if (k > n)
+            k = n;
+        memcpy(s->buf + s->len, src, k);
+        s->len += k;
+        src += k;
+        n -= k;
+    }
+    return MSH_OK;
+}
+
+msh_status msh_sink_pad(msh_sink *s, int64_t align, msh_error *e) {
+    static const uint8_t zeros[256];
+    int64_t rem = s->written % align;
+    int64_t need = rem ? align - rem : 0;
+    while (need > 0) {
+        size_t k = need > (int64_t)sizeof zeros ? sizeof zeros : (size_t)need;
+        MSH_FORWARD(msh_sink_write(s, zeros, k, e));
+        need -= (int64_t)k;
+    }
+    return MSH_OK;
+}
+
+msh_status msh_sink_finish(msh_sink *s, msh_error *e) {
+    MSH_FORWARD(msh_sink_flush(s, e));
+    if (fsync(s->fd) != 0)
+        return msh_fail(e, MSH_ERR_IO, "cannot sync %s: %s", s->final_path, strerror(errno));
+    if (close(s->fd) != 0) {
+        s->fd = -1;
+        return msh_fail(e, MSH_ERR_IO, "cannot close %s: %s", s->final_path, strerror(errno));
+    }
+    s->fd = -1;
+    return MSH_OK;
+}
+
+msh_status msh_sink_rename(msh_sink *s, msh_error *e) {
+    if (rename(s->tmp_path, s->final_path) != 0)
+        return msh_fail(e, MSH_ERR_IO, "cannot rename the temporary file to %s: %s",
+                        s->final_path, strerror(errno));
+    free(s->tmp_path);
+    s->tmp_path = NULL;
+    /* Make the rename itself durable. */
+    char *dir = msh_path_dir(s->final_path);
+    if (dir) {
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+        if (dfd >= 0) {
+            (void)fsync(dfd);
+            close(dfd);
+        }
+        free(dir);
+    }
+    return MSH_OK;
+}
+
+void msh_sink_abort(msh_sink *s) {
+    if (s->fd >= 0)
+        close(s->fd);
+    s->fd = -1;
+    if (s->tmp_path)
+        unlink(s->tmp_path);
+    free(s->tmp_path);
+    free(s->final_path);
+    free(s->buf);
+    s->tmp_path = s->final_path = NULL;
+    s->buf = NULL;
+}

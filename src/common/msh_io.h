@@ -1,0 +1,51 @@
+/* Bounded-memory file access: a buffered pread reader and a temp-then-rename writer. */
+#ifndef MSH_IO_H
+#define MSH_IO_H
+
+#include "common/msh_common.h"
+
+/* Reads a file through one fixed buffer with pread: memory stays at `cap` bytes and, unlike
+ * mmap, touched file pages never count against the process's resident set. */
+typedef struct msh_reader {
+    int fd;
+    int64_t size;
+    int64_t pos;
+    uint8_t *buf;
+    size_t cap;
+    int64_t boff;
+    size_t blen;
+} msh_reader;
+
+msh_status msh_reader_init(msh_reader *r, int fd, int64_t size, size_t cap, msh_error *e);
+void msh_reader_free(msh_reader *r);
+/* Copy n bytes at the current position into dst and advance. MSH_ERR_FORMAT past the end. */
+msh_status msh_reader_read(msh_reader *r, void *dst, size_t n, msh_error *e);
+
+/* pread exactly n bytes at off (retrying short reads). */
+msh_status msh_pread_full(int fd, void *dst, size_t n, int64_t off, msh_error *e);
+
+/* An output file written under a temporary name in its final folder. */
+typedef struct msh_sink {
+    int fd;
+    char *tmp_path;
+    char *final_path;
+    uint8_t *buf;
+    size_t cap;
+    size_t len;
+    int64_t written; /* bytes accepted so far (buffered included) */
+} msh_sink;
+
+msh_status msh_sink_open(msh_sink *s, const char *final_path, msh_error *e);
+msh_status msh_sink_write(msh_sink *s, const void *p, size_t n, msh_error *e);
+/* Write zero bytes until the size is a multiple of `align`. */
+msh_status msh_sink_pad(msh_sink *s, int64_t align, msh_error *e);
+/* Flush and fsync; the file keeps its temporary name until msh_sink_rename. */
+msh_status msh_sink_finish(msh_sink *s, msh_error *e);
+msh_status msh_sink_rename(msh_sink *s, msh_error *e);
+/* Close and remove the temporary file (safe to call after rename, then it only frees). */
+void msh_sink_abort(msh_sink *s);
+
+/* The folder part of a path ("." when none); malloc'd. */
+char *msh_path_dir(const char *path);
+
+#endif

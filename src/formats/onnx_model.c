@@ -1,0 +1,572 @@
+/*
+ * Opening an ONNX model: scan to a skeleton, unpack it with protobuf-c, walk every tensor.
+ *
+ * Checks made here, each failing with a message naming the tensor:
+ *   - the skeleton unpacks as a ModelProto that has a graph;
+ *   - dims are non-negative and the element and byte counts do not overflow int64;
+ *   - raw_data length equals the shape's byte size; typed fields hold exactly numel values;
+ *   - external data: `location` is relative, non-empty, has no backslash, stays inside the
+ *     model's folder after normalisation, passes through no symbolic link and names a regular
+ *     file; offset and length are decimal integers, length equals the tensor's byte size and
+ *     offset + length lies within the file.
+ */
+#include "formats/onnx_model.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/msh_io.h"
+
+msh_status msh_onnx_add_payload(msh_onnx_model *m, int src, int64_t off, int64_t len, size_t *idx,
+                                msh_error *e);
+
+int msh_onnx_elem_size(int32_t t) {
+    switch (t) {
+    case 1: case 6: case 12: return 4;                 /* FLOAT INT32 UINT32 */
+    case 2: case 3: case 9: return 1;                  /* UINT8 INT8 BOOL */
+    case 4: case 5: case 10: case 16: return 2;        /* UINT16 INT16 FLOAT16 BFLOAT16 */
+    case 7: case 11: case 13: case 14: return 8;       /* INT64 DOUBLE UINT64 COMPLEX64 */
+    case 15: return 16;                                /* COMPLEX128 */
+    case 17: case 18: case 19: case 20: case 24: return 1; /* FLOAT8 variants, E8M0 */
+    case 21: case 22: case 23: return 1;               /* 4-bit, two per byte */
+    case 8: return -1;                                 /* STRING */
+    default: return 0;
+    }
+}
+
+const char *msh_onnx_dtype_name(int32_t t) {
+    static const char *names[] = {
+        "UNDEFINED", "FLOAT", "UINT8", "INT8", "UINT16", "INT16", "INT32", "INT64", "STRING",
+        "BOOL", "FLOAT16", "DOUBLE", "UINT32", "UINT64", "COMPLEX64", "COMPLEX128", "BFLOAT16",
+        "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "UINT4", "INT4",
+        "FLOAT4E2M1", "FLOAT8E8M0"};
+    if (t >= 0 && t < (int32_t)(sizeof names / sizeof names[0]))
+        return names[t];
+    return "UNKNOWN";
+}
+
+int64_t msh_onnx_tensor_bytes(int32_t t, int64_t numel) {
+    int es = msh_onnx_elem_size(t);
+    if (es <= 0)
+        return -1;
+    if (t == 21 || t == 22 || t == 23)
+        return numel / 2 + (numel & 1);
+    int64_t r;
+    if (!msh_mul_i64(numel, es, &r))
+        return -2;
+    return r;
+}
+
+static const char *loc_name(msh_tensor_loc l) {
+    switch (l) {
+    case MSH_LOC_INITIALIZER: return "initializer";
+    case MSH_LOC_CONSTANT: return "constant";
+    case MSH_LOC_ATTRIBUTE: return "attribute";
+    case MSH_LOC_SPARSE: return "sparse";
+    case MSH_LOC_FUNCTION: return "function";
+    }
+    return "tensor";
+}
+
+static const char *tname(const Onnx__TensorProto *tp) {
+    return tp->name && *tp->name ? tp->name : "(unnamed)";
+}
+
+/* ---- external data ---- */
+
+static msh_status ext_parse_int(const char *v, int64_t *out) {
+    if (!v || !*v)
+        return MSH_ERR_FORMAT;
+    int64_t r = 0;
+    for (const char *p = v; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return MSH_ERR_FORMAT;
+        if (r > (INT64_MAX - 9) / 10)
+            return MSH_ERR_FORMAT;
+        r = r * 10 + (*p - '0');
+    }
+    *out = r;
+    return MSH_OK;
+}
+
+static msh_status ext_open(msh_onnx_model *m, const char *loc, int *idx, msh_error *e) {
+    for (size_t i = 0; i < m->n_ext; i++)
+        if (strcmp(m->ext[i].location, loc) == 0) {
+            *idx = (int)i;
+            return MSH_OK;
+        }
+    if (!*loc)
+        return msh_fail(e, MSH_ERR_UNSAFE, "external data location is empty");
+    if (loc[0] == '/')
+        return msh_fail(e, MSH_ERR_UNSAFE, "external data location '%s' is an absolute path",
+                        loc);
+    if (strchr(loc, '\\') || strlen(loc) > 4000)
+        return msh_fail(e, MSH_ERR_UNSAFE, "external data location '%.200s' is not a plain "
+                        "relative path", loc);
+    /* Walk the components as written: '..' may not climb above the model's folder, and no
+     * prefix of the path may be a symbolic link (checked with lstat, before opening). */
+    size_t dlen = strlen(m->dir);
+    char *path = malloc(dlen + strlen(loc) + 2);
+    if (!path)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    memcpy(path, m->dir, dlen);
+    size_t plen = dlen;
+    int level = 0;
+    const char *p = loc;
+    msh_status st = MSH_OK;
+    while (*p && st == MSH_OK) {
+        const char *q = strchr(p, '/');
+        size_t n = q ? (size_t)(q - p) : strlen(p);
+        int is_last = !q || !q[1];
+        if (n == 0 || (n == 1 && p[0] == '.')) {
+            /* nothing */
+        } else if (n == 2 && p[0] == '.' && p[1] == '.') {
+            if (--level < 0)
+                st = msh_fail(e, MSH_ERR_UNSAFE,
+                              "external data location '%s' leaves the model's folder", loc);
+        } else {
+            level++;
+        }
+        path[plen++] = '/';
+        memcpy(path + plen, p, n);
+        plen += n;
+        path[plen] = 0;
+        if (st == MSH_OK && n > 0 && !(n == 1 && p[0] == '.') && !(n == 2 && p[0] == '.')) {
+            struct stat sb;
+            if (lstat(path, &sb) != 0)
+                st = msh_fail(e, MSH_ERR_FORMAT, "external data file '%s': %s", loc,
+                              strerror(errno));
+            else if (S_ISLNK(sb.st_mode))
+                st = msh_fail(e, MSH_ERR_UNSAFE,
+                              "external data location '%s' passes through a symbolic link", loc);
+            else if (!is_last && !S_ISDIR(sb.st_mode))
+                st = msh_fail(e, MSH_ERR_FORMAT, "external data location '%s': not a folder",
+                              loc);
+        }
+        p = q ? q + 1 : p + n;
+    }
+    if (st == MSH_OK && level == 0)
+        st = msh_fail(e, MSH_ERR_UNSAFE, "external data location '%s' names no file", loc);
+    int fd = -1;
+    struct stat sb;
+    if (st == MSH_OK) {
+        fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            st = msh_fail(e, MSH_ERR_UNSAFE, "cannot open external data file '%s': %s", loc,
+                          strerror(errno));
+        else if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))
+            st = msh_fail(e, MSH_ERR_UNSAFE, "external data '%s' is not a regular file", loc);
+    }
+    free(path);
+    if (st != MSH_OK) {
+        if (fd >= 0)
+            close(fd);
+        return st;
+    }
+    msh_ext_file *ne = realloc(m->ext, (m->n_ext + 1) * sizeof *ne);
+    char *copy = msh_strdup(loc);
+    if (!ne || !copy) {
+        if (ne)
+            m->ext = ne;
+        free(copy);
+        close(fd);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    m->ext = ne;
+    m->ext[m->n_ext] = (msh_ext_file){copy, fd, (int64_t)sb.st_size, (int64_t)sb.st_dev,
+                                      (int64_t)sb.st_ino};
+    *idx = (int)m->n_ext++;
+    return MSH_OK;
+}
+
+static msh_status tensor_external(msh_onnx_model *m, msh_tensor *t, msh_error *e) {
+    const Onnx__TensorProto *tp = t->tp;
+    const char *loc = NULL, *off_s = NULL, *len_s = NULL;
+    for (size_t i = 0; i < tp->n_external_data; i++) {
+        const Onnx__StringStringEntryProto *kv = tp->external_data[i];
+        if (!kv->key)
+            continue;
+        if (strcmp(kv->key, "location") == 0)
+            loc = kv->value;
+        else if (strcmp(kv->key, "offset") == 0)
+            off_s = kv->value;
+        else if (strcmp(kv->key, "length") == 0)
+            len_s = kv->value;
+    }
+    if (!loc)
+        return msh_fail(e, MSH_ERR_FORMAT, "external data without a location");
+    if (t->nbytes < 0)
+        return msh_fail(e, MSH_ERR_UNSUPPORTED, "external data of element type %s",
+                        msh_onnx_dtype_name(tp->data_type));
+    int64_t off = 0, len = t->nbytes;
+    if (off_s && ext_parse_int(off_s, &off) != MSH_OK)
+        return msh_fail(e, MSH_ERR_FORMAT, "external data offset '%.40s' is not an integer",
+                        off_s);
+    if (len_s && ext_parse_int(len_s, &len) != MSH_OK)
+        return msh_fail(e, MSH_ERR_FORMAT, "external data length '%.40s' is not an integer",
+                        len_s);
+    if (len != t->nbytes)
+        return msh_fail(e, MSH_ERR_FORMAT, "external data length %lld differs from the %lld "
+                        "bytes its shape needs", (long long)len, (long long)t->nbytes);
+    int idx = 0;
+    MSH_FORWARD(ext_open(m, loc, &idx, e));
+    int64_t end;
+    if (!msh_add_i64(off, len, &end) || end > m->ext[idx].size)
+        return msh_fail(e, MSH_ERR_FORMAT, "external data '%s': offset %lld + length %lld is "
+                        "past the end of the %lld-byte file", loc, (long long)off,
+                        (long long)len, (long long)m->ext[idx].size);
+    size_t pi;
+    MSH_FORWARD(msh_onnx_add_payload(m, idx + 1, off, len, &pi, e));
+    t->payload = (int64_t)pi;
+    t->external_in = 1;
+    m->external_bytes += len;
+    return MSH_OK;
+}
+
+/* ---- the tensor walker ---- */
+
+static int64_t typed_count(const Onnx__TensorProto *tp, int64_t *expected, int64_t numel) {
+    switch (tp->data_type) {
+    case 1: *expected = numel; return (int64_t)tp->n_float_data;
+    case 14: *expected = 2 * numel; return (int64_t)tp->n_float_data;
+    case 11: *expected = numel; return (int64_t)tp->n_double_data;
+    case 15: *expected = 2 * numel; return (int64_t)tp->n_double_data;
+    case 7: *expected = numel; return (int64_t)tp->n_int64_data;
+    case 12: case 13: *expected = numel; return (int64_t)tp->n_uint64_data;
+    case 8: *expected = numel; return (int64_t)tp->n_string_data;
+    case 2: case 3: case 4: case 5: case 6: case 9: case 10: case 16: case 17: case 18: case 19:
+    case 20: case 24:
+        *expected = numel;
+        return (int64_t)tp->n_int32_data;
+    case 21: case 22: case 23:
+        *expected = numel / 2 + (numel & 1);
+        return (int64_t)tp->n_int32_data;
+    default: *expected = -1; return 0;
+    }
+}
+
+static msh_status add_tensor(msh_onnx_model *m, Onnx__TensorProto *tp, int graph,
+                             msh_tensor_loc loc, msh_error *e) {
+    if (m->n_tensors == m->cap_tensors) {
+        size_t cap = m->cap_tensors ? 2 * m->cap_tensors : 64;
+        msh_tensor *p = realloc(m->tensors, cap * sizeof *p);
+        if (!p)
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory for the tensor table");
+        m->tensors = p;
+        m->cap_tensors = cap;
+    }
+    msh_tensor *t = &m->tensors[m->n_tensors];
+    memset(t, 0, sizeof *t);
+    t->tp = tp;
+    t->graph = graph;
+    t->loc = loc;
+    t->payload = -1;
+    int64_t numel = 1;
+    for (size_t i = 0; i < tp->n_dims; i++) {
+        if (tp->dims[i] < 0)
+            return msh_fail(e, MSH_ERR_FORMAT, "%s '%s': dim %zu is negative (%lld)",
+                            loc_name(loc), tname(tp), i, (long long)tp->dims[i]);
+        if (!msh_mul_i64(numel, tp->dims[i], &numel))
+            return msh_fail(e, MSH_ERR_LIMIT, "%s '%s': element count overflows",
+                            loc_name(loc), tname(tp));
+    }
+    t->numel = numel;
+    t->nbytes = msh_onnx_tensor_bytes(tp->data_type, numel);
+    if (t->nbytes == -2)
+        return msh_fail(e, MSH_ERR_LIMIT, "%s '%s': byte size overflows", loc_name(loc),
+                        tname(tp));
+    for (size_t i = 0; i < tp->base.n_unknown_fields; i++) {
+        const ProtobufCMessageUnknownField *u = &tp->base.unknown_fields[i];
+        if (u->tag != MSH_ONNX_MARKER_FIELD)
+            continue;
+        uint64_t v = 0;
+        for (size_t k = 0; k < u->len && k < 10; k++)
+            v |= (uint64_t)(u->data[k] & 0x7f) << (7 * k);
+        t->payload = (int64_t)v;
+    }
+    int external = tp->has_data_location &&
+                   tp->data_location == ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL;
+    msh_status st = MSH_OK;
+    if (external) {
+        if (t->payload >= 0)
+            st = msh_fail(e, MSH_ERR_FORMAT, "both raw_data and external data");
+        else
+            st = tensor_external(m, t, e);
+        if (st != MSH_OK) {
+            if (e) {
+                char tmp[sizeof e->msg];
+                snprintf(tmp, sizeof tmp, "%s '%s': %s", loc_name(loc), tname(tp), e->msg);
+                memcpy(e->msg, tmp, sizeof tmp);
+            }
+            return st;
+        }
+    } else if (t->payload >= 0) {
+        int64_t have = m->payloads[t->payload].length;
+        if (tp->data_type == 8)
+            return msh_fail(e, MSH_ERR_FORMAT, "%s '%s': STRING tensor with raw_data",
+                            loc_name(loc), tname(tp));
+        if (t->nbytes < 0)
+            t->nbytes = have; /* an element type this version does not know: opaque bytes */
+        else if (have != t->nbytes)
+            return msh_fail(e, MSH_ERR_FORMAT, "%s '%s': raw_data has %lld bytes, its shape "
+                            "needs %lld", loc_name(loc), tname(tp), (long long)have,
+                            (long long)t->nbytes);
+    } else {
+        int64_t expected;
+        int64_t count = typed_count(tp, &expected, numel);
+        if (expected >= 0 && count != 0 && count != expected)
+            return msh_fail(e, MSH_ERR_FORMAT, "%s '%s': %lld values for a shape of %lld",
+                            loc_name(loc), tname(tp), (long long)count, (long long)expected);
+    }
+    m->n_tensors++;
+    return MSH_OK;
+}
+
+static msh_status walk_graph(msh_onnx_model *m, Onnx__GraphProto *g, int parent, int depth,
+                             msh_error *e);
+
+static msh_status walk_sparse(msh_onnx_model *m, Onnx__SparseTensorProto *sp, int graph,
+                              msh_error *e) {
+    if (sp->values)
+        MSH_FORWARD(add_tensor(m, sp->values, graph, MSH_LOC_SPARSE, e));
+    if (sp->indices)
+        MSH_FORWARD(add_tensor(m, sp->indices, graph, MSH_LOC_SPARSE, e));
+    return MSH_OK;
+}
+
+static msh_status walk_nodes(msh_onnx_model *m, Onnx__NodeProto **nodes, size_t n, int graph,
+                             int depth, int in_function, msh_error *e) {
+    for (size_t i = 0; i < n; i++) {
+        Onnx__NodeProto *nd = nodes[i];
+        int is_const = nd->op_type && strcmp(nd->op_type, "Constant") == 0 &&
+                       (!nd->domain || !*nd->domain);
+        for (size_t a = 0; a < nd->n_attribute; a++) {
+            Onnx__AttributeProto *at = nd->attribute[a];
+            msh_tensor_loc loc = in_function ? MSH_LOC_FUNCTION
+                                 : is_const  ? MSH_LOC_CONSTANT
+                                             : MSH_LOC_ATTRIBUTE;
+            if (at->t)
+                MSH_FORWARD(add_tensor(m, at->t, graph, loc, e));
+            for (size_t k = 0; k < at->n_tensors; k++)
+                MSH_FORWARD(add_tensor(m, at->tensors[k], graph, loc, e));
+            if (at->sparse_tensor)
+                MSH_FORWARD(walk_sparse(m, at->sparse_tensor, graph, e));
+            for (size_t k = 0; k < at->n_sparse_tensors; k++)
+                MSH_FORWARD(walk_sparse(m, at->sparse_tensors[k], graph, e));
+            if (at->g)
+                MSH_FORWARD(walk_graph(m, at->g, in_function ? -1 : graph, depth + 1, e));
+            for (size_t k = 0; k < at->n_graphs; k++)
+                MSH_FORWARD(walk_graph(m, at->graphs[k], in_function ? -1 : graph, depth + 1, e));
+        }
+    }
+    return MSH_OK;
+}
+
+static msh_status walk_graph(msh_onnx_model *m, Onnx__GraphProto *g, int parent, int depth,
+                             msh_error *e) {
+    if (depth > MSH_ONNX_MAX_GRAPH_DEPTH)
+        return msh_fail(e, MSH_ERR_LIMIT, "graphs nested deeper than %d",
+                        MSH_ONNX_MAX_GRAPH_DEPTH);
+    if (m->n_graphs == m->cap_graphs) {
+        size_t cap = m->cap_graphs ? 2 * m->cap_graphs : 8;
+        msh_graph *p = realloc(m->graphs, cap * sizeof *p);
+        if (!p)
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        m->graphs = p;
+        m->cap_graphs = cap;
+    }
+    int id = (int)m->n_graphs++;
+    m->graphs[id] = (msh_graph){g, parent, depth};
+    for (size_t i = 0; i < g->n_initializer; i++)
+        MSH_FORWARD(add_tensor(m, g->initializer[i], id, MSH_LOC_INITIALIZER, e));
+    for (size_t i = 0; i < g->n_sparse_initializer; i++)
+        MSH_FORWARD(walk_sparse(m, g->sparse_initializer[i], id, e));
+    return walk_nodes(m, g->node, g->n_node, id, depth, 0, e);
+}
+
+static msh_status tmap_build(msh_onnx_model *m, msh_error *e) {
+    size_t cap = 16;
+    while (cap < 2 * m->n_tensors + 16)
+        cap *= 2;
+    m->tmap = malloc(cap * sizeof *m->tmap);
+    if (!m->tmap)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    m->tmap_cap = cap;
+    for (size_t i = 0; i < cap; i++)
+        m->tmap[i] = -1;
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        size_t h = ((uintptr_t)m->tensors[i].tp >> 4) * 0x9E3779B97F4A7C15ULL & (cap - 1);
+        while (m->tmap[h] >= 0)
+            h = (h + 1) & (cap - 1);
+        m->tmap[h] = (int64_t)i;
+    }
+    return MSH_OK;
+}
+
+int64_t msh_onnx_find_tensor(const msh_onnx_model *m, const Onnx__TensorProto *tp) {
+    if (!m->tmap)
+        return -1;
+    size_t h = ((uintptr_t)tp >> 4) * 0x9E3779B97F4A7C15ULL & (m->tmap_cap - 1);
+    while (m->tmap[h] >= 0) {
+        if (m->tensors[m->tmap[h]].tp == tp)
+            return m->tmap[h];
+        h = (h + 1) & (m->tmap_cap - 1);
+    }
+    return -1;
+}
+
+msh_status msh_onnx_model_open(msh_onnx_model *m, const char *path, msh_error *e) {
+    memset(m, 0, sizeof *m);
+    m->fd = -1;
+    m->path = msh_strdup(path);
+    m->dir = msh_path_dir(path);
+    if (!m->path || !m->dir)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    m->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (m->fd < 0)
+        return msh_fail(e, MSH_ERR_IO, "cannot open: %s", strerror(errno));
+    struct stat sb;
+    if (fstat(m->fd, &sb) != 0)
+        return msh_fail(e, MSH_ERR_IO, "cannot stat: %s", strerror(errno));
+    if (S_ISDIR(sb.st_mode))
+        return msh_fail(e, MSH_ERR_USAGE, "is a folder");
+    if (!S_ISREG(sb.st_mode))
+        return msh_fail(e, MSH_ERR_FORMAT, "not a regular file");
+    m->file_size = (int64_t)sb.st_size;
+    if (m->file_size == 0)
+        return msh_fail(e, MSH_ERR_FORMAT, "empty file, not an ONNX model");
+    MSH_FORWARD(msh_onnx_scan(m, e));
+    m->mp = (Onnx__ModelProto *)protobuf_c_message_unpack(&onnx__model_proto__descriptor, NULL,
+                                                           m->skel_len, m->skel);
+    if (!m->mp)
+        return msh_fail(e, MSH_ERR_FORMAT, "not an ONNX model: the protobuf does not decode as "
+                        "a ModelProto");
+    free(m->skel); /* the unpacked message owns copies of everything it needs */
+    m->skel = NULL;
+    if (!m->mp->graph)
+        return msh_fail(e, MSH_ERR_FORMAT, "not an ONNX model: no graph");
+    if (!m->mp->has_ir_version)
+        return msh_fail(e, MSH_ERR_FORMAT, "not an ONNX model: no ir_version");
+    MSH_FORWARD(walk_graph(m, m->mp->graph, -1, 1, e));
+    for (size_t i = 0; i < m->mp->n_training_info; i++) {
+        Onnx__TrainingInfoProto *ti = m->mp->training_info[i];
+        if (ti->initialization)
+            MSH_FORWARD(walk_graph(m, ti->initialization, -1, 1, e));
+        if (ti->algorithm)
+            MSH_FORWARD(walk_graph(m, ti->algorithm, -1, 1, e));
+    }
+    for (size_t i = 0; i < m->mp->n_functions; i++) {
+        Onnx__FunctionProto *f = m->mp->functions[i];
+        MSH_FORWARD(walk_nodes(m, f->node, f->n_node, -1, 1, 1, e));
+    }
+    return tmap_build(m, e);
+}
+
+void msh_onnx_model_free(msh_onnx_model *m) {
+    if (m->mp)
+        protobuf_c_message_free_unpacked(&m->mp->base, NULL);
+    for (size_t i = 0; i < m->n_orphans; i++)
+        protobuf_c_message_free_unpacked(&m->orphans[i]->base, NULL);
+    free(m->orphans);
+    if (m->fd >= 0)
+        close(m->fd);
+    for (size_t i = 0; i < m->n_ext; i++) {
+        free(m->ext[i].location);
+        if (m->ext[i].fd >= 0)
+            close(m->ext[i].fd);
+    }
+    free(m->ext);
+    free(m->skel);
+    free(m->payloads);
+    free(m->tensors);
+    free(m->graphs);
+    free(m->tmap);
+    free(m->path);
+    free(m->dir);
+    memset(m, 0, sizeof *m);
+    m->fd = -1;
+}
+
+msh_status msh_onnx_adopt_orphan(msh_onnx_model *m, Onnx__TensorProto *tp) {
+    if (m->n_orphans == m->cap_orphans) {
+        size_t cap = m->cap_orphans ? 2 * m->cap_orphans : 16;
+        Onnx__TensorProto **p = realloc(m->orphans, cap * sizeof *p);
+        if (!p)
+            return MSH_ERR_NOMEM;
+        m->orphans = p;
+        m->cap_orphans = cap;
+    }
+    m->orphans[m->n_orphans++] = tp;
+    return MSH_OK;
+}
+
+/* Typed fields as little-endian bytes. */
+static void typed_elem(const Onnx__TensorProto *tp, int64_t i, uint8_t *out, int es) {
+    uint64_t v = 0;
+    switch (tp->data_type) {
+    case 1: case 14: {
+        uint32_t b;
+        memcpy(&b, &tp->float_data[i], 4);
+        v = b;
+        break;
+    }
+    case 11: case 15: memcpy(&v, &tp->double_data[i], 8); break;
+    case 7: v = (uint64_t)tp->int64_data[i]; break;
+    case 12: case 13: v = tp->uint64_data[i]; break;
+    default: v = (uint64_t)(uint32_t)tp->int32_data[i]; break;
+    }
+    for (int k = 0; k < es; k++)
+        out[k] = (uint8_t)(v >> (8 * k));
+}
+
+msh_status msh_onnx_tensor_read(const msh_onnx_model *m, const msh_tensor *t, int64_t off,
+                                void *dst, size_t n, msh_error *e) {
+    int64_t end;
+    if (off < 0 || !msh_add_i64(off, (int64_t)n, &end) || t->nbytes < 0 || end > t->nbytes)
+        return msh_fail(e, MSH_ERR_FORMAT, "read outside tensor '%s'", tname(t->tp));
+    if (t->payload >= 0) {
+        const msh_payload *p = &m->payloads[t->payload];
+        int fd = p->src == 0 ? m->fd : m->ext[p->src - 1].fd;
+        return msh_pread_full(fd, dst, n, p->offset + off, e);
+    }
+    const Onnx__TensorProto *tp = t->tp;
+    int es = msh_onnx_elem_size(tp->data_type);
+    int32_t dt = tp->data_type;
+    if (dt == 14)
+        es = 4; /* COMPLEX64: float pairs */
+    if (dt == 15)
+        es = 8;
+    if (dt == 21 || dt == 22 || dt == 23) {
+        /* 4-bit types in int32_data: one packed byte per int32. */
+        uint8_t *o = dst;
+        if ((int64_t)tp->n_int32_data < end)
+            return msh_fail(e, MSH_ERR_FORMAT, "tensor '%s' has no data", tname(tp));
+        for (size_t k = 0; k < n; k++)
+            o[k] = (uint8_t)tp->int32_data[off + (int64_t)k];
+        return MSH_OK;
+    }
+    if (es <= 0)
+        return msh_fail(e, MSH_ERR_UNSUPPORTED, "tensor '%s' of type %s has no byte form",
+                        tname(tp), msh_onnx_dtype_name(dt));
+    int64_t expected, count = typed_count(tp, &expected, t->numel);
+    if (count * es < end)
+        return msh_fail(e, MSH_ERR_FORMAT, "tensor '%s' has no data", tname(tp));
+    uint8_t *o = dst;
+    uint8_t tmp[8];
+    for (int64_t pos = off; pos < end;) {
+        int64_t i = pos / es;
+        int64_t in = pos % es;
+        typed_elem(tp, i, tmp, es);
+        int64_t k = es - in;
+        if (k > end - pos)
+            k = end - pos;
+        memcpy(o, tmp + in, (size_t)k);
+        o += k;
+        pos += k;
+    }
+    return MSH_OK;
+}

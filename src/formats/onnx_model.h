@@ -1,0 +1,131 @@
+/*
+ * An ONNX model held as a skeleton plus a tensor table.
+ *
+ * The skeleton is the ModelProto with every TensorProto.raw_data payload cut out at the wire
+ * level (onnx_scan.c) and replaced by a private varint field MSH_ONNX_MARKER_FIELD holding the
+ * payload's index; protobuf-c unpacks only that small skeleton. External data become payloads
+ * too, so every tensor's bytes are reached the same way: (source file, offset, length).
+ *
+ * The tensor walker visits every place a tensor lives: graph initializers, sparse initializers,
+ * Constant nodes and other attribute tensors, subgraphs of If/Loop/Scan (attributes g/graphs)
+ * to any depth, function bodies and training_info graphs.
+ */
+#ifndef MSH_ONNX_MODEL_H
+#define MSH_ONNX_MODEL_H
+
+#include "common/msh_common.h"
+#include "onnx.pb-c.h"
+
+/* Field number of the private payload marker inside a skeleton TensorProto. The scanner
+ * refuses input that already uses it, so a marker is never ambiguous. */
+#define MSH_ONNX_MARKER_FIELD 536870911u
+#define MSH_ONNX_MAX_DEPTH 256      /* protobuf message nesting */
+#define MSH_ONNX_MAX_GRAPH_DEPTH 64 /* graphs inside graphs */
+
+/* Where a payload's bytes are. src 0 is the model file, k > 0 is external file k-1. */
+typedef struct msh_payload {
+    int src;
+    int64_t offset;
+    int64_t length;
+} msh_payload;
+
+typedef enum msh_tensor_loc {
+    MSH_LOC_INITIALIZER = 0,
+    MSH_LOC_CONSTANT,  /* `value` of a Constant node */
+    MSH_LOC_ATTRIBUTE, /* any other attribute tensor */
+    MSH_LOC_SPARSE,    /* values or indices of a sparse tensor */
+    MSH_LOC_FUNCTION   /* attribute tensor inside a function body */
+} msh_tensor_loc;
+
+typedef struct msh_tensor {
+    Onnx__TensorProto *tp;
+    int graph;           /* index in model->graphs, or -1 (function bodies) */
+    msh_tensor_loc loc;
+    int64_t payload;     /* index in model->payloads, or -1 when the data is in typed fields */
+    int external_in;     /* the input stored it as external data */
+    int64_t numel;
+    int64_t nbytes;      /* data bytes; -1 for element types without a fixed size (STRING) */
+    int removed;         /* dedup removed it from its graph */
+} msh_tensor;
+
+typedef struct msh_graph {
+    Onnx__GraphProto *g;
+    int parent; /* -1 for top-level graphs */
+    int depth;
+} msh_graph;
+
+typedef struct msh_ext_file {
+    char *location; /* as written in the model */
+    int fd;
+    int64_t size;
+    int64_t dev, ino;
+} msh_ext_file;
+
+typedef struct msh_onnx_model {
+    char *path;
+    char *dir;
+    int fd;
+    int64_t file_size;
+    uint8_t *skel;
+    size_t skel_len;
+    Onnx__ModelProto *mp;
+    msh_payload *payloads;
+    size_t n_payloads, cap_payloads;
+    msh_tensor *tensors;
+    size_t n_tensors, cap_tensors;
+    msh_graph *graphs;
+    size_t n_graphs, cap_graphs;
+    msh_ext_file *ext;
+    size_t n_ext;
+    int64_t external_bytes; /* bytes of tensor data held in external files */
+    Onnx__TensorProto **orphans; /* TensorProtos detached from the tree (freed with the model) */
+    size_t n_orphans, cap_orphans;
+    int64_t *tmap; /* open-addressing map TensorProto* -> tensor index (-1 empty) */
+    size_t tmap_cap;
+} msh_onnx_model;
+
+/* Bytes of one element of an ONNX data type; 0 for unknown types, -1 for STRING; 4-bit types
+ * report 1 and are special-cased by msh_onnx_tensor_bytes. */
+int msh_onnx_elem_size(int32_t data_type);
+const char *msh_onnx_dtype_name(int32_t data_type);
+/* Data bytes of `numel` elements of `data_type`; -1 when not a fixed-size type. */
+int64_t msh_onnx_tensor_bytes(int32_t data_type, int64_t numel);
+
+/* Scan a model file into a skeleton (onnx_scan.c). Appends payloads to `m`. */
+msh_status msh_onnx_scan(msh_onnx_model *m, msh_error *e);
+
+/* Open, scan, unpack, walk and validate. `m` is zeroed first; free with msh_onnx_model_free
+ * even on failure. The error message is not yet prefixed with the path. */
+msh_status msh_onnx_model_open(msh_onnx_model *m, const char *path, msh_error *e);
+void msh_onnx_model_free(msh_onnx_model *m);
+
+/* Read `n` bytes at `off` of a tensor's data (payload or typed fields, little-endian). */
+msh_status msh_onnx_tensor_read(const msh_onnx_model *m, const msh_tensor *t, int64_t off,
+                                void *dst, size_t n, msh_error *e);
+
+/* Tensor index of a TensorProto, or -1 (linear map built on first use). */
+int64_t msh_onnx_find_tensor(const msh_onnx_model *m, const Onnx__TensorProto *tp);
+
+/* Keep a TensorProto that was taken out of the tree so the model frees it. */
+msh_status msh_onnx_adopt_orphan(msh_onnx_model *m, Onnx__TensorProto *tp);
+
+/* Output options of the streaming writer. */
+typedef struct msh_onnx_write_opts {
+    int external;              /* write payloads >= threshold to "<out>.data" */
+    int64_t external_threshold;
+} msh_onnx_write_opts;
+
+typedef struct msh_onnx_write_result {
+    int64_t model_bytes;
+    int64_t data_bytes;
+    int external;
+} msh_onnx_write_result;
+
+/* Total output size the writer would produce inline (for the 2 GiB protobuf limit). */
+msh_status msh_onnx_inline_size(const msh_onnx_model *m, int64_t *size, msh_error *e);
+
+/* Stream the model to `out_path` (and "<out_path>.data"), temp files then rename. */
+msh_status msh_onnx_write(const msh_onnx_model *m, const char *out_path,
+                          const msh_onnx_write_opts *o, msh_onnx_write_result *r, msh_error *e);
+
+#endif

@@ -1,0 +1,136 @@
+/* The public entry points: one model in, one model out (or a report). */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include "formats/onnx_model.h"
+#include "passes/dedup.h"
+#include "passes/inspect.h"
+
+#define MSH_PROTOBUF_LIMIT ((int64_t)2147483647 - 65536)
+
+void msh_convert_options_init(msh_convert_options *opt) {
+    memset(opt, 0, sizeof *opt);
+    opt->dedup = 1;
+    opt->external_threshold = 1024;
+}
+
+static int same_file(const char *path, int64_t dev, int64_t ino) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && (int64_t)sb.st_dev == dev && (int64_t)sb.st_ino == ino;
+}
+
+static msh_status check_paths(const msh_onnx_model *m, const char *in, const char *out,
+                              msh_error *e) {
+    struct stat si;
+    if (stat(in, &si) != 0)
+        return MSH_OK; /* open() reports it */
+    if (same_file(out, (int64_t)si.st_dev, (int64_t)si.st_ino))
+        return msh_fail(e, MSH_ERR_USAGE, "output %s is the input file", out);
+    if (!m)
+        return MSH_OK;
+    char *data = malloc(strlen(out) + 6);
+    if (!data)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    sprintf(data, "%s.data", out);
+    msh_status st = MSH_OK;
+    for (size_t i = 0; i < m->n_ext && st == MSH_OK; i++) {
+        if (same_file(out, m->ext[i].dev, m->ext[i].ino) ||
+            same_file(data, m->ext[i].dev, m->ext[i].ino))
+            st = msh_fail(e, MSH_ERR_USAGE, "output %s would overwrite the input's external "
+                          "data file '%s'", out, m->ext[i].location);
+    }
+    if (st == MSH_OK && same_file(data, (int64_t)si.st_dev, (int64_t)si.st_ino))
+        st = msh_fail(e, MSH_ERR_USAGE, "output %s.data is the input file", out);
+    free(data);
+    return st;
+}
+
+msh_status msh_convert_file(const char *in_path, const char *out_path,
+                            const msh_convert_options *opt, msh_convert_result *res,
+                            msh_error *err) {
+    msh_convert_options defaults;
+    if (!opt) {
+        msh_convert_options_init(&defaults);
+        opt = &defaults;
+    }
+    memset(res, 0, sizeof *res);
+    if (err) {
+        err->msg[0] = 0;
+        err->status = MSH_OK;
+    }
+    msh_status st = check_paths(NULL, in_path, out_path, err);
+    if (st != MSH_OK)
+        goto fail;
+    msh_onnx_model m;
+    st = msh_onnx_model_open(&m, in_path, err);
+    if (st == MSH_OK)
+        st = check_paths(&m, in_path, out_path, err);
+    if (st == MSH_OK && opt->dedup) {
+        msh_dedup_plan plan;
+        st = msh_dedup_find(&m, opt->dedup_graph_inputs, &plan, err);
+        if (st == MSH_OK)
+            st = msh_dedup_apply(&m, &plan, err);
+        res->dedup_merged = plan.merged;
+        res->dedup_saved_bytes = plan.saved_bytes;
+        msh_dedup_plan_free(&plan);
+    }
+    msh_onnx_write_opts wo = {opt->external_data || m.n_ext > 0, opt->external_threshold};
+    if (wo.external_threshold < 0)
+        wo.external_threshold = 0;
+    if (st == MSH_OK && !wo.external) {
+        int64_t size;
+        st = msh_onnx_inline_size(&m, &size, err);
+        if (st == MSH_OK && size > MSH_PROTOBUF_LIMIT) {
+            wo.external = 1;
+            snprintf(res->note, sizeof res->note,
+                     "output would pass protobuf's 2 GiB limit; tensors written to %s.data",
+                     out_path);
+        }
+    }
+    msh_onnx_write_result wr;
+    if (st == MSH_OK)
+        st = msh_onnx_write(&m, out_path, &wo, &wr, err);
+    if (st == MSH_OK) {
+        res->bytes_in = m.file_size;
+        for (size_t i = 0; i < m.n_ext; i++)
+            res->bytes_in += m.ext[i].size;
+        res->bytes_out = wr.model_bytes + wr.data_bytes;
+        res->external_out = wr.external;
+    }
+    msh_onnx_model_free(&m);
+    if (st == MSH_OK)
+        return MSH_OK;
+fail:
+    msh_error_prefix(err, in_path);
+    return st;
+}
+
+msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
+    *json_out = NULL;
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return msh_fail(err, MSH_ERR_NOMEM, "%s: out of memory", path);
+    cJSON_AddStringToObject(o, "path", path);
+    msh_onnx_model m;
+    msh_status st = msh_onnx_model_open(&m, path, err);
+    msh_dedup_plan plan;
+    memset(&plan, 0, sizeof plan);
+    if (st == MSH_OK)
+        st = msh_dedup_find(&m, 0, &plan, err);
+    if (st == MSH_OK)
+        st = msh_inspect_onnx(&m, &plan, o, err);
+    msh_dedup_plan_free(&plan);
+    msh_onnx_model_free(&m);
+    if (st == MSH_OK) {
+        *json_out = cJSON_PrintUnformatted(o);
+        if (!*json_out)
+            st = msh_fail(err, MSH_ERR_NOMEM, "out of memory");
+    }
+    cJSON_Delete(o);
+    if (st != MSH_OK)
+        msh_error_prefix(err, path);
+    return st;
+}

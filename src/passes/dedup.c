@@ -1,0 +1,408 @@
+#include "passes/dedup.h"
+
+#include <stdlib.h>
+
+#include "common/msh_strmap.h"
+#include "kernels/msh_hash.h"
+
+#define MSH_CMP_CHUNK ((size_t)1 << 20)
+
+typedef struct cand {
+    int64_t t;
+    uint64_t digest;
+    int removable;
+    int64_t cls; /* class head (tensor index) after confirmation, -1 none */
+} cand;
+
+static int key_cmp(const msh_onnx_model *m, int64_t a, int64_t b) {
+    const Onnx__TensorProto *x = m->tensors[a].tp, *y = m->tensors[b].tp;
+    if (x->data_type != y->data_type)
+        return x->data_type < y->data_type ? -1 : 1;
+    if (x->n_dims != y->n_dims)
+        return x->n_dims < y->n_dims ? -1 : 1;
+    for (size_t i = 0; i < x->n_dims; i++)
+        if (x->dims[i] != y->dims[i])
+            return x->dims[i] < y->dims[i] ? -1 : 1;
+    return 0;
+}
+
+/* qsort has no context argument in C11; thread-local keeps parallel conversions apart. */
+static _Thread_local const msh_onnx_model *g_model;
+
+static int cand_key_cmp(const void *pa, const void *pb) {
+    const cand *a = pa, *b = pb;
+    int c = key_cmp(g_model, a->t, b->t);
+    if (c)
+        return c;
+    return a->t < b->t ? -1 : a->t > b->t;
+}
+
+static int cand_digest_cmp(const void *pa, const void *pb) {
+    const cand *a = pa, *b = pb;
+    if (a->digest != b->digest)
+        return a->digest < b->digest ? -1 : 1;
+    return a->t < b->t ? -1 : a->t > b->t;
+}
+
+static msh_status digest_tensor(const msh_onnx_model *m, int64_t ti, msh_hasher *h, uint8_t *buf,
+                                uint64_t *out, msh_error *e) {
+    const msh_tensor *t = &m->tensors[ti];
+    msh_hasher_reset(h);
+    for (int64_t off = 0; off < t->nbytes;) {
+        size_t n = t->nbytes - off < (int64_t)MSH_CMP_CHUNK ? (size_t)(t->nbytes - off)
+                                                             : MSH_CMP_CHUNK;
+        MSH_FORWARD(msh_onnx_tensor_read(m, t, off, buf, n, e));
+        msh_hasher_update(h, buf, n);
+        off += (int64_t)n;
+    }
+    *out = msh_hasher_digest(h);
+    if (msh_hasher_failed(h))
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory hashing a tensor");
+    return MSH_OK;
+}
+
+static msh_status same_bytes(const msh_onnx_model *m, int64_t a, int64_t b, uint8_t *ba,
+                             uint8_t *bb, int *same, msh_error *e) {
+    const msh_tensor *x = &m->tensors[a], *y = &m->tensors[b];
+    *same = 0;
+    if (x->nbytes != y->nbytes)
+        return MSH_OK;
+    for (int64_t off = 0; off < x->nbytes;) {
+        size_t n = x->nbytes - off < (int64_t)MSH_CMP_CHUNK ? (size_t)(x->nbytes - off)
+                                                             : MSH_CMP_CHUNK;
+        MSH_FORWARD(msh_onnx_tensor_read(m, x, off, ba, n, e));
+        MSH_FORWARD(msh_onnx_tensor_read(m, y, off, bb, n, e));
+        if (memcmp(ba, bb, n) != 0)
+            return MSH_OK;
+        off += (int64_t)n;
+    }
+    *same = 1;
+    return MSH_OK;
+}
+
+static int has_data(const msh_tensor *t) {
+    const Onnx__TensorProto *tp = t->tp;
+    if (t->payload >= 0 || t->numel == 0)
+        return 1;
+    return tp->n_float_data || tp->n_int32_data || tp->n_int64_data || tp->n_double_data ||
+           tp->n_uint64_data;
+}
+
+/* Count declarations of each name: initializers, graph inputs, node outputs, in every graph.
+ * An initializer listed as an input of its own graph counts once when such merges are allowed,
+ * twice otherwise (which keeps it out of dedup). */
+static msh_status count_decls(const msh_onnx_model *m, int allow_graph_inputs, msh_strmap *decl,
+                              msh_strmap *outputs, msh_error *e) {
+    for (size_t gi = 0; gi < m->n_graphs; gi++) {
+        const Onnx__GraphProto *g = m->graphs[gi].g;
+        msh_strmap inits;
+        msh_strmap_init(&inits);
+        for (size_t i = 0; i < g->n_initializer; i++) {
+            const char *nm = g->initializer[i]->name ? g->initializer[i]->name : "";
+            int64_t *v = msh_strmap_upsert(decl, nm, 0);
+            if (!v || !msh_strmap_upsert(&inits, nm, 0)) {
+                msh_strmap_free(&inits);
+                return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            }
+            (*v)++;
+        }
+        for (size_t i = 0; i < g->n_input; i++) {
+            const char *nm = g->input[i]->name ? g->input[i]->name : "";
+            if (allow_graph_inputs && msh_strmap_get(&inits, nm))
+                continue;
+            int64_t *v = msh_strmap_upsert(decl, nm, 0);
+            if (!v) {
+                msh_strmap_free(&inits);
+                return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            }
+            (*v)++;
+        }
+        msh_strmap_free(&inits);
+        for (size_t i = 0; i < g->n_node; i++)
+            for (size_t k = 0; k < g->node[i]->n_output; k++) {
+                int64_t *v = msh_strmap_upsert(decl, g->node[i]->output[k], 0);
+                if (!v)
+                    return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+                (*v)++;
+            }
+        for (size_t i = 0; i < g->n_output; i++)
+            if (g->output[i]->name && !msh_strmap_upsert(outputs, g->output[i]->name, 1))
+                return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    return MSH_OK;
+}
+
+static int graph_root(const msh_onnx_model *m, int g) {
+    while (m->graphs[g].parent >= 0)
+        g = m->graphs[g].parent;
+    return g;
+}
+
+static int is_ancestor_or_self(const msh_onnx_model *m, int anc, int g) {
+    for (; g >= 0; g = m->graphs[g].parent)
+        if (g == anc)
+            return 1;
+    return 0;
+}
+
+static int common_ancestor(const msh_onnx_model *m, int a, int b) {
+    for (int x = a; x >= 0; x = m->graphs[x].parent)
+        if (is_ancestor_or_self(m, x, b))
+            return x;
+    return -1;
+}
+
+static msh_status add_group(msh_dedup_plan *plan, const msh_onnx_model *m, int64_t keeper,
+                            const int64_t *members, size_t n, msh_error *e) {
+    /* members excludes the keeper; decide scope and hoisting. */
+    const msh_tensor *k = &m->tensors[keeper];
+    int root = graph_root(m, k->graph);
+    int target = k->graph;
+    int64_t *rem = malloc((n ? n : 1) * sizeof *rem);
+    if (!rem)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    size_t nr = 0;
+    for (size_t i = 0; i < n; i++) {
+        int g = m->tensors[members[i]].graph;
+        if (graph_root(m, g) != root)
+            continue;
+        rem[nr++] = members[i];
+        target = common_ancestor(m, target, g);
+    }
+    if (nr == 0) {
+        free(rem);
+        return MSH_OK;
+    }
+    msh_dup_group *gs = realloc(plan->groups, (plan->n_groups + 1) * sizeof *gs);
+    if (!gs) {
+        free(rem);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    plan->groups = gs;
+    gs[plan->n_groups++] = (msh_dup_group){keeper, rem, nr, target != k->graph ? target : -1};
+    plan->merged += (int64_t)nr;
+    plan->saved_bytes += (int64_t)nr * k->nbytes;
+    return MSH_OK;
+}
+
+/* Resolve one run of candidates with equal digests into classes of identical bytes. */
+static msh_status resolve_run(const msh_onnx_model *m, cand *run, size_t n, msh_dedup_plan *plan,
+                              uint8_t *ba, uint8_t *bb, msh_error *e) {
+    int64_t *members = malloc(n * sizeof *members);
+    if (!members)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    msh_status st = MSH_OK;
+    for (size_t i = 0; i < n && st == MSH_OK; i++) {
+        if (run[i].cls >= 0)
+            continue;
+        run[i].cls = run[i].t;
+        size_t nm = 0;
+        int64_t keeper = run[i].t;
+        int keeper_fixed = !run[i].removable; /* a graph output must stay where it is */
+        for (size_t j = i + 1; j < n && st == MSH_OK; j++) {
+            if (run[j].cls >= 0)
+                continue;
+            int same;
+            st = same_bytes(m, run[i].t, run[j].t, ba, bb, &same, e);
+            if (st != MSH_OK || !same)
+                continue;
+            run[j].cls = run[i].t;
+            if (!run[j].removable) {
+                if (!keeper_fixed) {
+                    members[nm++] = keeper; /* the output-named tensor becomes the keeper */
+                    keeper = run[j].t;
+                    keeper_fixed = 1;
+                }
+                continue; /* a second output-named tensor stays as it is */
+            }
+            members[nm++] = run[j].t;
+        }
+        if (st == MSH_OK && nm > 0) {
+            if (keeper_fixed) {
+                /* A fixed keeper cannot move: merge only copies it can already see. */
+                size_t w = 0;
+                for (size_t k = 0; k < nm; k++)
+                    if (is_ancestor_or_self(m, m->tensors[keeper].graph,
+                                            m->tensors[members[k]].graph))
+                        members[w++] = members[k];
+                nm = w;
+            }
+            if (nm > 0)
+                st = add_group(plan, m, keeper, members, nm, e);
+        }
+    }
+    free(members);
+    return st;
+}
+
+msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs, msh_dedup_plan *plan,
+                          msh_error *e) {
+    memset(plan, 0, sizeof *plan);
+    msh_strmap decl, outputs;
+    msh_strmap_init(&decl);
+    msh_strmap_init(&outputs);
+    cand *c = NULL;
+    msh_hasher *h = NULL;
+    uint8_t *ba = NULL, *bb = NULL;
+    msh_status st = count_decls(m, allow_graph_inputs, &decl, &outputs, e);
+    if (st != MSH_OK)
+        goto done;
+    c = malloc((m->n_tensors + 1) * sizeof *c);
+    h = msh_hasher_new();
+    ba = malloc(MSH_CMP_CHUNK);
+    bb = malloc(MSH_CMP_CHUNK);
+    if (!c || !h || !ba || !bb) {
+        st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    size_t nc = 0;
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const msh_tensor *t = &m->tensors[i];
+        if (t->loc != MSH_LOC_INITIALIZER || t->removed || t->graph < 0 || t->nbytes < 0 ||
+            t->tp->data_type == 8 || !t->tp->name || !*t->tp->name || !has_data(t))
+            continue;
+        int64_t *d = msh_strmap_get(&decl, t->tp->name);
+        if (!d || *d != 1)
+            continue; /* a graph input, or a name declared again somewhere */
+        c[nc++] = (cand){(int64_t)i, 0, !msh_strmap_get(&outputs, t->tp->name), -1};
+    }
+    g_model = m;
+    qsort(c, nc, sizeof *c, cand_key_cmp);
+    for (size_t i = 0; i < nc && st == MSH_OK;) {
+        size_t j = i + 1;
+        while (j < nc && key_cmp(m, c[i].t, c[j].t) == 0)
+            j++;
+        if (j - i >= 2) {
+            for (size_t k = i; k < j && st == MSH_OK; k++)
+                st = digest_tensor(m, c[k].t, h, ba, &c[k].digest, e);
+            if (st != MSH_OK)
+                break;
+            qsort(c + i, j - i, sizeof *c, cand_digest_cmp);
+            for (size_t a = i; a < j && st == MSH_OK;) {
+                size_t b = a + 1;
+                while (b < j && c[b].digest == c[a].digest)
+                    b++;
+                if (b - a >= 2)
+                    st = resolve_run(m, c + a, b - a, plan, ba, bb, e);
+                a = b;
+            }
+        }
+        i = j;
+    }
+done:
+    msh_strmap_free(&decl);
+    msh_strmap_free(&outputs);
+    msh_hasher_free(h);
+    free(c);
+    free(ba);
+    free(bb);
+    return st;
+}
+
+static msh_status detach_initializer(msh_onnx_model *m, int graph, Onnx__TensorProto *tp,
+                                     msh_error *e) {
+    Onnx__GraphProto *g = m->graphs[graph].g;
+    for (size_t i = 0; i < g->n_initializer; i++) {
+        if (g->initializer[i] != tp)
+            continue;
+        memmove(&g->initializer[i], &g->initializer[i + 1],
+                (g->n_initializer - i - 1) * sizeof *g->initializer);
+        g->n_initializer--;
+        return MSH_OK;
+    }
+    return msh_fail(e, MSH_ERR_FORMAT, "internal error: initializer '%s' not in its graph",
+                    tp->name);
+}
+
+static msh_status rename_inputs(msh_onnx_model *m, const msh_strmap *ren, const char **newnames,
+                                msh_error *e) {
+    for (size_t gi = 0; gi < m->n_graphs; gi++) {
+        Onnx__GraphProto *g = m->graphs[gi].g;
+        for (size_t i = 0; i < g->n_node; i++) {
+            Onnx__NodeProto *nd = g->node[i];
+            for (size_t k = 0; k < nd->n_input; k++) {
+                int64_t *v = msh_strmap_get(ren, nd->input[k]);
+                if (!v)
+                    continue;
+                char *nn = msh_strdup(newnames[*v]);
+                if (!nn)
+                    return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+                free(nd->input[k]);
+                nd->input[k] = nn;
+            }
+        }
+        size_t w = 0;
+        for (size_t i = 0; i < g->n_value_info; i++) {
+            Onnx__ValueInfoProto *vi = g->value_info[i];
+            if (vi->name && msh_strmap_get(ren, vi->name)) {
+                protobuf_c_message_free_unpacked(&vi->base, NULL);
+                continue;
+            }
+            g->value_info[w++] = vi;
+        }
+        g->n_value_info = w;
+    }
+    return MSH_OK;
+}
+
+msh_status msh_dedup_apply(msh_onnx_model *m, const msh_dedup_plan *plan, msh_error *e) {
+    if (plan->n_groups == 0)
+        return MSH_OK;
+    msh_strmap ren;
+    msh_strmap_init(&ren);
+    const char **newnames = malloc(plan->n_groups * sizeof *newnames);
+    msh_status st = MSH_OK;
+    if (!newnames) {
+        st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t gi = 0; gi < plan->n_groups && st == MSH_OK; gi++) {
+        const msh_dup_group *g = &plan->groups[gi];
+        msh_tensor *k = &m->tensors[g->keeper];
+        newnames[gi] = k->tp->name;
+        if (g->hoist_to >= 0) {
+            st = detach_initializer(m, k->graph, k->tp, e);
+            if (st != MSH_OK)
+                break;
+            Onnx__GraphProto *to = m->graphs[g->hoist_to].g;
+            Onnx__TensorProto **arr =
+                realloc(to->initializer, (to->n_initializer + 1) * sizeof *arr);
+            if (!arr) {
+                st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+                break;
+            }
+            arr[to->n_initializer++] = k->tp;
+            to->initializer = arr;
+            k->graph = g->hoist_to;
+        }
+        for (size_t r = 0; r < g->n_removed && st == MSH_OK; r++) {
+            msh_tensor *t = &m->tensors[g->removed[r]];
+            st = detach_initializer(m, t->graph, t->tp, e);
+            if (st != MSH_OK)
+                break;
+            if (msh_onnx_adopt_orphan(m, t->tp) != MSH_OK) {
+                /* still attached nowhere: free it now rather than leak */
+                protobuf_c_message_free_unpacked(&t->tp->base, NULL);
+                t->tp = NULL;
+                st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+                break;
+            }
+            t->removed = 1;
+            if (!msh_strmap_upsert(&ren, t->tp->name, (int64_t)gi))
+                st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        }
+    }
+    if (st == MSH_OK)
+        st = rename_inputs(m, &ren, newnames, e);
+done:
+    msh_strmap_free(&ren);
+    free(newnames);
+    return st;
+}
+
+void msh_dedup_plan_free(msh_dedup_plan *plan) {
+    for (size_t i = 0; i < plan->n_groups; i++)
+        free(plan->groups[i].removed);
+    free(plan->groups);
+    memset(plan, 0, sizeof *plan);
+}

@@ -1,0 +1,142 @@
+#include "passes/inspect.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#define MSH_TOP_N 10
+
+static cJSON *shape_json(const Onnx__TensorProto *tp) {
+    cJSON *a = cJSON_CreateArray();
+    for (size_t i = 0; a && i < tp->n_dims; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateNumber((double)tp->dims[i]));
+    return a;
+}
+
+static const char *loc_str(msh_tensor_loc l) {
+    switch (l) {
+    case MSH_LOC_INITIALIZER: return "initializer";
+    case MSH_LOC_CONSTANT: return "constant";
+    case MSH_LOC_ATTRIBUTE: return "attribute";
+    case MSH_LOC_SPARSE: return "sparse";
+    case MSH_LOC_FUNCTION: return "function";
+    }
+    return "tensor";
+}
+
+static void graph_label(const msh_onnx_model *m, int g, char *buf, size_t cap) {
+    if (g < 0)
+        snprintf(buf, cap, "function");
+    else if (g == 0)
+        snprintf(buf, cap, "main");
+    else if (m->graphs[g].g->name && *m->graphs[g].g->name)
+        snprintf(buf, cap, "%s", m->graphs[g].g->name);
+    else
+        snprintf(buf, cap, "graph#%d", g);
+}
+
+static _Thread_local const msh_onnx_model *g_m; /* qsort has no context argument */
+static int by_size_desc(const void *a, const void *b) {
+    int64_t x = g_m->tensors[*(const size_t *)a].nbytes, y = g_m->tensors[*(const size_t *)b].nbytes;
+    if (x != y)
+        return x > y ? -1 : 1;
+    return *(const size_t *)a < *(const size_t *)b ? -1 : 1;
+}
+
+msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan, cJSON *o,
+                            msh_error *e) {
+    int64_t total = 0, inline_bytes = 0;
+    int64_t dt_count[32] = {0}, dt_bytes[32] = {0};
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const msh_tensor *t = &m->tensors[i];
+        int64_t b = t->nbytes > 0 ? t->nbytes : 0;
+        total += b;
+        if (!t->external_in)
+            inline_bytes += b;
+        int d = t->tp->data_type >= 0 && t->tp->data_type < 31 ? t->tp->data_type : 31;
+        dt_count[d]++;
+        dt_bytes[d] += b;
+    }
+    cJSON_AddStringToObject(o, "format", "onnx");
+    cJSON_AddNumberToObject(o, "file_bytes", (double)m->file_size);
+    cJSON_AddNumberToObject(o, "external_bytes", (double)m->external_bytes);
+    cJSON_AddNumberToObject(o, "tensor_bytes", (double)total);
+    cJSON_AddNumberToObject(o, "tensor_count", (double)m->n_tensors);
+    int64_t overhead = m->file_size - inline_bytes;
+    cJSON_AddNumberToObject(o, "overhead_bytes", (double)(overhead > 0 ? overhead : 0));
+    cJSON_AddNumberToObject(o, "ir_version", (double)m->mp->ir_version);
+    cJSON *ops = cJSON_AddArrayToObject(o, "opsets");
+    for (size_t i = 0; i < m->mp->n_opset_import; i++) {
+        cJSON *x = cJSON_CreateObject();
+        const Onnx__OperatorSetIdProto *op = m->mp->opset_import[i];
+        cJSON_AddStringToObject(x, "domain", op->domain ? op->domain : "");
+        cJSON_AddNumberToObject(x, "version", (double)op->version);
+        cJSON_AddItemToArray(ops, x);
+    }
+    cJSON *bd = cJSON_AddArrayToObject(o, "by_dtype");
+    for (int d = 0; d < 32; d++) {
+        if (!dt_count[d])
+            continue;
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "dtype", msh_onnx_dtype_name(d == 31 ? -1 : d));
+        cJSON_AddNumberToObject(x, "count", (double)dt_count[d]);
+        cJSON_AddNumberToObject(x, "bytes", (double)dt_bytes[d]);
+        cJSON_AddItemToArray(bd, x);
+    }
+    cJSON *dup = cJSON_AddObjectToObject(o, "duplicates");
+    cJSON_AddNumberToObject(dup, "groups", (double)plan->n_groups);
+    cJSON_AddNumberToObject(dup, "tensors", (double)plan->merged);
+    cJSON_AddNumberToObject(dup, "saved_bytes", (double)plan->saved_bytes);
+    cJSON *dl = cJSON_AddArrayToObject(dup, "list");
+    for (size_t i = 0; i < plan->n_groups; i++) {
+        const msh_dup_group *g = &plan->groups[i];
+        const msh_tensor *k = &m->tensors[g->keeper];
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "dtype", msh_onnx_dtype_name(k->tp->data_type));
+        cJSON_AddItemToObject(x, "shape", shape_json(k->tp));
+        cJSON_AddNumberToObject(x, "bytes_each", (double)k->nbytes);
+        cJSON *mem = cJSON_AddArrayToObject(x, "members");
+        cJSON_AddItemToArray(mem, cJSON_CreateString(k->tp->name));
+        for (size_t r = 0; r < g->n_removed; r++)
+            cJSON_AddItemToArray(mem, cJSON_CreateString(m->tensors[g->removed[r]].tp->name));
+        cJSON_AddItemToArray(dl, x);
+    }
+    size_t *idx = malloc((m->n_tensors + 1) * sizeof *idx);
+    if (!idx)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < m->n_tensors; i++)
+        idx[i] = i;
+    g_m = m;
+    qsort(idx, m->n_tensors, sizeof *idx, by_size_desc);
+    cJSON *lg = cJSON_AddArrayToObject(o, "largest");
+    for (size_t i = 0; i < m->n_tensors && i < MSH_TOP_N; i++) {
+        const msh_tensor *t = &m->tensors[idx[i]];
+        cJSON *x = cJSON_CreateObject();
+        char gl[128];
+        graph_label(m, t->graph, gl, sizeof gl);
+        cJSON_AddStringToObject(x, "name", t->tp->name ? t->tp->name : "");
+        cJSON_AddStringToObject(x, "dtype", msh_onnx_dtype_name(t->tp->data_type));
+        cJSON_AddItemToObject(x, "shape", shape_json(t->tp));
+        cJSON_AddNumberToObject(x, "bytes", (double)(t->nbytes > 0 ? t->nbytes : 0));
+        cJSON_AddStringToObject(x, "location", loc_str(t->loc));
+        cJSON_AddStringToObject(x, "graph", gl);
+        cJSON_AddItemToArray(lg, x);
+    }
+    free(idx);
+    cJSON *ex = cJSON_AddArrayToObject(o, "external");
+    for (size_t f = 0; f < m->n_ext; f++) {
+        int64_t cnt = 0, bytes = 0;
+        for (size_t i = 0; i < m->n_tensors; i++) {
+            const msh_tensor *t = &m->tensors[i];
+            if (t->external_in && m->payloads[t->payload].src == (int)f + 1) {
+                cnt++;
+                bytes += t->nbytes;
+            }
+        }
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "location", m->ext[f].location);
+        cJSON_AddNumberToObject(x, "tensors", (double)cnt);
+        cJSON_AddNumberToObject(x, "bytes", (double)bytes);
+        cJSON_AddItemToArray(ex, x);
+    }
+    return MSH_OK;
+}
