@@ -92,7 +92,7 @@ static int has_data(const msh_tensor *t) {
  * An initializer listed as an input of its own graph counts once when such merges are allowed,
  * twice otherwise (which keeps it out of dedup). */
 static msh_status count_decls(const msh_onnx_model *m, int allow_graph_inputs, msh_strmap *decl,
-                              msh_strmap *outputs, msh_error *e) {
+                              msh_strmap *outputs, msh_strmap *inputs, msh_error *e) {
     for (size_t gi = 0; gi < m->n_graphs; gi++) {
         const Onnx__GraphProto *g = m->graphs[gi].g;
         msh_strmap inits;
@@ -108,6 +108,10 @@ static msh_status count_decls(const msh_onnx_model *m, int allow_graph_inputs, m
         }
         for (size_t i = 0; i < g->n_input; i++) {
             const char *nm = g->input[i]->name ? g->input[i]->name : "";
+            if (!msh_strmap_upsert(inputs, nm, 1)) {
+                msh_strmap_free(&inits);
+                return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            }
             if (allow_graph_inputs && msh_strmap_get(&inits, nm))
                 continue;
             int64_t *v = msh_strmap_upsert(decl, nm, 0);
@@ -238,13 +242,14 @@ static msh_status resolve_run(const msh_onnx_model *m, cand *run, size_t n, msh_
 msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs, msh_dedup_plan *plan,
                           msh_error *e) {
     memset(plan, 0, sizeof *plan);
-    msh_strmap decl, outputs;
+    msh_strmap decl, outputs, inputs;
     msh_strmap_init(&decl);
     msh_strmap_init(&outputs);
+    msh_strmap_init(&inputs);
     cand *c = NULL;
     msh_hasher *h = NULL;
     uint8_t *ba = NULL, *bb = NULL;
-    msh_status st = count_decls(m, allow_graph_inputs, &decl, &outputs, e);
+    msh_status st = count_decls(m, allow_graph_inputs, &decl, &outputs, &inputs, e);
     if (st != MSH_OK)
         goto done;
     c = malloc((m->n_tensors + 1) * sizeof *c);
@@ -264,7 +269,11 @@ msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs, msh_d
         int64_t *d = msh_strmap_get(&decl, t->tp->name);
         if (!d || *d != 1)
             continue; /* a graph input, or a name declared again somewhere */
-        c[nc++] = (cand){(int64_t)i, 0, !msh_strmap_get(&outputs, t->tp->name), -1};
+        /* Graph outputs and (allowed) graph inputs keep their initializer: others may point at
+         * them, they are never removed, so the interface and its defaults stay intact. */
+        int removable =
+            !msh_strmap_get(&outputs, t->tp->name) && !msh_strmap_get(&inputs, t->tp->name);
+        c[nc++] = (cand){(int64_t)i, 0, removable, -1};
     }
     g_model = m;
     qsort(c, nc, sizeof *c, cand_key_cmp);
@@ -292,6 +301,7 @@ msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs, msh_d
 done:
     msh_strmap_free(&decl);
     msh_strmap_free(&outputs);
+    msh_strmap_free(&inputs);
     msh_hasher_free(h);
     free(c);
     free(ba);
