@@ -64,10 +64,10 @@ const char *msh_version(void);
 
 /** Options of one conversion. Initialise with msh_convert_options_init. */
 typedef struct msh_convert_options {
-    int dedup;              /**< merge identical initializers (default 1) */
-    int dedup_graph_inputs; /**< also merge initializers that are graph inputs (default 0) */
-    int external_data;      /**< write tensors to "<output>.data" (default 0; forced on when the
-                                 input's tensors are external or the output would pass 2 GiB) */
+    int dedup;                  /**< merge identical initializers (default 1) */
+    int dedup_graph_inputs;     /**< also merge initializers that are graph inputs (default 0) */
+    int external_data;          /**< write tensors to "<output>.data" (default 0; forced on when the
+                                     input's tensors are external or the output would pass 2 GiB) */
     int64_t external_threshold; /**< tensors below this many bytes stay inline (default 1024) */
 } msh_convert_options;
 

@@ -39,8 +39,10 @@ static msh_status check_paths(const msh_onnx_model *m, const char *in, const cha
     for (size_t i = 0; i < m->n_ext && st == MSH_OK; i++) {
         if (same_file(out, m->ext[i].dev, m->ext[i].ino) ||
             same_file(data, m->ext[i].dev, m->ext[i].ino))
-            st = msh_fail(e, MSH_ERR_USAGE, "output %s would overwrite the input's external "
-                          "data file '%s'", out, m->ext[i].location);
+            st = msh_fail(e, MSH_ERR_USAGE,
+                          "output %s would overwrite the input's external "
+                          "data file '%s'",
+                          out, m->ext[i].location);
     }
     if (st == MSH_OK && same_file(data, (int64_t)si.st_dev, (int64_t)si.st_ino))
         st = msh_fail(e, MSH_ERR_USAGE, "output %s.data is the input file", out);

@@ -8,8 +8,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "table.h"
 #include "modelshrink.h"
+#include "table.h"
 
 enum { EXIT_ALL_OK = 0, EXIT_SOME_FAILED = 1, EXIT_USAGE = 2 };
 
@@ -159,17 +159,18 @@ static int mkdirs_for(const char *file) {
     return ok;
 }
 
-static void fmt_bytes(long long n, char *buf, size_t cap) { snprintf(buf, cap, "%lld", n); }
+static void fmt_bytes(long long n, char *buf, size_t cap) {
+    snprintf(buf, cap, "%lld", n);
+}
 
 static int cmd_convert(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"output", required_argument, 0, 'o'},
-        {"no-dedup", no_argument, 0, 1},
-        {"dedup-graph-inputs", no_argument, 0, 2},
-        {"external-data", no_argument, 0, 3},
-        {"quiet", no_argument, 0, 'q'},
-        {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+    static const struct option opts[] = {{"output", required_argument, 0, 'o'},
+                                         {"no-dedup", no_argument, 0, 1},
+                                         {"dedup-graph-inputs", no_argument, 0, 2},
+                                         {"external-data", no_argument, 0, 3},
+                                         {"quiet", no_argument, 0, 'q'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     msh_convert_options opt;
     msh_convert_options_init(&opt);
     const char *output = NULL;
@@ -184,8 +185,7 @@ static int cmd_convert(int argc, char **argv) {
         case 3: opt.external_data = 1; break;
         case 'q': quiet = 1; break;
         case 'h': fputs(usage_text, stdout); return EXIT_ALL_OK;
-        default:
-            return usage_error("convert: unknown or incomplete option '%s'", argv[optind - 1]);
+        default: return usage_error("convert: unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
     if (!output)
@@ -292,8 +292,7 @@ static int cmd_inspect(int argc, char **argv) {
         switch (c) {
         case 'j': json = 1; break;
         case 'h': fputs(usage_text, stdout); return EXIT_ALL_OK;
-        default:
-            return usage_error("inspect: unknown option '%s'", argv[optind - 1]);
+        default: return usage_error("inspect: unknown option '%s'", argv[optind - 1]);
         }
     }
     if (optind >= argc)

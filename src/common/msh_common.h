@@ -2,8 +2,8 @@
 #ifndef MSH_COMMON_H
 #define MSH_COMMON_H
 
-#include <stdint.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "modelshrink.h"
@@ -54,8 +54,8 @@ static inline void msh_store_le64(uint8_t *p, uint64_t v) {
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
-void *msh_xmalloc(size_t n);            /* malloc that never returns NULL for n == 0 */
-void *msh_xrealloc(void *p, size_t n);  /* returns NULL on failure, leaving p valid */
+void *msh_xmalloc(size_t n);           /* malloc that never returns NULL for n == 0 */
+void *msh_xrealloc(void *p, size_t n); /* returns NULL on failure, leaving p valid */
 char *msh_strdup(const char *s);
 
 /* Human-readable byte counts ("345.2 MB", decimal units). */

@@ -51,13 +51,21 @@ const char *msh_status_name(msh_status s) {
     return "MSH_ERR_UNKNOWN";
 }
 
-const char *msh_version(void) { return MSH_VERSION_STRING; }
+const char *msh_version(void) {
+    return MSH_VERSION_STRING;
+}
 
-void msh_free(void *p) { free(p); }
+void msh_free(void *p) {
+    free(p);
+}
 
-void *msh_xmalloc(size_t n) { return malloc(n ? n : 1); }
+void *msh_xmalloc(size_t n) {
+    return malloc(n ? n : 1);
+}
 
-void *msh_xrealloc(void *p, size_t n) { return realloc(p, n ? n : 1); }
+void *msh_xrealloc(void *p, size_t n) {
+    return realloc(p, n ? n : 1);
+}
 
 char *msh_strdup(const char *s) {
     size_t n = strlen(s) + 1;

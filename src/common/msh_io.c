@@ -116,8 +116,10 @@ msh_status msh_sink_open(msh_sink *s, const char *final_path, msh_error *e) {
     free(dir);
     s->fd = mkstemp(s->tmp_path);
     if (s->fd < 0) {
-        msh_status st = msh_fail(e, MSH_ERR_IO, "cannot create a temporary file in the folder of "
-                                 "%s: %s", final_path, strerror(errno));
+        msh_status st = msh_fail(e, MSH_ERR_IO,
+                                 "cannot create a temporary file in the folder of "
+                                 "%s: %s",
+                                 final_path, strerror(errno));
         free(s->tmp_path);
         s->tmp_path = NULL;
         msh_sink_abort(s);
@@ -190,8 +192,8 @@ msh_status msh_sink_finish(msh_sink *s, msh_error *e) {
 
 msh_status msh_sink_rename(msh_sink *s, msh_error *e) {
     if (rename(s->tmp_path, s->final_path) != 0)
-        return msh_fail(e, MSH_ERR_IO, "cannot rename the temporary file to %s: %s",
-                        s->final_path, strerror(errno));
+        return msh_fail(e, MSH_ERR_IO, "cannot rename the temporary file to %s: %s", s->final_path,
+                        strerror(errno));
     free(s->tmp_path);
     s->tmp_path = NULL;
     /* Make the rename itself durable. */

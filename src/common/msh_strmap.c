@@ -9,7 +9,9 @@ static uint64_t str_hash(const char *s) {
     return h;
 }
 
-void msh_strmap_init(msh_strmap *m) { memset(m, 0, sizeof *m); }
+void msh_strmap_init(msh_strmap *m) {
+    memset(m, 0, sizeof *m);
+}
 
 void msh_strmap_free(msh_strmap *m) {
     free(m->keys);

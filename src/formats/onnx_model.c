@@ -26,24 +26,41 @@ msh_status msh_onnx_add_payload(msh_onnx_model *m, int src, int64_t off, int64_t
 
 int msh_onnx_elem_size(int32_t t) {
     switch (t) {
-    case 1: case 6: case 12: return 4;                 /* FLOAT INT32 UINT32 */
-    case 2: case 3: case 9: return 1;                  /* UINT8 INT8 BOOL */
-    case 4: case 5: case 10: case 16: return 2;        /* UINT16 INT16 FLOAT16 BFLOAT16 */
-    case 7: case 11: case 13: case 14: return 8;       /* INT64 DOUBLE UINT64 COMPLEX64 */
-    case 15: return 16;                                /* COMPLEX128 */
-    case 17: case 18: case 19: case 20: case 24: return 1; /* FLOAT8 variants, E8M0 */
-    case 21: case 22: case 23: return 1;               /* 4-bit, two per byte */
-    case 8: return -1;                                 /* STRING */
+    case 1:
+    case 6:
+    case 12: return 4; /* FLOAT INT32 UINT32 */
+    case 2:
+    case 3:
+    case 9: return 1; /* UINT8 INT8 BOOL */
+    case 4:
+    case 5:
+    case 10:
+    case 16: return 2; /* UINT16 INT16 FLOAT16 BFLOAT16 */
+    case 7:
+    case 11:
+    case 13:
+    case 14: return 8;  /* INT64 DOUBLE UINT64 COMPLEX64 */
+    case 15: return 16; /* COMPLEX128 */
+    case 17:
+    case 18:
+    case 19:
+    case 20:
+    case 24: return 1; /* FLOAT8 variants, E8M0 */
+    case 21:
+    case 22:
+    case 23: return 1; /* 4-bit, two per byte */
+    case 8: return -1; /* STRING */
     default: return 0;
     }
 }
 
 const char *msh_onnx_dtype_name(int32_t t) {
     static const char *names[] = {
-        "UNDEFINED", "FLOAT", "UINT8", "INT8", "UINT16", "INT16", "INT32", "INT64", "STRING",
-        "BOOL", "FLOAT16", "DOUBLE", "UINT32", "UINT64", "COMPLEX64", "COMPLEX128", "BFLOAT16",
-        "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "UINT4", "INT4",
-        "FLOAT4E2M1", "FLOAT8E8M0"};
+        "UNDEFINED",      "FLOAT",    "UINT8",        "INT8",           "UINT16",
+        "INT16",          "INT32",    "INT64",        "STRING",         "BOOL",
+        "FLOAT16",        "DOUBLE",   "UINT32",       "UINT64",         "COMPLEX64",
+        "COMPLEX128",     "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2",
+        "FLOAT8E5M2FNUZ", "UINT4",    "INT4",         "FLOAT4E2M1",     "FLOAT8E8M0"};
     if (t >= 0 && t < (int32_t)(sizeof names / sizeof names[0]))
         return names[t];
     return "UNKNOWN";
@@ -102,11 +119,12 @@ static msh_status ext_open(msh_onnx_model *m, const char *loc, int *idx, msh_err
     if (!*loc)
         return msh_fail(e, MSH_ERR_UNSAFE, "external data location is empty");
     if (loc[0] == '/')
-        return msh_fail(e, MSH_ERR_UNSAFE, "external data location '%s' is an absolute path",
-                        loc);
+        return msh_fail(e, MSH_ERR_UNSAFE, "external data location '%s' is an absolute path", loc);
     if (strchr(loc, '\\') || strlen(loc) > 4000)
-        return msh_fail(e, MSH_ERR_UNSAFE, "external data location '%.200s' is not a plain "
-                        "relative path", loc);
+        return msh_fail(e, MSH_ERR_UNSAFE,
+                        "external data location '%.200s' is not a plain "
+                        "relative path",
+                        loc);
     /* Walk the components as written: '..' may not climb above the model's folder, and no
      * prefix of the path may be a symbolic link (checked with lstat, before opening). */
     size_t dlen = strlen(m->dir);
@@ -144,8 +162,7 @@ static msh_status ext_open(msh_onnx_model *m, const char *loc, int *idx, msh_err
                 st = msh_fail(e, MSH_ERR_UNSAFE,
                               "external data location '%s' passes through a symbolic link", loc);
             else if (!is_last && !S_ISDIR(sb.st_mode))
-                st = msh_fail(e, MSH_ERR_FORMAT, "external data location '%s': not a folder",
-                              loc);
+                st = msh_fail(e, MSH_ERR_FORMAT, "external data location '%s': not a folder", loc);
         }
         p = q ? q + 1 : p + n;
     }
@@ -177,8 +194,8 @@ static msh_status ext_open(msh_onnx_model *m, const char *loc, int *idx, msh_err
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     }
     m->ext = ne;
-    m->ext[m->n_ext] = (msh_ext_file){copy, fd, (int64_t)sb.st_size, (int64_t)sb.st_dev,
-                                      (int64_t)sb.st_ino};
+    m->ext[m->n_ext] =
+        (msh_ext_file){copy, fd, (int64_t)sb.st_size, (int64_t)sb.st_dev, (int64_t)sb.st_ino};
     *idx = (int)m->n_ext++;
     return MSH_OK;
 }
@@ -204,21 +221,22 @@ static msh_status tensor_external(msh_onnx_model *m, msh_tensor *t, msh_error *e
                         msh_onnx_dtype_name(tp->data_type));
     int64_t off = 0, len = t->nbytes;
     if (off_s && ext_parse_int(off_s, &off) != MSH_OK)
-        return msh_fail(e, MSH_ERR_FORMAT, "external data offset '%.40s' is not an integer",
-                        off_s);
+        return msh_fail(e, MSH_ERR_FORMAT, "external data offset '%.40s' is not an integer", off_s);
     if (len_s && ext_parse_int(len_s, &len) != MSH_OK)
-        return msh_fail(e, MSH_ERR_FORMAT, "external data length '%.40s' is not an integer",
-                        len_s);
+        return msh_fail(e, MSH_ERR_FORMAT, "external data length '%.40s' is not an integer", len_s);
     if (len != t->nbytes)
-        return msh_fail(e, MSH_ERR_FORMAT, "external data length %lld differs from the %lld "
-                        "bytes its shape needs", (long long)len, (long long)t->nbytes);
+        return msh_fail(e, MSH_ERR_FORMAT,
+                        "external data length %lld differs from the %lld "
+                        "bytes its shape needs",
+                        (long long)len, (long long)t->nbytes);
     int idx = 0;
     MSH_FORWARD(ext_open(m, loc, &idx, e));
     int64_t end;
     if (!msh_add_i64(off, len, &end) || end > m->ext[idx].size)
-        return msh_fail(e, MSH_ERR_FORMAT, "external data '%s': offset %lld + length %lld is "
-                        "past the end of the %lld-byte file", loc, (long long)off,
-                        (long long)len, (long long)m->ext[idx].size);
+        return msh_fail(e, MSH_ERR_FORMAT,
+                        "external data '%s': offset %lld + length %lld is "
+                        "past the end of the %lld-byte file",
+                        loc, (long long)off, (long long)len, (long long)m->ext[idx].size);
     size_t pi;
     MSH_FORWARD(msh_onnx_add_payload(m, idx + 1, off, len, &pi, e));
     t->payload = (int64_t)pi;
@@ -236,15 +254,25 @@ static int64_t typed_count(const Onnx__TensorProto *tp, int64_t *expected, int64
     case 11: *expected = numel; return (int64_t)tp->n_double_data;
     case 15: *expected = 2 * numel; return (int64_t)tp->n_double_data;
     case 7: *expected = numel; return (int64_t)tp->n_int64_data;
-    case 12: case 13: *expected = numel; return (int64_t)tp->n_uint64_data;
+    case 12:
+    case 13: *expected = numel; return (int64_t)tp->n_uint64_data;
     case 8: *expected = numel; return (int64_t)tp->n_string_data;
-    case 2: case 3: case 4: case 5: case 6: case 9: case 10: case 16: case 17: case 18: case 19:
-    case 20: case 24:
-        *expected = numel;
-        return (int64_t)tp->n_int32_data;
-    case 21: case 22: case 23:
-        *expected = numel / 2 + (numel & 1);
-        return (int64_t)tp->n_int32_data;
+    case 2:
+    case 3:
+    case 4:
+    case 5:
+    case 6:
+    case 9:
+    case 10:
+    case 16:
+    case 17:
+    case 18:
+    case 19:
+    case 20:
+    case 24: *expected = numel; return (int64_t)tp->n_int32_data;
+    case 21:
+    case 22:
+    case 23: *expected = numel / 2 + (numel & 1); return (int64_t)tp->n_int32_data;
     default: *expected = -1; return 0;
     }
 }
@@ -268,17 +296,16 @@ static msh_status add_tensor(msh_onnx_model *m, Onnx__TensorProto *tp, int graph
     int64_t numel = 1;
     for (size_t i = 0; i < tp->n_dims; i++) {
         if (tp->dims[i] < 0)
-            return msh_fail(e, MSH_ERR_FORMAT, "%s '%s': dim %zu is negative (%lld)",
-                            loc_name(loc), tname(tp), i, (long long)tp->dims[i]);
+            return msh_fail(e, MSH_ERR_FORMAT, "%s '%s': dim %zu is negative (%lld)", loc_name(loc),
+                            tname(tp), i, (long long)tp->dims[i]);
         if (!msh_mul_i64(numel, tp->dims[i], &numel))
-            return msh_fail(e, MSH_ERR_LIMIT, "%s '%s': element count overflows",
-                            loc_name(loc), tname(tp));
+            return msh_fail(e, MSH_ERR_LIMIT, "%s '%s': element count overflows", loc_name(loc),
+                            tname(tp));
     }
     t->numel = numel;
     t->nbytes = msh_onnx_tensor_bytes(tp->data_type, numel);
     if (t->nbytes == -2)
-        return msh_fail(e, MSH_ERR_LIMIT, "%s '%s': byte size overflows", loc_name(loc),
-                        tname(tp));
+        return msh_fail(e, MSH_ERR_LIMIT, "%s '%s': byte size overflows", loc_name(loc), tname(tp));
     for (size_t i = 0; i < tp->base.n_unknown_fields; i++) {
         const ProtobufCMessageUnknownField *u = &tp->base.unknown_fields[i];
         if (u->tag != MSH_ONNX_MARKER_FIELD)
@@ -288,8 +315,8 @@ static msh_status add_tensor(msh_onnx_model *m, Onnx__TensorProto *tp, int graph
             v |= (uint64_t)(u->data[k] & 0x7f) << (7 * k);
         t->payload = (int64_t)v;
     }
-    int external = tp->has_data_location &&
-                   tp->data_location == ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL;
+    int external =
+        tp->has_data_location && tp->data_location == ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL;
     msh_status st = MSH_OK;
     if (external) {
         if (t->payload >= 0)
@@ -312,9 +339,10 @@ static msh_status add_tensor(msh_onnx_model *m, Onnx__TensorProto *tp, int graph
         if (t->nbytes < 0)
             t->nbytes = have; /* an element type this version does not know: opaque bytes */
         else if (have != t->nbytes)
-            return msh_fail(e, MSH_ERR_FORMAT, "%s '%s': raw_data has %lld bytes, its shape "
-                            "needs %lld", loc_name(loc), tname(tp), (long long)have,
-                            (long long)t->nbytes);
+            return msh_fail(e, MSH_ERR_FORMAT,
+                            "%s '%s': raw_data has %lld bytes, its shape "
+                            "needs %lld",
+                            loc_name(loc), tname(tp), (long long)have, (long long)t->nbytes);
     } else {
         int64_t expected;
         int64_t count = typed_count(tp, &expected, numel);
@@ -342,8 +370,8 @@ static msh_status walk_nodes(msh_onnx_model *m, Onnx__NodeProto **nodes, size_t 
                              int depth, int in_function, msh_error *e) {
     for (size_t i = 0; i < n; i++) {
         Onnx__NodeProto *nd = nodes[i];
-        int is_const = nd->op_type && strcmp(nd->op_type, "Constant") == 0 &&
-                       (!nd->domain || !*nd->domain);
+        int is_const =
+            nd->op_type && strcmp(nd->op_type, "Constant") == 0 && (!nd->domain || !*nd->domain);
         for (size_t a = 0; a < nd->n_attribute; a++) {
             Onnx__AttributeProto *at = nd->attribute[a];
             msh_tensor_loc loc = in_function ? MSH_LOC_FUNCTION
@@ -369,8 +397,7 @@ static msh_status walk_nodes(msh_onnx_model *m, Onnx__NodeProto **nodes, size_t 
 static msh_status walk_graph(msh_onnx_model *m, Onnx__GraphProto *g, int parent, int depth,
                              msh_error *e) {
     if (depth > MSH_ONNX_MAX_GRAPH_DEPTH)
-        return msh_fail(e, MSH_ERR_LIMIT, "graphs nested deeper than %d",
-                        MSH_ONNX_MAX_GRAPH_DEPTH);
+        return msh_fail(e, MSH_ERR_LIMIT, "graphs nested deeper than %d", MSH_ONNX_MAX_GRAPH_DEPTH);
     if (m->n_graphs == m->cap_graphs) {
         size_t cap = m->cap_graphs ? 2 * m->cap_graphs : 8;
         msh_graph *p = realloc(m->graphs, cap * sizeof *p);
@@ -441,9 +468,10 @@ msh_status msh_onnx_model_open(msh_onnx_model *m, const char *path, msh_error *e
         return msh_fail(e, MSH_ERR_FORMAT, "empty file, not an ONNX model");
     MSH_FORWARD(msh_onnx_scan(m, e));
     m->mp = (Onnx__ModelProto *)protobuf_c_message_unpack(&onnx__model_proto__descriptor, NULL,
-                                                           m->skel_len, m->skel);
+                                                          m->skel_len, m->skel);
     if (!m->mp)
-        return msh_fail(e, MSH_ERR_FORMAT, "not an ONNX model: the protobuf does not decode as "
+        return msh_fail(e, MSH_ERR_FORMAT,
+                        "not an ONNX model: the protobuf does not decode as "
                         "a ModelProto");
     free(m->skel); /* the unpacked message owns copies of everything it needs */
     m->skel = NULL;
@@ -508,15 +536,18 @@ msh_status msh_onnx_adopt_orphan(msh_onnx_model *m, Onnx__TensorProto *tp) {
 static void typed_elem(const Onnx__TensorProto *tp, int64_t i, uint8_t *out, int es) {
     uint64_t v = 0;
     switch (tp->data_type) {
-    case 1: case 14: {
+    case 1:
+    case 14: {
         uint32_t b;
         memcpy(&b, &tp->float_data[i], 4);
         v = b;
         break;
     }
-    case 11: case 15: memcpy(&v, &tp->double_data[i], 8); break;
+    case 11:
+    case 15: memcpy(&v, &tp->double_data[i], 8); break;
     case 7: v = (uint64_t)tp->int64_data[i]; break;
-    case 12: case 13: v = tp->uint64_data[i]; break;
+    case 12:
+    case 13: v = tp->uint64_data[i]; break;
     default: v = (uint64_t)(uint32_t)tp->int32_data[i]; break;
     }
     for (int k = 0; k < es; k++)

@@ -39,13 +39,13 @@ typedef enum msh_tensor_loc {
 
 typedef struct msh_tensor {
     Onnx__TensorProto *tp;
-    int graph;           /* index in model->graphs, or -1 (function bodies) */
+    int graph; /* index in model->graphs, or -1 (function bodies) */
     msh_tensor_loc loc;
-    int64_t payload;     /* index in model->payloads, or -1 when the data is in typed fields */
-    int external_in;     /* the input stored it as external data */
+    int64_t payload; /* index in model->payloads, or -1 when the data is in typed fields */
+    int external_in; /* the input stored it as external data */
     int64_t numel;
-    int64_t nbytes;      /* data bytes; -1 for element types without a fixed size (STRING) */
-    int removed;         /* dedup removed it from its graph */
+    int64_t nbytes; /* data bytes; -1 for element types without a fixed size (STRING) */
+    int removed;    /* dedup removed it from its graph */
 } msh_tensor;
 
 typedef struct msh_graph {
@@ -77,7 +77,7 @@ typedef struct msh_onnx_model {
     size_t n_graphs, cap_graphs;
     msh_ext_file *ext;
     size_t n_ext;
-    int64_t external_bytes; /* bytes of tensor data held in external files */
+    int64_t external_bytes;      /* bytes of tensor data held in external files */
     Onnx__TensorProto **orphans; /* TensorProtos detached from the tree (freed with the model) */
     size_t n_orphans, cap_orphans;
     int64_t *tmap; /* open-addressing map TensorProto* -> tensor index (-1 empty) */
@@ -111,7 +111,7 @@ msh_status msh_onnx_adopt_orphan(msh_onnx_model *m, Onnx__TensorProto *tp);
 
 /* Output options of the streaming writer. */
 typedef struct msh_onnx_write_opts {
-    int external;              /* write payloads >= threshold to "<out>.data" */
+    int external; /* write payloads >= threshold to "<out>.data" */
     int64_t external_threshold;
 } msh_onnx_write_opts;
 

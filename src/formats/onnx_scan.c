@@ -150,10 +150,11 @@ static msh_status scan_message(msh_scan *s, const ProtobufCMessageDescriptor *d,
             uint64_t len;
             MSH_FORWARD(read_varint(s, end, &len));
             if (len > (uint64_t)(end - s->rd.pos))
-                return msh_fail(s->e, MSH_ERR_FORMAT,
-                                "truncated: field %llu at offset %lld claims %llu bytes, %lld remain",
-                                (unsigned long long)num, (long long)field_at,
-                                (unsigned long long)len, (long long)(end - s->rd.pos));
+                return msh_fail(
+                    s->e, MSH_ERR_FORMAT,
+                    "truncated: field %llu at offset %lld claims %llu bytes, %lld remain",
+                    (unsigned long long)num, (long long)field_at, (unsigned long long)len,
+                    (long long)(end - s->rd.pos));
             int64_t sub_end = s->rd.pos + (int64_t)len;
             if (fd && fd->type == PROTOBUF_C_TYPE_MESSAGE) {
                 const ProtobufCMessageDescriptor *sd = fd->descriptor;

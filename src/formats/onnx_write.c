@@ -111,7 +111,7 @@ static msh_status stream_tensor(const msh_onnx_model *m, const msh_tensor *t, ms
                                 uint8_t *chunk, msh_error *e) {
     for (int64_t off = 0; off < t->nbytes;) {
         size_t n = t->nbytes - off < (int64_t)MSH_STREAM_CHUNK ? (size_t)(t->nbytes - off)
-                                                                : MSH_STREAM_CHUNK;
+                                                               : MSH_STREAM_CHUNK;
         MSH_FORWARD(msh_onnx_tensor_read(m, t, off, chunk, n, e));
         MSH_FORWARD(msh_sink_write(dst, chunk, n, e));
         off += (int64_t)n;
@@ -198,7 +198,8 @@ static msh_status emit_sub(wctx *c, uint32_t id, const ProtobufCMessage *sub, ui
         uint64_t again;
         MSH_FORWARD(emit_msg(c, sub, &again));
         if (again != n)
-            return msh_fail(c->e, MSH_ERR_FORMAT, "internal error: message size changed while "
+            return msh_fail(c->e, MSH_ERR_FORMAT,
+                            "internal error: message size changed while "
                             "writing");
     }
     return MSH_OK;

@@ -4,13 +4,13 @@
 #include <xxhash.h>
 
 struct msh_hasher {
-    XXH64_state_t *outer;   /* XXH64 over the chunk digests, seeded with the total length */
-    uint8_t *digests;       /* the chunk digests so far, little-endian */
+    XXH64_state_t *outer; /* XXH64 over the chunk digests, seeded with the total length */
+    uint8_t *digests;     /* the chunk digests so far, little-endian */
     size_t n_digests, cap_digests;
-    uint8_t *partial;       /* an incomplete chunk */
+    uint8_t *partial; /* an incomplete chunk */
     size_t plen;
     int64_t total;
-    int oom;                /* a digest could not be stored: the result is invalid */
+    int oom; /* a digest could not be stored: the result is invalid */
 };
 
 static uint64_t msh_chunk_digest(const uint8_t *p, size_t n) {
@@ -103,7 +103,9 @@ void msh_hasher_free(msh_hasher *h) {
     free(h);
 }
 
-int msh_hasher_failed(const msh_hasher *h) { return h->oom; }
+int msh_hasher_failed(const msh_hasher *h) {
+    return h->oom;
+}
 
 msh_status msh_tensor_digest_ref(const void *p, size_t n, uint64_t *out) {
     const uint8_t *b = p;

@@ -32,7 +32,9 @@
 #define MSH_XXH_P4 0x85EBCA77C2B2AE63ULL
 #define MSH_XXH_P5 0x27D4EB2F165667C5ULL
 
-MSH_HD static inline uint64_t msh_rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+MSH_HD static inline uint64_t msh_rotl64(uint64_t x, int r) {
+    return (x << r) | (x >> (64 - r));
+}
 
 MSH_HD static inline uint64_t msh_rd64(const uint8_t *p) {
     uint64_t v = 0;

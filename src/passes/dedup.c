@@ -49,8 +49,8 @@ static msh_status digest_tensor(const msh_onnx_model *m, int64_t ti, msh_hasher 
     const msh_tensor *t = &m->tensors[ti];
     msh_hasher_reset(h);
     for (int64_t off = 0; off < t->nbytes;) {
-        size_t n = t->nbytes - off < (int64_t)MSH_CMP_CHUNK ? (size_t)(t->nbytes - off)
-                                                             : MSH_CMP_CHUNK;
+        size_t n =
+            t->nbytes - off < (int64_t)MSH_CMP_CHUNK ? (size_t)(t->nbytes - off) : MSH_CMP_CHUNK;
         MSH_FORWARD(msh_onnx_tensor_read(m, t, off, buf, n, e));
         msh_hasher_update(h, buf, n);
         off += (int64_t)n;
@@ -68,8 +68,8 @@ static msh_status same_bytes(const msh_onnx_model *m, int64_t a, int64_t b, uint
     if (x->nbytes != y->nbytes)
         return MSH_OK;
     for (int64_t off = 0; off < x->nbytes;) {
-        size_t n = x->nbytes - off < (int64_t)MSH_CMP_CHUNK ? (size_t)(x->nbytes - off)
-                                                             : MSH_CMP_CHUNK;
+        size_t n =
+            x->nbytes - off < (int64_t)MSH_CMP_CHUNK ? (size_t)(x->nbytes - off) : MSH_CMP_CHUNK;
         MSH_FORWARD(msh_onnx_tensor_read(m, x, off, ba, n, e));
         MSH_FORWARD(msh_onnx_tensor_read(m, y, off, bb, n, e));
         if (memcmp(ba, bb, n) != 0)

@@ -29,7 +29,7 @@ typedef struct msh_dup_group {
     int64_t keeper;   /* tensor index */
     int64_t *removed; /* tensor indices merged into the keeper */
     size_t n_removed;
-    int hoist_to;     /* graph index to move the keeper to, or -1 */
+    int hoist_to; /* graph index to move the keeper to, or -1 */
 } msh_dup_group;
 
 typedef struct msh_dedup_plan {

@@ -12,6 +12,18 @@ static cJSON *shape_json(const Onnx__TensorProto *tp) {
     return a;
 }
 
+static _Thread_local const msh_dedup_plan *g_plan;
+static _Thread_local const msh_onnx_model *g_pm;
+static int group_saved_desc(const void *a, const void *b) {
+    const msh_dup_group *x = &g_plan->groups[*(const size_t *)a];
+    const msh_dup_group *y = &g_plan->groups[*(const size_t *)b];
+    int64_t sx = (int64_t)x->n_removed * g_pm->tensors[x->keeper].nbytes;
+    int64_t sy = (int64_t)y->n_removed * g_pm->tensors[y->keeper].nbytes;
+    if (sx != sy)
+        return sx > sy ? -1 : 1;
+    return *(const size_t *)a < *(const size_t *)b ? -1 : 1;
+}
+
 static const char *loc_str(msh_tensor_loc l) {
     switch (l) {
     case MSH_LOC_INITIALIZER: return "initializer";
@@ -36,7 +48,8 @@ static void graph_label(const msh_onnx_model *m, int g, char *buf, size_t cap) {
 
 static _Thread_local const msh_onnx_model *g_m; /* qsort has no context argument */
 static int by_size_desc(const void *a, const void *b) {
-    int64_t x = g_m->tensors[*(const size_t *)a].nbytes, y = g_m->tensors[*(const size_t *)b].nbytes;
+    int64_t x = g_m->tensors[*(const size_t *)a].nbytes,
+            y = g_m->tensors[*(const size_t *)b].nbytes;
     if (x != y)
         return x > y ? -1 : 1;
     return *(const size_t *)a < *(const size_t *)b ? -1 : 1;
@@ -87,8 +100,16 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
     cJSON_AddNumberToObject(dup, "tensors", (double)plan->merged);
     cJSON_AddNumberToObject(dup, "saved_bytes", (double)plan->saved_bytes);
     cJSON *dl = cJSON_AddArrayToObject(dup, "list");
-    for (size_t i = 0; i < plan->n_groups; i++) {
-        const msh_dup_group *g = &plan->groups[i];
+    size_t *order = malloc((plan->n_groups + 1) * sizeof *order);
+    if (!order)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < plan->n_groups; i++)
+        order[i] = i;
+    g_plan = plan;
+    g_pm = m;
+    qsort(order, plan->n_groups, sizeof *order, group_saved_desc); /* biggest savings first */
+    for (size_t oi = 0; oi < plan->n_groups; oi++) {
+        const msh_dup_group *g = &plan->groups[order[oi]];
         const msh_tensor *k = &m->tensors[g->keeper];
         cJSON *x = cJSON_CreateObject();
         cJSON_AddStringToObject(x, "dtype", msh_onnx_dtype_name(k->tp->data_type));
@@ -100,6 +121,7 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
             cJSON_AddItemToArray(mem, cJSON_CreateString(m->tensors[g->removed[r]].tp->name));
         cJSON_AddItemToArray(dl, x);
     }
+    free(order);
     size_t *idx = malloc((m->n_tensors + 1) * sizeof *idx);
     if (!idx)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");

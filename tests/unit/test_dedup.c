@@ -10,7 +10,7 @@ static Onnx__ModelProto *build(void) {
         PUSH(g->initializer, g->n_initializer, mk_tensor(same[i], 64, 1.0f, i == 2));
     PUSH(g->initializer, g->n_initializer, mk_tensor("Diff", 64, 2.0f, 0));
     PUSH(g->input, g->n_input, mk_vi("x"));
-    PUSH(g->input, g->n_input, mk_vi("W4")); /* W4 is an overridable default */
+    PUSH(g->input, g->n_input, mk_vi("W4"));  /* W4 is an overridable default */
     PUSH(g->output, g->n_output, mk_vi("O")); /* O is an output: never renamed */
     PUSH(g->output, g->n_output, mk_vi("y"));
     PUSH(g->value_info, g->n_value_info, mk_vi("W2"));
@@ -73,8 +73,8 @@ int main(int argc, char **argv) {
         const char *k = allow ? "W4" : "O";
         CHECK(msh_dedup_apply(&m, &plan, &e) == MSH_OK, "apply: %s", e.msg);
         Onnx__GraphProto *g = m.mp->graph;
-        CHECK(has_init(g, "O") && has_init(g, "W4") && !has_init(g, "W1") &&
-                  !has_init(g, "W2") && !has_init(g, "W3"),
+        CHECK(has_init(g, "O") && has_init(g, "W4") && !has_init(g, "W1") && !has_init(g, "W2") &&
+                  !has_init(g, "W3"),
               "main graph initializers after dedup");
         CHECK(strcmp(input_of(g, 0, 1), k) == 0 && strcmp(input_of(g, 1, 1), k) == 0 &&
                   strcmp(input_of(g, 2, 1), k) == 0,

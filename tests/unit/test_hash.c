@@ -40,8 +40,8 @@ int main(void) {
                   "xxh64 len %zu seed %llu", n, (unsigned long long)seed);
     CHECK(msh_xxh64_ref(buf, big, 42) == XXH64(buf, big, 42), "xxh64 big");
 
-    size_t lens[] = {0, 1, 100, MSH_HASH_CHUNK - 1, MSH_HASH_CHUNK, MSH_HASH_CHUNK + 1,
-                     3 * MSH_HASH_CHUNK, big};
+    size_t lens[] = {
+        0, 1, 100, MSH_HASH_CHUNK - 1, MSH_HASH_CHUNK, MSH_HASH_CHUNK + 1, 3 * MSH_HASH_CHUNK, big};
     msh_hasher *h = msh_hasher_new();
     for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
         size_t n = lens[li];

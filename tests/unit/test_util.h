@@ -52,8 +52,7 @@ static Onnx__TensorProto *mk_tensor(const char *name, int64_t n, float seed, int
     return t;
 }
 
-static Onnx__NodeProto *mk_node(const char *op, const char *in0, const char *in1,
-                                const char *out) {
+static Onnx__NodeProto *mk_node(const char *op, const char *in0, const char *in1, const char *out) {
     Onnx__NodeProto *nd = malloc(sizeof *nd);
     onnx__node_proto__init(nd);
     nd->op_type = xstrdup(op);

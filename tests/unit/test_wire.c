@@ -132,8 +132,8 @@ int main(int argc, char **argv) {
     uint8_t *c1 = canonical(path_in("w_in.onnx"), &n1);
     uint8_t *c2 = canonical(path_in("w_out.onnx"), &n2);
     CHECK(c1 && c2 && n1 == n2 && memcmp(c1, c2, n1) == 0, "round trip changed the model");
-    CHECK(wr.model_bytes == (int64_t)len, "round trip size %lld vs %zu",
-          (long long)wr.model_bytes, len);
+    CHECK(wr.model_bytes == (int64_t)len, "round trip size %lld vs %zu", (long long)wr.model_bytes,
+          len);
     free(c1);
     free(c2);
 
