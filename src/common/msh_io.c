@@ -1,3 +1,5 @@
+/* copy_file_range is a Linux call declared under _GNU_SOURCE; a fallback covers the rest. */
+#define _GNU_SOURCE
 #include "common/msh_io.h"
 
 #include <errno.h>
@@ -162,6 +164,35 @@ msh_status msh_sink_write(msh_sink *s, const void *p, size_t n, msh_error *e) {
         s->len += k;
         src += k;
         n -= k;
+    }
+    return MSH_OK;
+}
+
+msh_status msh_sink_copy_from(msh_sink *s, int fd, int64_t off, int64_t len, msh_error *e) {
+    MSH_FORWARD(msh_sink_flush(s, e));
+#if defined(__linux__)
+    /* In-kernel copy: no trip through user space (and a reflink where the file system can). */
+    while (len > 0) {
+        loff_t in_off = (loff_t)off;
+        size_t want = len > ((int64_t)1 << 30) ? (size_t)1 << 30 : (size_t)len;
+        ssize_t k = copy_file_range(fd, &in_off, s->fd, NULL, want, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            break; /* unsupported here (EXDEV, ENOSYS, EINVAL, ...) or EOF: fall back */
+        off += k;
+        len -= k;
+        s->written += k;
+    }
+#endif
+    while (len > 0) {
+        size_t n = len < (int64_t)s->cap ? (size_t)len : s->cap;
+        MSH_FORWARD(msh_pread_full(fd, s->buf, n, off, e));
+        s->len = n;
+        s->written += (int64_t)n;
+        MSH_FORWARD(msh_sink_flush(s, e));
+        off += (int64_t)n;
+        len -= (int64_t)n;
     }
     return MSH_OK;
 }

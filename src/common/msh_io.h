@@ -37,6 +37,8 @@ typedef struct msh_sink {
 
 msh_status msh_sink_open(msh_sink *s, const char *final_path, msh_error *e);
 msh_status msh_sink_write(msh_sink *s, const void *p, size_t n, msh_error *e);
+/* Append `len` bytes of file `fd` at `off` (copy_file_range where possible). */
+msh_status msh_sink_copy_from(msh_sink *s, int fd, int64_t off, int64_t len, msh_error *e);
 /* Write zero bytes until the size is a multiple of `align`. */
 msh_status msh_sink_pad(msh_sink *s, int64_t align, msh_error *e);
 /* Flush and fsync; the file keeps its temporary name until msh_sink_rename. */

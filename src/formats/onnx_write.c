@@ -109,6 +109,12 @@ static msh_status pack_whole(wctx *c, const ProtobufCMessage *msg, uint64_t *siz
 
 static msh_status stream_tensor(const msh_onnx_model *m, const msh_tensor *t, msh_sink *dst,
                                 uint8_t *chunk, msh_error *e) {
+    if (t->payload >= 0) {
+        /* Unchanged bytes from a file: let the kernel copy them. */
+        const msh_payload *p = &m->payloads[t->payload];
+        int fd = p->src == 0 ? m->fd : m->ext[p->src - 1].fd;
+        return msh_sink_copy_from(dst, fd, p->offset, p->length, e);
+    }
     for (int64_t off = 0; off < t->nbytes;) {
         size_t n = t->nbytes - off < (int64_t)MSH_STREAM_CHUNK ? (size_t)(t->nbytes - off)
                                                                : MSH_STREAM_CHUNK;

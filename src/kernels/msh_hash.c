@@ -7,8 +7,8 @@ struct msh_hasher {
     XXH64_state_t *outer; /* XXH64 over the chunk digests, seeded with the total length */
     uint8_t *digests;     /* the chunk digests so far, little-endian */
     size_t n_digests, cap_digests;
-    uint8_t *partial; /* an incomplete chunk */
-    size_t plen;
+    uint8_t *partial;  /* an incomplete chunk */
+    size_t plen, pcap; /* partial is allocated to the size first needed */
     int64_t total;
     int oom; /* a digest could not be stored: the result is invalid */
 };
@@ -22,15 +22,7 @@ static uint64_t msh_chunk_digest(const uint8_t *p, size_t n) {
 }
 
 msh_hasher *msh_hasher_new(void) {
-    msh_hasher *h = calloc(1, sizeof *h);
-    if (!h)
-        return NULL;
-    h->partial = malloc(MSH_HASH_CHUNK);
-    if (!h->partial) {
-        free(h);
-        return NULL;
-    }
-    return h;
+    return calloc(1, sizeof(msh_hasher));
 }
 
 void msh_hasher_reset(msh_hasher *h) {
@@ -57,10 +49,21 @@ static void msh_push_digest(msh_hasher *h, uint64_t d) {
 void msh_hasher_update(msh_hasher *h, const void *p, size_t n) {
     const uint8_t *src = p;
     h->total += (int64_t)n;
-    if (h->plen) {
+    if (h->plen || (n > 0 && n < MSH_HASH_CHUNK)) {
         size_t k = MSH_HASH_CHUNK - h->plen;
         if (k > n)
             k = n;
+        if (h->plen + k > h->pcap) {
+            /* Lazily sized: many small tensors hashed side by side stay small. */
+            size_t cap = h->plen + k;
+            uint8_t *p2 = realloc(h->partial, cap);
+            if (!p2) {
+                h->oom = 1;
+                return;
+            }
+            h->partial = p2;
+            h->pcap = cap;
+        }
         memcpy(h->partial + h->plen, src, k);
         h->plen += k;
         src += k;
@@ -75,10 +78,9 @@ void msh_hasher_update(msh_hasher *h, const void *p, size_t n) {
         src += MSH_HASH_CHUNK;
         n -= MSH_HASH_CHUNK;
     }
-    if (n) {
-        memcpy(h->partial, src, n);
-        h->plen = n;
-    }
+    if (n)
+        msh_hasher_update(h, src, n); /* a tail shorter than a chunk: into `partial` */
+    h->total -= (int64_t)n;           /* counted by the call above */
 }
 
 uint64_t msh_hasher_digest(msh_hasher *h) {

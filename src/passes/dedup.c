@@ -11,7 +11,6 @@ typedef struct cand {
     int64_t t;
     uint64_t digest;
     int removable;
-    int64_t cls; /* class head (tensor index) after confirmation, -1 none */
 } cand;
 
 static int key_cmp(const msh_onnx_model *m, int64_t a, int64_t b) {
@@ -35,49 +34,6 @@ static int cand_key_cmp(const void *pa, const void *pb) {
     if (c)
         return c;
     return a->t < b->t ? -1 : a->t > b->t;
-}
-
-static int cand_digest_cmp(const void *pa, const void *pb) {
-    const cand *a = pa, *b = pb;
-    if (a->digest != b->digest)
-        return a->digest < b->digest ? -1 : 1;
-    return a->t < b->t ? -1 : a->t > b->t;
-}
-
-static msh_status digest_tensor(const msh_onnx_model *m, int64_t ti, msh_hasher *h, uint8_t *buf,
-                                uint64_t *out, msh_error *e) {
-    const msh_tensor *t = &m->tensors[ti];
-    msh_hasher_reset(h);
-    for (int64_t off = 0; off < t->nbytes;) {
-        size_t n =
-            t->nbytes - off < (int64_t)MSH_CMP_CHUNK ? (size_t)(t->nbytes - off) : MSH_CMP_CHUNK;
-        MSH_FORWARD(msh_onnx_tensor_read(m, t, off, buf, n, e));
-        msh_hasher_update(h, buf, n);
-        off += (int64_t)n;
-    }
-    *out = msh_hasher_digest(h);
-    if (msh_hasher_failed(h))
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory hashing a tensor");
-    return MSH_OK;
-}
-
-static msh_status same_bytes(const msh_onnx_model *m, int64_t a, int64_t b, uint8_t *ba,
-                             uint8_t *bb, int *same, msh_error *e) {
-    const msh_tensor *x = &m->tensors[a], *y = &m->tensors[b];
-    *same = 0;
-    if (x->nbytes != y->nbytes)
-        return MSH_OK;
-    for (int64_t off = 0; off < x->nbytes;) {
-        size_t n =
-            x->nbytes - off < (int64_t)MSH_CMP_CHUNK ? (size_t)(x->nbytes - off) : MSH_CMP_CHUNK;
-        MSH_FORWARD(msh_onnx_tensor_read(m, x, off, ba, n, e));
-        MSH_FORWARD(msh_onnx_tensor_read(m, y, off, bb, n, e));
-        if (memcmp(ba, bb, n) != 0)
-            return MSH_OK;
-        off += (int64_t)n;
-    }
-    *same = 1;
-    return MSH_OK;
 }
 
 static int has_data(const msh_tensor *t) {
@@ -189,53 +145,172 @@ static msh_status add_group(msh_dedup_plan *plan, const msh_onnx_model *m, int64
     return MSH_OK;
 }
 
-/* Resolve one run of candidates with equal digests into classes of identical bytes. */
-static msh_status resolve_run(const msh_onnx_model *m, cand *run, size_t n, msh_dedup_plan *plan,
-                              uint8_t *ba, uint8_t *bb, msh_error *e) {
+/* One class of identical tensors (cls[0] is the first met): pick the keeper and record it.
+ * An interface tensor (graph output, allowed graph input) is never removed; the first one met
+ * becomes the keeper and stays where it is; a second one stays on its own. */
+static msh_status emit_class(const msh_onnx_model *m, msh_dedup_plan *plan, const cand *const *cls,
+                             size_t n, msh_error *e) {
     int64_t *members = malloc(n * sizeof *members);
     if (!members)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    msh_status st = MSH_OK;
-    for (size_t i = 0; i < n && st == MSH_OK; i++) {
-        if (run[i].cls >= 0)
-            continue;
-        run[i].cls = run[i].t;
-        size_t nm = 0;
-        int64_t keeper = run[i].t;
-        int keeper_fixed = !run[i].removable; /* a graph output must stay where it is */
-        for (size_t j = i + 1; j < n && st == MSH_OK; j++) {
-            if (run[j].cls >= 0)
-                continue;
-            int same;
-            st = same_bytes(m, run[i].t, run[j].t, ba, bb, &same, e);
-            if (st != MSH_OK || !same)
-                continue;
-            run[j].cls = run[i].t;
-            if (!run[j].removable) {
-                if (!keeper_fixed) {
-                    members[nm++] = keeper; /* the output-named tensor becomes the keeper */
-                    keeper = run[j].t;
-                    keeper_fixed = 1;
-                }
-                continue; /* a second output-named tensor stays as it is */
-            }
-            members[nm++] = run[j].t;
+    size_t nm = 0;
+    int64_t keeper = -1;
+    for (size_t i = 0; i < n; i++)
+        if (!cls[i]->removable) {
+            keeper = cls[i]->t;
+            break;
         }
-        if (st == MSH_OK && nm > 0) {
-            if (keeper_fixed) {
-                /* A fixed keeper cannot move: merge only copies it can already see. */
-                size_t w = 0;
-                for (size_t k = 0; k < nm; k++)
-                    if (is_ancestor_or_self(m, m->tensors[keeper].graph,
-                                            m->tensors[members[k]].graph))
-                        members[w++] = members[k];
-                nm = w;
-            }
-            if (nm > 0)
-                st = add_group(plan, m, keeper, members, nm, e);
-        }
+    int keeper_fixed = keeper >= 0;
+    if (!keeper_fixed)
+        keeper = cls[0]->t;
+    for (size_t i = 0; i < n; i++)
+        if (cls[i]->t != keeper && cls[i]->removable)
+            members[nm++] = cls[i]->t;
+    if (keeper_fixed) {
+        /* A fixed keeper cannot move: merge only copies that can already see it. */
+        size_t w = 0;
+        for (size_t k = 0; k < nm; k++)
+            if (is_ancestor_or_self(m, m->tensors[keeper].graph, m->tensors[members[k]].graph))
+                members[w++] = members[k];
+        nm = w;
     }
+    msh_status st = nm ? add_group(plan, m, keeper, members, nm, e) : MSH_OK;
     free(members);
+    return st;
+}
+
+#define MSH_LOCKSTEP_BUDGET ((size_t)64 << 20)
+
+/* Read the tensors of `c` side by side, chunk by chunk, each exactly once: compare every one
+ * with c[0] (same[k] = 1 when identical) and, when `hash`, compute every digest on the way.
+ * Buffers stay within MSH_LOCKSTEP_BUDGET: a large group is done in batches that re-read c[0]. */
+static msh_status lockstep(const msh_onnx_model *m, cand **c, size_t n, int hash, uint8_t *same,
+                           msh_error *e) {
+    int64_t nbytes = m->tensors[c[0]->t].nbytes;
+    size_t chunk = MSH_CMP_CHUNK;
+    if ((int64_t)chunk > nbytes)
+        chunk = nbytes > 0 ? (size_t)nbytes : 1;
+    size_t per_batch = MSH_LOCKSTEP_BUDGET / chunk;
+    if (per_batch < 2)
+        per_batch = 2;
+    if (per_batch > n)
+        per_batch = n;
+    uint8_t *head = malloc(chunk), *buf = malloc(chunk);
+    msh_hasher **hs = calloc(per_batch, sizeof *hs);
+    msh_status st = MSH_OK;
+    if (!head || !buf || !hs)
+        st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    for (size_t k = 0; k < n; k++)
+        same[k] = 1;
+    /* batch b holds members [from, to); c[0] is read with every batch */
+    for (size_t from = 1; st == MSH_OK && (from < n || (n == 1 && from == 1));) {
+        size_t to = from + per_batch - 1 < n ? from + per_batch - 1 : n;
+        int first = from == 1;
+        for (size_t k = 0; hash && k <= to - from && st == MSH_OK; k++) {
+            if (!hs[k] && !(hs[k] = msh_hasher_new()))
+                st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            else
+                msh_hasher_reset(hs[k]);
+        }
+        for (int64_t off = 0; st == MSH_OK && off < nbytes;) {
+            size_t len = nbytes - off < (int64_t)chunk ? (size_t)(nbytes - off) : chunk;
+            st = msh_onnx_tensor_read(m, &m->tensors[c[0]->t], off, head, len, e);
+            if (st == MSH_OK && hash && first)
+                msh_hasher_update(hs[0], head, len);
+            for (size_t k = from; k < to && st == MSH_OK; k++) {
+                if (!hash && !same[k])
+                    continue; /* already known to differ and no digest wanted */
+                st = msh_onnx_tensor_read(m, &m->tensors[c[k]->t], off, buf, len, e);
+                if (st != MSH_OK)
+                    break;
+                if (hash)
+                    msh_hasher_update(hs[k - from + 1], buf, len);
+                if (same[k] && memcmp(head, buf, len) != 0)
+                    same[k] = 0;
+            }
+            off += (int64_t)len;
+        }
+        for (size_t k = 0; hash && st == MSH_OK && k <= to - from; k++) {
+            if (k == 0 && !first)
+                continue;
+            cand *x = k == 0 ? c[0] : c[from + k - 1];
+            x->digest = msh_hasher_digest(hs[k]);
+            if (msh_hasher_failed(hs[k]))
+                st = msh_fail(e, MSH_ERR_NOMEM, "out of memory hashing a tensor");
+        }
+        if (n == 1)
+            break;
+        from = to;
+    }
+    for (size_t k = 0; k < per_batch && hs; k++)
+        msh_hasher_free(hs[k]);
+    free(hs);
+    free(head);
+    free(buf);
+    return st;
+}
+
+static int candp_digest_cmp(const void *pa, const void *pb) {
+    const cand *a = *(cand *const *)pa, *b = *(cand *const *)pb;
+    if (a->digest != b->digest)
+        return a->digest < b->digest ? -1 : 1;
+    return a->t < b->t ? -1 : a->t > b->t;
+}
+
+/* All candidates of one (type, shape): one pass hashes them and compares them with the first;
+ * the rest are split by digest and each run of equal digests is confirmed the same way. */
+static msh_status resolve_key_group(const msh_onnx_model *m, cand *g, size_t n,
+                                    msh_dedup_plan *plan, msh_error *e) {
+    cand **ptr = malloc(n * sizeof *ptr);
+    cand **cls = malloc(n * sizeof *cls);
+    uint8_t *same = malloc(n);
+    msh_status st = MSH_OK;
+    if (!ptr || !cls || !same) {
+        st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++)
+        ptr[i] = &g[i];
+    st = lockstep(m, ptr, n, 1, same, e);
+    size_t rest = 0, nc = 0;
+    for (size_t i = 0; st == MSH_OK && i < n; i++) {
+        if (same[i])
+            cls[nc++] = ptr[i];
+        else
+            ptr[rest++] = ptr[i];
+    }
+    if (st == MSH_OK && nc >= 2)
+        st = emit_class(m, plan, (const cand *const *)cls, nc, e);
+    if (st != MSH_OK)
+        goto done;
+    qsort(ptr, rest, sizeof *ptr, candp_digest_cmp);
+    for (size_t a = 0; a < rest && st == MSH_OK;) {
+        size_t b = a + 1;
+        while (b < rest && ptr[b]->digest == ptr[a]->digest)
+            b++;
+        /* Confirm the run byte for byte; what differs from its first (a digest collision)
+         * is confirmed again among itself. */
+        size_t lo = a, hi = b;
+        while (hi - lo >= 2 && st == MSH_OK) {
+            st = lockstep(m, ptr + lo, hi - lo, 0, same, e);
+            size_t w = lo;
+            nc = 0;
+            for (size_t i = lo; st == MSH_OK && i < hi; i++) {
+                if (same[i - lo])
+                    cls[nc++] = ptr[i];
+                else
+                    ptr[w++] = ptr[i];
+            }
+            if (st == MSH_OK && nc >= 2)
+                st = emit_class(m, plan, (const cand *const *)cls, nc, e);
+            hi = w;
+        }
+        a = b;
+    }
+done:
+    free(ptr);
+    free(cls);
+    free(same);
     return st;
 }
 
@@ -247,16 +322,11 @@ msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs, msh_d
     msh_strmap_init(&outputs);
     msh_strmap_init(&inputs);
     cand *c = NULL;
-    msh_hasher *h = NULL;
-    uint8_t *ba = NULL, *bb = NULL;
     msh_status st = count_decls(m, allow_graph_inputs, &decl, &outputs, &inputs, e);
     if (st != MSH_OK)
         goto done;
     c = malloc((m->n_tensors + 1) * sizeof *c);
-    h = msh_hasher_new();
-    ba = malloc(MSH_CMP_CHUNK);
-    bb = malloc(MSH_CMP_CHUNK);
-    if (!c || !h || !ba || !bb) {
+    if (!c) {
         st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
         goto done;
     }
@@ -273,7 +343,7 @@ msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs, msh_d
          * them, they are never removed, so the interface and its defaults stay intact. */
         int removable =
             !msh_strmap_get(&outputs, t->tp->name) && !msh_strmap_get(&inputs, t->tp->name);
-        c[nc++] = (cand){(int64_t)i, 0, removable, -1};
+        c[nc++] = (cand){(int64_t)i, 0, removable};
     }
     g_model = m;
     qsort(c, nc, sizeof *c, cand_key_cmp);
@@ -281,31 +351,15 @@ msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs, msh_d
         size_t j = i + 1;
         while (j < nc && key_cmp(m, c[i].t, c[j].t) == 0)
             j++;
-        if (j - i >= 2) {
-            for (size_t k = i; k < j && st == MSH_OK; k++)
-                st = digest_tensor(m, c[k].t, h, ba, &c[k].digest, e);
-            if (st != MSH_OK)
-                break;
-            qsort(c + i, j - i, sizeof *c, cand_digest_cmp);
-            for (size_t a = i; a < j && st == MSH_OK;) {
-                size_t b = a + 1;
-                while (b < j && c[b].digest == c[a].digest)
-                    b++;
-                if (b - a >= 2)
-                    st = resolve_run(m, c + a, b - a, plan, ba, bb, e);
-                a = b;
-            }
-        }
+        if (j - i >= 2)
+            st = resolve_key_group(m, c + i, j - i, plan, e);
         i = j;
     }
 done:
     msh_strmap_free(&decl);
     msh_strmap_free(&outputs);
     msh_strmap_free(&inputs);
-    msh_hasher_free(h);
     free(c);
-    free(ba);
-    free(bb);
     return st;
 }
 
