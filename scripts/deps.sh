@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Install what modelshrink needs to build, test and benchmark on Debian 12 (bookworm).
+#
+#   scripts/deps.sh            Debian packages + .venv with the test pins (scripts/requirements-test.txt)
+#   scripts/deps.sh --bench    also the benchmark peers (scripts/requirements-bench.txt)
+#
+# Idempotent and quick when nothing is missing: apt runs only for packages that are not installed
+# (one `apt-get update` first), and pip runs only when an installed version differs from a pin.
+# The venv is always made with Debian's /usr/bin/python3 so a fresh Debian machine behaves the
+# same as a developer's machine that also has pyenv or conda on PATH. Works from any cwd.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+SYS_PY=/usr/bin/python3
+
+want_bench=0
+for arg in "$@"; do
+    case "$arg" in
+    --bench) want_bench=1 ;;
+    -h | --help)
+        sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "deps.sh: unknown option '$arg' (try --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+
+log() { echo "deps: $*"; }
+
+# Serialise concurrent runs (test.sh and bench/run.sh may start at the same time).
+lock="${TMPDIR:-/tmp}/modelshrink-deps-$(id -u)-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1).lock"
+exec 9>"$lock"
+if command -v flock >/dev/null 2>&1; then flock 9; fi
+
+# ---- Debian packages -------------------------------------------------------------------------
+required_pkgs=(
+    build-essential cmake pkg-config
+    protobuf-c-compiler libprotobuf-c-dev libonnx-dev
+    libxxhash-dev libcjson-dev libonnx-testdata
+    python3-venv time
+)
+optional_pkgs=(clang) # for fuzzing later; its absence is not an error
+
+is_installed() {
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = "installed" ]
+}
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO=(sudo -n); fi
+fi
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" -eq 0 ]; then
+        log "apt-get update"
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        apt_updated=1
+    fi
+    log "apt-get install $*"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+missing=()
+for p in "${required_pkgs[@]}"; do is_installed "$p" || missing+=("$p"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
+fi
+opt_missing=()
+for p in "${optional_pkgs[@]}"; do is_installed "$p" || opt_missing+=("$p"); done
+if [ "${#opt_missing[@]}" -gt 0 ]; then
+    apt_install "${opt_missing[@]}" || log "warning: optional packages not installed: ${opt_missing[*]}"
+fi
+
+# ---- Python venv -----------------------------------------------------------------------------
+reqs=("$ROOT/scripts/requirements-test.txt")
+if [ "$want_bench" -eq 1 ]; then reqs+=("$ROOT/scripts/requirements-bench.txt"); fi
+
+# A venv made by another interpreter (pyenv, conda) or a broken one is rebuilt.
+if [ -x "$VENV/bin/python" ]; then
+    base="$("$VENV/bin/python" -c 'import sys; print(sys.base_prefix)' 2>/dev/null || echo broken)"
+    if [ "$base" != "$("$SYS_PY" -c 'import sys; print(sys.base_prefix)')" ]; then
+        log "rebuilding $VENV (made by '$base', not $SYS_PY)"
+        rm -rf "$VENV"
+    fi
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV with $SYS_PY"
+    "$SYS_PY" -m venv "$VENV"
+fi
+
+# Prints nothing and exits 0 when every pin is installed at exactly its version.
+pins_missing() {
+    "$VENV/bin/python" - "$@" <<'EOF'
+import sys
+from importlib import metadata
+bad = []
+for path in sys.argv[1:]:
+    for line in open(path, encoding="utf-8"):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, _, want = line.partition("==")
+        try:
+            have = metadata.version(name.strip())
+        except metadata.PackageNotFoundError:
+            have = None
+        if have != want.strip():
+            bad.append(f"{name.strip()} (want {want.strip()}, have {have})")
+print(", ".join(bad))
+sys.exit(1 if bad else 0)
+EOF
+}
+
+if why="$(pins_missing "${reqs[@]}")"; then
+    log "venv up to date ($VENV)"
+else
+    log "pip install: $why"
+    req_args=()
+    for r in "${reqs[@]}"; do req_args+=(-r "$r"); done
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/pip" install -q "${req_args[@]}"
+    if ! why="$(pins_missing "${reqs[@]}")"; then
+        echo "deps: pins still not satisfied after pip install: $why" >&2
+        exit 1
+    fi
+    log "venv ready ($VENV)"
+fi

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Everything CI checks, in one script: dependencies, a RelWithDebInfo build with all tests, then an
+# AddressSanitizer + UBSan build (MSH_SANITIZE=ON) with all tests again.
+#
+#   scripts/test.sh                 both builds
+#   scripts/test.sh --no-asan       skip the sanitizer build (quicker local runs)
+#
+# Also checks clang-format drift when .clang-format exists (MSH_SKIP_FORMAT=1 skips that).
+# Environment: JOBS (default: nproc), MSH_CUDA (AUTO/ON/OFF for build/, default AUTO),
+# MSH_ASAN_CUDA (for build-asan/, default OFF: ASan and the CUDA runtime do not mix well, and
+# without a GPU the CUDA tests skip anyway).
+# Exits non-zero when any step fails. Ends with a summary; the last line is
+# 'tests: N passed, N failed, N skipped', counted over both ctest runs.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 1
+
+run_asan=1
+for arg in "$@"; do
+    case "$arg" in
+    --no-asan) run_asan=0 ;;
+    -h | --help)
+        sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "test.sh: unknown option '$arg' (try --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+
+JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
+# nvcc lives outside PATH on a stock CUDA install; let CMake's MSH_CUDA=AUTO find it.
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+    export PATH="/usr/local/cuda/bin:$PATH"
+fi
+
+start=$(date +%s)
+declare -a results=()
+failed=0
+
+step() { # step NAME COMMAND... : run, time and record one step
+    local name="$1"
+    shift
+    local t0 rc
+    t0=$(date +%s)
+    echo
+    echo "==== $name: $*"
+    "$@"
+    rc=$?
+    local dt=$(($(date +%s) - t0))
+    if [ "$rc" -eq 0 ]; then
+        results+=("ok    $name (${dt}s)")
+    else
+        results+=("FAIL  $name (exit $rc, ${dt}s)")
+        failed=$((failed + 1))
+    fi
+    return "$rc"
+}
+
+summary() {
+    echo
+    echo "==== summary"
+    local r
+    for r in "${results[@]}"; do echo "  $r"; done
+    local total=$(($(date +%s) - start))
+    if [ "$failed" -eq 0 ]; then
+        echo "test.sh: all ${#results[@]} steps passed in ${total}s"
+    else
+        echo "test.sh: $failed of ${#results[@]} steps FAILED in ${total}s"
+    fi
+    # Plain closing line, counted over both builds' ctest runs.
+    echo "tests: $tests_passed passed, $tests_failed failed, $tests_skipped skipped"
+}
+
+PY="$ROOT/.venv/bin/python"
+
+build_and_test() { # build_and_test DIR LABEL CMAKE_ARGS...
+    local dir="$1" label="$2"
+    shift 2
+    step "configure $label" cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DMSH_PYTHON="$PY" "$@" || return 1
+    step "build $label" cmake --build "$dir" -j "$JOBS" || return 1
+    step "ctest $label" run_ctest "$dir" || return 1
+}
+
+tests_passed=0
+tests_failed=0
+tests_skipped=0
+run_ctest() { # run_ctest DIR: ctest with its output kept, to count tests for the summary
+    local log="$1/ctest-output.log" rc line total fail skip
+    ctest --test-dir "$1" --output-on-failure -j "$JOBS" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    # "100% tests passed, 0 tests failed out of 42"
+    line="$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1)"
+    if [ -n "$line" ]; then
+        total="$(sed -E 's/.*out of ([0-9]+).*/\1/' <<<"$line")"
+        fail="$(sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/' <<<"$line")"
+        skip="$(grep -cE '^[[:space:]]+[0-9]+ - .*\((Skipped|Disabled)\)' "$log" || true)"
+        tests_passed=$((tests_passed + total - fail - skip))
+        tests_failed=$((tests_failed + fail))
+        tests_skipped=$((tests_skipped + skip))
+    elif [ "$rc" -ne 0 ]; then
+        tests_failed=$((tests_failed + 1))
+    fi
+    return "$rc"
+}
+
+format_check() { # clang-format drift in project sources (STYLE.md: "CI fails on drift")
+    local files
+    mapfile -t files < <(git -C "$ROOT" ls-files --cached --others --exclude-standard \
+        -- 'src/*.[ch]' 'include/*.h' 'tests/*.[ch]' 'cuda/*.cu' 'cuda/*.cuh' 'cuda/*.h')
+    if [ "${#files[@]}" -eq 0 ]; then
+        echo "no C sources to check"
+        return 0
+    fi
+    clang-format --dry-run --Werror "${files[@]}"
+}
+
+if [ -f "$ROOT/.clang-format" ] && command -v clang-format >/dev/null 2>&1 &&
+    [ "${MSH_SKIP_FORMAT:-0}" != 1 ]; then
+    step "clang-format" format_check
+fi
+if step "deps" "$ROOT/scripts/deps.sh"; then
+    build_and_test build "build/" -DMSH_CUDA="${MSH_CUDA:-AUTO}"
+    if [ "$run_asan" -eq 1 ]; then
+        export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
+        export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+        build_and_test build-asan "build-asan/ (ASan+UBSan)" -DMSH_SANITIZE=ON \
+            -DMSH_CUDA="${MSH_ASAN_CUDA:-OFF}"
+    fi
+fi
+
+summary
+[ "$failed" -eq 0 ]
