@@ -54,6 +54,9 @@ static inline void msh_store_le64(uint8_t *p, uint64_t v) {
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
+/* Make room for one more element in a growable array (doubling); 0 when out of memory. */
+int msh_grow(void **arr, size_t *cap, size_t n, size_t elem);
+
 void *msh_xmalloc(size_t n);           /* malloc that never returns NULL for n == 0 */
 void *msh_xrealloc(void *p, size_t n); /* returns NULL on failure, leaving p valid */
 char *msh_strdup(const char *s);

@@ -59,6 +59,20 @@ void msh_free(void *p) {
     free(p);
 }
 
+int msh_grow(void **arr, size_t *cap, size_t n, size_t elem) {
+    if (n < *cap)
+        return 1;
+    size_t nc = *cap ? 2 * *cap : 16;
+    if (nc > SIZE_MAX / elem)
+        return 0;
+    void *p = realloc(*arr, nc * elem);
+    if (!p)
+        return 0;
+    *arr = p;
+    *cap = nc;
+    return 1;
+}
+
 void *msh_xmalloc(size_t n) {
     return malloc(n ? n : 1);
 }

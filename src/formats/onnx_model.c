@@ -78,7 +78,7 @@ int64_t msh_onnx_tensor_bytes(int32_t t, int64_t numel) {
     return r;
 }
 
-static const char *loc_name(msh_tensor_loc l) {
+const char *msh_onnx_loc_name(msh_tensor_loc l) {
     switch (l) {
     case MSH_LOC_INITIALIZER: return "initializer";
     case MSH_LOC_CONSTANT: return "constant";
@@ -279,14 +279,8 @@ static int64_t typed_count(const Onnx__TensorProto *tp, int64_t *expected, int64
 
 static msh_status add_tensor(msh_onnx_model *m, Onnx__TensorProto *tp, int graph,
                              msh_tensor_loc loc, msh_error *e) {
-    if (m->n_tensors == m->cap_tensors) {
-        size_t cap = m->cap_tensors ? 2 * m->cap_tensors : 64;
-        msh_tensor *p = realloc(m->tensors, cap * sizeof *p);
-        if (!p)
-            return msh_fail(e, MSH_ERR_NOMEM, "out of memory for the tensor table");
-        m->tensors = p;
-        m->cap_tensors = cap;
-    }
+    if (!msh_grow((void **)&m->tensors, &m->cap_tensors, m->n_tensors, sizeof *m->tensors))
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory for the tensor table");
     msh_tensor *t = &m->tensors[m->n_tensors];
     memset(t, 0, sizeof *t);
     t->tp = tp;
@@ -296,16 +290,17 @@ static msh_status add_tensor(msh_onnx_model *m, Onnx__TensorProto *tp, int graph
     int64_t numel = 1;
     for (size_t i = 0; i < tp->n_dims; i++) {
         if (tp->dims[i] < 0)
-            return msh_fail(e, MSH_ERR_FORMAT, "%s '%s': dim %zu is negative (%lld)", loc_name(loc),
-                            tname(tp), i, (long long)tp->dims[i]);
+            return msh_fail(e, MSH_ERR_FORMAT, "%s '%s': dim %zu is negative (%lld)",
+                            msh_onnx_loc_name(loc), tname(tp), i, (long long)tp->dims[i]);
         if (!msh_mul_i64(numel, tp->dims[i], &numel))
-            return msh_fail(e, MSH_ERR_LIMIT, "%s '%s': element count overflows", loc_name(loc),
-                            tname(tp));
+            return msh_fail(e, MSH_ERR_LIMIT, "%s '%s': element count overflows",
+                            msh_onnx_loc_name(loc), tname(tp));
     }
     t->numel = numel;
     t->nbytes = msh_onnx_tensor_bytes(tp->data_type, numel);
     if (t->nbytes == -2)
-        return msh_fail(e, MSH_ERR_LIMIT, "%s '%s': byte size overflows", loc_name(loc), tname(tp));
+        return msh_fail(e, MSH_ERR_LIMIT, "%s '%s': byte size overflows", msh_onnx_loc_name(loc),
+                        tname(tp));
     for (size_t i = 0; i < tp->base.n_unknown_fields; i++) {
         const ProtobufCMessageUnknownField *u = &tp->base.unknown_fields[i];
         if (u->tag != MSH_ONNX_MARKER_FIELD)
@@ -326,7 +321,7 @@ static msh_status add_tensor(msh_onnx_model *m, Onnx__TensorProto *tp, int graph
         if (st != MSH_OK) {
             if (e) {
                 char tmp[sizeof e->msg];
-                snprintf(tmp, sizeof tmp, "%s '%s': %s", loc_name(loc), tname(tp), e->msg);
+                snprintf(tmp, sizeof tmp, "%s '%s': %s", msh_onnx_loc_name(loc), tname(tp), e->msg);
                 memcpy(e->msg, tmp, sizeof tmp);
             }
             return st;
@@ -335,20 +330,22 @@ static msh_status add_tensor(msh_onnx_model *m, Onnx__TensorProto *tp, int graph
         int64_t have = m->payloads[t->payload].length;
         if (tp->data_type == 8)
             return msh_fail(e, MSH_ERR_FORMAT, "%s '%s': STRING tensor with raw_data",
-                            loc_name(loc), tname(tp));
+                            msh_onnx_loc_name(loc), tname(tp));
         if (t->nbytes < 0)
             t->nbytes = have; /* an element type this version does not know: opaque bytes */
         else if (have != t->nbytes)
             return msh_fail(e, MSH_ERR_FORMAT,
                             "%s '%s': raw_data has %lld bytes, its shape "
                             "needs %lld",
-                            loc_name(loc), tname(tp), (long long)have, (long long)t->nbytes);
+                            msh_onnx_loc_name(loc), tname(tp), (long long)have,
+                            (long long)t->nbytes);
     } else {
         int64_t expected;
         int64_t count = typed_count(tp, &expected, numel);
         if (expected >= 0 && count != 0 && count != expected)
             return msh_fail(e, MSH_ERR_FORMAT, "%s '%s': %lld values for a shape of %lld",
-                            loc_name(loc), tname(tp), (long long)count, (long long)expected);
+                            msh_onnx_loc_name(loc), tname(tp), (long long)count,
+                            (long long)expected);
     }
     m->n_tensors++;
     return MSH_OK;
@@ -398,14 +395,8 @@ static msh_status walk_graph(msh_onnx_model *m, Onnx__GraphProto *g, int parent,
                              msh_error *e) {
     if (depth > MSH_ONNX_MAX_GRAPH_DEPTH)
         return msh_fail(e, MSH_ERR_LIMIT, "graphs nested deeper than %d", MSH_ONNX_MAX_GRAPH_DEPTH);
-    if (m->n_graphs == m->cap_graphs) {
-        size_t cap = m->cap_graphs ? 2 * m->cap_graphs : 8;
-        msh_graph *p = realloc(m->graphs, cap * sizeof *p);
-        if (!p)
-            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-        m->graphs = p;
-        m->cap_graphs = cap;
-    }
+    if (!msh_grow((void **)&m->graphs, &m->cap_graphs, m->n_graphs, sizeof *m->graphs))
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     int id = (int)m->n_graphs++;
     m->graphs[id] = (msh_graph){g, parent, depth};
     for (size_t i = 0; i < g->n_initializer; i++)
@@ -520,14 +511,8 @@ void msh_onnx_model_free(msh_onnx_model *m) {
 }
 
 msh_status msh_onnx_adopt_orphan(msh_onnx_model *m, Onnx__TensorProto *tp) {
-    if (m->n_orphans == m->cap_orphans) {
-        size_t cap = m->cap_orphans ? 2 * m->cap_orphans : 16;
-        Onnx__TensorProto **p = realloc(m->orphans, cap * sizeof *p);
-        if (!p)
-            return MSH_ERR_NOMEM;
-        m->orphans = p;
-        m->cap_orphans = cap;
-    }
+    if (!msh_grow((void **)&m->orphans, &m->cap_orphans, m->n_orphans, sizeof *m->orphans))
+        return MSH_ERR_NOMEM;
     m->orphans[m->n_orphans++] = tp;
     return MSH_OK;
 }

@@ -88,6 +88,8 @@ typedef struct msh_onnx_model {
  * report 1 and are special-cased by msh_onnx_tensor_bytes. */
 int msh_onnx_elem_size(int32_t data_type);
 const char *msh_onnx_dtype_name(int32_t data_type);
+/* "initializer", "constant", "attribute", "sparse" or "function". */
+const char *msh_onnx_loc_name(msh_tensor_loc loc);
 /* Data bytes of `numel` elements of `data_type`; -1 when not a fixed-size type. */
 int64_t msh_onnx_tensor_bytes(int32_t data_type, int64_t numel);
 

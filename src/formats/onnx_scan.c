@@ -88,14 +88,8 @@ static msh_status read_varint(msh_scan *s, int64_t end, uint64_t *v) {
 
 static msh_status add_payload(msh_onnx_model *m, int src, int64_t off, int64_t len, size_t *idx,
                               msh_error *e) {
-    if (m->n_payloads == m->cap_payloads) {
-        size_t cap = m->cap_payloads ? 2 * m->cap_payloads : 64;
-        msh_payload *p = realloc(m->payloads, cap * sizeof *p);
-        if (!p)
-            return msh_fail(e, MSH_ERR_NOMEM, "out of memory for the tensor table");
-        m->payloads = p;
-        m->cap_payloads = cap;
-    }
+    if (!msh_grow((void **)&m->payloads, &m->cap_payloads, m->n_payloads, sizeof *m->payloads))
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory for the tensor table");
     *idx = m->n_payloads;
     m->payloads[m->n_payloads++] = (msh_payload){src, off, len};
     return MSH_OK;

@@ -24,17 +24,6 @@ static int group_saved_desc(const void *a, const void *b) {
     return *(const size_t *)a < *(const size_t *)b ? -1 : 1;
 }
 
-static const char *loc_str(msh_tensor_loc l) {
-    switch (l) {
-    case MSH_LOC_INITIALIZER: return "initializer";
-    case MSH_LOC_CONSTANT: return "constant";
-    case MSH_LOC_ATTRIBUTE: return "attribute";
-    case MSH_LOC_SPARSE: return "sparse";
-    case MSH_LOC_FUNCTION: return "function";
-    }
-    return "tensor";
-}
-
 static void graph_label(const msh_onnx_model *m, int g, char *buf, size_t cap) {
     if (g < 0)
         snprintf(buf, cap, "function");
@@ -139,7 +128,7 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
         cJSON_AddStringToObject(x, "dtype", msh_onnx_dtype_name(t->tp->data_type));
         cJSON_AddItemToObject(x, "shape", shape_json(t->tp));
         cJSON_AddNumberToObject(x, "bytes", (double)(t->nbytes > 0 ? t->nbytes : 0));
-        cJSON_AddStringToObject(x, "location", loc_str(t->loc));
+        cJSON_AddStringToObject(x, "location", msh_onnx_loc_name(t->loc));
         cJSON_AddStringToObject(x, "graph", gl);
         cJSON_AddItemToArray(lg, x);
     }

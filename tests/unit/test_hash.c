@@ -5,17 +5,7 @@
 #include <xxhash.h>
 
 #include "kernels/msh_hash.h"
-
-static int fails;
-#define CHECK(c, ...)                                                                              \
-    do {                                                                                           \
-        if (!(c)) {                                                                                \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                            \
-            printf(__VA_ARGS__);                                                                   \
-            printf("\n");                                                                          \
-            fails++;                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "test_check.h"
 
 static uint64_t rng = 88172645463325252ULL;
 static uint64_t next(void) {

@@ -8,16 +8,7 @@
 
 #include "formats/onnx_model.h"
 
-static int fails;
-#define CHECK(c, ...)                                                                              \
-    do {                                                                                           \
-        if (!(c)) {                                                                                \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                            \
-            printf(__VA_ARGS__);                                                                   \
-            printf("\n");                                                                          \
-            fails++;                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "test_check.h"
 
 static inline char *xstrdup(const char *s) {
     char *d = malloc(strlen(s) + 1);
