@@ -105,6 +105,78 @@ MSH_HD static inline uint64_t msh_xxh64_ref(const uint8_t *p, size_t len, uint64
     return h;
 }
 
+/* ---- FP32 -> FP16 / BF16 ----
+ * Round to nearest, ties to even, on the bit patterns (no FPU state, no flush-to-zero).
+ * NaN stays NaN: quiet bit set, payload truncated (what x86 F16C does, so SIMD matches).
+ * ±inf stays ±inf. */
+
+/* Plain IEEE conversion: overflow gives ±inf, underflow gives ±0. */
+MSH_HD static inline uint16_t msh_f32_to_f16_rne(uint32_t x) {
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    uint32_t ax = x & 0x7FFFFFFFu;
+    if (ax >= 0x7F800000u) {
+        if (ax > 0x7F800000u)
+            return (uint16_t)(sign | 0x7E00u | ((ax >> 13) & 0x3FFu));
+        return (uint16_t)(sign | 0x7C00u);
+    }
+    if (ax >= 0x477FF000u) /* >= 65520: rounds to infinity */
+        return (uint16_t)(sign | 0x7C00u);
+    if (ax >= 0x38800000u) /* normal in FP16: rebias 127 -> 15, round the 13 dropped bits */
+        return (uint16_t)(sign | ((ax - 0x38000000u + 0x0FFFu + ((ax >> 13) & 1u)) >> 13));
+    if (ax < 0x33000000u) /* <= 2^-25 rounds to zero (2^-25 itself ties to even 0) */
+        return sign;
+    /* subnormal in FP16: the value in units of 2^-24, rounded half to even */
+    uint32_t e = ax >> 23, m = (ax & 0x7FFFFFu) | 0x800000u;
+    uint32_t shift = 126u - e; /* 14..24 */
+    uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (q & 1u)))
+        q++;
+    return (uint16_t)(sign | q);
+}
+
+#define MSH_F16_MIN_SUBNORMAL_BITS 0x33800000u /* 2^-24 as FP32 bits */
+#define MSH_F16_MAX_BITS 0x477FE000u           /* 65504 as FP32 bits */
+
+/* FP16 for model weights: a finite value whose magnitude is below `min_abs` (FP32 bits, not 0)
+ * becomes ±min_abs, above `max_abs` becomes ±max_abs, then it is rounded; a finite non-zero
+ * value never becomes 0 (smallest subnormal instead) nor infinity (±65504 instead). Returns 1
+ * in *clamped when any of these rules changed the value. The defaults, min_abs = 2^-24 and
+ * max_abs = 65504, keep every value that FP16 can represent; onnxconverter-common uses 1e-7 and
+ * 1e4 (same comparisons: strictly below / strictly above). */
+MSH_HD static inline uint16_t msh_f32_to_f16_ref(uint32_t x, uint32_t min_abs, uint32_t max_abs,
+                                                 int *clamped) {
+    uint32_t sign = x & 0x80000000u, ax = x & 0x7FFFFFFFu;
+    int c = 0;
+    if (ax < 0x7F800000u) {
+        if (ax != 0 && ax < min_abs) {
+            ax = min_abs;
+            c = 1;
+        } else if (ax > max_abs) {
+            ax = max_abs;
+            c = 1;
+        }
+    }
+    uint16_t h = msh_f32_to_f16_rne(sign | ax);
+    if (ax < 0x7F800000u) {
+        if ((h & 0x7FFFu) == 0 && ax != 0) {
+            h = (uint16_t)((sign >> 16) | 0x0001u);
+            c = 1;
+        } else if ((h & 0x7FFFu) == 0x7C00u) {
+            h = (uint16_t)((sign >> 16) | 0x7BFFu);
+            c = 1;
+        }
+    }
+    *clamped = c;
+    return h;
+}
+
+/* BF16: the upper 16 bits, rounded half to even; overflow rounds to ±inf as IEEE does. */
+MSH_HD static inline uint16_t msh_f32_to_bf16_ref(uint32_t x) {
+    if ((x & 0x7FFFFFFFu) > 0x7F800000u)
+        return (uint16_t)((x >> 16) | 0x0040u);
+    return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+}
+
 /* Digest of chunk `index` of a tensor: independent of every other chunk. */
 MSH_HD static inline uint64_t msh_chunk_hash_ref(const uint8_t *chunk, size_t len) {
     return msh_xxh64_ref(chunk, len, 0);

@@ -1,0 +1,156 @@
+#include "kernels/msh_convert.h"
+
+#include <stdlib.h>
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(MSH_FORCE_SCALAR)
+#define MSH_X86_SIMD 1
+#include <immintrin.h>
+#endif
+
+void msh_f16_bounds_default(msh_f16_bounds *b) {
+    b->min_abs = MSH_F16_MIN_SUBNORMAL_BITS;
+    b->max_abs = MSH_F16_MAX_BITS;
+}
+
+static uint32_t ld32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4); /* x86 and every target we build for are little-endian */
+    return v;
+}
+
+uint64_t msh_f32_to_f16_buf_ref(const uint8_t *src, uint8_t *dst, size_t n,
+                                const msh_f16_bounds *b) {
+    uint64_t clamped = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c;
+        uint16_t h = msh_f32_to_f16_ref(ld32(src + 4 * i), b->min_abs, b->max_abs, &c);
+        memcpy(dst + 2 * i, &h, 2);
+        clamped += (uint64_t)c;
+    }
+    return clamped;
+}
+
+void msh_f32_to_bf16_buf_ref(const uint8_t *src, uint8_t *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h = msh_f32_to_bf16_ref(ld32(src + 4 * i));
+        memcpy(dst + 2 * i, &h, 2);
+    }
+}
+
+#if defined(MSH_X86_SIMD)
+__attribute__((target("avx2,f16c"))) static uint64_t f16_avx2(const uint8_t *src, uint8_t *dst,
+                                                              size_t n, const msh_f16_bounds *b) {
+    const __m256i absmask = _mm256_set1_epi32(0x7FFFFFFF);
+    const __m256i inf = _mm256_set1_epi32(0x7F800000);
+    const __m256i vmin = _mm256_set1_epi32((int)b->min_abs);
+    const __m256i vmax = _mm256_set1_epi32((int)b->max_abs);
+    const __m256i zero = _mm256_setzero_si256();
+    const __m128i h_abs = _mm_set1_epi16(0x7FFF), h_zero = _mm_setzero_si128();
+    const __m128i h_inf = _mm_set1_epi16(0x7C00), h_one = _mm_set1_epi16(1);
+    const __m128i h_max = _mm_set1_epi16(0x7BFF);
+    uint64_t clamped = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(src + 4 * i));
+        __m256i ax = _mm256_and_si256(x, absmask);
+        __m256i sign = _mm256_andnot_si256(absmask, x);
+        /* magnitudes are < 2^31, so signed compares order them */
+        __m256i finite = _mm256_cmpgt_epi32(inf, ax);
+        __m256i nonzero = _mm256_xor_si256(_mm256_cmpeq_epi32(ax, zero), _mm256_set1_epi32(-1));
+        __m256i small =
+            _mm256_and_si256(_mm256_and_si256(finite, nonzero), _mm256_cmpgt_epi32(vmin, ax));
+        __m256i big = _mm256_and_si256(finite, _mm256_cmpgt_epi32(ax, vmax));
+        __m256i ax2 = _mm256_blendv_epi8(ax, vmin, small);
+        ax2 = _mm256_blendv_epi8(ax2, vmax, big);
+        __m256 xf = _mm256_castsi256_ps(_mm256_or_si256(ax2, sign));
+        __m128i h = _mm256_cvtps_ph(xf, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        /* masks to 16-bit lanes: each is 0 or -1, so signed packing keeps them */
+        __m128i fin16 =
+            _mm_packs_epi32(_mm256_castsi256_si128(finite), _mm256_extracti128_si256(finite, 1));
+        __m128i nz16 =
+            _mm_packs_epi32(_mm256_castsi256_si128(nonzero), _mm256_extracti128_si256(nonzero, 1));
+        __m128i sgn16 = _mm_andnot_si128(h_abs, h);
+        __m128i hab = _mm_and_si128(h, h_abs);
+        __m128i became0 = _mm_and_si128(_mm_and_si128(fin16, nz16), _mm_cmpeq_epi16(hab, h_zero));
+        __m128i becameinf = _mm_and_si128(fin16, _mm_cmpeq_epi16(hab, h_inf));
+        h = _mm_blendv_epi8(h, _mm_or_si128(sgn16, h_one), became0);
+        h = _mm_blendv_epi8(h, _mm_or_si128(sgn16, h_max), becameinf);
+        _mm_storeu_si128((__m128i *)(void *)(dst + 2 * i), h);
+        __m128i c16 =
+            _mm_or_si128(_mm_packs_epi32(_mm256_castsi256_si128(_mm256_or_si256(small, big)),
+                                         _mm256_extracti128_si256(_mm256_or_si256(small, big), 1)),
+                         _mm_or_si128(became0, becameinf));
+        clamped += (uint64_t)__builtin_popcount((unsigned)_mm_movemask_epi8(c16)) / 2;
+    }
+    return clamped + msh_f32_to_f16_buf_ref(src + 4 * i, dst + 2 * i, n - i, b);
+}
+
+__attribute__((target("avx2"))) static void bf16_avx2(const uint8_t *src, uint8_t *dst, size_t n) {
+    const __m256i absmask = _mm256_set1_epi32(0x7FFFFFFF);
+    const __m256i inf = _mm256_set1_epi32(0x7F800000);
+    const __m256i bias = _mm256_set1_epi32(0x7FFF);
+    const __m256i one = _mm256_set1_epi32(1);
+    const __m256i qnan = _mm256_set1_epi32(0x0040);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i r[2];
+        for (int k = 0; k < 2; k++) {
+            __m256i x =
+                _mm256_loadu_si256((const __m256i *)(const void *)(src + 4 * (i + 8 * (size_t)k)));
+            __m256i isnan = _mm256_cmpgt_epi32(_mm256_and_si256(x, absmask), inf);
+            __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), one);
+            __m256i rounded =
+                _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, bias), lsb), 16);
+            __m256i nanv = _mm256_or_si256(_mm256_srli_epi32(x, 16), qnan);
+            r[k] = _mm256_blendv_epi8(rounded, nanv, isnan);
+        }
+        /* pack 2 x 8 uint32 (all < 65536) to 16 uint16, undoing packus's lane interleave */
+        __m256i p = _mm256_packus_epi32(r[0], r[1]);
+        p = _mm256_permute4x64_epi64(p, 0xD8);
+        _mm256_storeu_si256((__m256i *)(void *)(dst + 2 * i), p);
+    }
+    msh_f32_to_bf16_buf_ref(src + 4 * i, dst + 2 * i, n - i);
+}
+#endif
+
+int msh_cpu_has_simd(void) {
+#if defined(MSH_X86_SIMD)
+    static int cached = -1;
+    if (cached < 0) {
+        const char *force = getenv("MSH_FORCE_SCALAR");
+        __builtin_cpu_init();
+        cached = !(force && *force && strcmp(force, "0") != 0) && __builtin_cpu_supports("avx2") &&
+                 __builtin_cpu_supports("f16c");
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
+uint64_t msh_f32_to_f16_buf_simd(const uint8_t *src, uint8_t *dst, size_t n,
+                                 const msh_f16_bounds *b) {
+#if defined(MSH_X86_SIMD)
+    if (msh_cpu_has_simd())
+        return f16_avx2(src, dst, n, b);
+#endif
+    return msh_f32_to_f16_buf_ref(src, dst, n, b);
+}
+
+void msh_f32_to_bf16_buf_simd(const uint8_t *src, uint8_t *dst, size_t n) {
+#if defined(MSH_X86_SIMD)
+    if (msh_cpu_has_simd()) {
+        bf16_avx2(src, dst, n);
+        return;
+    }
+#endif
+    msh_f32_to_bf16_buf_ref(src, dst, n);
+}
+
+uint64_t msh_f32_to_f16_buf(const uint8_t *src, uint8_t *dst, size_t n, const msh_f16_bounds *b) {
+    return msh_f32_to_f16_buf_simd(src, dst, n, b);
+}
+
+void msh_f32_to_bf16_buf(const uint8_t *src, uint8_t *dst, size_t n) {
+    msh_f32_to_bf16_buf_simd(src, dst, n);
+}

@@ -1,0 +1,35 @@
+/* CPU drivers of the FP32 -> FP16 / BF16 element conversions defined in msh_scalar.h.
+ * Buffers are little-endian and need no alignment. The SIMD versions (AVX2 + F16C, chosen at
+ * run time) give the same bytes as the _ref loops; tests/unit/test_convert.c checks every FP32
+ * bit pattern. */
+#ifndef MSH_CONVERT_H
+#define MSH_CONVERT_H
+
+#include "common/msh_common.h"
+#include "kernels/msh_scalar.h"
+
+typedef struct msh_f16_bounds {
+    uint32_t min_abs; /* FP32 bits of the smallest magnitude kept (values below become it) */
+    uint32_t max_abs; /* FP32 bits of the largest magnitude kept */
+} msh_f16_bounds;
+
+/* Default bounds: smallest FP16 subnormal and 65504. */
+void msh_f16_bounds_default(msh_f16_bounds *b);
+
+/* Convert n FP32 values; returns how many were clamped. */
+uint64_t msh_f32_to_f16_buf_ref(const uint8_t *src, uint8_t *dst, size_t n,
+                                const msh_f16_bounds *b);
+uint64_t msh_f32_to_f16_buf_simd(const uint8_t *src, uint8_t *dst, size_t n,
+                                 const msh_f16_bounds *b);
+void msh_f32_to_bf16_buf_ref(const uint8_t *src, uint8_t *dst, size_t n);
+void msh_f32_to_bf16_buf_simd(const uint8_t *src, uint8_t *dst, size_t n);
+
+/* 1 when this CPU runs the SIMD versions (AVX2 and F16C) and scalar is not forced (build
+ * option MSH_FORCE_SCALAR, or environment MSH_FORCE_SCALAR=1). */
+int msh_cpu_has_simd(void);
+
+/* Dispatching versions: SIMD when available, else the reference loops. */
+uint64_t msh_f32_to_f16_buf(const uint8_t *src, uint8_t *dst, size_t n, const msh_f16_bounds *b);
+void msh_f32_to_bf16_buf(const uint8_t *src, uint8_t *dst, size_t n);
+
+#endif
