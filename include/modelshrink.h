@@ -69,6 +69,13 @@ typedef struct msh_convert_options {
     int external_data;          /**< write tensors to "<output>.data" (default 0; forced on when the
                                      input's tensors are external or the output would pass 2 GiB) */
     int64_t external_threshold; /**< tensors below this many bytes stay inline (default 1024) */
+    int float_type;    /**< 0: keep FP32; 10 (FLOAT16) or 16 (BFLOAT16): convert FP32 to it */
+    int keep_io_types; /**< keep FP32 graph inputs and outputs, with Casts (default 1) */
+    float fp16_min;    /**< non-zero magnitudes below become this (default 2^-24, FP16's smallest
+                            subnormal) */
+    float fp16_max;    /**< finite magnitudes above become this (default 65504) */
+    const char *block_ops;   /**< comma-separated op types kept in FP32, or NULL */
+    const char *block_nodes; /**< comma-separated node names kept in FP32, or NULL */
 } msh_convert_options;
 
 void msh_convert_options_init(msh_convert_options *opt);
@@ -80,6 +87,9 @@ typedef struct msh_convert_result {
     int64_t dedup_merged;      /**< tensors removed by dedup */
     int64_t dedup_saved_bytes; /**< tensor bytes removed by dedup */
     int external_out;          /**< 1 when the output's tensors went to "<output>.data" */
+    int64_t float_tensors;     /**< tensors converted to FP16/BF16 */
+    uint64_t float_clamped;    /**< FP16 values moved to fp16_min/fp16_max (or kept off 0/inf) */
+    int64_t float_casts;       /**< Cast nodes inserted at FP32 borders */
     char note[256];            /**< a remark for the user (e.g. why output went external), or "" */
 } msh_convert_result;
 

@@ -7,6 +7,7 @@
 
 #include "formats/onnx_model.h"
 #include "passes/dedup.h"
+#include "passes/fp16.h"
 #include "passes/inspect.h"
 
 #define MSH_PROTOBUF_LIMIT ((int64_t)2147483647 - 65536)
@@ -15,6 +16,15 @@ void msh_convert_options_init(msh_convert_options *opt) {
     memset(opt, 0, sizeof *opt);
     opt->dedup = 1;
     opt->external_threshold = 1024;
+    opt->keep_io_types = 1;
+    opt->fp16_min = 5.9604644775390625e-08f; /* 2^-24 */
+    opt->fp16_max = 65504.0f;
+}
+
+static uint32_t f32_bits(float f) {
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    return b;
 }
 
 static int same_file(const char *path, int64_t dev, int64_t ino) {
@@ -79,7 +89,22 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
         res->dedup_saved_bytes = plan.saved_bytes;
         msh_dedup_plan_free(&plan);
     }
-    msh_onnx_write_opts wo = {opt->external_data || m.n_ext > 0, opt->external_threshold};
+    if (st == MSH_OK && opt->float_type) {
+        if (!(opt->fp16_min > 0.0f) || !(opt->fp16_max >= opt->fp16_min) ||
+            !(opt->fp16_max <= 3.4028234663852886e+38f))
+            st = msh_fail(err, MSH_ERR_USAGE, "FP16 bounds must satisfy 0 < min <= max < inf");
+    }
+    msh_fp16_opts fo = {opt->float_type,  opt->keep_io_types,      opt->block_ops,
+                        opt->block_nodes, f32_bits(opt->fp16_min), f32_bits(opt->fp16_max)};
+    if (st == MSH_OK && opt->float_type) {
+        msh_fp16_stats fs;
+        st = msh_fp16_apply(&m, &fo, &fs, err);
+        res->float_tensors = fs.tensors;
+        res->float_clamped = fs.clamped;
+        res->float_casts = fs.casts;
+    }
+    msh_onnx_write_opts wo = {opt->external_data || m.n_ext > 0, opt->external_threshold,
+                              fo.f16_min_abs, fo.f16_max_abs};
     if (wo.external_threshold < 0)
         wo.external_threshold = 0;
     if (st == MSH_OK && !wo.external) {
@@ -101,6 +126,7 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
             res->bytes_in += m.ext[i].size;
         res->bytes_out = wr.model_bytes + wr.data_bytes;
         res->external_out = wr.external;
+        res->float_clamped += wr.clamped;
     }
     msh_onnx_model_free(&m);
     if (st == MSH_OK)

@@ -25,6 +25,13 @@ static const char *usage_text =
     "      --no-dedup          do not merge identical initializers\n"
     "      --dedup-graph-inputs  also merge initializers that are graph inputs\n"
     "      --external-data     write tensors to <output>.data (4096-byte aligned)\n"
+    "      --fp16, --bf16      convert FP32 tensors and the ops that allow it to FP16 / BF16\n"
+    "      --fp16-min X        non-zero magnitudes below X become X (default 2^-24)\n"
+    "      --fp16-max X        finite magnitudes above X become X (default 65504)\n"
+    "      --keep-io-types     keep FP32 graph inputs and outputs (default)\n"
+    "      --no-keep-io-types  make FP32 graph inputs and outputs FP16/BF16 too\n"
+    "      --block-op OP[,OP]  keep these op types in FP32 (repeatable)\n"
+    "      --block-node N[,N]  keep these nodes (by name) in FP32 (repeatable)\n"
     "  -q, --quiet             no per-model lines\n"
     "\n"
     "  -h, --help              this text\n"
@@ -159,6 +166,19 @@ static int mkdirs_for(const char *file) {
     return ok;
 }
 
+/* Append a comma-separated list to *dst (repeatable options). */
+static int append_list(char **dst, const char *add) {
+    size_t a = *dst ? strlen(*dst) : 0, b = strlen(add);
+    char *p = realloc(*dst, a + b + 2);
+    if (!p)
+        return 0;
+    if (a)
+        p[a++] = ',';
+    memcpy(p + a, add, b + 1);
+    *dst = p;
+    return 1;
+}
+
 static void fmt_bytes(long long n, char *buf, size_t cap) {
     snprintf(buf, cap, "%lld", n);
 }
@@ -170,11 +190,21 @@ static int cmd_convert(int argc, char **argv) {
                                          {"external-data", no_argument, 0, 3},
                                          {"quiet", no_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},
+                                         {"fp16", no_argument, 0, 4},
+                                         {"bf16", no_argument, 0, 5},
+                                         {"fp16-min", required_argument, 0, 6},
+                                         {"fp16-max", required_argument, 0, 7},
+                                         {"keep-io-types", no_argument, 0, 8},
+                                         {"no-keep-io-types", no_argument, 0, 9},
+                                         {"block-op", required_argument, 0, 10},
+                                         {"block-node", required_argument, 0, 11},
                                          {0, 0, 0, 0}};
     msh_convert_options opt;
     msh_convert_options_init(&opt);
     const char *output = NULL;
     int quiet = 0, c;
+    /* the lists live as long as the process (static: released at exit) */
+    static char *block_ops, *block_nodes;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1) {
@@ -185,9 +215,38 @@ static int cmd_convert(int argc, char **argv) {
         case 3: opt.external_data = 1; break;
         case 'q': quiet = 1; break;
         case 'h': fputs(usage_text, stdout); return EXIT_ALL_OK;
+        case 4:
+        case 5:
+            if (opt.float_type && opt.float_type != (c == 4 ? 10 : 16))
+                return usage_error("convert: %s", "--fp16 and --bf16 exclude each other");
+            opt.float_type = c == 4 ? 10 : 16;
+            break;
+        case 6:
+        case 7: {
+            char *end;
+            double v = strtod(optarg, &end);
+            if (*end || !(v > 0.0) || v > 3.4e38)
+                return usage_error("convert: bad FP16 bound '%s' (a positive number)", optarg);
+            if (c == 6)
+                opt.fp16_min = (float)v;
+            else
+                opt.fp16_max = (float)v;
+            break;
+        }
+        case 8: opt.keep_io_types = 1; break;
+        case 9: opt.keep_io_types = 0; break;
+        case 10:
+        case 11:
+            if (!append_list(c == 10 ? &block_ops : &block_nodes, optarg))
+                return usage_error("convert: %s", "out of memory");
+            break;
         default: return usage_error("convert: unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
+    opt.block_ops = block_ops;
+    opt.block_nodes = block_nodes;
+    if (opt.fp16_min > opt.fp16_max)
+        return usage_error("convert: %s", "--fp16-min is larger than --fp16-max");
     if (!output)
         return usage_error("convert: %s", "missing -o OUTPUT");
     if (optind >= argc)
@@ -263,6 +322,10 @@ static int cmd_convert(int argc, char **argv) {
                    r.bytes_out ? (double)r.bytes_in / (double)r.bytes_out : 0.0);
             if (r.dedup_merged)
                 printf(", dedup merged %lld tensors", (long long)r.dedup_merged);
+            if (opt.float_type)
+                printf(", %s: %lld tensors, %llu values clamped",
+                       opt.float_type == 10 ? "fp16" : "bf16", (long long)r.float_tensors,
+                       (unsigned long long)r.float_clamped);
             if (r.external_out)
                 printf(", tensors in %s.data", j.v[i].out);
             printf("\n");

@@ -510,6 +510,23 @@ void msh_onnx_model_free(msh_onnx_model *m) {
     m->fd = -1;
 }
 
+int64_t msh_tensor_out_bytes(const msh_tensor *t) {
+    if (t->out_type == 10 || t->out_type == 16)
+        return t->numel * 2;
+    return t->nbytes;
+}
+
+int64_t msh_onnx_add_tensor_entry(msh_onnx_model *m, const msh_tensor *t) {
+    if (!msh_grow((void **)&m->tensors, &m->cap_tensors, m->n_tensors, sizeof *m->tensors))
+        return -1;
+    m->tensors[m->n_tensors++] = *t;
+    free(m->tmap);
+    m->tmap = NULL;
+    if (tmap_build(m, NULL) != MSH_OK)
+        return -1;
+    return (int64_t)m->n_tensors - 1;
+}
+
 msh_status msh_onnx_adopt_orphan(msh_onnx_model *m, Onnx__TensorProto *tp) {
     if (!msh_grow((void **)&m->orphans, &m->cap_orphans, m->n_orphans, sizeof *m->orphans))
         return MSH_ERR_NOMEM;

@@ -46,6 +46,7 @@ typedef struct msh_tensor {
     int64_t numel;
     int64_t nbytes; /* data bytes; -1 for element types without a fixed size (STRING) */
     int removed;    /* dedup removed it from its graph */
+    int32_t out_type; /* 0: written as read; FLOAT16/BFLOAT16: converted from FLOAT on write */
 } msh_tensor;
 
 typedef struct msh_graph {
@@ -108,6 +109,13 @@ msh_status msh_onnx_tensor_read(const msh_onnx_model *m, const msh_tensor *t, in
 /* Tensor index of a TensorProto, or -1 (linear map built on first use). */
 int64_t msh_onnx_find_tensor(const msh_onnx_model *m, const Onnx__TensorProto *tp);
 
+/* Data bytes of a tensor as written (after any conversion). */
+int64_t msh_tensor_out_bytes(const msh_tensor *t);
+
+/* Append a tensor-table entry for a TensorProto added by a pass (the tree owns `tp`); the
+ * lookup map is rebuilt. Returns the new index or -1 when out of memory. */
+int64_t msh_onnx_add_tensor_entry(msh_onnx_model *m, const msh_tensor *t);
+
 /* Keep a TensorProto that was taken out of the tree so the model frees it. */
 msh_status msh_onnx_adopt_orphan(msh_onnx_model *m, Onnx__TensorProto *tp);
 
@@ -115,12 +123,15 @@ msh_status msh_onnx_adopt_orphan(msh_onnx_model *m, Onnx__TensorProto *tp);
 typedef struct msh_onnx_write_opts {
     int external; /* write payloads >= threshold to "<out>.data" */
     int64_t external_threshold;
+    uint32_t f16_min_abs; /* FP16 bounds (FP32 bits) for tensors with out_type FLOAT16; 0: default */
+    uint32_t f16_max_abs;
 } msh_onnx_write_opts;
 
 typedef struct msh_onnx_write_result {
     int64_t model_bytes;
     int64_t data_bytes;
     int external;
+    uint64_t clamped; /* FP16 values clamped while converting payloads */
 } msh_onnx_write_result;
 
 /* Total output size the writer would produce inline (for the 2 GiB protobuf limit). */

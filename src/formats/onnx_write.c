@@ -22,6 +22,7 @@
 
 #include "common/msh_io.h"
 #include "formats/onnx_model.h"
+#include "kernels/msh_convert.h"
 
 #define MSH_EXT_ALIGN 4096
 #define MSH_STREAM_CHUNK ((size_t)4 << 20)
@@ -34,6 +35,9 @@ typedef struct wctx {
     uint8_t *scratch;
     size_t scratch_cap;
     uint8_t *chunk;
+    uint8_t *conv; /* converted half of `chunk` */
+    msh_f16_bounds f16;
+    uint64_t clamped;
     msh_error *e;
 } wctx;
 
@@ -107,19 +111,27 @@ static msh_status pack_whole(wctx *c, const ProtobufCMessage *msg, uint64_t *siz
     return msh_sink_write(c->out, c->scratch, k, c->e);
 }
 
-static msh_status stream_tensor(const msh_onnx_model *m, const msh_tensor *t, msh_sink *dst,
-                                uint8_t *chunk, msh_error *e) {
-    if (t->payload >= 0) {
+static msh_status stream_tensor(wctx *c, const msh_tensor *t, msh_sink *dst) {
+    const msh_onnx_model *m = c->m;
+    if (t->payload >= 0 && !t->out_type) {
         /* Unchanged bytes from a file: let the kernel copy them. */
         const msh_payload *p = &m->payloads[t->payload];
         int fd = p->src == 0 ? m->fd : m->ext[p->src - 1].fd;
-        return msh_sink_copy_from(dst, fd, p->offset, p->length, e);
+        return msh_sink_copy_from(dst, fd, p->offset, p->length, c->e);
     }
     for (int64_t off = 0; off < t->nbytes;) {
         size_t n = t->nbytes - off < (int64_t)MSH_STREAM_CHUNK ? (size_t)(t->nbytes - off)
-                                                               : MSH_STREAM_CHUNK;
-        MSH_FORWARD(msh_onnx_tensor_read(m, t, off, chunk, n, e));
-        MSH_FORWARD(msh_sink_write(dst, chunk, n, e));
+                                                                : MSH_STREAM_CHUNK;
+        MSH_FORWARD(msh_onnx_tensor_read(m, t, off, c->chunk, n, c->e));
+        if (t->out_type == 10) {
+            c->clamped += msh_f32_to_f16_buf(c->chunk, c->conv, n / 4, &c->f16);
+            MSH_FORWARD(msh_sink_write(dst, c->conv, n / 2, c->e));
+        } else if (t->out_type == 16) {
+            msh_f32_to_bf16_buf(c->chunk, c->conv, n / 4);
+            MSH_FORWARD(msh_sink_write(dst, c->conv, n / 2, c->e));
+        } else {
+            MSH_FORWARD(msh_sink_write(dst, c->chunk, n, c->e));
+        }
         off += (int64_t)n;
     }
     return MSH_OK;
@@ -146,7 +158,7 @@ static msh_status emit_tensor(wctx *c, const Onnx__TensorProto *tp, uint64_t *si
     sh.has_raw_data = 0;
     sh.raw_data.len = 0;
     sh.raw_data.data = NULL;
-    int64_t plen = t->nbytes;
+    int64_t plen = msh_tensor_out_bytes(t);
     int ext = c->ext_off && c->ext_off[ti] >= 0;
     Onnx__StringStringEntryProto kv[3];
     Onnx__StringStringEntryProto *kvp[3];
@@ -182,7 +194,7 @@ static msh_status emit_tensor(wctx *c, const Onnx__TensorProto *tp, uint64_t *si
         if (c->out) {
             MSH_FORWARD(put_varint(c, (9u << 3) | 2u));
             MSH_FORWARD(put_varint(c, (uint64_t)plen));
-            MSH_FORWARD(stream_tensor(c->m, t, c->out, c->chunk, c->e));
+            MSH_FORWARD(stream_tensor(c, t, c->out));
         }
     }
     return MSH_OK;
@@ -275,6 +287,7 @@ static msh_status emit_msg(wctx *c, const ProtobufCMessage *msg, uint64_t *size)
 static void wctx_free(wctx *c) {
     free(c->scratch);
     free(c->chunk);
+    free(c->conv);
     free(c->ext_off);
 }
 
@@ -298,7 +311,10 @@ msh_status msh_onnx_write(const msh_onnx_model *m, const char *out_path,
     c.e = e;
     memset(r, 0, sizeof *r);
     c.chunk = malloc(MSH_STREAM_CHUNK);
-    if (!c.chunk)
+    c.conv = malloc(MSH_STREAM_CHUNK / 2);
+    c.f16.min_abs = o->f16_min_abs ? o->f16_min_abs : MSH_F16_MIN_SUBNORMAL_BITS;
+    c.f16.max_abs = o->f16_max_abs ? o->f16_max_abs : MSH_F16_MAX_BITS;
+    if (!c.chunk || !c.conv)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory for the write buffer");
     msh_sink data, model;
     int data_open = 0, model_open = 0;
@@ -320,11 +336,11 @@ msh_status msh_onnx_write(const msh_onnx_model *m, const char *out_path,
         for (size_t i = 0; i < m->n_tensors; i++) {
             const msh_tensor *t = &m->tensors[i];
             c.ext_off[i] = -1;
-            if (t->removed || t->payload < 0 || t->nbytes < o->external_threshold)
+            if (t->removed || t->payload < 0 || msh_tensor_out_bytes(t) < o->external_threshold)
                 continue;
             cursor = (cursor + MSH_EXT_ALIGN - 1) / MSH_EXT_ALIGN * MSH_EXT_ALIGN;
             c.ext_off[i] = cursor;
-            cursor += t->nbytes;
+            cursor += msh_tensor_out_bytes(t);
             any = 1;
         }
         if (any) {
@@ -337,7 +353,7 @@ msh_status msh_onnx_write(const msh_onnx_model *m, const char *out_path,
                     continue;
                 st = msh_sink_pad(&data, MSH_EXT_ALIGN, e);
                 if (st == MSH_OK)
-                    st = stream_tensor(m, &m->tensors[i], &data, c.chunk, e);
+                    st = stream_tensor(&c, &m->tensors[i], &data);
             }
             if (st == MSH_OK)
                 st = msh_sink_finish(&data, e);
@@ -360,8 +376,10 @@ msh_status msh_onnx_write(const msh_onnx_model *m, const char *out_path,
         st = msh_sink_rename(&data, e);
     if (st == MSH_OK)
         st = msh_sink_rename(&model, e);
-    if (st == MSH_OK)
+    if (st == MSH_OK) {
         r->model_bytes = model.written;
+        r->clamped = c.clamped;
+    }
 done:
     if (model_open)
         msh_sink_abort(&model);

@@ -88,7 +88,7 @@ int main(int argc, char **argv) {
         CHECK(has_init(g, "T1"), "T1 now lives in the main graph");
         CHECK(strcmp(tb->node[0]->input[1], "T1") == 0 && strcmp(eb->node[0]->input[1], "T1") == 0,
               "both branches reference T1");
-        msh_onnx_write_opts wo = {0, 1024};
+        msh_onnx_write_opts wo = {0, 1024, 0, 0};
         msh_onnx_write_result wr;
         CHECK(msh_onnx_write(&m, out, &wo, &wr, &e) == MSH_OK, "write: %s", e.msg);
         msh_dedup_plan_free(&plan);
