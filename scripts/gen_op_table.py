@@ -94,8 +94,53 @@ def collect():
             for i, p in enumerate(ps):
                 if p[1] == OPTION["Variadic"] and i != len(ps) - 1:
                     raise SystemExit(f"gen_op_table: {where}: variadic {kind} {i} is not last")
-        out.append((s.domain, s.name, s.since_version, ins, outs, var_names, var_masks))
+        out.append((s.domain, s.name, s.since_version, ins, outs, var_names, var_masks,
+                    function_unsafe(s, ins, var_masks)))
     return out
+
+
+def function_unsafe(s, ins, var_masks):
+    """Bit 0 (FLOAT16) / bit 1 (BFLOAT16): the schema allows the type, but ONNX's own function
+    body for the op does not type-check with it (MeanVarianceNormalization-13 adds a float
+    epsilon, for example). Found by running ONNX's strict type inference on a one-node model whose
+    float inputs carry the type; only type errors count, anything else (missing attributes,
+    shapes) is not held against the op."""
+    if not (getattr(s, "has_function", False) or
+            getattr(s, "has_context_dependent_function", False)):
+        return 0
+    from onnx import helper, shape_inference
+    bits = 0
+    for bit, t in ((1, 10), (2, 16)):
+        if not any((m >> t) & 1 and (m >> 1) & 1 for m in var_masks):
+            continue
+        inputs, vis = [], []
+        for i, (var, opt, hom, mask, pname) in enumerate(ins):
+            if opt == OPTION["Optional"]:
+                break
+            if var >= 0 and (mask >> t) & 1 and (mask >> 1) & 1:
+                et = t
+            elif (mask >> 1) & 1:
+                et = 1
+            else:
+                et = next((k for k in range(1, 31) if (mask >> k) & 1), 0)
+            if not et:
+                break
+            inputs.append(f"i{i}")
+            vis.append(helper.make_tensor_value_info(f"i{i}", et, None))
+        node = helper.make_node(s.name, inputs, [f"o{j}" for j in range(len(s.outputs))],
+                                domain=s.domain)
+        graph = helper.make_graph([node], "probe", vis, [])
+        opsets = [helper.make_opsetid(s.domain, s.since_version)]
+        if s.domain:
+            opsets.append(helper.make_opsetid("", 18))
+        model = helper.make_model(graph, opset_imports=opsets)
+        try:
+            shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        except Exception as e:  # noqa: BLE001 - onnx raises several error classes
+            msg = str(e)
+            if "inconsistent type" in msg or "type mismatch" in msg.lower():
+                bits |= bit
+    return bits
 
 
 TAIL = r"""
@@ -155,6 +200,13 @@ const msh_op_param *msh_op_input(const msh_op_schema *s, size_t i) {
 const msh_op_param *msh_op_output(const msh_op_schema *s, size_t i) {
     return s ? param_at(s->outputs, s->n_outputs, i) : NULL;
 }
+
+int msh_op_function_unsafe(const msh_op_schema *s, int32_t elem_type) {
+    if (!s || s < table || s >= table + sizeof table / sizeof table[0])
+        return 0;
+    unsigned bits = fn_unsafe[s - table];
+    return (elem_type == 10 && (bits & 1u)) || (elem_type == 16 && (bits & 2u));
+}
 """
 
 
@@ -205,7 +257,7 @@ def render(rows):
     ]
     offsets = []
     n_par = 0
-    for dom, name, since, ins, outs, vnames, vmasks in rows:
+    for dom, name, since, ins, outs, vnames, vmasks, _ in rows:
         offsets.append(n_par)
         if ins or outs:
             lines.append(f"    /* {n_par}: {label(dom, name, since)} */")
@@ -221,7 +273,7 @@ def render(rows):
     voffsets = []
     vgroup, ngroup = [], []
     n_var = 0
-    for dom, name, since, ins, outs, vnames, vmasks in rows:
+    for dom, name, since, ins, outs, vnames, vmasks, _ in rows:
         voffsets.append(n_var)
         for v, m in zip(vnames, vmasks):
             vgroup.append((f"0x{m:08x}u,", f"{n_var}: {label(dom, name, since)} {v}"))
@@ -231,7 +283,7 @@ def render(rows):
     lines += ["};", "", "static const char *const vna[] = {"]
     lines += aligned(ngroup) if ngroup else ['    "",']
     lines += ["};", "", "static const msh_op_schema table[] = {"]
-    for (dom, name, since, ins, outs, vnames, vmasks), po, vo in zip(rows, offsets, voffsets):
+    for (dom, name, since, ins, outs, vnames, vmasks, _), po, vo in zip(rows, offsets, voffsets):
         row = (
             f"    {{{dmacro[dom]}, {c_str(name)}, {since}, {len(ins)}, {len(outs)}, "
             f"{len(vnames)}, par + {po}, par + {po + len(ins)}, vty + {vo}, vna + {vo}}},"
@@ -239,7 +291,15 @@ def render(rows):
         if len(row) > 100:
             raise SystemExit(f"gen_op_table: row for {name} is too long for clang-format")
         lines.append(row)
+    lines += ["};", "", "/* Function bodies that do not type-check in FLOAT16 (bit 0) / BFLOAT16 (bit 1). */",
+              "static const uint8_t fn_unsafe[] = {"]
+    unsafe = [(f"{r[7]},", label(r[0], r[1], r[2])) for r in rows if r[7]]
+    flat = [str(r[7]) for r in rows]
+    for i in range(0, len(flat), 32):
+        lines.append("    " + ", ".join(flat[i:i + 32]) + ",")
     lines += ["};"]
+    if unsafe:
+        lines.append("/* unsafe: " + ", ".join(u[1] for u in unsafe)[:2000] + " */")
     return "\n".join(lines) + "\n" + TAIL
 
 

@@ -548,7 +548,7 @@ static msh_status process_node(ctx *c, scope *s, Onnx__NodeProto *n) {
         /* The output types must follow from the inputs: no sequence/optional/map variables
          * (their element types are not tracked) and no present output whose variable no
          * input binds (Bernoulli's T2, RandomNormalLike's T2: set by attributes). */
-        int ok = 1;
+        int ok = !msh_op_function_unsafe(sc, target);
         for (int k = 0; k < sc->n_vars; k++)
             if (sc->var_types[k] & MSH_OP_NONTENSOR)
                 ok = 0;

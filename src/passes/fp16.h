@@ -26,17 +26,17 @@
 typedef struct msh_fp16_opts {
     int32_t target; /* 10 (FLOAT16) or 16 (BFLOAT16) */
     int keep_io;
-    const char *block_ops;   /* comma-separated op types, or NULL */
-    const char *block_nodes; /* comma-separated node names, or NULL */
+    const char *block_ops;             /* comma-separated op types, or NULL */
+    const char *block_nodes;           /* comma-separated node names, or NULL */
     uint32_t f16_min_abs, f16_max_abs; /* FP16 bounds as FP32 bits (for in-memory tensors) */
 } msh_fp16_opts;
 
 typedef struct msh_fp16_stats {
-    int64_t tensors;       /* tensors converted */
-    int64_t nodes;         /* nodes that now run in the target type */
-    int64_t nodes_kept;    /* nodes with FLOAT inputs or outputs kept in FP32 */
-    int64_t casts;         /* Cast nodes inserted */
-    uint64_t clamped;      /* values clamped in tensors converted in memory */
+    int64_t tensors;    /* tensors converted */
+    int64_t nodes;      /* nodes that now run in the target type */
+    int64_t nodes_kept; /* nodes with FLOAT inputs or outputs kept in FP32 */
+    int64_t casts;      /* Cast nodes inserted */
+    uint64_t clamped;   /* values clamped in tensors converted in memory */
 } msh_fp16_stats;
 
 msh_status msh_fp16_apply(msh_onnx_model *m, const msh_fp16_opts *o, msh_fp16_stats *st,

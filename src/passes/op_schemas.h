@@ -65,6 +65,10 @@ const msh_op_param *msh_op_output(const msh_op_schema *s, size_t i);
 /* The whole table, sorted by (domain, name, since_version) in strcmp order; *n gets its length. */
 const msh_op_schema *msh_op_schema_table(size_t *n);
 
+/* 1 when the schema allows `elem_type` (FLOAT16 or BFLOAT16) but ONNX's own function body for the
+ * op does not type-check with it (found by the generator with ONNX's strict type inference). */
+int msh_op_function_unsafe(const msh_op_schema *s, int32_t elem_type);
+
 /* The version of the onnx package the table was generated from ("1.23.2"). */
 extern const char msh_op_schemas_onnx_version[];
 
