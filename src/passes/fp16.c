@@ -398,7 +398,8 @@ static msh_status clone_converted(ctx *c, int64_t ti, const char *name, Onnx__Te
         protobuf_c_message_free_unpacked(&tp->base, NULL);
         return nomem(c);
     }
-    memcpy(tp->dims, src->tp->dims, src->tp->n_dims * sizeof *tp->dims);
+    if (src->tp->n_dims) /* a scalar has no dims array */
+        memcpy(tp->dims, src->tp->dims, src->tp->n_dims * sizeof *tp->dims);
     tp->n_dims = src->tp->n_dims;
     tp->has_data_type = 1;
     tp->data_type = T_FLOAT;
