@@ -154,6 +154,22 @@ static msh_status msh_sink_flush(msh_sink *s, msh_error *e) {
 msh_status msh_sink_write(msh_sink *s, const void *p, size_t n, msh_error *e) {
     const uint8_t *src = p;
     s->written += (int64_t)n;
+    if (n >= s->cap) {
+        /* Large pieces go straight to the file: no copy through the buffer. */
+        MSH_FORWARD(msh_sink_flush(s, e));
+        while (n > 0) {
+            ssize_t k = write(s->fd, src, n);
+            if (k < 0) {
+                if (errno == EINTR)
+                    continue;
+                return msh_fail(e, MSH_ERR_IO, "cannot write %s: %s", s->final_path,
+                                strerror(errno));
+            }
+            src += k;
+            n -= (size_t)k;
+        }
+        return MSH_OK;
+    }
     while (n > 0) {
         if (s->len == s->cap)
             MSH_FORWARD(msh_sink_flush(s, e));

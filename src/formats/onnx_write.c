@@ -17,6 +17,7 @@
  * Field order inside a message may differ from the input's (scalars first); protobuf readers
  * accept fields in any order and repeated fields keep their relative order.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -35,7 +36,8 @@ typedef struct wctx {
     uint8_t *scratch;
     size_t scratch_cap;
     uint8_t *chunk;
-    uint8_t *conv; /* converted half of `chunk` */
+    uint8_t *chunk2; /* the next chunk, read while `chunk` is converted and written */
+    uint8_t *conv;   /* converted half of `chunk` */
     msh_f16_bounds f16;
     uint64_t clamped;
     msh_error *e;
@@ -111,6 +113,22 @@ static msh_status pack_whole(wctx *c, const ProtobufCMessage *msg, uint64_t *siz
     return msh_sink_write(c->out, c->scratch, k, c->e);
 }
 
+typedef struct read_job {
+    const msh_onnx_model *m;
+    const msh_tensor *t;
+    int64_t off;
+    size_t n;
+    uint8_t *buf;
+    msh_status st;
+    msh_error err;
+} read_job;
+
+static void *read_main(void *arg) {
+    read_job *j = arg;
+    j->st = msh_onnx_tensor_read(j->m, j->t, j->off, j->buf, j->n, &j->err);
+    return NULL;
+}
+
 static msh_status stream_tensor(wctx *c, const msh_tensor *t, msh_sink *dst) {
     const msh_onnx_model *m = c->m;
     if (t->payload >= 0 && !t->out_type) {
@@ -119,20 +137,46 @@ static msh_status stream_tensor(wctx *c, const msh_tensor *t, msh_sink *dst) {
         int fd = p->src == 0 ? m->fd : m->ext[p->src - 1].fd;
         return msh_sink_copy_from(dst, fd, p->offset, p->length, c->e);
     }
-    for (int64_t off = 0; off < t->nbytes;) {
+    /* Double-buffered: a reader thread fetches chunk i+1 while chunk i is converted and
+     * written, so reading and converting overlap on two cores. */
+    uint8_t *buf[2] = {c->chunk, c->chunk2};
+    size_t n0 = t->nbytes < (int64_t)MSH_STREAM_CHUNK ? (size_t)t->nbytes : MSH_STREAM_CHUNK;
+    if (t->nbytes > 0)
+        MSH_FORWARD(msh_onnx_tensor_read(m, t, 0, buf[0], n0, c->e));
+    int k = 0;
+    for (int64_t off = 0; off < t->nbytes; k ^= 1) {
         size_t n = t->nbytes - off < (int64_t)MSH_STREAM_CHUNK ? (size_t)(t->nbytes - off)
-                                                                : MSH_STREAM_CHUNK;
-        MSH_FORWARD(msh_onnx_tensor_read(m, t, off, c->chunk, n, c->e));
-        if (t->out_type == 10) {
-            c->clamped += msh_f32_to_f16_buf(c->chunk, c->conv, n / 4, &c->f16);
-            MSH_FORWARD(msh_sink_write(dst, c->conv, n / 2, c->e));
-        } else if (t->out_type == 16) {
-            msh_f32_to_bf16_buf(c->chunk, c->conv, n / 4);
-            MSH_FORWARD(msh_sink_write(dst, c->conv, n / 2, c->e));
-        } else {
-            MSH_FORWARD(msh_sink_write(dst, c->chunk, n, c->e));
+                                                               : MSH_STREAM_CHUNK;
+        int64_t next = off + (int64_t)n;
+        read_job job = {m, t, next, 0, buf[k ^ 1], MSH_OK, {MSH_OK, {0}}};
+        pthread_t th;
+        int threaded = 0;
+        if (next < t->nbytes) {
+            job.n = t->nbytes - next < (int64_t)MSH_STREAM_CHUNK ? (size_t)(t->nbytes - next)
+                                                                 : MSH_STREAM_CHUNK;
+            threaded = pthread_create(&th, NULL, read_main, &job) == 0;
         }
-        off += (int64_t)n;
+        msh_status st;
+        if (t->out_type == 10) {
+            c->clamped += msh_f32_to_f16_buf(buf[k], c->conv, n / 4, &c->f16);
+            st = msh_sink_write(dst, c->conv, n / 2, c->e);
+        } else if (t->out_type == 16) {
+            msh_f32_to_bf16_buf(buf[k], c->conv, n / 4);
+            st = msh_sink_write(dst, c->conv, n / 2, c->e);
+        } else {
+            st = msh_sink_write(dst, buf[k], n, c->e);
+        }
+        if (threaded)
+            pthread_join(th, NULL);
+        else if (next < t->nbytes)
+            read_main(&job);
+        MSH_FORWARD(st);
+        if (job.st != MSH_OK) {
+            if (c->e)
+                *c->e = job.err;
+            return job.st;
+        }
+        off = next;
     }
     return MSH_OK;
 }
@@ -287,6 +331,7 @@ static msh_status emit_msg(wctx *c, const ProtobufCMessage *msg, uint64_t *size)
 static void wctx_free(wctx *c) {
     free(c->scratch);
     free(c->chunk);
+    free(c->chunk2);
     free(c->conv);
     free(c->ext_off);
 }
@@ -311,10 +356,11 @@ msh_status msh_onnx_write(const msh_onnx_model *m, const char *out_path,
     c.e = e;
     memset(r, 0, sizeof *r);
     c.chunk = malloc(MSH_STREAM_CHUNK);
+    c.chunk2 = malloc(MSH_STREAM_CHUNK);
     c.conv = malloc(MSH_STREAM_CHUNK / 2);
     c.f16.min_abs = o->f16_min_abs ? o->f16_min_abs : MSH_F16_MIN_SUBNORMAL_BITS;
     c.f16.max_abs = o->f16_max_abs ? o->f16_max_abs : MSH_F16_MAX_BITS;
-    if (!c.chunk || !c.conv)
+    if (!c.chunk || !c.chunk2 || !c.conv)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory for the write buffer");
     msh_sink data, model;
     int data_open = 0, model_open = 0;
