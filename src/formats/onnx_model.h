@@ -44,8 +44,8 @@ typedef struct msh_tensor {
     int64_t payload; /* index in model->payloads, or -1 when the data is in typed fields */
     int external_in; /* the input stored it as external data */
     int64_t numel;
-    int64_t nbytes; /* data bytes; -1 for element types without a fixed size (STRING) */
-    int removed;    /* dedup removed it from its graph */
+    int64_t nbytes;   /* data bytes; -1 for element types without a fixed size (STRING) */
+    int removed;      /* dedup removed it from its graph */
     int32_t out_type; /* 0: written as read; FLOAT16/BFLOAT16: converted from FLOAT on write */
 } msh_tensor;
 
@@ -123,7 +123,8 @@ msh_status msh_onnx_adopt_orphan(msh_onnx_model *m, Onnx__TensorProto *tp);
 typedef struct msh_onnx_write_opts {
     int external; /* write payloads >= threshold to "<out>.data" */
     int64_t external_threshold;
-    uint32_t f16_min_abs; /* FP16 bounds (FP32 bits) for tensors with out_type FLOAT16; 0: default */
+    uint32_t
+        f16_min_abs; /* FP16 bounds (FP32 bits) for tensors with out_type FLOAT16; 0: default */
     uint32_t f16_max_abs;
 } msh_onnx_write_opts;
 
