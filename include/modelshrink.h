@@ -74,8 +74,11 @@ typedef struct msh_convert_options {
     float fp16_min;    /**< non-zero magnitudes below become this (default 2^-24, FP16's smallest
                             subnormal) */
     float fp16_max;    /**< finite magnitudes above become this (default 65504) */
-    const char *block_ops;   /**< comma-separated op types kept in FP32, or NULL */
-    const char *block_nodes; /**< comma-separated node names kept in FP32, or NULL */
+    const char *block_ops;     /**< comma-separated op types kept in FP32, or NULL */
+    const char *block_nodes;   /**< comma-separated node names kept in FP32, or NULL */
+    int int8;                  /**< quantize weights to INT8 (DequantizeLinear) */
+    int64_t int8_min_elements; /**< smallest weight quantized (default 4096 elements) */
+    int int8_gather;           /**< also quantize embedding tables feeding Gather */
 } msh_convert_options;
 
 void msh_convert_options_init(msh_convert_options *opt);
@@ -90,6 +93,11 @@ typedef struct msh_convert_result {
     int64_t float_tensors;     /**< tensors converted to FP16/BF16 */
     uint64_t float_clamped;    /**< FP16 values moved to fp16_min/fp16_max (or kept off 0/inf) */
     int64_t float_casts;       /**< Cast nodes inserted at FP32 borders */
+    int64_t int8_tensors;      /**< weights quantized to INT8 */
+    int64_t int8_bytes_before; /**< their FP32 bytes */
+    int64_t int8_bytes_after;  /**< their INT8 + scale + zero-point bytes */
+    int int8_per_tensor;       /**< 1: the opset (< 13) allowed only one scale per tensor */
+    int64_t int8_opset;        /**< the model's default-domain opset (INT8 needs >= 10) */
     char note[256];            /**< a remark for the user (e.g. why output went external), or "" */
 } msh_convert_result;
 

@@ -9,6 +9,7 @@
 #include "passes/dedup.h"
 #include "passes/fp16.h"
 #include "passes/inspect.h"
+#include "passes/int8.h"
 
 #define MSH_PROTOBUF_LIMIT ((int64_t)2147483647 - 65536)
 
@@ -19,6 +20,17 @@ void msh_convert_options_init(msh_convert_options *opt) {
     opt->keep_io_types = 1;
     opt->fp16_min = 5.9604644775390625e-08f; /* 2^-24 */
     opt->fp16_max = 65504.0f;
+    opt->int8_min_elements = 4096;
+}
+
+static int64_t default_opset(const msh_onnx_model *m) {
+    int64_t v = 0;
+    for (size_t i = 0; i < m->mp->n_opset_import; i++) {
+        const char *d = m->mp->opset_import[i]->domain;
+        if (!d || !*d || strcmp(d, "ai.onnx") == 0)
+            v = m->mp->opset_import[i]->version;
+    }
+    return v;
 }
 
 static uint32_t f32_bits(float f) {
@@ -88,6 +100,18 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
         res->dedup_merged = plan.merged;
         res->dedup_saved_bytes = plan.saved_bytes;
         msh_dedup_plan_free(&plan);
+    }
+    if (st == MSH_OK && opt->int8) {
+        msh_int8_opts io = {opt->int8_min_elements > 0 ? opt->int8_min_elements : 1,
+                            opt->int8_gather,
+                            opt->float_type == 10 && default_opset(&m) >= 19 ? 10 : 1};
+        msh_int8_stats is;
+        st = msh_int8_apply(&m, &io, &is, err);
+        res->int8_tensors = is.tensors;
+        res->int8_bytes_before = is.bytes_before;
+        res->int8_bytes_after = is.bytes_after;
+        res->int8_per_tensor = is.per_tensor;
+        res->int8_opset = is.opset;
     }
     if (st == MSH_OK && opt->float_type) {
         if (!(opt->fp16_min > 0.0f) || !(opt->fp16_max >= opt->fp16_min) ||

@@ -32,6 +32,10 @@ static const char *usage_text =
     "      --no-keep-io-types  make FP32 graph inputs and outputs FP16/BF16 too\n"
     "      --block-op OP[,OP]  keep these op types in FP32 (repeatable)\n"
     "      --block-node N[,N]  keep these nodes (by name) in FP32 (repeatable)\n"
+    "      --int8              quantize MatMul/Gemm/Conv/ConvTranspose weights to INT8\n"
+    "                          (per output channel, DequantizeLinear)\n"
+    "      --int8-min-elements N  smallest weight quantized (default 4096)\n"
+    "      --int8-gather       also quantize embedding tables feeding Gather\n"
     "  -q, --quiet             no per-model lines\n"
     "\n"
     "  -h, --help              this text\n"
@@ -198,6 +202,9 @@ static int cmd_convert(int argc, char **argv) {
                                          {"no-keep-io-types", no_argument, 0, 9},
                                          {"block-op", required_argument, 0, 10},
                                          {"block-node", required_argument, 0, 11},
+                                         {"int8", no_argument, 0, 12},
+                                         {"int8-min-elements", required_argument, 0, 13},
+                                         {"int8-gather", no_argument, 0, 14},
                                          {0, 0, 0, 0}};
     msh_convert_options opt;
     msh_convert_options_init(&opt);
@@ -235,6 +242,17 @@ static int cmd_convert(int argc, char **argv) {
         }
         case 8: opt.keep_io_types = 1; break;
         case 9: opt.keep_io_types = 0; break;
+        case 12: opt.int8 = 1; break;
+        case 13: {
+            char *end;
+            long long v = strtoll(optarg, &end, 10);
+            if (*end || v < 1)
+                return usage_error("convert: bad --int8-min-elements '%s' (a positive integer)",
+                                   optarg);
+            opt.int8_min_elements = v;
+            break;
+        }
+        case 14: opt.int8_gather = 1; break;
         case 10:
         case 11:
             if (!append_list(c == 10 ? &block_ops : &block_nodes, optarg))
@@ -322,6 +340,13 @@ static int cmd_convert(int argc, char **argv) {
                    r.bytes_out ? (double)r.bytes_in / (double)r.bytes_out : 0.0);
             if (r.dedup_merged)
                 printf(", dedup merged %lld tensors", (long long)r.dedup_merged);
+            if (opt.int8) {
+                if (r.int8_opset < 10)
+                    printf(", int8: none (opset %lld < 10)", (long long)r.int8_opset);
+                else
+                    printf(", int8: %lld tensors%s", (long long)r.int8_tensors,
+                           r.int8_per_tensor ? " (per-tensor: opset < 13)" : "");
+            }
             if (opt.float_type)
                 printf(", %s: %lld tensors, %llu values clamped",
                        opt.float_type == 10 ? "fp16" : "bf16", (long long)r.float_tensors,

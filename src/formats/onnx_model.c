@@ -491,6 +491,9 @@ void msh_onnx_model_free(msh_onnx_model *m) {
     for (size_t i = 0; i < m->n_orphans; i++)
         protobuf_c_message_free_unpacked(&m->orphans[i]->base, NULL);
     free(m->orphans);
+    for (size_t i = 0; i < m->n_blocks; i++)
+        free(m->blocks[i]);
+    free(m->blocks);
     if (m->fd >= 0)
         close(m->fd);
     for (size_t i = 0; i < m->n_ext; i++) {
@@ -513,7 +516,18 @@ void msh_onnx_model_free(msh_onnx_model *m) {
 int64_t msh_tensor_out_bytes(const msh_tensor *t) {
     if (t->out_type == 10 || t->out_type == 16)
         return t->numel * 2;
+    if (t->out_type == 3)
+        return t->numel;
     return t->nbytes;
+}
+
+msh_status msh_onnx_own(msh_onnx_model *m, void *p) {
+    if (!msh_grow((void **)&m->blocks, &m->cap_blocks, m->n_blocks, sizeof *m->blocks)) {
+        free(p);
+        return MSH_ERR_NOMEM;
+    }
+    m->blocks[m->n_blocks++] = p;
+    return MSH_OK;
 }
 
 int64_t msh_onnx_add_tensor_entry(msh_onnx_model *m, const msh_tensor *t) {

@@ -44,9 +44,11 @@ typedef struct msh_tensor {
     int64_t payload; /* index in model->payloads, or -1 when the data is in typed fields */
     int external_in; /* the input stored it as external data */
     int64_t numel;
-    int64_t nbytes;   /* data bytes; -1 for element types without a fixed size (STRING) */
-    int removed;      /* dedup removed it from its graph */
-    int32_t out_type; /* 0: written as read; FLOAT16/BFLOAT16: converted from FLOAT on write */
+    int64_t nbytes;       /* data bytes; -1 for element types without a fixed size (STRING) */
+    int removed;          /* dedup removed it from its graph */
+    int32_t out_type;     /* 0: written as read; FLOAT16/BFLOAT16: converted from FLOAT on write */
+    const float *qscales; /* out_type INT8: per-channel scales (owned by the model) */
+    int64_t qchannels, qinner; /* channel of element i: (i / qinner) % qchannels */
 } msh_tensor;
 
 typedef struct msh_graph {
@@ -81,6 +83,8 @@ typedef struct msh_onnx_model {
     int64_t external_bytes;      /* bytes of tensor data held in external files */
     Onnx__TensorProto **orphans; /* TensorProtos detached from the tree (freed with the model) */
     size_t n_orphans, cap_orphans;
+    void **blocks; /* memory passes attach to the model (freed with it) */
+    size_t n_blocks, cap_blocks;
     int64_t *tmap; /* open-addressing map TensorProto* -> tensor index (-1 empty) */
     size_t tmap_cap;
 } msh_onnx_model;
@@ -115,6 +119,9 @@ int64_t msh_tensor_out_bytes(const msh_tensor *t);
 /* Append a tensor-table entry for a TensorProto added by a pass (the tree owns `tp`); the
  * lookup map is rebuilt. Returns the new index or -1 when out of memory. */
 int64_t msh_onnx_add_tensor_entry(msh_onnx_model *m, const msh_tensor *t);
+
+/* Attach `p` to the model: freed by msh_onnx_model_free. On failure `p` is freed. */
+msh_status msh_onnx_own(msh_onnx_model *m, void *p);
 
 /* Keep a TensorProto that was taken out of the tree so the model frees it. */
 msh_status msh_onnx_adopt_orphan(msh_onnx_model *m, Onnx__TensorProto *tp);

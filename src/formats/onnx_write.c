@@ -163,6 +163,9 @@ static msh_status stream_tensor(wctx *c, const msh_tensor *t, msh_sink *dst) {
         } else if (t->out_type == 16) {
             msh_f32_to_bf16_buf(buf[k], c->conv, n / 4);
             st = msh_sink_write(dst, c->conv, n / 2, c->e);
+        } else if (t->out_type == 3) {
+            msh_int8_quantize(buf[k], c->conv, n / 4, off / 4, t->qinner, t->qchannels, t->qscales);
+            st = msh_sink_write(dst, c->conv, n / 4, c->e);
         } else {
             st = msh_sink_write(dst, buf[k], n, c->e);
         }

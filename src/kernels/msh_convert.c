@@ -154,3 +154,43 @@ uint64_t msh_f32_to_f16_buf(const uint8_t *src, uint8_t *dst, size_t n, const ms
 void msh_f32_to_bf16_buf(const uint8_t *src, uint8_t *dst, size_t n) {
     msh_f32_to_bf16_buf_simd(src, dst, n);
 }
+
+static float ldf(const uint8_t *p) {
+    float v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+void msh_int8_absmax(const uint8_t *src, size_t n, int64_t first, int64_t inner, int64_t channels,
+                     float *absmax) {
+    size_t i = 0;
+    while (i < n) {
+        /* a run of elements that share a channel */
+        int64_t e = first + (int64_t)i;
+        int64_t ch = (e / inner) % channels;
+        size_t run = (size_t)(inner - e % inner);
+        if (run > n - i)
+            run = n - i;
+        float m = absmax[ch];
+        for (size_t k = 0; k < run; k++)
+            m = msh_absmax_step(m, ldf(src + 4 * (i + k)));
+        absmax[ch] = m;
+        i += run;
+    }
+}
+
+void msh_int8_quantize(const uint8_t *src, uint8_t *dst, size_t n, int64_t first, int64_t inner,
+                       int64_t channels, const float *scales) {
+    size_t i = 0;
+    while (i < n) {
+        int64_t e = first + (int64_t)i;
+        int64_t ch = (e / inner) % channels;
+        size_t run = (size_t)(inner - e % inner);
+        if (run > n - i)
+            run = n - i;
+        float sc = scales[ch];
+        for (size_t k = 0; k < run; k++)
+            dst[i + k] = (uint8_t)msh_int8_quant_ref(ldf(src + 4 * (i + k)), sc);
+        i += run;
+    }
+}

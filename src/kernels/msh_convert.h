@@ -32,4 +32,11 @@ int msh_cpu_has_simd(void);
 uint64_t msh_f32_to_f16_buf(const uint8_t *src, uint8_t *dst, size_t n, const msh_f16_bounds *b);
 void msh_f32_to_bf16_buf(const uint8_t *src, uint8_t *dst, size_t n);
 
+/* INT8 per channel. Element i of the buffer is element `first + i` of the tensor, whose channel
+ * is ((first + i) / inner) % channels. */
+void msh_int8_absmax(const uint8_t *src, size_t n, int64_t first, int64_t inner, int64_t channels,
+                     float *absmax);
+void msh_int8_quantize(const uint8_t *src, uint8_t *dst, size_t n, int64_t first, int64_t inner,
+                       int64_t channels, const float *scales);
+
 #endif

@@ -177,6 +177,60 @@ MSH_HD static inline uint16_t msh_f32_to_bf16_ref(uint32_t x) {
     return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
 }
 
+/* FP16 bits -> FP32 bits (exact). */
+MSH_HD static inline uint32_t msh_f16_to_f32_ref(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+    if (e == 0x1Fu)
+        return sign | 0x7F800000u | (m << 13);
+    if (e == 0) {
+        if (m == 0)
+            return sign;
+        e = 113; /* normalise the subnormal */
+        while (!(m & 0x400u)) {
+            m <<= 1;
+            e--;
+        }
+        return sign | (e << 23) | ((m & 0x3FFu) << 13);
+    }
+    return sign | ((e + 112u) << 23) | (m << 13);
+}
+
+/* ---- INT8, symmetric per channel ----
+ * scale = max|w| / 127 over the channel (IEEE single division), an all-zero channel (or one
+ * whose scale underflows to 0) gets scale 1; q = round-half-to-even(w / scale) clamped to
+ * [-127, 127]. Non-finite weights: NaN takes no part in the maximum and quantizes to 0, ±inf
+ * takes no part in it either and quantizes to ±127. The maximum is order-free, so threads,
+ * blocks and split points never change a scale. */
+
+/* max(m, |w|) over finite w; NaN and ±inf leave m unchanged. */
+MSH_HD static inline float msh_absmax_step(float m, float w) {
+    float a = w < 0.0f ? -w : w;
+    return (a <= 3.4028234663852886e+38f && a > m) ? a : m;
+}
+
+MSH_HD static inline float msh_int8_scale_ref(float absmax) {
+    float s = absmax / 127.0f;
+    return s > 0.0f ? s : 1.0f;
+}
+
+/* Round half to even for |x| < 2^22 with one add and one subtract (exact in the default
+ * rounding mode, no FMA: build with -ffp-contract=off / --fmad=false). */
+MSH_HD static inline float msh_rne_f32(float x) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23 */
+    return x >= 0.0f ? (x + magic) - magic : -((-x + magic) - magic);
+}
+
+MSH_HD static inline int8_t msh_int8_quant_ref(float w, float scale) {
+    if (w != w)
+        return 0;
+    float x = w / scale;
+    if (x >= 127.0f)
+        return 127;
+    if (x <= -127.0f)
+        return -127;
+    return (int8_t)msh_rne_f32(x);
+}
+
 /* Digest of chunk `index` of a tensor: independent of every other chunk. */
 MSH_HD static inline uint64_t msh_chunk_hash_ref(const uint8_t *chunk, size_t len) {
     return msh_xxh64_ref(chunk, len, 0);

@@ -1,0 +1,466 @@
+#include "passes/int8.h"
+
+#include <stdlib.h>
+
+#include "common/msh_strmap.h"
+#include "kernels/msh_convert.h"
+#include "passes/names.h"
+
+#define MSH_Q_CHUNK ((size_t)4 << 20)
+
+typedef struct quse {
+    Onnx__NodeProto *node;
+    size_t idx;
+    int axis; /* -1: not an eligible use */
+} quse;
+
+typedef struct qcand {
+    int64_t t; /* tensor index */
+    quse *uses;
+    size_t n, cap;
+    int other; /* used somewhere it cannot be replaced (graph output) */
+} qcand;
+
+static int is_dflt(const char *d) {
+    return !d || !*d || strcmp(d, "ai.onnx") == 0;
+}
+
+static const Onnx__AttributeProto *attr(const Onnx__NodeProto *n, const char *name) {
+    for (size_t i = 0; i < n->n_attribute; i++)
+        if (n->attribute[i]->name && strcmp(n->attribute[i]->name, name) == 0)
+            return n->attribute[i];
+    return NULL;
+}
+
+/* The channel axis when input `idx` of `n` is a weight we quantize, else -1. */
+static int eligible_axis(const Onnx__NodeProto *n, size_t idx, size_t rank, int gather) {
+    if (!is_dflt(n->domain) || !n->op_type)
+        return -1;
+    const char *op = n->op_type;
+    if (strcmp(op, "MatMul") == 0 && idx == 1 && rank >= 2)
+        return (int)rank - 1;
+    if (strcmp(op, "Gemm") == 0 && idx == 1 && rank == 2) {
+        const Onnx__AttributeProto *a = attr(n, "transB");
+        return a && a->has_i && a->i ? 0 : 1;
+    }
+    if (strcmp(op, "Conv") == 0 && idx == 1 && rank >= 3)
+        return 0;
+    if (strcmp(op, "ConvTranspose") == 0 && idx == 1 && rank >= 3)
+        return 1;
+    if (gather && strcmp(op, "Gather") == 0 && idx == 0 && rank >= 2) {
+        const Onnx__AttributeProto *a = attr(n, "axis");
+        return a && a->has_i && a->i != 0 ? -1 : 0; /* rows looked up along axis 0 */
+    }
+    return -1;
+}
+
+static msh_status count_decls(const msh_onnx_model *m, msh_strmap *decl, msh_error *e) {
+    for (size_t gi = 0; gi < m->n_graphs; gi++) {
+        const Onnx__GraphProto *g = m->graphs[gi].g;
+        int64_t *v;
+        for (size_t i = 0; i < g->n_initializer; i++) {
+            if (!g->initializer[i]->name ||
+                !(v = msh_strmap_upsert(decl, g->initializer[i]->name, 0)))
+                return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            (*v)++;
+        }
+        for (size_t i = 0; i < g->n_input; i++) {
+            if (!g->input[i]->name || !(v = msh_strmap_upsert(decl, g->input[i]->name, 0)))
+                return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            (*v)++;
+        }
+        for (size_t i = 0; i < g->n_node; i++)
+            for (size_t k = 0; k < g->node[i]->n_output; k++) {
+                if (!(v = msh_strmap_upsert(decl, g->node[i]->output[k], 0)))
+                    return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+                (*v)++;
+            }
+    }
+    return MSH_OK;
+}
+
+/* A new tensor whose bytes live in the skeleton (raw_data), registered in the tensor table. */
+static msh_status small_tensor(msh_onnx_model *m, const char *name, int32_t type,
+                               const int64_t *dims, size_t n_dims, void *bytes, size_t nbytes,
+                               int graph, Onnx__TensorProto **out, msh_error *e) {
+    Onnx__TensorProto *tp = malloc(sizeof *tp);
+    if (!tp) {
+        free(bytes);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    onnx__tensor_proto__init(tp);
+    tp->name = msh_strdup(name);
+    tp->dims = malloc((n_dims + 1) * sizeof *tp->dims);
+    tp->has_data_type = 1;
+    tp->data_type = type;
+    tp->has_raw_data = 1;
+    tp->raw_data.data = bytes;
+    tp->raw_data.len = nbytes;
+    if (!tp->name || !tp->dims) {
+        protobuf_c_message_free_unpacked(&tp->base, NULL);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    if (n_dims)
+        memcpy(tp->dims, dims, n_dims * sizeof *dims);
+    tp->n_dims = n_dims;
+    msh_tensor t;
+    memset(&t, 0, sizeof t);
+    t.tp = tp;
+    t.graph = graph;
+    t.loc = MSH_LOC_INITIALIZER;
+    t.payload = -1;
+    t.numel = 1;
+    for (size_t i = 0; i < n_dims; i++)
+        t.numel *= dims[i];
+    t.nbytes = (int64_t)nbytes;
+    if (msh_onnx_add_tensor_entry(m, &t) < 0) {
+        protobuf_c_message_free_unpacked(&tp->base, NULL);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    *out = tp;
+    return MSH_OK;
+}
+
+static msh_status add_initializer(Onnx__GraphProto *g, Onnx__TensorProto *tp, msh_error *e) {
+    Onnx__TensorProto **arr = realloc(g->initializer, (g->n_initializer + 1) * sizeof *arr);
+    if (!arr) {
+        protobuf_c_message_free_unpacked(&tp->base, NULL);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    g->initializer = arr;
+    arr[g->n_initializer++] = tp;
+    return MSH_OK;
+}
+
+static Onnx__NodeProto *make_dql(const char *q, const char *s, const char *z, const char *out,
+                                 const char *name, int axis) {
+    Onnx__NodeProto *n = malloc(sizeof *n);
+    char **in = malloc(3 * sizeof *in), **o = malloc(sizeof *o);
+    Onnx__AttributeProto **arr = malloc(sizeof *arr);
+    Onnx__AttributeProto *a = axis >= 0 ? malloc(sizeof *a) : NULL;
+    if (!n || !in || !o || !arr || (axis >= 0 && !a)) {
+        free(n);
+        free(in);
+        free(o);
+        free(arr);
+        free(a);
+        return NULL;
+    }
+    onnx__node_proto__init(n);
+    n->op_type = msh_strdup("DequantizeLinear");
+    n->name = msh_strdup(name);
+    in[0] = msh_strdup(q);
+    in[1] = msh_strdup(s);
+    in[2] = msh_strdup(z);
+    o[0] = msh_strdup(out);
+    n->input = in;
+    n->n_input = 3;
+    n->output = o;
+    n->n_output = 1;
+    n->attribute = arr;
+    if (a) {
+        onnx__attribute_proto__init(a);
+        a->name = msh_strdup("axis");
+        a->has_type = 1;
+        a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT;
+        a->has_i = 1;
+        a->i = axis;
+        arr[0] = a;
+        n->n_attribute = 1;
+    }
+    if (!n->op_type || !n->name || !in[0] || !in[1] || !in[2] || !o[0] || (a && !a->name)) {
+        protobuf_c_message_free_unpacked(&n->base, NULL);
+        return NULL;
+    }
+    return n;
+}
+
+static msh_status prepend_node(Onnx__GraphProto *g, Onnx__NodeProto *n, msh_error *e) {
+    Onnx__NodeProto **arr = realloc(g->node, (g->n_node + 1) * sizeof *arr);
+    if (!arr) {
+        protobuf_c_message_free_unpacked(&n->base, NULL);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    memmove(arr + 1, arr, g->n_node * sizeof *arr);
+    arr[0] = n;
+    g->node = arr;
+    g->n_node++;
+    return MSH_OK;
+}
+
+static msh_status set_input(Onnx__NodeProto *n, size_t i, const char *name, msh_error *e) {
+    char *d = msh_strdup(name);
+    if (!d)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    free(n->input[i]);
+    n->input[i] = d;
+    return MSH_OK;
+}
+
+static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_stats *st,
+                               msh_names *nm, qcand *q, int per_channel, msh_error *e) {
+    msh_tensor *w = &m->tensors[q->t];
+    Onnx__TensorProto *tp = w->tp;
+    int axis = -1;
+    size_t n_elig = 0;
+    for (size_t i = 0; i < q->n; i++) {
+        if (q->uses[i].axis < 0)
+            continue;
+        if (axis < 0)
+            axis = q->uses[i].axis;
+        if (q->uses[i].axis == axis)
+            n_elig++;
+    }
+    if (n_elig == 0)
+        return MSH_OK;
+    int64_t channels = per_channel ? tp->dims[axis] : 1;
+    int64_t inner = 1;
+    if (per_channel)
+        for (size_t d = (size_t)axis + 1; d < tp->n_dims; d++)
+            inner *= tp->dims[d];
+    else
+        inner = w->numel > 0 ? w->numel : 1;
+    if (channels <= 0 || inner <= 0)
+        return MSH_OK;
+    float *scales = calloc((size_t)channels, sizeof *scales);
+    uint8_t *buf = malloc(MSH_Q_CHUNK);
+    if (!scales || !buf) {
+        free(scales);
+        free(buf);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    msh_status s = MSH_OK;
+    for (int64_t off = 0; s == MSH_OK && off < w->nbytes;) {
+        size_t n = w->nbytes - off < (int64_t)MSH_Q_CHUNK ? (size_t)(w->nbytes - off) : MSH_Q_CHUNK;
+        s = msh_onnx_tensor_read(m, w, off, buf, n, e);
+        if (s == MSH_OK)
+            msh_int8_absmax(buf, n / 4, off / 4, inner, channels, scales);
+        off += (int64_t)n;
+    }
+    free(buf);
+    if (s != MSH_OK) {
+        free(scales);
+        return s;
+    }
+    for (int64_t c = 0; c < channels; c++) {
+        float sc = msh_int8_scale_ref(scales[c]);
+        if (o->scale_type == 10) {
+            /* the scale is stored in FP16: quantize with the value that will be stored */
+            uint32_t b;
+            int clamped;
+            memcpy(&b, &sc, 4);
+            b = msh_f16_to_f32_ref(
+                msh_f32_to_f16_ref(b, MSH_F16_MIN_SUBNORMAL_BITS, MSH_F16_MAX_BITS, &clamped));
+            memcpy(&sc, &b, 4);
+        }
+        scales[c] = sc;
+    }
+    int graph = w->graph;
+    Onnx__GraphProto *g = m->graphs[graph].g;
+    const char *qn = msh_names_fresh(nm, tp->name, "_quantized");
+    const char *sn = msh_names_fresh(nm, tp->name, "_scale");
+    const char *zn = msh_names_fresh(nm, tp->name, "_zero_point");
+    const char *dn = msh_names_fresh(nm, tp->name, "_dequantized");
+    const char *nn = msh_names_fresh(nm, tp->name, "_DequantizeLinear");
+    if (!qn || !sn || !zn || !dn || !nn) {
+        free(scales);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    /* scale and zero point: 1-D [C], or scalars per tensor */
+    int64_t cdim = channels;
+    size_t sdims = per_channel ? 1 : 0;
+    size_t sbytes = (size_t)channels * (o->scale_type == 10 ? 2 : 4);
+    uint8_t *sb = malloc(sbytes + 1), *zb = calloc((size_t)channels + 1, 1);
+    if (!sb || !zb) {
+        free(sb);
+        free(zb);
+        free(scales);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    for (int64_t c = 0; c < channels; c++) {
+        if (o->scale_type == 10) {
+            uint32_t b;
+            int clamped;
+            memcpy(&b, &scales[c], 4);
+            uint16_t h =
+                msh_f32_to_f16_ref(b, MSH_F16_MIN_SUBNORMAL_BITS, MSH_F16_MAX_BITS, &clamped);
+            memcpy(sb + 2 * c, &h, 2);
+        } else {
+            memcpy(sb + 4 * c, &scales[c], 4);
+        }
+    }
+    Onnx__TensorProto *stp, *ztp;
+    s = small_tensor(m, sn, o->scale_type, &cdim, sdims, sb, sbytes, graph, &stp, e);
+    if (s == MSH_OK)
+        s = add_initializer(g, stp, e);
+    if (s == MSH_OK)
+        s = small_tensor(m, zn, 3, &cdim, sdims, zb, (size_t)channels, graph, &ztp, e);
+    else
+        free(zb);
+    if (s == MSH_OK)
+        s = add_initializer(g, ztp, e);
+    if (s != MSH_OK) {
+        free(scales);
+        return s;
+    }
+    /* the INT8 weight: the FP32 payload, quantized while written (or now, when in memory) */
+    Onnx__TensorProto *qtp = malloc(sizeof *qtp);
+    if (!qtp) {
+        free(scales);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    onnx__tensor_proto__init(qtp);
+    qtp->name = msh_strdup(qn);
+    qtp->dims = malloc((tp->n_dims + 1) * sizeof *qtp->dims);
+    qtp->has_data_type = 1;
+    qtp->data_type = 3;
+    if (!qtp->name || !qtp->dims) {
+        protobuf_c_message_free_unpacked(&qtp->base, NULL);
+        free(scales);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    memcpy(qtp->dims, tp->dims, tp->n_dims * sizeof *tp->dims);
+    qtp->n_dims = tp->n_dims;
+    w = &m->tensors[q->t]; /* adding entries may have moved the table */
+    msh_tensor qt = *w;
+    qt.tp = qtp;
+    qt.removed = 0;
+    if (w->payload >= 0) {
+        qt.out_type = 3;
+        qt.qscales = scales;
+        qt.qchannels = channels;
+        qt.qinner = inner;
+        if (msh_onnx_own(m, scales) != MSH_OK) {
+            protobuf_c_message_free_unpacked(&qtp->base, NULL);
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        }
+    } else {
+        size_t n = (size_t)w->numel;
+        uint8_t *src = malloc(4 * n + 4), *dst = malloc(n + 1);
+        s = src && dst ? msh_onnx_tensor_read(m, w, 0, src, 4 * n, e)
+                       : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        if (s == MSH_OK)
+            msh_int8_quantize(src, dst, n, 0, inner, channels, scales);
+        free(src);
+        free(scales);
+        if (s != MSH_OK) {
+            free(dst);
+            protobuf_c_message_free_unpacked(&qtp->base, NULL);
+            return s;
+        }
+        qtp->has_raw_data = 1;
+        qtp->raw_data.data = dst;
+        qtp->raw_data.len = n;
+        qt.payload = -1;
+        qt.nbytes = (int64_t)n;
+    }
+    if (msh_onnx_add_tensor_entry(m, &qt) < 0) {
+        protobuf_c_message_free_unpacked(&qtp->base, NULL);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    MSH_FORWARD(add_initializer(g, qtp, e));
+    Onnx__NodeProto *dq = make_dql(qn, sn, zn, dn, nn, per_channel ? axis : -1);
+    if (!dq)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    MSH_FORWARD(prepend_node(g, dq, e));
+    size_t kept = 0;
+    for (size_t i = 0; i < q->n; i++) {
+        if (q->uses[i].axis == axis)
+            MSH_FORWARD(set_input(q->uses[i].node, q->uses[i].idx, dn, e));
+        else
+            kept++;
+    }
+    w = &m->tensors[q->t];
+    st->tensors++;
+    st->bytes_before += w->nbytes;
+    st->bytes_after += w->numel + (int64_t)sbytes + channels;
+    if (kept == 0 && !q->other) {
+        /* nothing reads the FP32 weight any more */
+        w = &m->tensors[q->t];
+        for (size_t i = 0; i < g->n_initializer; i++)
+            if (g->initializer[i] == w->tp) {
+                memmove(&g->initializer[i], &g->initializer[i + 1],
+                        (g->n_initializer - i - 1) * sizeof *g->initializer);
+                g->n_initializer--;
+                MSH_FORWARD(msh_onnx_adopt_orphan(m, w->tp) == MSH_OK
+                                ? MSH_OK
+                                : msh_fail(e, MSH_ERR_NOMEM, "out of memory"));
+                w->removed = 1;
+                break;
+            }
+    }
+    return MSH_OK;
+}
+
+msh_status msh_int8_apply(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_stats *st,
+                          msh_error *e) {
+    memset(st, 0, sizeof *st);
+    for (size_t i = 0; i < m->mp->n_opset_import; i++)
+        if (is_dflt(m->mp->opset_import[i]->domain))
+            st->opset = m->mp->opset_import[i]->version;
+    if (st->opset < 10) {
+        st->skipped_opset = 1;
+        return MSH_OK;
+    }
+    int per_channel = st->opset >= 13;
+    st->per_tensor = !per_channel;
+    msh_strmap decl, idx;
+    msh_strmap_init(&decl);
+    msh_strmap_init(&idx);
+    msh_names nm;
+    memset(&nm, 0, sizeof nm);
+    qcand *c = NULL;
+    size_t nc = 0;
+    msh_status s = count_decls(m, &decl, e);
+    if (s == MSH_OK)
+        s = msh_names_collect(&nm, m, e);
+    if (s == MSH_OK && !(c = calloc(m->n_tensors + 1, sizeof *c)))
+        s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; s == MSH_OK && i < m->n_tensors; i++) {
+        const msh_tensor *t = &m->tensors[i];
+        if (t->loc != MSH_LOC_INITIALIZER || t->removed || t->graph < 0 || t->out_type ||
+            t->tp->data_type != 1 || t->numel < o->min_elements || t->numel == 0 || !t->tp->name ||
+            t->tp->n_dims == 0)
+            continue;
+        int64_t *d = msh_strmap_get(&decl, t->tp->name);
+        if (!d || *d != 1)
+            continue; /* a graph input, or a name declared again somewhere */
+        c[nc].t = (int64_t)i;
+        if (!msh_strmap_upsert(&idx, t->tp->name, (int64_t)nc))
+            s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        nc++;
+    }
+    /* every use of every candidate, in every graph */
+    for (size_t gi = 0; s == MSH_OK && nc && gi < m->n_graphs; gi++) {
+        Onnx__GraphProto *g = m->graphs[gi].g;
+        for (size_t i = 0; s == MSH_OK && i < g->n_node; i++) {
+            Onnx__NodeProto *n = g->node[i];
+            for (size_t k = 0; k < n->n_input; k++) {
+                int64_t *ci = msh_strmap_get(&idx, n->input[k]);
+                if (!ci)
+                    continue;
+                qcand *q = &c[*ci];
+                if (!msh_grow((void **)&q->uses, &q->cap, q->n, sizeof *q->uses)) {
+                    s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+                    break;
+                }
+                size_t rank = m->tensors[q->t].tp->n_dims;
+                q->uses[q->n++] = (quse){n, k, eligible_axis(n, k, rank, o->gather)};
+            }
+        }
+        for (size_t i = 0; i < g->n_output; i++) {
+            int64_t *ci = g->output[i]->name ? msh_strmap_get(&idx, g->output[i]->name) : NULL;
+            if (ci)
+                c[*ci].other = 1;
+        }
+    }
+    for (size_t i = 0; s == MSH_OK && i < nc; i++)
+        s = quantize_one(m, o, st, &nm, &c[i], per_channel, e);
+    for (size_t i = 0; c && i < nc; i++)
+        free(c[i].uses);
+    free(c);
+    msh_names_free(&nm);
+    msh_strmap_free(&decl);
+    msh_strmap_free(&idx);
+    return s;
+}
