@@ -85,6 +85,15 @@ void msh_cli_print_table(const cJSON *r, FILE *out) {
                 cJSON_GetArrayItem(mem, 0)->valuestring,
                 n > 1 ? cJSON_GetArrayItem(mem, 1)->valuestring : "", n > 2 ? ", ..." : "");
     }
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(r, "quantized");
+    if (num(q, "tensors") > 0) {
+        human(num(q, "bytes"), a, sizeof a);
+        human(num(q, "scale_bytes"), b, sizeof b);
+        human(num(q, "zero_point_bytes"), c, sizeof c);
+        fprintf(out,
+                "  quantized: %.0f INT8 weights, %s, with %s of scales and %s of zero points\n",
+                num(q, "tensors"), a, b, c);
+    }
     fprintf(out, "  largest tensors:\n");
     cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "largest")) {
         human(num(x, "bytes"), a, sizeof a);

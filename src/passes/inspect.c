@@ -1,5 +1,7 @@
 #include "passes/inspect.h"
 
+#include "common/msh_strmap.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -133,6 +135,45 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
         cJSON_AddItemToArray(lg, x);
     }
     free(idx);
+    /* Quantized weights: INT8/UINT8 initializers read by DequantizeLinear nodes. */
+    msh_strmap inits;
+    msh_strmap_init(&inits);
+    for (size_t i = 0; i < m->n_tensors; i++)
+        if (m->tensors[i].loc == MSH_LOC_INITIALIZER && !m->tensors[i].removed &&
+            m->tensors[i].tp->name &&
+            !msh_strmap_upsert(&inits, m->tensors[i].tp->name, (int64_t)i)) {
+            msh_strmap_free(&inits);
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        }
+    int64_t qn = 0, qbytes = 0, qscale = 0, qzero = 0;
+    for (size_t gi = 0; gi < m->n_graphs; gi++) {
+        const Onnx__GraphProto *g = m->graphs[gi].g;
+        for (size_t k = 0; k < g->n_node; k++) {
+            const Onnx__NodeProto *n = g->node[k];
+            if (!n->op_type || strcmp(n->op_type, "DequantizeLinear") != 0 || n->n_input < 2 ||
+                (n->domain && *n->domain))
+                continue;
+            int64_t *x = msh_strmap_get(&inits, n->input[0]);
+            if (!x || *x < 0 || (m->tensors[*x].tp->data_type != 3 && m->tensors[*x].tp->data_type != 2))
+                continue;
+            qn++;
+            qbytes += m->tensors[*x].nbytes;
+            int64_t *sc = msh_strmap_get(&inits, n->input[1]);
+            if (sc && *sc >= 0)
+                qscale += m->tensors[*sc].nbytes;
+            int64_t *zp = n->n_input > 2 ? msh_strmap_get(&inits, n->input[2]) : NULL;
+            if (zp && *zp >= 0) {
+                qzero += m->tensors[*zp].nbytes;
+                *zp = -1; /* a zero point shared by several weights is counted once */
+            }
+        }
+    }
+    msh_strmap_free(&inits);
+    cJSON *qo = cJSON_AddObjectToObject(o, "quantized");
+    cJSON_AddNumberToObject(qo, "tensors", (double)qn);
+    cJSON_AddNumberToObject(qo, "bytes", (double)qbytes);
+    cJSON_AddNumberToObject(qo, "scale_bytes", (double)qscale);
+    cJSON_AddNumberToObject(qo, "zero_point_bytes", (double)qzero);
     cJSON *ex = cJSON_AddArrayToObject(o, "external");
     for (size_t f = 0; f < m->n_ext; f++) {
         int64_t cnt = 0, bytes = 0;

@@ -21,6 +21,18 @@ typedef struct qcand {
     int other; /* used somewhere it cannot be replaced (graph output) */
 } qcand;
 
+/* Zero points are all zeros: one tensor per (graph, length) serves every weight. */
+typedef struct zshare {
+    int graph;
+    int64_t channels;
+    const char *name; /* owned by the name table */
+} zshare;
+
+typedef struct zcache {
+    zshare *v;
+    size_t n, cap;
+} zcache;
+
 static int is_dflt(const char *d) {
     return !d || !*d || strcmp(d, "ai.onnx") == 0;
 }
@@ -198,7 +210,7 @@ static msh_status set_input(Onnx__NodeProto *n, size_t i, const char *name, msh_
 }
 
 static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_stats *st,
-                               msh_names *nm, qcand *q, int per_channel, msh_error *e) {
+                               msh_names *nm, zcache *zc, qcand *q, int per_channel, msh_error *e) {
     msh_tensor *w = &m->tensors[q->t];
     Onnx__TensorProto *tp = w->tp;
     int axis = -1;
@@ -259,7 +271,15 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
     Onnx__GraphProto *g = m->graphs[graph].g;
     const char *qn = msh_names_fresh(nm, tp->name, "_quantized");
     const char *sn = msh_names_fresh(nm, tp->name, "_scale");
-    const char *zn = msh_names_fresh(nm, tp->name, "_zero_point");
+    const char *zn = NULL;
+    int zero_new = 1;
+    for (size_t i = 0; i < zc->n; i++)
+        if (zc->v[i].graph == w->graph && zc->v[i].channels == (per_channel ? tp->dims[axis] : 1)) {
+            zn = zc->v[i].name;
+            zero_new = 0;
+        }
+    if (!zn)
+        zn = msh_names_fresh(nm, tp->name, "_zero_point");
     const char *dn = msh_names_fresh(nm, tp->name, "_dequantized");
     const char *nn = msh_names_fresh(nm, tp->name, "_DequantizeLinear");
     if (!qn || !sn || !zn || !dn || !nn) {
@@ -293,12 +313,15 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
     s = small_tensor(m, sn, o->scale_type, &cdim, sdims, sb, sbytes, graph, &stp, e);
     if (s == MSH_OK)
         s = add_initializer(g, stp, e);
-    if (s == MSH_OK)
+    if (s == MSH_OK && zero_new) {
         s = small_tensor(m, zn, 3, &cdim, sdims, zb, (size_t)channels, graph, &ztp, e);
-    else
+        if (s == MSH_OK)
+            s = add_initializer(g, ztp, e);
+        if (s == MSH_OK && msh_grow((void **)&zc->v, &zc->cap, zc->n, sizeof *zc->v))
+            zc->v[zc->n++] = (zshare){graph, channels, zn};
+    } else {
         free(zb);
-    if (s == MSH_OK)
-        s = add_initializer(g, ztp, e);
+    }
     if (s != MSH_OK) {
         free(scales);
         return s;
@@ -373,7 +396,7 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
     w = &m->tensors[q->t];
     st->tensors++;
     st->bytes_before += w->nbytes;
-    st->bytes_after += w->numel + (int64_t)sbytes + channels;
+    st->bytes_after += w->numel + (int64_t)sbytes + (zero_new ? channels : 0);
     if (kept == 0 && !q->other) {
         /* nothing reads the FP32 weight any more */
         w = &m->tensors[q->t];
@@ -454,8 +477,10 @@ msh_status msh_int8_apply(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_st
                 c[*ci].other = 1;
         }
     }
+    zcache zc = {NULL, 0, 0};
     for (size_t i = 0; s == MSH_OK && i < nc; i++)
-        s = quantize_one(m, o, st, &nm, &c[i], per_channel, e);
+        s = quantize_one(m, o, st, &nm, &zc, &c[i], per_channel, e);
+    free(zc.v);
     for (size_t i = 0; c && i < nc; i++)
         free(c[i].uses);
     free(c);
