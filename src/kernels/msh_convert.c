@@ -161,36 +161,142 @@ static float ldf(const uint8_t *p) {
     return v;
 }
 
+/* Element i of the buffer sits at position `in` of channel `ch`; both advance without a
+ * division per element (MatMul weights change channel at every element). */
+#if defined(MSH_X86_SIMD)
+/* max(m, |w|) over finite w on 8 lanes; maxima are order-free and m >= 0, so this equals the
+ * scalar steps bit for bit. */
+__attribute__((target("avx2"))) static inline __m256 absmax8(__m256 m, __m256 w) {
+    __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), w);
+    a = _mm256_and_ps(a, _mm256_cmp_ps(a, _mm256_set1_ps(3.4028234663852886e+38f), _CMP_LE_OQ));
+    return _mm256_max_ps(m, a);
+}
+
+__attribute__((target("avx2"))) static float run_max_avx2(const uint8_t *src, size_t run, float m) {
+    __m256 acc = _mm256_set1_ps(m);
+    size_t k = 0;
+    for (; k + 8 <= run; k += 8)
+        acc = absmax8(acc, _mm256_loadu_ps((const float *)(const void *)(src + 4 * k)));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, acc);
+    for (int j = 0; j < 8; j++)
+        m = lanes[j] > m ? lanes[j] : m;
+    for (; k < run; k++)
+        m = msh_absmax_step(m, ldf(src + 4 * k));
+    return m;
+}
+
+/* inner == 1 (MatMul weights): 8 consecutive channels at a time. Returns elements done. */
+__attribute__((target("avx2"))) static size_t
+absmax_rows_avx2(const uint8_t *src, size_t n, int64_t *ch, int64_t channels, float *absmax) {
+    size_t i = 0;
+    while (i + 8 <= n) {
+        if (*ch + 8 > channels) {
+            absmax[*ch] = msh_absmax_step(absmax[*ch], ldf(src + 4 * i));
+            i++;
+            if (++*ch == channels)
+                *ch = 0;
+            continue;
+        }
+        __m256 m = _mm256_loadu_ps(absmax + *ch);
+        m = absmax8(m, _mm256_loadu_ps((const float *)(const void *)(src + 4 * i)));
+        _mm256_storeu_ps(absmax + *ch, m);
+        i += 8;
+        *ch += 8;
+        if (*ch == channels)
+            *ch = 0;
+    }
+    return i;
+}
+#endif
+
 void msh_int8_absmax(const uint8_t *src, size_t n, int64_t first, int64_t inner, int64_t channels,
                      float *absmax) {
+    int64_t ch = (first / inner) % channels, in = first % inner;
     size_t i = 0;
+#if defined(MSH_X86_SIMD)
+    int simd = msh_cpu_has_simd();
+    if (simd && inner == 1)
+        i = absmax_rows_avx2(src, n, &ch, channels, absmax);
+#endif
     while (i < n) {
-        /* a run of elements that share a channel */
-        int64_t e = first + (int64_t)i;
-        int64_t ch = (e / inner) % channels;
-        size_t run = (size_t)(inner - e % inner);
+        size_t run = (size_t)(inner - in);
         if (run > n - i)
             run = n - i;
-        float m = absmax[ch];
-        for (size_t k = 0; k < run; k++)
-            m = msh_absmax_step(m, ldf(src + 4 * (i + k)));
+        float m = absmax[ch]; /* kept in a register along the run */
+#if defined(MSH_X86_SIMD)
+        if (simd && run >= 16)
+            m = run_max_avx2(src + 4 * i, run, m);
+        else
+#endif
+            for (size_t k = 0; k < run; k++)
+                m = msh_absmax_step(m, ldf(src + 4 * (i + k)));
         absmax[ch] = m;
         i += run;
+        in += (int64_t)run;
+        if (in == inner) {
+            in = 0;
+            if (++ch == channels)
+                ch = 0;
+        }
     }
 }
 
+static void quantize_ref(const uint8_t *src, uint8_t *dst, size_t n, int64_t *ch, int64_t *in,
+                         int64_t inner, int64_t channels, const float *scales) {
+    for (size_t i = 0; i < n; i++) {
+        dst[i] = (uint8_t)msh_int8_quant_ref(ldf(src + 4 * i), scales[*ch]);
+        if (++*in == inner) {
+            *in = 0;
+            if (++*ch == channels)
+                *ch = 0;
+        }
+    }
+}
+
+#if defined(MSH_X86_SIMD)
+/* msh_int8_quant_ref on 8 lanes: the same IEEE division and the same add/subtract rounding, so
+ * the same bytes; clamping after rounding gives what clamping before does. */
+__attribute__((target("avx2"))) static size_t quantize_avx2(const uint8_t *src, uint8_t *dst,
+                                                            size_t n, int64_t *ch, int64_t *in,
+                                                            int64_t inner, int64_t channels,
+                                                            const float *scales) {
+    const __m256 magic = _mm256_set1_ps(12582912.0f), sign = _mm256_set1_ps(-0.0f);
+    const __m256 hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        float sc[8];
+        for (int k = 0; k < 8; k++) {
+            sc[k] = scales[*ch];
+            if (++*in == inner) {
+                *in = 0;
+                if (++*ch == channels)
+                    *ch = 0;
+            }
+        }
+        __m256 w = _mm256_loadu_ps((const float *)(const void *)(src + 4 * i));
+        __m256 x = _mm256_div_ps(w, _mm256_loadu_ps(sc));
+        __m256 ax = _mm256_andnot_ps(sign, x);
+        __m256 r = _mm256_sub_ps(_mm256_add_ps(ax, magic), magic);
+        r = _mm256_or_ps(r, _mm256_and_ps(x, sign));
+        r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+        r = _mm256_and_ps(r, _mm256_cmp_ps(w, w, _CMP_ORD_Q)); /* NaN -> 0 */
+        __m256i q = _mm256_cvttps_epi32(r);
+        __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+        __m128i q8 = _mm_packs_epi16(q16, q16);
+        _mm_storel_epi64((__m128i *)(void *)(dst + i), q8);
+    }
+    return i;
+}
+#endif
+
 void msh_int8_quantize(const uint8_t *src, uint8_t *dst, size_t n, int64_t first, int64_t inner,
                        int64_t channels, const float *scales) {
-    size_t i = 0;
-    while (i < n) {
-        int64_t e = first + (int64_t)i;
-        int64_t ch = (e / inner) % channels;
-        size_t run = (size_t)(inner - e % inner);
-        if (run > n - i)
-            run = n - i;
-        float sc = scales[ch];
-        for (size_t k = 0; k < run; k++)
-            dst[i + k] = (uint8_t)msh_int8_quant_ref(ldf(src + 4 * (i + k)), sc);
-        i += run;
-    }
+    int64_t ch = (first / inner) % channels, in = first % inner;
+    size_t done = 0;
+#if defined(MSH_X86_SIMD)
+    if (msh_cpu_has_simd())
+        done = quantize_avx2(src, dst, n, &ch, &in, inner, channels, scales);
+#endif
+    quantize_ref(src + 4 * done, dst + done, n - done, &ch, &in, inner, channels, scales);
 }

@@ -75,6 +75,18 @@ int main(void) {
         if (fails > 5)
             break;
     }
+    /* inner == 1 (MatMul weights: the channel changes at every element), against plain steps */
+    enum { RC = 37, RN = RC * 11 + 5 };
+    float rows[RC] = {0}, ref[RC] = {0};
+    msh_int8_absmax((const uint8_t *)w, RN, 3, 1, RC, rows);
+    for (int i = 0; i < RN; i++)
+        ref[(3 + i) % RC] = msh_absmax_step(ref[(3 + i) % RC], w[i]);
+    CHECK(memcmp(rows, ref, sizeof rows) == 0, "row-wise absmax differs from the reference");
+    for (int c = 0; c < RC; c++)
+        ref[c] = msh_int8_scale_ref(ref[c]);
+    msh_int8_quantize((const uint8_t *)w, q1, RN, 3, 1, RC, ref);
+    for (int i = 0; i < RN; i++)
+        CHECK((int8_t)q1[i] == msh_int8_quant_ref(w[i], ref[(3 + i) % RC]), "row element %d", i);
     free(w);
     free(q1);
     free(q2);
