@@ -103,8 +103,7 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
     }
     if (st == MSH_OK && opt->int8) {
         msh_int8_opts io = {opt->int8_min_elements > 0 ? opt->int8_min_elements : 1,
-                            opt->int8_gather,
-                            opt->float_type == 10 && default_opset(&m) >= 19 ? 10 : 1};
+                            opt->int8_gather, default_opset(&m) >= 19 ? opt->float_type : 0};
         msh_int8_stats is;
         st = msh_int8_apply(&m, &io, &is, err);
         res->int8_tensors = is.tensors;

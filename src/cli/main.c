@@ -343,9 +343,11 @@ static int cmd_convert(int argc, char **argv) {
             if (opt.int8) {
                 if (r.int8_opset < 10)
                     printf(", int8: none (opset %lld < 10)", (long long)r.int8_opset);
-                else
-                    printf(", int8: %lld tensors%s", (long long)r.int8_tensors,
-                           r.int8_per_tensor ? " (per-tensor: opset < 13)" : "");
+                else {
+                    printf(", int8: %lld tensors", (long long)r.int8_tensors);
+                    if (r.int8_per_tensor)
+                        printf(" (per-tensor: opset %lld)", (long long)r.int8_opset);
+                }
             }
             if (opt.float_type)
                 printf(", %s: %lld tensors, %llu values clamped",

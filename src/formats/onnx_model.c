@@ -580,6 +580,11 @@ msh_status msh_onnx_tensor_read(const msh_onnx_model *m, const msh_tensor *t, in
         int fd = p->src == 0 ? m->fd : m->ext[p->src - 1].fd;
         return msh_pread_full(fd, dst, n, p->offset + off, e);
     }
+    if (t->tp->has_raw_data && (int64_t)t->tp->raw_data.len == t->nbytes) {
+        /* bytes a pass put in the tree (small tensors it created or converted in memory) */
+        memcpy(dst, t->tp->raw_data.data + off, n);
+        return MSH_OK;
+    }
     const Onnx__TensorProto *tp = t->tp;
     int es = msh_onnx_elem_size(tp->data_type);
     int32_t dt = tp->data_type;

@@ -256,13 +256,17 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
     }
     for (int64_t c = 0; c < channels; c++) {
         float sc = msh_int8_scale_ref(scales[c]);
-        if (o->scale_type == 10) {
-            /* the scale is stored in FP16: quantize with the value that will be stored */
+        if (o->scale_round == 10 || o->scale_round == 16) {
+            /* The FP16/BF16 pass will store the scale in that type: quantize with the value
+             * that will be stored (exactly representable, so that pass converts it exactly). */
             uint32_t b;
             int clamped;
             memcpy(&b, &sc, 4);
-            b = msh_f16_to_f32_ref(
-                msh_f32_to_f16_ref(b, MSH_F16_MIN_SUBNORMAL_BITS, MSH_F16_MAX_BITS, &clamped));
+            if (o->scale_round == 10)
+                b = msh_f16_to_f32_ref(
+                    msh_f32_to_f16_ref(b, MSH_F16_MIN_SUBNORMAL_BITS, MSH_F16_MAX_BITS, &clamped));
+            else
+                b = (uint32_t)msh_f32_to_bf16_ref(b) << 16;
             memcpy(&sc, &b, 4);
         }
         scales[c] = sc;
@@ -289,7 +293,7 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
     /* scale and zero point: 1-D [C], or scalars per tensor */
     int64_t cdim = channels;
     size_t sdims = per_channel ? 1 : 0;
-    size_t sbytes = (size_t)channels * (o->scale_type == 10 ? 2 : 4);
+    size_t sbytes = (size_t)channels * 4;
     uint8_t *sb = malloc(sbytes + 1), *zb = calloc((size_t)channels + 1, 1);
     if (!sb || !zb) {
         free(sb);
@@ -297,20 +301,9 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
         free(scales);
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     }
-    for (int64_t c = 0; c < channels; c++) {
-        if (o->scale_type == 10) {
-            uint32_t b;
-            int clamped;
-            memcpy(&b, &scales[c], 4);
-            uint16_t h =
-                msh_f32_to_f16_ref(b, MSH_F16_MIN_SUBNORMAL_BITS, MSH_F16_MAX_BITS, &clamped);
-            memcpy(sb + 2 * c, &h, 2);
-        } else {
-            memcpy(sb + 4 * c, &scales[c], 4);
-        }
-    }
+    memcpy(sb, scales, sbytes);
     Onnx__TensorProto *stp, *ztp;
-    s = small_tensor(m, sn, o->scale_type, &cdim, sdims, sb, sbytes, graph, &stp, e);
+    s = small_tensor(m, sn, 1, &cdim, sdims, sb, sbytes, graph, &stp, e);
     if (s == MSH_OK)
         s = add_initializer(g, stp, e);
     if (s == MSH_OK && zero_new) {

@@ -5,7 +5,8 @@
  * MatMul (B, channel axis = last), Gemm (B, axis 0 when transB else 1), Conv (W, axis 0),
  * ConvTranspose (W, axis 1) or, with `gather`, the data input of Gather (axis 0) becomes
  *   <W>_quantized (INT8, same shape) -> DequantizeLinear(axis) -> <W>_dequantized -> consumer,
- * with <W>_scale (FLOAT [C], or FLOAT16 when `scale_type` is FLOAT16) and <W>_zero_point (INT8
+ * with <W>_scale (FLOAT [C]; FLOAT16/BF16 after --fp16/--bf16 where DequantizeLinear-19 allows it)
+ * and <W>_zero_point (INT8
  * zeros [C]). The scales are found by one streaming pass over the weight; the INT8 bytes are
  * produced while the output is written (onnx_write.c), both with the shared scalar math in
  * kernels/msh_scalar.h. Opset 10-12 (no per-axis DequantizeLinear) gets one scale per tensor;
@@ -21,7 +22,8 @@
 typedef struct msh_int8_opts {
     int64_t min_elements;
     int gather;
-    int32_t scale_type; /* 1 (FLOAT) or 10 (FLOAT16: scales rounded to FP16 before quantizing) */
+    int32_t scale_round; /* 0, or 10 / 16: round scales to FP16 / BF16 values (still stored as
+                            FLOAT) because the float pass that follows will store them so */
 } msh_int8_opts;
 
 typedef struct msh_int8_stats {
