@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -619,6 +620,57 @@ msh_status msh_onnx_tensor_read(const msh_onnx_model *m, const msh_tensor *t, in
         memcpy(o, tmp + in, (size_t)k);
         o += k;
         pos += k;
+    }
+    return MSH_OK;
+}
+
+typedef struct read_job {
+    const msh_onnx_model *m;
+    const msh_tensor *t;
+    int64_t off;
+    size_t n;
+    uint8_t *buf;
+    msh_status st;
+    msh_error err;
+} read_job;
+
+static void *read_main(void *arg) {
+    read_job *j = arg;
+    j->st = msh_onnx_tensor_read(j->m, j->t, j->off, j->buf, j->n, &j->err);
+    return NULL;
+}
+
+msh_status msh_onnx_tensor_stream(const msh_onnx_model *m, const msh_tensor *t, uint8_t *buf0,
+                                  uint8_t *buf1, size_t chunk, msh_chunk_fn fn, void *ctx,
+                                  msh_error *e) {
+    uint8_t *buf[2] = {buf0, buf1};
+    if (t->nbytes <= 0)
+        return MSH_OK;
+    size_t n0 = t->nbytes < (int64_t)chunk ? (size_t)t->nbytes : chunk;
+    MSH_FORWARD(msh_onnx_tensor_read(m, t, 0, buf[0], n0, e));
+    int k = 0;
+    for (int64_t off = 0; off < t->nbytes; k ^= 1) {
+        size_t n = t->nbytes - off < (int64_t)chunk ? (size_t)(t->nbytes - off) : chunk;
+        int64_t next = off + (int64_t)n;
+        read_job job = {m, t, next, 0, buf[k ^ 1], MSH_OK, {MSH_OK, {0}}};
+        pthread_t th;
+        int threaded = 0;
+        if (next < t->nbytes) {
+            job.n = t->nbytes - next < (int64_t)chunk ? (size_t)(t->nbytes - next) : chunk;
+            threaded = pthread_create(&th, NULL, read_main, &job) == 0;
+        }
+        msh_status st = fn(ctx, buf[k], n, off, e);
+        if (threaded)
+            pthread_join(th, NULL);
+        else if (next < t->nbytes)
+            read_main(&job);
+        MSH_FORWARD(st);
+        if (job.st != MSH_OK) {
+            if (e)
+                *e = job.err;
+            return job.st;
+        }
+        off = next;
     }
     return MSH_OK;
 }

@@ -110,6 +110,15 @@ void msh_onnx_model_free(msh_onnx_model *m);
 msh_status msh_onnx_tensor_read(const msh_onnx_model *m, const msh_tensor *t, int64_t off,
                                 void *dst, size_t n, msh_error *e);
 
+/* Stream a tensor's bytes in chunks of `chunk` bytes (a multiple of 4) to `fn`, reading the next
+ * chunk in a helper thread while `fn` works on the current one. `buf0` and `buf1` hold `chunk`
+ * bytes each. `fn` gets the chunk, its length and its byte offset in the tensor. */
+typedef msh_status (*msh_chunk_fn)(void *ctx, const uint8_t *buf, size_t n, int64_t off,
+                                   msh_error *e);
+msh_status msh_onnx_tensor_stream(const msh_onnx_model *m, const msh_tensor *t, uint8_t *buf0,
+                                  uint8_t *buf1, size_t chunk, msh_chunk_fn fn, void *ctx,
+                                  msh_error *e);
+
 /* Tensor index of a TensorProto, or -1 (linear map built on first use). */
 int64_t msh_onnx_find_tensor(const msh_onnx_model *m, const Onnx__TensorProto *tp);
 

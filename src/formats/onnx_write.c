@@ -17,7 +17,6 @@
  * Field order inside a message may differ from the input's (scalars first); protobuf readers
  * accept fields in any order and repeated fields keep their relative order.
  */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -113,20 +112,31 @@ static msh_status pack_whole(wctx *c, const ProtobufCMessage *msg, uint64_t *siz
     return msh_sink_write(c->out, c->scratch, k, c->e);
 }
 
-typedef struct read_job {
-    const msh_onnx_model *m;
+typedef struct conv_ctx {
+    wctx *c;
     const msh_tensor *t;
-    int64_t off;
-    size_t n;
-    uint8_t *buf;
-    msh_status st;
-    msh_error err;
-} read_job;
+    msh_sink *dst;
+} conv_ctx;
 
-static void *read_main(void *arg) {
-    read_job *j = arg;
-    j->st = msh_onnx_tensor_read(j->m, j->t, j->off, j->buf, j->n, &j->err);
-    return NULL;
+/* One chunk of a tensor converted on its way out. */
+static msh_status convert_chunk(void *arg, const uint8_t *buf, size_t n, int64_t off,
+                                msh_error *e) {
+    conv_ctx *x = arg;
+    wctx *c = x->c;
+    const msh_tensor *t = x->t;
+    if (t->out_type == 10) {
+        c->clamped += msh_f32_to_f16_buf(buf, c->conv, n / 4, &c->f16);
+        return msh_sink_write(x->dst, c->conv, n / 2, e);
+    }
+    if (t->out_type == 16) {
+        msh_f32_to_bf16_buf(buf, c->conv, n / 4);
+        return msh_sink_write(x->dst, c->conv, n / 2, e);
+    }
+    if (t->out_type == 3) {
+        msh_int8_quantize(buf, c->conv, n / 4, off / 4, t->qinner, t->qchannels, t->qscales);
+        return msh_sink_write(x->dst, c->conv, n / 4, e);
+    }
+    return msh_sink_write(x->dst, buf, n, e);
 }
 
 static msh_status stream_tensor(wctx *c, const msh_tensor *t, msh_sink *dst) {
@@ -137,51 +147,9 @@ static msh_status stream_tensor(wctx *c, const msh_tensor *t, msh_sink *dst) {
         int fd = p->src == 0 ? m->fd : m->ext[p->src - 1].fd;
         return msh_sink_copy_from(dst, fd, p->offset, p->length, c->e);
     }
-    /* Double-buffered: a reader thread fetches chunk i+1 while chunk i is converted and
-     * written, so reading and converting overlap on two cores. */
-    uint8_t *buf[2] = {c->chunk, c->chunk2};
-    size_t n0 = t->nbytes < (int64_t)MSH_STREAM_CHUNK ? (size_t)t->nbytes : MSH_STREAM_CHUNK;
-    if (t->nbytes > 0)
-        MSH_FORWARD(msh_onnx_tensor_read(m, t, 0, buf[0], n0, c->e));
-    int k = 0;
-    for (int64_t off = 0; off < t->nbytes; k ^= 1) {
-        size_t n = t->nbytes - off < (int64_t)MSH_STREAM_CHUNK ? (size_t)(t->nbytes - off)
-                                                               : MSH_STREAM_CHUNK;
-        int64_t next = off + (int64_t)n;
-        read_job job = {m, t, next, 0, buf[k ^ 1], MSH_OK, {MSH_OK, {0}}};
-        pthread_t th;
-        int threaded = 0;
-        if (next < t->nbytes) {
-            job.n = t->nbytes - next < (int64_t)MSH_STREAM_CHUNK ? (size_t)(t->nbytes - next)
-                                                                 : MSH_STREAM_CHUNK;
-            threaded = pthread_create(&th, NULL, read_main, &job) == 0;
-        }
-        msh_status st;
-        if (t->out_type == 10) {
-            c->clamped += msh_f32_to_f16_buf(buf[k], c->conv, n / 4, &c->f16);
-            st = msh_sink_write(dst, c->conv, n / 2, c->e);
-        } else if (t->out_type == 16) {
-            msh_f32_to_bf16_buf(buf[k], c->conv, n / 4);
-            st = msh_sink_write(dst, c->conv, n / 2, c->e);
-        } else if (t->out_type == 3) {
-            msh_int8_quantize(buf[k], c->conv, n / 4, off / 4, t->qinner, t->qchannels, t->qscales);
-            st = msh_sink_write(dst, c->conv, n / 4, c->e);
-        } else {
-            st = msh_sink_write(dst, buf[k], n, c->e);
-        }
-        if (threaded)
-            pthread_join(th, NULL);
-        else if (next < t->nbytes)
-            read_main(&job);
-        MSH_FORWARD(st);
-        if (job.st != MSH_OK) {
-            if (c->e)
-                *c->e = job.err;
-            return job.st;
-        }
-        off = next;
-    }
-    return MSH_OK;
+    conv_ctx x = {c, t, dst};
+    return msh_onnx_tensor_stream(m, t, c->chunk, c->chunk2, MSH_STREAM_CHUNK, convert_chunk, &x,
+                                  c->e);
 }
 
 static msh_status emit_tensor(wctx *c, const Onnx__TensorProto *tp, uint64_t *size) {

@@ -265,17 +265,34 @@ __attribute__((target("avx2"))) static size_t quantize_avx2(const uint8_t *src, 
     const __m256 hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        float sc[8];
-        for (int k = 0; k < 8; k++) {
-            sc[k] = scales[*ch];
-            if (++*in == inner) {
+        __m256 scv;
+        if (inner == 1 && *ch + 8 <= channels) {
+            scv = _mm256_loadu_ps(scales + *ch); /* 8 consecutive channels (MatMul B) */
+            *ch += 8;
+            if (*ch == channels)
+                *ch = 0;
+        } else if (inner - *in >= 8) {
+            scv = _mm256_set1_ps(scales[*ch]); /* 8 elements of one channel (Conv W) */
+            *in += 8;
+            if (*in == inner) {
                 *in = 0;
                 if (++*ch == channels)
                     *ch = 0;
             }
+        } else {
+            float sc[8];
+            for (int k = 0; k < 8; k++) {
+                sc[k] = scales[*ch];
+                if (++*in == inner) {
+                    *in = 0;
+                    if (++*ch == channels)
+                        *ch = 0;
+                }
+            }
+            scv = _mm256_loadu_ps(sc);
         }
         __m256 w = _mm256_loadu_ps((const float *)(const void *)(src + 4 * i));
-        __m256 x = _mm256_div_ps(w, _mm256_loadu_ps(sc));
+        __m256 x = _mm256_div_ps(w, scv);
         __m256 ax = _mm256_andnot_ps(sign, x);
         __m256 r = _mm256_sub_ps(_mm256_add_ps(ax, magic), magic);
         r = _mm256_or_ps(r, _mm256_and_ps(x, sign));

@@ -25,6 +25,13 @@ static int key_cmp(const msh_onnx_model *m, int64_t a, int64_t b) {
     return 0;
 }
 
+static int cand_prefix_cmp(const void *pa, const void *pb) {
+    const cand *a = pa, *b = pb;
+    if (a->digest != b->digest)
+        return a->digest < b->digest ? -1 : 1;
+    return a->t < b->t ? -1 : a->t > b->t;
+}
+
 /* qsort has no context argument in C11; thread-local keeps parallel conversions apart. */
 static _Thread_local const msh_onnx_model *g_model;
 
@@ -257,10 +264,10 @@ static int candp_digest_cmp(const void *pa, const void *pb) {
     return a->t < b->t ? -1 : a->t > b->t;
 }
 
-/* All candidates of one (type, shape): one pass hashes them and compares them with the first;
+/* Candidates that may be identical: one pass hashes them and compares them with the first;
  * the rest are split by digest and each run of equal digests is confirmed the same way. */
-static msh_status resolve_key_group(const msh_onnx_model *m, cand *g, size_t n,
-                                    msh_dedup_plan *plan, msh_error *e) {
+static msh_status resolve_group(const msh_onnx_model *m, cand *g, size_t n, msh_dedup_plan *plan,
+                                msh_error *e) {
     cand **ptr = malloc(n * sizeof *ptr);
     cand **cls = malloc(n * sizeof *cls);
     uint8_t *same = malloc(n);
@@ -311,6 +318,38 @@ done:
     free(ptr);
     free(cls);
     free(same);
+    return st;
+}
+
+/* All candidates of one (type, shape). Identical tensors have identical first chunks, so a
+ * digest of the first MSH_HASH_CHUNK bytes splits the group first: distinct weights of the
+ * same shape (every layer of BERT) are then told apart after one small read each. */
+static msh_status resolve_key_group(const msh_onnx_model *m, cand *g, size_t n,
+                                    msh_dedup_plan *plan, msh_error *e) {
+    int64_t nbytes = m->tensors[g[0].t].nbytes;
+    if (nbytes <= (int64_t)MSH_HASH_CHUNK || n < 2)
+        return resolve_group(m, g, n, plan, e);
+    uint8_t *buf = malloc(MSH_HASH_CHUNK);
+    if (!buf)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    msh_status st = MSH_OK;
+    for (size_t i = 0; i < n && st == MSH_OK; i++) {
+        st = msh_onnx_tensor_read(m, &m->tensors[g[i].t], 0, buf, MSH_HASH_CHUNK, e);
+        if (st == MSH_OK)
+            g[i].digest = msh_chunk_hash_ref(buf, MSH_HASH_CHUNK);
+    }
+    free(buf);
+    if (st != MSH_OK)
+        return st;
+    qsort(g, n, sizeof *g, cand_prefix_cmp);
+    for (size_t a = 0; a < n && st == MSH_OK;) {
+        size_t b = a + 1;
+        while (b < n && g[b].digest == g[a].digest)
+            b++;
+        if (b - a >= 2)
+            st = resolve_group(m, g + a, b - a, plan, e);
+        a = b;
+    }
     return st;
 }
 
