@@ -4,7 +4,9 @@
 #include <stdlib.h>
 
 #include "common/msh_strmap.h"
+#include "formats/onnx_build.h"
 #include "kernels/msh_convert.h"
+#include "passes/names.h"
 #include "passes/op_schemas.h"
 
 #define T_FLOAT 1
@@ -53,7 +55,7 @@ typedef struct ctx {
     size_t n_vals, cap_vals;
     char **strs; /* every string the context owns */
     size_t n_strs, cap_strs;
-    msh_strmap all_names;
+    msh_names names; /* every name in the model, and fresh ones */
     int64_t opset_default, opset_ml, opset_training;
     msh_strmap block_ops, block_nodes;
     uint64_t counter;
@@ -81,29 +83,15 @@ static const char *type_tag(int32_t t) {
 
 /* A name used nowhere in the model: base + "__msh_" + tag (+ a counter when taken). */
 static const char *fresh(ctx *c, const char *base, const char *tag) {
-    char buf[1024];
-    snprintf(buf, sizeof buf, "%s__msh_%s", base, tag);
-    while (msh_strmap_get(&c->all_names, buf))
-        snprintf(buf, sizeof buf, "%s__msh_%s_%llu", base, tag, (unsigned long long)++c->counter);
-    const char *s = own_str(c, buf);
-    if (s && !msh_strmap_upsert(&c->all_names, s, (int64_t)c->n_strs - 1))
-        return NULL;
-    return s;
+    char suffix[64];
+    snprintf(suffix, sizeof suffix, "__msh_%s", tag);
+    return msh_names_fresh(&c->names, base, suffix);
 }
 
-/* Index in c->strs of a string returned by fresh(). */
+/* Index in c->names.strs of a name returned by fresh(). */
 static int64_t fresh_index(ctx *c, const char *name) {
-    int64_t *k = msh_strmap_get(&c->all_names, name);
+    int64_t *k = msh_strmap_get(&c->names.map, name);
     return k ? *k : -1;
-}
-
-static msh_status note_name(ctx *c, const char *name) {
-    if (msh_strmap_get(&c->all_names, name))
-        return MSH_OK;
-    const char *s = own_str(c, name);
-    if (!s || !msh_strmap_upsert(&c->all_names, s, (int64_t)c->n_strs - 1))
-        return nomem(c);
-    return MSH_OK;
 }
 
 static int list_has(const msh_strmap *m, const char *s) {
@@ -249,47 +237,16 @@ static msh_status set_input(ctx *c, Onnx__NodeProto *n, size_t i, const char *na
 
 /* A new Cast node `in` -> `out` (to = `to`), owned by the model tree once pushed. */
 static Onnx__NodeProto *make_cast(ctx *c, const char *in, const char *out, int32_t to) {
-    Onnx__NodeProto *n = malloc(sizeof *n);
-    Onnx__AttributeProto *a = malloc(sizeof *a);
-    Onnx__AttributeProto **arr = malloc(sizeof *arr);
-    char **ins = malloc(sizeof *ins), **outs = malloc(sizeof *outs);
     const char *nm = fresh(c, out, "cast");
-    if (!n || !a || !arr || !ins || !outs || !nm) {
-        free(n);
-        free(a);
-        free(arr);
-        free(ins);
-        free(outs);
+    Onnx__NodeProto *n = nm ? msh_onnx_node_new("Cast", nm, &in, 1, &out, 1) : NULL;
+    if (!n)
         return NULL;
-    }
-    onnx__node_proto__init(n);
-    onnx__attribute_proto__init(a);
-    a->name = msh_strdup("to");
-    a->has_type = 1;
-    if (c->opset_default > 0 && c->opset_default < 6) {
-        /* Cast-1 names the type as a string */
-        const char *tn = to == 10 ? "FLOAT16" : to == 16 ? "BFLOAT16" : "FLOAT";
-        a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRING;
-        a->has_s = 1;
-        a->s.data = (uint8_t *)msh_strdup(tn);
-        a->s.len = strlen(tn);
-    } else {
-        a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT;
-        a->has_i = 1;
-        a->i = to;
-    }
-    arr[0] = a;
-    n->attribute = arr;
-    n->n_attribute = 1;
-    n->op_type = msh_strdup("Cast");
-    n->name = msh_strdup(nm);
-    ins[0] = msh_strdup(in);
-    outs[0] = msh_strdup(out);
-    n->input = ins;
-    n->n_input = 1;
-    n->output = outs;
-    n->n_output = 1;
-    if (!a->name || !n->op_type || !n->name || !ins[0] || !outs[0]) {
+    Onnx__AttributeProto *a;
+    if (c->opset_default > 0 && c->opset_default < 6) /* Cast-1 names the type as a string */
+        a = msh_onnx_attr_string("to", to == 10 ? "FLOAT16" : to == 16 ? "BFLOAT16" : "FLOAT");
+    else
+        a = msh_onnx_attr_int("to", to);
+    if (!msh_onnx_node_add_attr(n, a)) {
         protobuf_c_message_free_unpacked(&n->base, NULL);
         return NULL;
     }
@@ -303,7 +260,7 @@ static msh_status cast_of(ctx *c, scope *s, val *v, int32_t want, const char **o
     for (scope *p = s; p; p = p->parent) {
         int64_t *k = msh_strmap_get(&p->casts, key);
         if (k) {
-            *out = c->strs[*k];
+            *out = c->names.strs[*k];
             return MSH_OK;
         }
     }
@@ -881,33 +838,15 @@ static msh_status decide_deferred(ctx *c, scope *s) {
             if (c->m->mp->ir_version < 4)
                 MSH_FORWARD(add_input_for(c, g, copy));
         } else {
-            Onnx__NodeProto *cn = malloc(sizeof *cn);
-            Onnx__AttributeProto *a = malloc(sizeof *a);
-            Onnx__AttributeProto **arr = malloc(sizeof *arr);
-            char **outs = malloc(sizeof *outs);
             const char *nn = fresh(c, name, "const");
-            if (!cn || !a || !arr || !outs || !nn) {
-                free(cn);
-                free(a);
-                free(arr);
-                free(outs);
-                protobuf_c_message_free_unpacked(&copy->base, NULL);
+            Onnx__NodeProto *cn = nn ? msh_onnx_node_new("Constant", nn, NULL, 0, &name, 1) : NULL;
+            if (!cn || !msh_onnx_node_add_attr(cn, msh_onnx_attr_tensor("value", copy))) {
+                if (cn)
+                    protobuf_c_message_free_unpacked(&cn->base, NULL);
+                else
+                    protobuf_c_message_free_unpacked(&copy->base, NULL);
                 return nomem(c);
             }
-            onnx__node_proto__init(cn);
-            onnx__attribute_proto__init(a);
-            a->name = msh_strdup("value");
-            a->has_type = 1;
-            a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__TENSOR;
-            a->t = copy;
-            arr[0] = a;
-            cn->attribute = arr;
-            cn->n_attribute = 1;
-            cn->op_type = msh_strdup("Constant");
-            cn->name = msh_strdup(nn);
-            outs[0] = msh_strdup(name);
-            cn->output = outs;
-            cn->n_output = 1;
             /* right after the original Constant */
             size_t pos = 0;
             while (pos < s->n_out && s->out[pos] != v->cnode)
@@ -1003,32 +942,6 @@ static msh_status process_graph(ctx *c, scope *s) {
     return MSH_OK;
 }
 
-/* Every name in the model (owned copies: passes free and replace the model's strings). */
-static msh_status collect_names(ctx *c) {
-    for (size_t gi = 0; gi < c->m->n_graphs; gi++) {
-        const Onnx__GraphProto *g = c->m->graphs[gi].g;
-        for (size_t i = 0; i < g->n_input; i++)
-            if (g->input[i]->name)
-                MSH_FORWARD(note_name(c, g->input[i]->name));
-        for (size_t i = 0; i < g->n_output; i++)
-            if (g->output[i]->name)
-                MSH_FORWARD(note_name(c, g->output[i]->name));
-        for (size_t i = 0; i < g->n_initializer; i++)
-            if (g->initializer[i]->name)
-                MSH_FORWARD(note_name(c, g->initializer[i]->name));
-        for (size_t i = 0; i < g->n_node; i++) {
-            const Onnx__NodeProto *n = g->node[i];
-            for (size_t k = 0; k < n->n_output; k++)
-                MSH_FORWARD(note_name(c, n->output[k]));
-            for (size_t k = 0; k < n->n_input; k++)
-                MSH_FORWARD(note_name(c, n->input[k]));
-            if (n->name)
-                MSH_FORWARD(note_name(c, n->name));
-        }
-    }
-    return MSH_OK;
-}
-
 msh_status msh_fp16_apply(msh_onnx_model *m, const msh_fp16_opts *o, msh_fp16_stats *st,
                           msh_error *e) {
     memset(st, 0, sizeof *st);
@@ -1050,7 +963,7 @@ msh_status msh_fp16_apply(msh_onnx_model *m, const msh_fp16_opts *o, msh_fp16_st
         else if (strcmp(d, "ai.onnx.preview.training") == 0)
             c.opset_training = op->version;
     }
-    msh_status s = collect_names(&c);
+    msh_status s = msh_names_collect(&c.names, m, e);
     if (s == MSH_OK)
         s = parse_list(&c, o->block_ops, &c.block_ops);
     if (s == MSH_OK)
@@ -1070,7 +983,7 @@ msh_status msh_fp16_apply(msh_onnx_model *m, const msh_fp16_opts *o, msh_fp16_st
     for (size_t i = 0; i < c.n_strs; i++)
         free(c.strs[i]);
     free(c.strs);
-    msh_strmap_free(&c.all_names);
+    msh_names_free(&c.names);
     msh_strmap_free(&c.block_ops);
     msh_strmap_free(&c.block_nodes);
     return s;

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "common/msh_strmap.h"
+#include "formats/onnx_build.h"
 #include "kernels/msh_convert.h"
 #include "passes/names.h"
 
@@ -146,41 +147,9 @@ static msh_status add_initializer(Onnx__GraphProto *g, Onnx__TensorProto *tp, ms
 
 static Onnx__NodeProto *make_dql(const char *q, const char *s, const char *z, const char *out,
                                  const char *name, int axis) {
-    Onnx__NodeProto *n = malloc(sizeof *n);
-    char **in = malloc(3 * sizeof *in), **o = malloc(sizeof *o);
-    Onnx__AttributeProto **arr = malloc(sizeof *arr);
-    Onnx__AttributeProto *a = axis >= 0 ? malloc(sizeof *a) : NULL;
-    if (!n || !in || !o || !arr || (axis >= 0 && !a)) {
-        free(n);
-        free(in);
-        free(o);
-        free(arr);
-        free(a);
-        return NULL;
-    }
-    onnx__node_proto__init(n);
-    n->op_type = msh_strdup("DequantizeLinear");
-    n->name = msh_strdup(name);
-    in[0] = msh_strdup(q);
-    in[1] = msh_strdup(s);
-    in[2] = msh_strdup(z);
-    o[0] = msh_strdup(out);
-    n->input = in;
-    n->n_input = 3;
-    n->output = o;
-    n->n_output = 1;
-    n->attribute = arr;
-    if (a) {
-        onnx__attribute_proto__init(a);
-        a->name = msh_strdup("axis");
-        a->has_type = 1;
-        a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT;
-        a->has_i = 1;
-        a->i = axis;
-        arr[0] = a;
-        n->n_attribute = 1;
-    }
-    if (!n->op_type || !n->name || !in[0] || !in[1] || !in[2] || !o[0] || (a && !a->name)) {
+    const char *in[3] = {q, s, z};
+    Onnx__NodeProto *n = msh_onnx_node_new("DequantizeLinear", name, in, 3, &out, 1);
+    if (n && axis >= 0 && !msh_onnx_node_add_attr(n, msh_onnx_attr_int("axis", axis))) {
         protobuf_c_message_free_unpacked(&n->base, NULL);
         return NULL;
     }
