@@ -154,7 +154,8 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
                 (n->domain && *n->domain))
                 continue;
             int64_t *x = msh_strmap_get(&inits, n->input[0]);
-            if (!x || *x < 0 || (m->tensors[*x].tp->data_type != 3 && m->tensors[*x].tp->data_type != 2))
+            if (!x || *x < 0 ||
+                (m->tensors[*x].tp->data_type != 3 && m->tensors[*x].tp->data_type != 2))
                 continue;
             qn++;
             qbytes += m->tensors[*x].nbytes;
