@@ -47,7 +47,8 @@ typedef enum msh_status {
     MSH_ERR_NOMEM = 5,       /**< out of memory */
     MSH_ERR_USAGE = 6,       /**< bad arguments (output equals input, unknown option value) */
     MSH_ERR_UNSUPPORTED = 7, /**< valid input that this version does not handle */
-    MSH_ERR_CUDA = 8         /**< a CUDA call failed */
+    MSH_ERR_CUDA = 8,        /**< a CUDA call failed, or no CUDA device for --device cuda */
+    MSH_ERR_VERIFY = 9       /**< --verify: the GPU's bytes differ from the CPU's */
 } msh_status;
 
 /** A short stable name for a status ("MSH_ERR_FORMAT"). Never NULL. */
@@ -61,6 +62,10 @@ typedef struct msh_error {
 
 /** Library version as "MAJOR.MINOR.PATCH". */
 const char *msh_version(void);
+
+/** Where the element work runs. AUTO: the GPU when one is present and the model is at least
+ *  64 MiB, else the CPU. */
+enum { MSH_DEVICE_AUTO = 0, MSH_DEVICE_CPU = 1, MSH_DEVICE_CUDA = 2 };
 
 /** Options of one conversion. Initialise with msh_convert_options_init. */
 typedef struct msh_convert_options {
@@ -79,6 +84,9 @@ typedef struct msh_convert_options {
     int int8;                  /**< quantize weights to INT8 (DequantizeLinear) */
     int64_t int8_min_elements; /**< smallest weight quantized (default 4096 elements) */
     int int8_gather;           /**< also quantize embedding tables feeding Gather */
+    int device;                /**< MSH_DEVICE_AUTO (default), MSH_DEVICE_CPU or MSH_DEVICE_CUDA */
+    int verify;                /**< run the GPU and the CPU on every piece and compare the bytes */
+    int64_t staging_mib; /**< GPU pinned staging buffer size in MiB (default 64; two are used) */
 } msh_convert_options;
 
 void msh_convert_options_init(msh_convert_options *opt);
@@ -98,6 +106,7 @@ typedef struct msh_convert_result {
     int64_t int8_bytes_after;  /**< their INT8 + scale + zero-point bytes */
     int int8_per_tensor;       /**< 1: the opset (< 13) allowed only one scale per tensor */
     int64_t int8_opset;        /**< the model's default-domain opset (INT8 needs >= 10) */
+    char device[8];            /**< where the element work ran: "cpu" or "cuda" */
     char note[256];            /**< a remark for the user (e.g. why output went external), or "" */
 } msh_convert_result;
 
@@ -121,6 +130,9 @@ msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err);
 
 /** Number of usable CUDA devices; 0 when built without CUDA or when none is present. */
 int msh_cuda_device_count(void);
+
+/** 1 when this build includes the CUDA back end. */
+int msh_cuda_built(void);
 
 /** Release memory returned by the library. NULL is fine. */
 void msh_free(void *p);

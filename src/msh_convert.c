@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include "formats/onnx_model.h"
+#include "kernels/msh_engine.h"
 #include "passes/dedup.h"
 #include "passes/fp16.h"
 #include "passes/inspect.h"
@@ -21,6 +22,7 @@ void msh_convert_options_init(msh_convert_options *opt) {
     opt->fp16_min = 5.9604644775390625e-08f; /* 2^-24 */
     opt->fp16_max = 65504.0f;
     opt->int8_min_elements = 4096;
+    opt->staging_mib = 64;
 }
 
 static int64_t default_opset(const msh_onnx_model *m) {
@@ -72,14 +74,10 @@ static msh_status check_paths(const msh_onnx_model *m, const char *in, const cha
     return st;
 }
 
-msh_status msh_convert_file(const char *in_path, const char *out_path,
-                            const msh_convert_options *opt, msh_convert_result *res,
-                            msh_error *err) {
-    msh_convert_options defaults;
-    if (!opt) {
-        msh_convert_options_init(&defaults);
-        opt = &defaults;
-    }
+/* One attempt: `eng` is the GPU engine, or NULL for the CPU. */
+static msh_status convert_once(const char *in_path, const char *out_path,
+                               const msh_convert_options *opt, msh_convert_result *res,
+                               const msh_engine *eng, msh_error *err) {
     memset(res, 0, sizeof *res);
     if (err) {
         err->msg[0] = 0;
@@ -94,7 +92,7 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
         st = check_paths(&m, in_path, out_path, err);
     if (st == MSH_OK && opt->dedup) {
         msh_dedup_plan plan;
-        st = msh_dedup_find(&m, opt->dedup_graph_inputs, &plan, err);
+        st = msh_dedup_find(&m, opt->dedup_graph_inputs, eng, &plan, err);
         if (st == MSH_OK)
             st = msh_dedup_apply(&m, &plan, err);
         res->dedup_merged = plan.merged;
@@ -103,7 +101,7 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
     }
     if (st == MSH_OK && opt->int8) {
         msh_int8_opts io = {opt->int8_min_elements > 0 ? opt->int8_min_elements : 1,
-                            opt->int8_gather, default_opset(&m) >= 19 ? opt->float_type : 0};
+                            opt->int8_gather, default_opset(&m) >= 19 ? opt->float_type : 0, eng};
         msh_int8_stats is;
         st = msh_int8_apply(&m, &io, &is, err);
         res->int8_tensors = is.tensors;
@@ -127,7 +125,7 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
         res->float_casts = fs.casts;
     }
     msh_onnx_write_opts wo = {opt->external_data || m.n_ext > 0, opt->external_threshold,
-                              fo.f16_min_abs, fo.f16_max_abs};
+                              fo.f16_min_abs, fo.f16_max_abs, eng};
     if (wo.external_threshold < 0)
         wo.external_threshold = 0;
     if (st == MSH_OK && !wo.external) {
@@ -159,6 +157,41 @@ fail:
     return st;
 }
 
+msh_status msh_convert_file(const char *in_path, const char *out_path,
+                            const msh_convert_options *opt, msh_convert_result *res,
+                            msh_error *err) {
+    msh_convert_options defaults;
+    if (!opt) {
+        msh_convert_options_init(&defaults);
+        opt = &defaults;
+    }
+    memset(res, 0, sizeof *res);
+    msh_engine eng = {0, opt->verify, NULL};
+    struct stat sb;
+    int64_t work = stat(in_path, &sb) == 0 ? (int64_t)sb.st_size : 0;
+    size_t staging = (size_t)(opt->staging_mib > 0 ? opt->staging_mib : 64) << 20;
+    msh_status st = msh_device_engine(opt->device, staging, work, &eng, err);
+    if (st != MSH_OK) {
+        msh_error_prefix(err, in_path);
+        return st;
+    }
+    st = convert_once(in_path, out_path, opt, res, eng.cuda ? &eng : NULL, err);
+    if (st == MSH_ERR_CUDA && eng.cuda) {
+        /* Never a wrong output: the GPU is given up for the rest of the run and this model is
+         * converted again, from the start, on the CPU (the failed attempt left no file). */
+        char why[sizeof err->msg];
+        memcpy(why, err->msg, sizeof why);
+        msh_device_disable_cuda();
+        st = convert_once(in_path, out_path, opt, res, NULL, err);
+        if (st == MSH_OK)
+            snprintf(res->note, sizeof res->note,
+                     "CUDA failed (%.160s); redone on the CPU, which runs the rest", why);
+        eng.cuda = 0;
+    }
+    snprintf(res->device, sizeof res->device, "%s", eng.cuda ? "cuda" : "cpu");
+    return st;
+}
+
 msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
     *json_out = NULL;
     cJSON *o = cJSON_CreateObject();
@@ -170,7 +203,7 @@ msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
     msh_dedup_plan plan;
     memset(&plan, 0, sizeof plan);
     if (st == MSH_OK)
-        st = msh_dedup_find(&m, 0, &plan, err);
+        st = msh_dedup_find(&m, 0, NULL, &plan, err);
     if (st == MSH_OK)
         st = msh_inspect_onnx(&m, &plan, o, err);
     msh_dedup_plan_free(&plan);

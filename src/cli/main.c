@@ -36,6 +36,10 @@ static const char *usage_text =
     "                          (per output channel, DequantizeLinear)\n"
     "      --int8-min-elements N  smallest weight quantized (default 4096)\n"
     "      --int8-gather       also quantize embedding tables feeding Gather\n"
+    "      --device D          auto (default: the GPU when present and the model >= 64 MiB),\n"
+    "                          cpu or cuda\n"
+    "      --verify            run GPU and CPU on every piece and compare the bytes\n"
+    "      --staging-mib N     GPU pinned staging buffer size (default 64; two are used)\n"
     "  -q, --quiet             no per-model lines\n"
     "\n"
     "  -h, --help              this text\n"
@@ -205,6 +209,9 @@ static int cmd_convert(int argc, char **argv) {
                                          {"int8", no_argument, 0, 12},
                                          {"int8-min-elements", required_argument, 0, 13},
                                          {"int8-gather", no_argument, 0, 14},
+                                         {"device", required_argument, 0, 15},
+                                         {"verify", no_argument, 0, 16},
+                                         {"staging-mib", required_argument, 0, 17},
                                          {0, 0, 0, 0}};
     msh_convert_options opt;
     msh_convert_options_init(&opt);
@@ -253,6 +260,25 @@ static int cmd_convert(int argc, char **argv) {
             break;
         }
         case 14: opt.int8_gather = 1; break;
+        case 15:
+            if (strcmp(optarg, "auto") == 0)
+                opt.device = MSH_DEVICE_AUTO;
+            else if (strcmp(optarg, "cpu") == 0)
+                opt.device = MSH_DEVICE_CPU;
+            else if (strcmp(optarg, "cuda") == 0)
+                opt.device = MSH_DEVICE_CUDA;
+            else
+                return usage_error("convert: --device '%s': use auto, cpu or cuda", optarg);
+            break;
+        case 16: opt.verify = 1; break;
+        case 17: {
+            char *end;
+            long long v = strtoll(optarg, &end, 10);
+            if (*end || v < 1 || v > 65536)
+                return usage_error("convert: bad --staging-mib '%s' (1 to 65536)", optarg);
+            opt.staging_mib = v;
+            break;
+        }
         case 10:
         case 11:
             if (!append_list(c == 10 ? &block_ops : &block_nodes, optarg))
@@ -265,6 +291,15 @@ static int cmd_convert(int argc, char **argv) {
     opt.block_nodes = block_nodes;
     if (opt.fp16_min > opt.fp16_max)
         return usage_error("convert: %s", "--fp16-min is larger than --fp16-max");
+    if (opt.device == MSH_DEVICE_CUDA && msh_cuda_device_count() == 0) {
+        fprintf(stderr, "modelshrink: --device cuda: %s\n",
+                msh_cuda_built() ? "no CUDA device is present"
+                                 : "this build has no CUDA support (rebuild with nvcc)");
+        return EXIT_USAGE;
+    }
+    if (opt.verify && msh_cuda_device_count() == 0)
+        fprintf(stderr, "modelshrink: warning: --verify: no CUDA device, so the CPU path runs "
+                        "alone and there is nothing to compare\n");
     if (!output)
         return usage_error("convert: %s", "missing -o OUTPUT");
     if (optind >= argc)
@@ -355,9 +390,12 @@ static int cmd_convert(int argc, char **argv) {
                        (unsigned long long)r.float_clamped);
             if (r.external_out)
                 printf(", tensors in %s.data", j.v[i].out);
+            printf(", on %s%s", r.device,
+                   opt.verify && strcmp(r.device, "cuda") == 0 ? " (verified against the CPU)"
+                                                               : "");
             printf("\n");
             if (r.note[0])
-                printf("  note: %s\n", r.note);
+                fprintf(stderr, "modelshrink: %s: warning: %s\n", j.v[i].in, r.note);
         }
     }
     if (!quiet && j.n > 1)

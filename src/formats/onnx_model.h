@@ -142,6 +142,7 @@ typedef struct msh_onnx_write_opts {
     uint32_t
         f16_min_abs; /* FP16 bounds (FP32 bits) for tensors with out_type FLOAT16; 0: default */
     uint32_t f16_max_abs;
+    const struct msh_engine *engine; /* where conversions run (NULL: the CPU) */
 } msh_onnx_write_opts;
 
 typedef struct msh_onnx_write_result {

@@ -23,6 +23,7 @@
 #include "common/msh_io.h"
 #include "formats/onnx_model.h"
 #include "kernels/msh_convert.h"
+#include "kernels/msh_engine.h"
 
 #define MSH_EXT_ALIGN 4096
 #define MSH_STREAM_CHUNK ((size_t)4 << 20)
@@ -39,6 +40,7 @@ typedef struct wctx {
     uint8_t *conv;   /* converted half of `chunk` */
     msh_f16_bounds f16;
     uint64_t clamped;
+    const msh_engine *engine;
     msh_error *e;
 } wctx;
 
@@ -139,6 +141,16 @@ static msh_status convert_chunk(void *arg, const uint8_t *buf, size_t n, int64_t
     return msh_sink_write(x->dst, buf, n, e);
 }
 
+static msh_status gpu_read(void *arg, void *dst, size_t n, int64_t off, msh_error *e) {
+    conv_ctx *x = arg;
+    return msh_onnx_tensor_read(x->c->m, x->t, off, dst, n, e);
+}
+
+static msh_status gpu_write(void *arg, const void *p, size_t n, msh_error *e) {
+    conv_ctx *x = arg;
+    return msh_sink_write(x->dst, p, n, e);
+}
+
 static msh_status stream_tensor(wctx *c, const msh_tensor *t, msh_sink *dst) {
     const msh_onnx_model *m = c->m;
     if (t->payload >= 0 && !t->out_type) {
@@ -148,6 +160,10 @@ static msh_status stream_tensor(wctx *c, const msh_tensor *t, msh_sink *dst) {
         return msh_sink_copy_from(dst, fd, p->offset, p->length, c->e);
     }
     conv_ctx x = {c, t, dst};
+    if (c->engine && c->engine->cuda && t->out_type && t->payload >= 0)
+        return msh_engine_convert(c->engine, t->out_type, t->nbytes, &c->f16, t->qscales, t->qinner,
+                                  t->qchannels, gpu_read, gpu_write, &x, &c->clamped,
+                                  t->tp->name ? t->tp->name : "(unnamed)", c->e);
     return msh_onnx_tensor_stream(m, t, c->chunk, c->chunk2, MSH_STREAM_CHUNK, convert_chunk, &x,
                                   c->e);
 }
@@ -331,6 +347,7 @@ msh_status msh_onnx_write(const msh_onnx_model *m, const char *out_path,
     c.conv = malloc(MSH_STREAM_CHUNK / 2);
     c.f16.min_abs = o->f16_min_abs ? o->f16_min_abs : MSH_F16_MIN_SUBNORMAL_BITS;
     c.f16.max_abs = o->f16_max_abs ? o->f16_max_abs : MSH_F16_MAX_BITS;
+    c.engine = o->engine;
     if (!c.chunk || !c.chunk2 || !c.conv)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory for the write buffer");
     msh_sink data, model;

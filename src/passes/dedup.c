@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "common/msh_strmap.h"
+#include "kernels/msh_engine.h"
 #include "kernels/msh_hash.h"
 
 #define MSH_CMP_CHUNK ((size_t)1 << 20)
@@ -264,10 +265,16 @@ static int candp_digest_cmp(const void *pa, const void *pb) {
     return a->t < b->t ? -1 : a->t > b->t;
 }
 
+static msh_status read_cand(void *arg, void *dst, size_t n, int64_t off, msh_error *e) {
+    const msh_onnx_model *m = ((const void **)arg)[0];
+    const msh_tensor *t = ((const void **)arg)[1];
+    return msh_onnx_tensor_read(m, t, off, dst, n, e);
+}
+
 /* Candidates that may be identical: one pass hashes them and compares them with the first;
  * the rest are split by digest and each run of equal digests is confirmed the same way. */
 static msh_status resolve_group(const msh_onnx_model *m, cand *g, size_t n, msh_dedup_plan *plan,
-                                msh_error *e) {
+                                const msh_engine *eng, msh_error *e) {
     cand **ptr = malloc(n * sizeof *ptr);
     cand **cls = malloc(n * sizeof *cls);
     uint8_t *same = malloc(n);
@@ -278,7 +285,20 @@ static msh_status resolve_group(const msh_onnx_model *m, cand *g, size_t n, msh_
     }
     for (size_t i = 0; i < n; i++)
         ptr[i] = &g[i];
-    st = lockstep(m, ptr, n, 1, same, e);
+    if (eng && eng->cuda) {
+        /* digests on the GPU, then one compare pass against the first */
+        for (size_t i = 0; i < n && st == MSH_OK; i++) {
+            const msh_tensor *t = &m->tensors[g[i].t];
+            const void *rctx[2] = {m, t};
+            if (t->payload >= 0)
+                st = msh_engine_digest(eng, t->nbytes, read_cand, (void *)rctx, &g[i].digest,
+                                       t->tp->name, e);
+        }
+        if (st == MSH_OK)
+            st = lockstep(m, ptr, n, 0, same, e);
+    } else {
+        st = lockstep(m, ptr, n, 1, same, e);
+    }
     size_t rest = 0, nc = 0;
     for (size_t i = 0; st == MSH_OK && i < n; i++) {
         if (same[i])
@@ -325,10 +345,10 @@ done:
  * digest of the first MSH_HASH_CHUNK bytes splits the group first: distinct weights of the
  * same shape (every layer of BERT) are then told apart after one small read each. */
 static msh_status resolve_key_group(const msh_onnx_model *m, cand *g, size_t n,
-                                    msh_dedup_plan *plan, msh_error *e) {
+                                    msh_dedup_plan *plan, const msh_engine *eng, msh_error *e) {
     int64_t nbytes = m->tensors[g[0].t].nbytes;
     if (nbytes <= (int64_t)MSH_HASH_CHUNK || n < 2)
-        return resolve_group(m, g, n, plan, e);
+        return resolve_group(m, g, n, plan, eng, e);
     uint8_t *buf = malloc(MSH_HASH_CHUNK);
     if (!buf)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
@@ -347,15 +367,16 @@ static msh_status resolve_key_group(const msh_onnx_model *m, cand *g, size_t n,
         while (b < n && g[b].digest == g[a].digest)
             b++;
         if (b - a >= 2)
-            st = resolve_group(m, g + a, b - a, plan, e);
+            st = resolve_group(m, g + a, b - a, plan, eng, e);
         a = b;
     }
     return st;
 }
 
-msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs, msh_dedup_plan *plan,
-                          msh_error *e) {
+msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs,
+                          const struct msh_engine *engine, msh_dedup_plan *plan, msh_error *e) {
     memset(plan, 0, sizeof *plan);
+    const msh_engine *eng = engine;
     msh_strmap decl, outputs, inputs;
     msh_strmap_init(&decl);
     msh_strmap_init(&outputs);
@@ -391,7 +412,7 @@ msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs, msh_d
         while (j < nc && key_cmp(m, c[i].t, c[j].t) == 0)
             j++;
         if (j - i >= 2)
-            st = resolve_key_group(m, c + i, j - i, plan, e);
+            st = resolve_key_group(m, c + i, j - i, plan, eng, e);
         i = j;
     }
 done:

@@ -39,9 +39,10 @@ typedef struct msh_dedup_plan {
     int64_t saved_bytes; /* their data bytes */
 } msh_dedup_plan;
 
-msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs, msh_dedup_plan *plan,
-                          msh_error *e);
+msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs,
+                          const struct msh_engine *engine, msh_dedup_plan *plan, msh_error *e);
 msh_status msh_dedup_apply(msh_onnx_model *m, const msh_dedup_plan *plan, msh_error *e);
 void msh_dedup_plan_free(msh_dedup_plan *plan);
+/* `engine`: where digests are computed (NULL: the CPU). */
 
 #endif

@@ -5,6 +5,7 @@
 #include "common/msh_strmap.h"
 #include "formats/onnx_build.h"
 #include "kernels/msh_convert.h"
+#include "kernels/msh_engine.h"
 #include "passes/names.h"
 
 #define MSH_Q_CHUNK ((size_t)4 << 20)
@@ -178,6 +179,12 @@ static msh_status set_input(Onnx__NodeProto *n, size_t i, const char *name, msh_
     return MSH_OK;
 }
 
+static msh_status read_weight(void *arg, void *dst, size_t n, int64_t off, msh_error *e) {
+    const msh_onnx_model *m = ((const void **)arg)[0];
+    const msh_tensor *t = ((const void **)arg)[1];
+    return msh_onnx_tensor_read(m, t, off, dst, n, e);
+}
+
 static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_stats *st,
                                msh_names *nm, zcache *zc, qcand *q, int per_channel, msh_error *e) {
     msh_tensor *w = &m->tensors[q->t];
@@ -211,7 +218,13 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     }
     msh_status s = MSH_OK;
-    for (int64_t off = 0; s == MSH_OK && off < w->nbytes;) {
+    int on_gpu = o->engine && o->engine->cuda && w->payload >= 0;
+    if (on_gpu) {
+        const void *rctx[2] = {m, w};
+        s = msh_engine_absmax(o->engine, w->nbytes, inner, channels, scales, read_weight,
+                              (void *)rctx, tp->name, e);
+    }
+    for (int64_t off = 0; !on_gpu && s == MSH_OK && off < w->nbytes;) {
         size_t n = w->nbytes - off < (int64_t)MSH_Q_CHUNK ? (size_t)(w->nbytes - off) : MSH_Q_CHUNK;
         s = msh_onnx_tensor_read(m, w, off, buf, n, e);
         if (s == MSH_OK)

@@ -24,6 +24,7 @@ typedef struct msh_int8_opts {
     int gather;
     int32_t scale_round; /* 0, or 10 / 16: round scales to FP16 / BF16 values (still stored as
                             FLOAT) because the float pass that follows will store them so */
+    const struct msh_engine *engine; /* where the channel maxima are found (NULL: the CPU) */
 } msh_int8_opts;
 
 typedef struct msh_int8_stats {

@@ -15,7 +15,8 @@ import msh_common as C  # noqa: E402
 NAME = "test_albert"
 SHAPE = dict(layers=12, hidden=256, embed=64, ffn=1024, vocab=4000, heads=4)
 LINE_RE = re.compile(r"^(?P<inp>.+) -> (?P<out>.+): (?P<a>\d+) -> (?P<b>\d+) bytes "
-                     r"\((?P<r>[0-9.]+)x\)(?:, dedup merged (?P<n>\d+) tensors)?$")
+                     r"\((?P<r>[0-9.]+)x\)(?:, dedup merged (?P<n>\d+) tensors)?"
+                     r", on (?:cpu|cuda)(?: \(verified against the CPU\))?$")
 
 
 def main():

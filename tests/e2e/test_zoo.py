@@ -14,7 +14,8 @@ import msh_common as C  # noqa: E402
 NAME = "test_zoo"
 LINE_RE = re.compile(r"^(?P<inp>.+) -> (?P<out>.+): (?P<a>\d+) -> (?P<b>\d+) bytes "
                      r"\((?P<r>[0-9.]+)x\)(?:, dedup merged (?P<n>\d+) tensors)?"
-                     r"(?:, tensors in (?P<data>.+\.data))?$")
+                     r"(?:, tensors in (?P<data>.+\.data))?"
+                     r", on (?P<dev>cpu|cuda)(?: \(verified against the CPU\))?$")
 
 
 def feeds_for(np, path):

@@ -124,7 +124,7 @@ int main(int argc, char **argv) {
           "B[3] read from float_data");
 
     /* Inline round trip: same message as the input. */
-    msh_onnx_write_opts wo = {0, 1024, 0, 0};
+    msh_onnx_write_opts wo = {0, 1024, 0, 0, NULL};
     msh_onnx_write_result wr;
     st = msh_onnx_write(&m, path_in("w_out.onnx"), &wo, &wr, &e);
     CHECK(st == MSH_OK, "write: %s", e.msg);
@@ -138,7 +138,7 @@ int main(int argc, char **argv) {
     free(c2);
 
     /* External output: every payload goes to .data at 4096-aligned offsets. */
-    msh_onnx_write_opts wx = {1, 0, 0, 0};
+    msh_onnx_write_opts wx = {1, 0, 0, 0, NULL};
     st = msh_onnx_write(&m, path_in("w_ext.onnx"), &wx, &wr, &e);
     CHECK(st == MSH_OK && wr.external, "external write: %s", e.msg);
     msh_onnx_model x;
