@@ -59,6 +59,10 @@ void msh_cuda_engine_free(msh_cuda_engine *e);
 int msh_cuda_run(msh_cuda_engine *e, msh_cuda_job *job, msh_cuda_read_fn rd, msh_cuda_sink_fn sk,
                  void *ctx, char *err, size_t err_cap);
 
+/* Benchmark: milliseconds one launch of `kind`'s kernel takes on `bytes` of device-resident
+ * input (median of 5), or a negative value on a CUDA error. */
+float msh_cuda_time_kernel(int kind, size_t bytes);
+
 #ifdef __cplusplus
 }
 #endif
