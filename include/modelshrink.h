@@ -87,6 +87,8 @@ typedef struct msh_convert_options {
     int device;                /**< MSH_DEVICE_AUTO (default), MSH_DEVICE_CPU or MSH_DEVICE_CUDA */
     int verify;                /**< run the GPU and the CPU on every piece and compare the bytes */
     int64_t staging_mib; /**< GPU pinned staging buffer size in MiB (default 64; two are used) */
+    const char *key;     /**< checkpoints: the state dict's key (NULL: found automatically) */
+    int out_format;      /**< checkpoints: 0 safetensors (default), 1 weights-only .pth */
 } msh_convert_options;
 
 void msh_convert_options_init(msh_convert_options *opt);

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include "formats/onnx_model.h"
+#include "formats/pth.h"
 #include "kernels/msh_engine.h"
 #include "passes/dedup.h"
 #include "passes/fp16.h"
@@ -157,6 +158,45 @@ fail:
     return st;
 }
 
+/* What a file is, from its first bytes: 0 ONNX, 1 torch zip checkpoint, 2 legacy torch. */
+static int sniff(const char *path) {
+    uint8_t h[8] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 0;
+    size_t n = fread(h, 1, sizeof h, f);
+    fclose(f);
+    return msh_pth_sniff(h, n);
+}
+
+static msh_status convert_pth(const char *in_path, const char *out_path,
+                              const msh_convert_options *opt, msh_convert_result *res,
+                              msh_error *err) {
+    if (opt->out_format != 0)
+        return msh_fail(err, MSH_ERR_UNSUPPORTED,
+                        "--format pth (weights-only .pth output) is not implemented yet; use "
+                        "--format safetensors");
+    msh_pth p;
+    msh_status st = check_paths(NULL, in_path, out_path, err);
+    if (st == MSH_OK)
+        st = msh_pth_open(&p, in_path, opt->key, err);
+    int64_t out = 0, n = 0; /* n: tensors written */
+    uint64_t clamped = 0;
+    if (st == MSH_OK)
+        st = msh_pth_write_safetensors(&p, out_path, opt->float_type, f32_bits(opt->fp16_min),
+                                       f32_bits(opt->fp16_max), &out, &n, &clamped, err);
+    if (st == MSH_OK) {
+        res->bytes_in = p.file_size;
+        res->bytes_out = out;
+        res->float_clamped = clamped;
+        for (size_t i = 0; opt->float_type && i < p.nt; i++)
+            res->float_tensors += p.t[i].cat == MSH_PTH_WEIGHTS && p.t[i].dtype == 1;
+        snprintf(res->device, sizeof res->device, "cpu");
+    }
+    msh_pth_free(&p);
+    return st;
+}
+
 msh_status msh_convert_file(const char *in_path, const char *out_path,
                             const msh_convert_options *opt, msh_convert_result *res,
                             msh_error *err) {
@@ -166,6 +206,12 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
         opt = &defaults;
     }
     memset(res, 0, sizeof *res);
+    if (sniff(in_path)) {
+        msh_status pst = convert_pth(in_path, out_path, opt, res, err);
+        if (pst != MSH_OK)
+            msh_error_prefix(err, in_path);
+        return pst;
+    }
     msh_engine eng = {0, opt->verify, NULL};
     struct stat sb;
     int64_t work = stat(in_path, &sb) == 0 ? (int64_t)sb.st_size : 0;
@@ -198,6 +244,19 @@ msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
     if (!o)
         return msh_fail(err, MSH_ERR_NOMEM, "%s: out of memory", path);
     cJSON_AddStringToObject(o, "path", path);
+    if (sniff(path)) {
+        msh_pth p;
+        msh_status pst = msh_pth_open(&p, path, NULL, err);
+        if (pst == MSH_OK)
+            pst = msh_pth_inspect(&p, o, err);
+        msh_pth_free(&p);
+        if (pst == MSH_OK && !(*json_out = cJSON_PrintUnformatted(o)))
+            pst = msh_fail(err, MSH_ERR_NOMEM, "out of memory");
+        cJSON_Delete(o);
+        if (pst != MSH_OK)
+            msh_error_prefix(err, path);
+        return pst;
+    }
     msh_onnx_model m;
     msh_status st = msh_onnx_model_open(&m, path, err);
     msh_dedup_plan plan;

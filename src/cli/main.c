@@ -40,6 +40,11 @@ static const char *usage_text =
     "                          cpu or cuda\n"
     "      --verify            run GPU and CPU on every piece and compare the bytes\n"
     "      --staging-mib N     GPU pinned staging buffer size (default 64; two are used)\n"
+    "\n"
+    "PyTorch checkpoints (.pth, torch >= 1.6 zip format) are stripped to their state dict:\n"
+    "      --key NAME          the state dict's key (default: model_state_dict, state_dict,\n"
+    "                          model, module, net, network; or a bare state dict)\n"
+    "      --format F          safetensors (default) or pth (weights-only; not yet)\n"
     "  -q, --quiet             no per-model lines\n"
     "\n"
     "  -h, --help              this text\n"
@@ -212,6 +217,8 @@ static int cmd_convert(int argc, char **argv) {
                                          {"device", required_argument, 0, 15},
                                          {"verify", no_argument, 0, 16},
                                          {"staging-mib", required_argument, 0, 17},
+                                         {"key", required_argument, 0, 18},
+                                         {"format", required_argument, 0, 19},
                                          {0, 0, 0, 0}};
     msh_convert_options opt;
     msh_convert_options_init(&opt);
@@ -271,6 +278,15 @@ static int cmd_convert(int argc, char **argv) {
                 return usage_error("convert: --device '%s': use auto, cpu or cuda", optarg);
             break;
         case 16: opt.verify = 1; break;
+        case 18: opt.key = optarg; break;
+        case 19:
+            if (strcmp(optarg, "safetensors") == 0)
+                opt.out_format = 0;
+            else if (strcmp(optarg, "pth") == 0)
+                opt.out_format = 1;
+            else
+                return usage_error("convert: --format '%s': use safetensors or pth", optarg);
+            break;
         case 17: {
             char *end;
             long long v = strtoll(optarg, &end, 10);

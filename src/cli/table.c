@@ -39,8 +39,46 @@ static void shape(const cJSON *o, char *buf, size_t cap) {
     snprintf(buf + w, cap - w, "]");
 }
 
+static void print_pth(const cJSON *r, FILE *out) {
+    char a[32], b[32], c[32], d[32], f[32];
+    const cJSON *bd = cJSON_GetObjectItemCaseSensitive(r, "breakdown");
+    human(num(r, "file_bytes"), f, sizeof f);
+    human(num(bd, "weights"), a, sizeof a);
+    human(num(bd, "optimizer_state"), b, sizeof b);
+    human(num(bd, "other_tensors"), c, sizeof c);
+    human(num(bd, "metadata"), d, sizeof d);
+    fprintf(out,
+            "%s: PyTorch checkpoint\n  %s = %s weights + %s optimizer state + %s other tensors"
+            " + %s metadata\n",
+            str(r, "path"), f, a, b, c, d);
+    const cJSON *found = cJSON_GetObjectItemCaseSensitive(r, "state_dict_found");
+    if (cJSON_IsTrue(found))
+        fprintf(out, "  state dict: %s (%.0f tensors in the file)\n",
+                *str(r, "state_dict_key") ? str(r, "state_dict_key") : "the whole file",
+                num(r, "tensor_count"));
+    else
+        fprintf(out, "  no model state dict found (name one with convert --key)\n");
+    const cJSON *x;
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "by_dtype")) {
+        human(num(x, "bytes"), a, sizeof a);
+        fprintf(out, "    %-14s %8.0f tensors %12s\n", str(x, "dtype"), num(x, "count"), a);
+    }
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "shared_storage")) {
+        const cJSON *names = cJSON_GetObjectItemCaseSensitive(x, "tensors");
+        human(num(x, "bytes"), a, sizeof a);
+        fprintf(out, "  shared storage (%s): %s, %s%s\n", a,
+                cJSON_GetArrayItem(names, 0)->valuestring,
+                cJSON_GetArraySize(names) > 1 ? cJSON_GetArrayItem(names, 1)->valuestring : "",
+                cJSON_GetArraySize(names) > 2 ? ", ..." : "");
+    }
+}
+
 void msh_cli_print_table(const cJSON *r, FILE *out) {
     char a[32], b[32], c[32], sh[96];
+    if (strcmp(str(r, "format"), "pth") == 0) {
+        print_pth(r, out);
+        return;
+    }
     double file = num(r, "file_bytes"), ext = num(r, "external_bytes");
     human(file + ext, a, sizeof a);
     fprintf(out, "%s: %s, ONNX IR %.0f, opsets", str(r, "path"), a, num(r, "ir_version"));

@@ -1,0 +1,471 @@
+#include "formats/pth.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/msh_io.h"
+#include "formats/onnx_model.h"
+#include "kernels/msh_convert.h"
+
+#define PTH_MAX_PICKLE ((int64_t)1 << 31)
+#define PTH_MAX_VISITS 10000000
+
+int msh_pth_sniff(const uint8_t *h, size_t n) {
+    if (n >= 4 && h[0] == 'P' && h[1] == 'K' && h[2] == 3 && h[3] == 4)
+        return 1;
+    /* the legacy format opens with a pickled magic number: PROTO 2, LONG1 10 bytes */
+    if (n >= 4 && h[0] == 0x80 && h[1] == 0x02 && h[2] == 0x8a && h[3] == 0x0a)
+        return 2;
+    return 0;
+}
+
+typedef struct walk {
+    msh_pth *p;
+    msh_error *e;
+    long visits;
+    const msh_pk *sd;
+} walk;
+
+static int is_optim_key(const char *k) {
+    return strcmp(k, "optimizer") == 0 || strcmp(k, "optimizer_state_dict") == 0 ||
+           strcmp(k, "optim") == 0 || strcmp(k, "optimizer_state") == 0;
+}
+
+static msh_status add_tensor(walk *w, const msh_pk *t, const char *path, int cat,
+                             const char *sd_path) {
+    msh_pth *p = w->p;
+    const msh_pk *s = t->storage;
+    size_t si = 0;
+    for (; si < p->ns; si++)
+        if (strcmp(p->s[si].key, s->s) == 0)
+            break;
+    if (si == p->ns) {
+        char rel[600];
+        snprintf(rel, sizeof rel, "data/%s", s->s);
+        const msh_zip_entry *z = msh_zip_find(&p->zip, rel);
+        if (!z)
+            return msh_fail(w->e, MSH_ERR_FORMAT, "storage '%.100s' has no data entry", s->s);
+        int64_t es = msh_onnx_elem_size(s->dtype), nb;
+        if (es <= 0 || !msh_mul_i64(s->i, es, &nb))
+            return msh_fail(w->e, MSH_ERR_FORMAT, "storage '%.100s': bad size", s->s);
+        if (nb > z->size)
+            return msh_fail(w->e, MSH_ERR_FORMAT,
+                            "storage '%.100s' holds %lld bytes, its %lld "
+                            "elements need %lld",
+                            s->s, (long long)z->size, (long long)s->i, (long long)nb);
+        if (!msh_grow((void **)&p->s, &p->caps, p->ns, sizeof *p->s))
+            return msh_fail(w->e, MSH_ERR_NOMEM, "out of memory");
+        p->s[p->ns++] = (msh_pth_storage){s->s, s->dtype, s->i, nb, z->offset, 0, cat};
+    }
+    msh_pth_storage *st = &p->s[si];
+    st->users++;
+    if (cat < st->cat)
+        st->cat = cat;
+    if (t->ndim > 64)
+        return msh_fail(w->e, MSH_ERR_LIMIT, "tensor '%.200s' has %zu dims", path, t->ndim);
+    /* the tensor must lie inside its storage: offset + sum((shape_i - 1) * stride_i) */
+    int64_t numel = 1, last = t->offset;
+    for (size_t d = 0; d < t->ndim; d++) {
+        int64_t span;
+        if (!msh_mul_i64(numel, t->shape[d], &numel) ||
+            (t->shape[d] > 0 && (!msh_mul_i64(t->shape[d] - 1, t->stride[d], &span) ||
+                                 !msh_add_i64(last, span, &last))))
+            return msh_fail(w->e, MSH_ERR_LIMIT, "tensor '%.200s': size overflows", path);
+    }
+    if (numel > 0 && last >= st->numel)
+        return msh_fail(w->e, MSH_ERR_FORMAT,
+                        "tensor '%.200s' reaches element %lld of a "
+                        "%lld-element storage",
+                        path, (long long)last, (long long)st->numel);
+    if (t->dtype != st->dtype && msh_onnx_elem_size(t->dtype) != msh_onnx_elem_size(st->dtype))
+        return msh_fail(w->e, MSH_ERR_UNSUPPORTED,
+                        "tensor '%.200s': dtype differs from its "
+                        "storage's",
+                        path);
+    if (!msh_grow((void **)&p->t, &p->capt, p->nt, sizeof *p->t))
+        return msh_fail(w->e, MSH_ERR_NOMEM, "out of memory");
+    msh_pth_tensor *x = &p->t[p->nt];
+    memset(x, 0, sizeof *x);
+    x->name = msh_strdup(path);
+    if (!x->name)
+        return msh_fail(w->e, MSH_ERR_NOMEM, "out of memory");
+    x->key = sd_path ? x->name + (sd_path - path) : NULL;
+    x->dtype = t->dtype;
+    x->shape = t->shape;
+    x->stride = t->stride;
+    x->ndim = t->ndim;
+    x->offset = t->offset;
+    x->numel = numel;
+    x->nbytes = numel * msh_onnx_elem_size(t->dtype);
+    x->storage = si;
+    x->cat = cat;
+    p->nt++;
+    return MSH_OK;
+}
+
+/* `sd_at`: where the state-dict-relative name starts in `path` (NULL outside the state dict). */
+static msh_status walk_obj(walk *w, const msh_pk *o, char *path, size_t plen, int cat,
+                           const char *sd_at, int depth) {
+    if (++w->visits > PTH_MAX_VISITS || depth > 1000)
+        return msh_fail(w->e, MSH_ERR_LIMIT, "checkpoint structure too large or cyclic");
+    if (o->type == MSH_PK_TENSOR)
+        return add_tensor(w, o, path, cat, sd_at);
+    if (o->type != MSH_PK_DICT && o->type != MSH_PK_LIST && o->type != MSH_PK_TUPLE)
+        return MSH_OK;
+    int is_dict = o->type == MSH_PK_DICT;
+    size_t step = is_dict ? 2 : 1;
+    for (size_t i = 0; i + step - 1 < o->n; i += step) {
+        char part[256];
+        const msh_pk *k = is_dict ? o->items[i] : NULL;
+        if (!is_dict)
+            snprintf(part, sizeof part, "%zu", i);
+        else if (k->type == MSH_PK_STR)
+            snprintf(part, sizeof part, "%s", k->s);
+        else if (k->type == MSH_PK_INT)
+            snprintf(part, sizeof part, "%lld", (long long)k->i);
+        else
+            continue;
+        size_t n = strlen(part);
+        if (plen + n + 2 > 4096)
+            return msh_fail(w->e, MSH_ERR_LIMIT, "checkpoint names longer than 4096 bytes");
+        size_t at = plen;
+        if (plen)
+            path[at++] = '.';
+        memcpy(path + at, part, n + 1);
+        const msh_pk *val = o->items[i + step - 1];
+        int c = cat;
+        const char *sd = sd_at;
+        if (val == w->sd) {
+            c = MSH_PTH_WEIGHTS;
+            sd = path + at + n + 1; /* names inside start after "key." */
+        } else if (depth == 0 && is_dict && k->type == MSH_PK_STR && is_optim_key(k->s)) {
+            c = MSH_PTH_OPTIM;
+        }
+        MSH_FORWARD(walk_obj(w, val, path, at + n, c, sd, depth + 1));
+        path[plen] = 0;
+    }
+    return MSH_OK;
+}
+
+static int all_tensors(const msh_pk *d) {
+    if (!d || d->type != MSH_PK_DICT || d->n == 0)
+        return 0;
+    for (size_t i = 1; i < d->n; i += 2)
+        if (d->items[i]->type != MSH_PK_TENSOR)
+            return 0;
+    return 1;
+}
+
+msh_status msh_pth_open(msh_pth *p, const char *path, const char *key, msh_error *e) {
+    memset(p, 0, sizeof *p);
+    p->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (p->fd < 0)
+        return msh_fail(e, MSH_ERR_IO, "cannot open: %s", strerror(errno));
+    struct stat sb;
+    if (fstat(p->fd, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return msh_fail(e, MSH_ERR_FORMAT, "not a regular file");
+    p->file_size = (int64_t)sb.st_size;
+    uint8_t head[8] = {0};
+    size_t hn = p->file_size < 8 ? (size_t)p->file_size : 8;
+    MSH_FORWARD(msh_pread_full(p->fd, head, hn, 0, e));
+    if (msh_pth_sniff(head, hn) == 2)
+        return msh_fail(e, MSH_ERR_UNSUPPORTED,
+                        "legacy (pre-1.6) PyTorch format is not "
+                        "supported; re-save it with torch >= 1.6 (zip format)");
+    MSH_FORWARD(msh_zip_open(&p->zip, p->fd, p->file_size, e));
+    const msh_zip_entry *pk = msh_zip_find(&p->zip, "data.pkl");
+    if (!pk)
+        return msh_fail(e, MSH_ERR_FORMAT, "not a torch.save archive: no data.pkl");
+    if (pk->size > PTH_MAX_PICKLE)
+        return msh_fail(e, MSH_ERR_LIMIT, "data.pkl of %lld bytes is too large",
+                        (long long)pk->size);
+    uint8_t *buf = malloc((size_t)pk->size + 1);
+    if (!buf)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    msh_status st = msh_pread_full(p->fd, buf, (size_t)pk->size, pk->offset, e);
+    if (st == MSH_OK)
+        st = msh_pickle_load(&p->pk, buf, (size_t)pk->size, e);
+    free(buf);
+    MSH_FORWARD(st);
+    const msh_pk *root = p->pk.root;
+    walk w = {p, e, 0, NULL};
+    static const char *cands[] = {"model_state_dict", "state_dict", "model",
+                                  "module",           "net",        "network"};
+    if (key) {
+        w.sd = msh_pk_dict_get(root, key);
+        if (!w.sd || w.sd->type != MSH_PK_DICT)
+            return msh_fail(e, MSH_ERR_USAGE, "--key '%s' does not name a dict in the checkpoint",
+                            key);
+        p->sd_key = key;
+    } else if (all_tensors(root)) {
+        p->sd_key = "";
+    } else {
+        for (size_t i = 0; i < sizeof cands / sizeof cands[0] && !w.sd; i++) {
+            const msh_pk *d = msh_pk_dict_get(root, cands[i]);
+            if (all_tensors(d)) {
+                w.sd = d;
+                p->sd_key = cands[i];
+            }
+        }
+    }
+    char *pathbuf = calloc(4097, 1);
+    if (!pathbuf)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    int bare = p->sd_key && !*p->sd_key;
+    st = walk_obj(&w, root, pathbuf, 0, bare ? MSH_PTH_WEIGHTS : MSH_PTH_OTHER,
+                  bare ? pathbuf : NULL, 0);
+    free(pathbuf);
+    if (bare)
+        for (size_t i = 0; i < p->nt; i++)
+            p->t[i].key = p->t[i].name;
+    return st;
+}
+
+void msh_pth_free(msh_pth *p) {
+    for (size_t i = 0; i < p->nt; i++)
+        free(p->t[i].name);
+    free(p->t);
+    free(p->s);
+    msh_pickle_free(&p->pk);
+    msh_zip_free(&p->zip);
+    if (p->fd > 0)
+        close(p->fd);
+    memset(p, 0, sizeof *p);
+}
+
+/* ---- inspect ---- */
+
+msh_status msh_pth_inspect(const msh_pth *p, cJSON *o, msh_error *e) {
+    (void)e;
+    int64_t cat_bytes[3] = {0, 0, 0}, total = 0;
+    int64_t dt_count[32] = {0}, dt_bytes[32] = {0};
+    for (size_t i = 0; i < p->ns; i++) {
+        cat_bytes[p->s[i].cat] += p->s[i].nbytes;
+        total += p->s[i].nbytes;
+    }
+    for (size_t i = 0; i < p->nt; i++) {
+        int d = p->t[i].dtype >= 0 && p->t[i].dtype < 31 ? p->t[i].dtype : 31;
+        dt_count[d]++;
+        dt_bytes[d] += p->t[i].nbytes;
+    }
+    cJSON_AddStringToObject(o, "format", "pth");
+    cJSON_AddNumberToObject(o, "file_bytes", (double)p->file_size);
+    cJSON_AddNumberToObject(o, "tensor_bytes", (double)total);
+    cJSON_AddNumberToObject(o, "tensor_count", (double)p->nt);
+    cJSON_AddStringToObject(o, "state_dict_key", p->sd_key ? p->sd_key : "");
+    cJSON_AddBoolToObject(o, "state_dict_found", p->sd_key != NULL);
+    cJSON *b = cJSON_AddObjectToObject(o, "breakdown");
+    cJSON_AddNumberToObject(b, "weights", (double)cat_bytes[MSH_PTH_WEIGHTS]);
+    cJSON_AddNumberToObject(b, "optimizer_state", (double)cat_bytes[MSH_PTH_OPTIM]);
+    cJSON_AddNumberToObject(b, "other_tensors", (double)cat_bytes[MSH_PTH_OTHER]);
+    cJSON_AddNumberToObject(b, "metadata", (double)(p->file_size - total));
+    cJSON *bd = cJSON_AddArrayToObject(o, "by_dtype");
+    for (int d = 0; d < 32; d++) {
+        if (!dt_count[d])
+            continue;
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "dtype", msh_onnx_dtype_name(d == 31 ? -1 : d));
+        cJSON_AddNumberToObject(x, "count", (double)dt_count[d]);
+        cJSON_AddNumberToObject(x, "bytes", (double)dt_bytes[d]);
+        cJSON_AddItemToArray(bd, x);
+    }
+    cJSON *sh = cJSON_AddArrayToObject(o, "shared_storage");
+    for (size_t i = 0; i < p->ns; i++) {
+        if (p->s[i].users < 2)
+            continue;
+        cJSON *x = cJSON_CreateObject();
+        cJSON *names = cJSON_AddArrayToObject(x, "tensors");
+        for (size_t k = 0; k < p->nt; k++)
+            if (p->t[k].storage == i)
+                cJSON_AddItemToArray(names, cJSON_CreateString(p->t[k].name));
+        cJSON_AddNumberToObject(x, "bytes", (double)p->s[i].nbytes);
+        cJSON_AddItemToArray(sh, x);
+    }
+    return MSH_OK;
+}
+
+/* ---- safetensors output ---- */
+
+static const char *st_dtype(int32_t t) {
+    switch (t) {
+    case 1: return "F32";
+    case 10: return "F16";
+    case 16: return "BF16";
+    case 11: return "F64";
+    case 7: return "I64";
+    case 6: return "I32";
+    case 5: return "I16";
+    case 3: return "I8";
+    case 2: return "U8";
+    case 9: return "BOOL";
+    case 14: return "C64";
+    default: return NULL;
+    }
+}
+
+static int contiguous(const msh_pth_tensor *t) {
+    int64_t want = 1;
+    for (size_t d = t->ndim; d-- > 0;) {
+        if (t->shape[d] != 1 && t->stride[d] != want)
+            return 0;
+        want *= t->shape[d];
+    }
+    return 1;
+}
+
+/* The tensor's elements in row-major order, into `dst` (nbytes): a view or a transposed tensor
+ * is gathered from the span of its storage that it touches. */
+static msh_status gather(const msh_pth *p, const msh_pth_tensor *t, uint8_t *dst, msh_error *e) {
+    const msh_pth_storage *s = &p->s[t->storage];
+    int64_t es = msh_onnx_elem_size(t->dtype);
+    int64_t hi = t->offset;
+    for (size_t d = 0; d < t->ndim; d++)
+        hi += (t->shape[d] - 1) * t->stride[d];
+    int64_t span = (hi - t->offset + 1) * es;
+    uint8_t *buf = malloc((size_t)span);
+    if (!buf)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory gathering '%.200s'", t->name);
+    msh_status st = msh_pread_full(p->fd, buf, (size_t)span, s->file_offset + t->offset * es, e);
+    int64_t idx[64] = {0};
+    for (int64_t k = 0; st == MSH_OK && k < t->numel; k++) {
+        int64_t off = 0;
+        for (size_t d = 0; d < t->ndim; d++)
+            off += idx[d] * t->stride[d];
+        memcpy(dst + k * es, buf + off * es, (size_t)es);
+        for (size_t d = t->ndim; d-- > 0;) {
+            if (++idx[d] < t->shape[d])
+                break;
+            idx[d] = 0;
+        }
+    }
+    free(buf);
+    return st;
+}
+
+msh_status msh_pth_write_safetensors(const msh_pth *p, const char *out_path, int float_type,
+                                     uint32_t f16_min_abs, uint32_t f16_max_abs, int64_t *bytes_out,
+                                     int64_t *tensors, uint64_t *clamped, msh_error *e) {
+    if (!p->sd_key) {
+        char keys[512] = "";
+        const msh_pk *r = p->pk.root;
+        for (size_t i = 0; r && r->type == MSH_PK_DICT && i + 1 < r->n; i += 2)
+            if (r->items[i]->type == MSH_PK_STR && strlen(keys) + strlen(r->items[i]->s) < 400)
+                snprintf(keys + strlen(keys), sizeof keys - strlen(keys), "%s%s", *keys ? ", " : "",
+                         r->items[i]->s);
+        return msh_fail(e, MSH_ERR_USAGE,
+                        "no model state dict found (top-level keys: %s); name "
+                        "it with --key",
+                        *keys ? keys : "none");
+    }
+    cJSON *h = cJSON_CreateObject();
+    cJSON *meta = cJSON_AddObjectToObject(h, "__metadata__");
+    cJSON_AddStringToObject(meta, "format", "pt");
+    int64_t at = 0, n = 0;
+    for (size_t i = 0; i < p->nt; i++) {
+        const msh_pth_tensor *t = &p->t[i];
+        if (t->cat != MSH_PTH_WEIGHTS || !t->key)
+            continue;
+        int32_t dt = float_type && t->dtype == 1 ? float_type : t->dtype;
+        if (!st_dtype(dt)) {
+            cJSON_Delete(h);
+            return msh_fail(e, MSH_ERR_UNSUPPORTED,
+                            "tensor '%.200s': element type %s has no "
+                            "safetensors name",
+                            t->name, msh_onnx_dtype_name(dt));
+        }
+        if (cJSON_GetObjectItemCaseSensitive(h, t->key)) {
+            cJSON_Delete(h);
+            return msh_fail(e, MSH_ERR_FORMAT, "state dict names '%.200s' twice", t->key);
+        }
+        int64_t nb = t->numel * msh_onnx_elem_size(dt);
+        cJSON *x = cJSON_AddObjectToObject(h, t->key);
+        cJSON_AddStringToObject(x, "dtype", st_dtype(dt));
+        cJSON *shape = cJSON_AddArrayToObject(x, "shape");
+        for (size_t d = 0; d < t->ndim; d++)
+            cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[d]));
+        cJSON *offs = cJSON_AddArrayToObject(x, "data_offsets");
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)at));
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(at + nb)));
+        at += nb;
+        n++;
+    }
+    char *json = cJSON_PrintUnformatted(h);
+    cJSON_Delete(h);
+    if (!json)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    size_t hl = strlen(json), padded = (hl + 7) / 8 * 8;
+    msh_sink s;
+    msh_status st = msh_sink_open(&s, out_path, e);
+    if (st != MSH_OK) {
+        free(json);
+        return st;
+    }
+    uint8_t len8[8];
+    msh_store_le64(len8, padded);
+    st = msh_sink_write(&s, len8, 8, e);
+    if (st == MSH_OK)
+        st = msh_sink_write(&s, json, hl, e);
+    free(json);
+    for (size_t k = hl; st == MSH_OK && k < padded; k++)
+        st = msh_sink_write(&s, " ", 1, e);
+    msh_f16_bounds b = {f16_min_abs, f16_max_abs};
+    uint8_t *chunk = malloc((size_t)4 << 20), *conv = malloc((size_t)2 << 20);
+    if (!chunk || !conv)
+        st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; st == MSH_OK && i < p->nt; i++) {
+        const msh_pth_tensor *t = &p->t[i];
+        if (t->cat != MSH_PTH_WEIGHTS || !t->key)
+            continue;
+        int64_t es = msh_onnx_elem_size(t->dtype);
+        int conv_on = float_type && t->dtype == 1;
+        if (t->nbytes == 0)
+            continue;
+        if (contiguous(t) && !conv_on) {
+            st = msh_sink_copy_from(&s, p->fd, p->s[t->storage].file_offset + t->offset * es,
+                                    t->nbytes, e);
+            continue;
+        }
+        uint8_t *all = NULL;
+        if (!contiguous(t)) {
+            all = malloc((size_t)t->nbytes + 1);
+            st = all ? gather(p, t, all, e) : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        }
+        for (int64_t off = 0; st == MSH_OK && off < t->nbytes;) {
+            size_t len =
+                t->nbytes - off < ((int64_t)4 << 20) ? (size_t)(t->nbytes - off) : (size_t)4 << 20;
+            const uint8_t *src = all ? all + off : chunk;
+            if (!all)
+                st = msh_pread_full(p->fd, chunk, len,
+                                    p->s[t->storage].file_offset + t->offset * es + off, e);
+            if (st != MSH_OK)
+                break;
+            if (!conv_on) {
+                st = msh_sink_write(&s, src, len, e);
+            } else if (float_type == 10) {
+                *clamped += msh_f32_to_f16_buf(src, conv, len / 4, &b);
+                st = msh_sink_write(&s, conv, len / 2, e);
+            } else {
+                msh_f32_to_bf16_buf(src, conv, len / 4);
+                st = msh_sink_write(&s, conv, len / 2, e);
+            }
+            off += (int64_t)len;
+        }
+        free(all);
+    }
+    free(chunk);
+    free(conv);
+    if (st == MSH_OK)
+        st = msh_sink_finish(&s, e);
+    if (st == MSH_OK)
+        st = msh_sink_rename(&s, e);
+    if (st == MSH_OK) {
+        *bytes_out = s.written;
+        *tensors = n;
+    }
+    msh_sink_abort(&s);
+    return st;
+}
