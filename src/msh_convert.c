@@ -7,6 +7,7 @@
 
 #include "formats/onnx_model.h"
 #include "formats/pth.h"
+#include "formats/safetensors.h"
 #include "kernels/msh_engine.h"
 #include "passes/dedup.h"
 #include "passes/fp16.h"
@@ -158,15 +159,55 @@ fail:
     return st;
 }
 
-/* What a file is, from its first bytes: 0 ONNX, 1 torch zip checkpoint, 2 legacy torch. */
+/* What a file is, from its first bytes: 0 ONNX, 1 torch zip checkpoint, 2 legacy torch,
+ * 3 safetensors. */
 static int sniff(const char *path) {
-    uint8_t h[8] = {0};
+    uint8_t h[16] = {0};
     FILE *f = fopen(path, "rb");
     if (!f)
         return 0;
     size_t n = fread(h, 1, sizeof h, f);
+    struct stat sb;
+    int64_t size = stat(path, &sb) == 0 ? (int64_t)sb.st_size : 0;
     fclose(f);
+    if (msh_st_sniff(h, n, size))
+        return 3;
     return msh_pth_sniff(h, n);
+}
+
+static msh_status convert_st(const char *in_path, const char *out_path,
+                             const msh_convert_options *opt, msh_convert_result *res,
+                             msh_error *err) {
+    msh_st_file f;
+    msh_status st = check_paths(NULL, in_path, out_path, err);
+    if (st == MSH_OK)
+        st = msh_st_open(&f, in_path, err);
+    msh_st_item *items = st == MSH_OK ? calloc(f.n + 1, sizeof *items) : NULL;
+    if (st == MSH_OK && !items)
+        st = msh_fail(err, MSH_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; st == MSH_OK && i < f.n; i++) {
+        const msh_st_tensor *t = &f.t[i];
+        items[i] = (msh_st_item){t->name,  t->dtype, t->dtype,  t->shape, t->ndim,
+                                 t->numel, f.fd,     t->offset, NULL,     NULL};
+        if (opt->float_type && t->dtype == 1) {
+            items[i].dtype_out = opt->float_type;
+            res->float_tensors++;
+        }
+    }
+    int64_t out = 0;
+    uint64_t clamped = 0;
+    if (st == MSH_OK)
+        st = msh_st_write(out_path, items, f.n, f32_bits(opt->fp16_min), f32_bits(opt->fp16_max),
+                          &out, &clamped, err);
+    if (st == MSH_OK) {
+        res->bytes_in = f.file_size;
+        res->bytes_out = out;
+        res->float_clamped = clamped;
+        snprintf(res->device, sizeof res->device, "cpu");
+    }
+    free(items);
+    msh_st_free(&f);
+    return st;
 }
 
 static msh_status convert_pth(const char *in_path, const char *out_path,
@@ -206,8 +247,10 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
         opt = &defaults;
     }
     memset(res, 0, sizeof *res);
-    if (sniff(in_path)) {
-        msh_status pst = convert_pth(in_path, out_path, opt, res, err);
+    int kind = sniff(in_path);
+    if (kind) {
+        msh_status pst = kind == 3 ? convert_st(in_path, out_path, opt, res, err)
+                                   : convert_pth(in_path, out_path, opt, res, err);
         if (pst != MSH_OK)
             msh_error_prefix(err, in_path);
         return pst;
@@ -244,12 +287,22 @@ msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
     if (!o)
         return msh_fail(err, MSH_ERR_NOMEM, "%s: out of memory", path);
     cJSON_AddStringToObject(o, "path", path);
-    if (sniff(path)) {
-        msh_pth p;
-        msh_status pst = msh_pth_open(&p, path, NULL, err);
-        if (pst == MSH_OK)
-            pst = msh_pth_inspect(&p, o, err);
-        msh_pth_free(&p);
+    int kind = sniff(path);
+    if (kind) {
+        msh_status pst;
+        if (kind == 3) {
+            msh_st_file f;
+            pst = msh_st_open(&f, path, err);
+            if (pst == MSH_OK)
+                pst = msh_st_inspect(&f, o, err);
+            msh_st_free(&f);
+        } else {
+            msh_pth p;
+            pst = msh_pth_open(&p, path, NULL, err);
+            if (pst == MSH_OK)
+                pst = msh_pth_inspect(&p, o, err);
+            msh_pth_free(&p);
+        }
         if (pst == MSH_OK && !(*json_out = cJSON_PrintUnformatted(o)))
             pst = msh_fail(err, MSH_ERR_NOMEM, "out of memory");
         cJSON_Delete(o);

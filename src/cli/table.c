@@ -73,10 +73,31 @@ static void print_pth(const cJSON *r, FILE *out) {
     }
 }
 
+static void print_st(const cJSON *r, FILE *out) {
+    char a[32], b[32];
+    human(num(r, "file_bytes"), a, sizeof a);
+    human(num(r, "header_bytes"), b, sizeof b);
+    fprintf(out, "%s: safetensors, %s: %.0f tensors, %s header\n", str(r, "path"), a,
+            num(r, "tensor_count"), b);
+    const cJSON *x;
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "by_dtype")) {
+        human(num(x, "bytes"), a, sizeof a);
+        fprintf(out, "    %-14s %8.0f tensors %12s\n", str(x, "dtype"), num(x, "count"), a);
+    }
+    const cJSON *dup = cJSON_GetObjectItemCaseSensitive(r, "duplicates");
+    human(num(dup, "saved_bytes"), a, sizeof a);
+    fprintf(out, "  duplicates: %.0f groups, %.0f redundant tensors, %s\n", num(dup, "groups"),
+            num(dup, "tensors"), a);
+}
+
 void msh_cli_print_table(const cJSON *r, FILE *out) {
     char a[32], b[32], c[32], sh[96];
     if (strcmp(str(r, "format"), "pth") == 0) {
         print_pth(r, out);
+        return;
+    }
+    if (strcmp(str(r, "format"), "safetensors") == 0) {
+        print_st(r, out);
         return;
     }
     double file = num(r, "file_bytes"), ext = num(r, "external_bytes");

@@ -9,6 +9,7 @@
 
 #include "common/msh_io.h"
 #include "formats/onnx_model.h"
+#include "formats/safetensors.h"
 #include "kernels/msh_convert.h"
 
 #define PTH_MAX_PICKLE ((int64_t)1 << 31)
@@ -290,23 +291,6 @@ msh_status msh_pth_inspect(const msh_pth *p, cJSON *o, msh_error *e) {
 
 /* ---- safetensors output ---- */
 
-static const char *st_dtype(int32_t t) {
-    switch (t) {
-    case 1: return "F32";
-    case 10: return "F16";
-    case 16: return "BF16";
-    case 11: return "F64";
-    case 7: return "I64";
-    case 6: return "I32";
-    case 5: return "I16";
-    case 3: return "I8";
-    case 2: return "U8";
-    case 9: return "BOOL";
-    case 14: return "C64";
-    default: return NULL;
-    }
-}
-
 static int contiguous(const msh_pth_tensor *t) {
     int64_t want = 1;
     for (size_t d = t->ndim; d-- > 0;) {
@@ -346,6 +330,16 @@ static msh_status gather(const msh_pth *p, const msh_pth_tensor *t, uint8_t *dst
     return st;
 }
 
+typedef struct gather_ctx {
+    const msh_pth *p;
+    const msh_pth_tensor *t;
+} gather_ctx;
+
+static msh_status gather_cb(void *ctx, uint8_t *dst, msh_error *e) {
+    gather_ctx *g = ctx;
+    return gather(g->p, g->t, dst, e);
+}
+
 msh_status msh_pth_write_safetensors(const msh_pth *p, const char *out_path, int float_type,
                                      uint32_t f16_min_abs, uint32_t f16_max_abs, int64_t *bytes_out,
                                      int64_t *tensors, uint64_t *clamped, msh_error *e) {
@@ -361,111 +355,39 @@ msh_status msh_pth_write_safetensors(const msh_pth *p, const char *out_path, int
                         "it with --key",
                         *keys ? keys : "none");
     }
-    cJSON *h = cJSON_CreateObject();
-    cJSON *meta = cJSON_AddObjectToObject(h, "__metadata__");
-    cJSON_AddStringToObject(meta, "format", "pt");
-    int64_t at = 0, n = 0;
+    msh_st_item *items = calloc(p->nt + 1, sizeof *items);
+    gather_ctx *g = calloc(p->nt + 1, sizeof *g);
+    if (!items || !g) {
+        free(items);
+        free(g);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    size_t n = 0;
     for (size_t i = 0; i < p->nt; i++) {
         const msh_pth_tensor *t = &p->t[i];
         if (t->cat != MSH_PTH_WEIGHTS || !t->key)
             continue;
-        int32_t dt = float_type && t->dtype == 1 ? float_type : t->dtype;
-        if (!st_dtype(dt)) {
-            cJSON_Delete(h);
-            return msh_fail(e, MSH_ERR_UNSUPPORTED,
-                            "tensor '%.200s': element type %s has no "
-                            "safetensors name",
-                            t->name, msh_onnx_dtype_name(dt));
+        msh_st_item *it = &items[n];
+        it->name = t->key;
+        it->dtype_in = t->dtype;
+        it->dtype_out = float_type && t->dtype == 1 ? float_type : t->dtype;
+        it->shape = t->shape;
+        it->ndim = t->ndim;
+        it->numel = t->numel;
+        it->fd = p->fd;
+        it->offset = p->s[t->storage].file_offset + t->offset * msh_onnx_elem_size(t->dtype);
+        if (!contiguous(t)) {
+            g[n] = (gather_ctx){p, t};
+            it->gather = gather_cb;
+            it->ctx = &g[n];
         }
-        if (cJSON_GetObjectItemCaseSensitive(h, t->key)) {
-            cJSON_Delete(h);
-            return msh_fail(e, MSH_ERR_FORMAT, "state dict names '%.200s' twice", t->key);
-        }
-        int64_t nb = t->numel * msh_onnx_elem_size(dt);
-        cJSON *x = cJSON_AddObjectToObject(h, t->key);
-        cJSON_AddStringToObject(x, "dtype", st_dtype(dt));
-        cJSON *shape = cJSON_AddArrayToObject(x, "shape");
-        for (size_t d = 0; d < t->ndim; d++)
-            cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[d]));
-        cJSON *offs = cJSON_AddArrayToObject(x, "data_offsets");
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)at));
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(at + nb)));
-        at += nb;
         n++;
     }
-    char *json = cJSON_PrintUnformatted(h);
-    cJSON_Delete(h);
-    if (!json)
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    size_t hl = strlen(json), padded = (hl + 7) / 8 * 8;
-    msh_sink s;
-    msh_status st = msh_sink_open(&s, out_path, e);
-    if (st != MSH_OK) {
-        free(json);
-        return st;
-    }
-    uint8_t len8[8];
-    msh_store_le64(len8, padded);
-    st = msh_sink_write(&s, len8, 8, e);
+    msh_status st =
+        msh_st_write(out_path, items, n, f16_min_abs, f16_max_abs, bytes_out, clamped, e);
+    free(items);
+    free(g);
     if (st == MSH_OK)
-        st = msh_sink_write(&s, json, hl, e);
-    free(json);
-    for (size_t k = hl; st == MSH_OK && k < padded; k++)
-        st = msh_sink_write(&s, " ", 1, e);
-    msh_f16_bounds b = {f16_min_abs, f16_max_abs};
-    uint8_t *chunk = malloc((size_t)4 << 20), *conv = malloc((size_t)2 << 20);
-    if (!chunk || !conv)
-        st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; st == MSH_OK && i < p->nt; i++) {
-        const msh_pth_tensor *t = &p->t[i];
-        if (t->cat != MSH_PTH_WEIGHTS || !t->key)
-            continue;
-        int64_t es = msh_onnx_elem_size(t->dtype);
-        int conv_on = float_type && t->dtype == 1;
-        if (t->nbytes == 0)
-            continue;
-        if (contiguous(t) && !conv_on) {
-            st = msh_sink_copy_from(&s, p->fd, p->s[t->storage].file_offset + t->offset * es,
-                                    t->nbytes, e);
-            continue;
-        }
-        uint8_t *all = NULL;
-        if (!contiguous(t)) {
-            all = malloc((size_t)t->nbytes + 1);
-            st = all ? gather(p, t, all, e) : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-        }
-        for (int64_t off = 0; st == MSH_OK && off < t->nbytes;) {
-            size_t len =
-                t->nbytes - off < ((int64_t)4 << 20) ? (size_t)(t->nbytes - off) : (size_t)4 << 20;
-            const uint8_t *src = all ? all + off : chunk;
-            if (!all)
-                st = msh_pread_full(p->fd, chunk, len,
-                                    p->s[t->storage].file_offset + t->offset * es + off, e);
-            if (st != MSH_OK)
-                break;
-            if (!conv_on) {
-                st = msh_sink_write(&s, src, len, e);
-            } else if (float_type == 10) {
-                *clamped += msh_f32_to_f16_buf(src, conv, len / 4, &b);
-                st = msh_sink_write(&s, conv, len / 2, e);
-            } else {
-                msh_f32_to_bf16_buf(src, conv, len / 4);
-                st = msh_sink_write(&s, conv, len / 2, e);
-            }
-            off += (int64_t)len;
-        }
-        free(all);
-    }
-    free(chunk);
-    free(conv);
-    if (st == MSH_OK)
-        st = msh_sink_finish(&s, e);
-    if (st == MSH_OK)
-        st = msh_sink_rename(&s, e);
-    if (st == MSH_OK) {
-        *bytes_out = s.written;
-        *tensors = n;
-    }
-    msh_sink_abort(&s);
+        *tensors = (int64_t)n;
     return st;
 }
