@@ -213,10 +213,6 @@ static msh_status convert_st(const char *in_path, const char *out_path,
 static msh_status convert_pth(const char *in_path, const char *out_path,
                               const msh_convert_options *opt, msh_convert_result *res,
                               msh_error *err) {
-    if (opt->out_format != 0)
-        return msh_fail(err, MSH_ERR_UNSUPPORTED,
-                        "--format pth (weights-only .pth output) is not implemented yet; use "
-                        "--format safetensors");
     msh_pth p;
     msh_status st = check_paths(NULL, in_path, out_path, err);
     if (st == MSH_OK)
@@ -224,8 +220,9 @@ static msh_status convert_pth(const char *in_path, const char *out_path,
     int64_t out = 0, n = 0; /* n: tensors written */
     uint64_t clamped = 0;
     if (st == MSH_OK)
-        st = msh_pth_write_safetensors(&p, out_path, opt->float_type, f32_bits(opt->fp16_min),
-                                       f32_bits(opt->fp16_max), &out, &n, &clamped, err);
+        st = (opt->out_format == 1 ? msh_pth_write_pth : msh_pth_write_safetensors)(
+            &p, out_path, opt->float_type, f32_bits(opt->fp16_min), f32_bits(opt->fp16_max), &out,
+            &n, &clamped, err);
     if (st == MSH_OK) {
         res->bytes_in = p.file_size;
         res->bytes_out = out;

@@ -268,3 +268,39 @@ void msh_sink_abort(msh_sink *s) {
     s->tmp_path = s->final_path = NULL;
     s->buf = NULL;
 }
+
+msh_status msh_sink_patch(msh_sink *s, int64_t off, const void *p, size_t n, msh_error *e) {
+    MSH_FORWARD(msh_sink_flush(s, e));
+    const uint8_t *b = p;
+    while (n > 0) {
+        ssize_t k = pwrite(s->fd, b, n, (off_t)off);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            return msh_fail(e, MSH_ERR_IO, "cannot write %s: %s", s->final_path, strerror(errno));
+        }
+        b += k;
+        n -= (size_t)k;
+        off += k;
+    }
+    return MSH_OK;
+}
+
+uint32_t msh_crc32(uint32_t crc, const void *p, size_t n) {
+    static uint32_t table[256];
+    static int ready;
+    if (!ready) {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++)
+                c = c & 1u ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            table[i] = c;
+        }
+        ready = 1; /* idempotent: racing threads write the same values */
+    }
+    const uint8_t *b = p;
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++)
+        crc = table[(crc ^ b[i]) & 0xFFu] ^ (crc >> 8);
+    return ~crc;
+}

@@ -47,6 +47,12 @@ msh_status msh_sink_rename(msh_sink *s, msh_error *e);
 /* Close and remove the temporary file (safe to call after rename, then it only frees). */
 void msh_sink_abort(msh_sink *s);
 
+/* Overwrite `n` bytes at `off` of the written part (everything buffered is flushed first). */
+msh_status msh_sink_patch(msh_sink *s, int64_t off, const void *p, size_t n, msh_error *e);
+
+/* CRC-32 (IEEE 802.3, as zip uses it), continued from `crc` (start with 0). */
+uint32_t msh_crc32(uint32_t crc, const void *p, size_t n);
+
 /* The folder part of a path ("." when none); malloc'd. */
 char *msh_path_dir(const char *path);
 

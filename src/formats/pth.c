@@ -391,3 +391,309 @@ msh_status msh_pth_write_safetensors(const msh_pth *p, const char *out_path, int
         *tensors = (int64_t)n;
     return st;
 }
+
+/* ---- weights-only .pth output ---- */
+
+typedef struct pbuf {
+    uint8_t *b;
+    size_t n, cap;
+    int oom;
+} pbuf;
+
+static void put(pbuf *p, const void *d, size_t n) {
+    if (p->oom)
+        return;
+    if (p->n + n > p->cap) {
+        size_t cap = p->cap ? p->cap : 4096;
+        while (cap < p->n + n)
+            cap *= 2;
+        uint8_t *nb = realloc(p->b, cap);
+        if (!nb) {
+            p->oom = 1;
+            return;
+        }
+        p->b = nb;
+        p->cap = cap;
+    }
+    memcpy(p->b + p->n, d, n);
+    p->n += n;
+}
+
+static void put_op(pbuf *p, uint8_t op) {
+    put(p, &op, 1);
+}
+
+static void put_str(pbuf *p, const char *s) { /* BINUNICODE */
+    uint32_t n = (uint32_t)strlen(s);
+    uint8_t h[5] = {'X', (uint8_t)n, (uint8_t)(n >> 8), (uint8_t)(n >> 16), (uint8_t)(n >> 24)};
+    put(p, h, 5);
+    put(p, s, n);
+}
+
+static void put_int(pbuf *p, int64_t v) { /* LONG1, 8 bytes: any int64 */
+    uint8_t h[10] = {0x8a, 8};
+    for (int i = 0; i < 8; i++)
+        h[2 + i] = (uint8_t)((uint64_t)v >> (8 * i));
+    put(p, h, 10);
+}
+
+static void put_global(pbuf *p, const char *mod, const char *name) {
+    put_op(p, 'c');
+    put(p, mod, strlen(mod));
+    put_op(p, '\n');
+    put(p, name, strlen(name));
+    put_op(p, '\n');
+}
+
+static const char *storage_class(int32_t t) {
+    switch (t) {
+    case 1: return "FloatStorage";
+    case 10: return "HalfStorage";
+    case 16: return "BFloat16Storage";
+    case 11: return "DoubleStorage";
+    case 7: return "LongStorage";
+    case 6: return "IntStorage";
+    case 5: return "ShortStorage";
+    case 3: return "CharStorage";
+    case 2: return "ByteStorage";
+    case 9: return "BoolStorage";
+    default: return NULL;
+    }
+}
+
+typedef struct out_storage {
+    const msh_pth_tensor *t; /* the first tensor that is this exact view */
+    int32_t dtype;           /* as written */
+} out_storage;
+
+static int same_view(const msh_pth_tensor *a, const msh_pth_tensor *b) {
+    return a->storage == b->storage && a->offset == b->offset && a->ndim == b->ndim &&
+           a->dtype == b->dtype && memcmp(a->shape, b->shape, a->ndim * sizeof *a->shape) == 0 &&
+           memcmp(a->stride, b->stride, a->ndim * sizeof *a->stride) == 0;
+}
+
+static void zip_local(pbuf *h, const char *name, uint32_t size) {
+    uint8_t z[30] = {0x50, 0x4b, 0x03, 0x04, 20, 0};
+    uint16_t n = (uint16_t)strlen(name);
+    /* crc (14..17) is patched once the data is written; sizes are known */
+    for (int i = 0; i < 4; i++) {
+        z[18 + i] = (uint8_t)(size >> (8 * i));
+        z[22 + i] = (uint8_t)(size >> (8 * i));
+    }
+    z[26] = (uint8_t)n;
+    z[27] = (uint8_t)(n >> 8);
+    put(h, z, 30);
+    put(h, name, n);
+}
+
+static void zip_central(pbuf *cd, const char *name, uint32_t size, uint32_t crc, uint32_t off) {
+    uint8_t z[46] = {0x50, 0x4b, 0x01, 0x02, 20, 0, 20, 0};
+    uint16_t n = (uint16_t)strlen(name);
+    for (int i = 0; i < 4; i++) {
+        z[16 + i] = (uint8_t)(crc >> (8 * i));
+        z[20 + i] = (uint8_t)(size >> (8 * i));
+        z[24 + i] = (uint8_t)(size >> (8 * i));
+        z[42 + i] = (uint8_t)(off >> (8 * i));
+    }
+    z[28] = (uint8_t)n;
+    z[29] = (uint8_t)(n >> 8);
+    put(cd, z, 46);
+    put(cd, name, n);
+}
+
+typedef struct zw {
+    msh_sink *s;
+    pbuf cd;
+    uint16_t entries;
+    msh_error *e;
+} zw;
+
+/* One STORED entry whose bytes come from `fill` in pieces (CRC computed on the way). */
+static msh_status zip_entry(zw *z, const char *name, const uint8_t *mem, int64_t size,
+                            const msh_pth *p, const msh_pth_tensor *t, int32_t out_type,
+                            const msh_f16_bounds *b, uint64_t *clamped) {
+    if (size > 0x7FFFFFFF || z->s->written > 0x7FFFFFFF)
+        return msh_fail(z->e, MSH_ERR_LIMIT,
+                        "--format pth writes files under 2 GiB; use "
+                        "safetensors for larger state dicts");
+    pbuf h = {0};
+    int64_t at = z->s->written;
+    zip_local(&h, name, (uint32_t)size);
+    if (h.oom)
+        return msh_fail(z->e, MSH_ERR_NOMEM, "out of memory");
+    msh_status st = msh_sink_write(z->s, h.b, h.n, z->e);
+    free(h.b);
+    uint32_t crc = 0;
+    if (mem) {
+        crc = msh_crc32(0, mem, (size_t)size);
+        if (st == MSH_OK)
+            st = msh_sink_write(z->s, mem, (size_t)size, z->e);
+    } else if (st == MSH_OK) {
+        /* a tensor: its elements, contiguous, converted when asked */
+        int64_t es = msh_onnx_elem_size(t->dtype);
+        uint8_t *all = NULL, *chunk = malloc((size_t)4 << 20), *conv = malloc((size_t)2 << 20);
+        if (!chunk || !conv)
+            st = msh_fail(z->e, MSH_ERR_NOMEM, "out of memory");
+        if (st == MSH_OK && !contiguous(t) && t->nbytes > 0) {
+            all = malloc((size_t)t->nbytes);
+            st = all ? gather(p, t, all, z->e) : msh_fail(z->e, MSH_ERR_NOMEM, "out of memory");
+        }
+        for (int64_t off = 0; st == MSH_OK && off < t->nbytes;) {
+            size_t len =
+                t->nbytes - off < ((int64_t)4 << 20) ? (size_t)(t->nbytes - off) : (size_t)4 << 20;
+            const uint8_t *src = all ? all + off : chunk;
+            if (!all)
+                st = msh_pread_full(p->fd, chunk, len,
+                                    p->s[t->storage].file_offset + t->offset * es + off, z->e);
+            if (st != MSH_OK)
+                break;
+            size_t wl = len;
+            if (out_type == 10) {
+                *clamped += msh_f32_to_f16_buf(src, conv, len / 4, b);
+                src = conv;
+                wl = len / 2;
+            } else if (out_type == 16) {
+                msh_f32_to_bf16_buf(src, conv, len / 4);
+                src = conv;
+                wl = len / 2;
+            }
+            crc = msh_crc32(crc, src, wl);
+            st = msh_sink_write(z->s, src, wl, z->e);
+            off += (int64_t)len;
+        }
+        free(all);
+        free(chunk);
+        free(conv);
+    }
+    uint8_t c4[4] = {(uint8_t)crc, (uint8_t)(crc >> 8), (uint8_t)(crc >> 16), (uint8_t)(crc >> 24)};
+    if (st == MSH_OK)
+        st = msh_sink_patch(z->s, at + 14, c4, 4, z->e);
+    zip_central(&z->cd, name, (uint32_t)size, crc, (uint32_t)at);
+    z->entries++;
+    return z->cd.oom ? msh_fail(z->e, MSH_ERR_NOMEM, "out of memory") : st;
+}
+
+msh_status msh_pth_write_pth(const msh_pth *p, const char *out_path, int float_type,
+                             uint32_t f16_min_abs, uint32_t f16_max_abs, int64_t *bytes_out,
+                             int64_t *tensors, uint64_t *clamped, msh_error *e) {
+    if (!p->sd_key)
+        return msh_fail(e, MSH_ERR_USAGE, "no model state dict found; name it with --key");
+    out_storage *os = calloc(p->nt + 1, sizeof *os);
+    size_t *which = calloc(p->nt + 1, sizeof *which);
+    if (!os || !which) {
+        free(os);
+        free(which);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    /* output storages: identical views share one (tied weights), every other view gets its own
+     * contiguous copy */
+    size_t nos = 0;
+    pbuf pk = {0};
+    put(&pk, "\x80\x02", 2);
+    put_global(&pk, "collections", "OrderedDict");
+    put_op(&pk, ')');
+    put_op(&pk, 'R');
+    put_op(&pk, '(');
+    int64_t n = 0;
+    msh_status st = MSH_OK;
+    for (size_t i = 0; i < p->nt && st == MSH_OK; i++) {
+        const msh_pth_tensor *t = &p->t[i];
+        if (t->cat != MSH_PTH_WEIGHTS || !t->key)
+            continue;
+        size_t k = 0;
+        while (k < nos && !same_view(os[k].t, t))
+            k++;
+        if (k == nos)
+            os[nos++] = (out_storage){t, float_type && t->dtype == 1 ? float_type : t->dtype};
+        const char *cls = storage_class(os[k].dtype);
+        if (!cls) {
+            st = msh_fail(e, MSH_ERR_UNSUPPORTED, "tensor '%.200s': element type %s", t->name,
+                          msh_onnx_dtype_name(t->dtype));
+            break;
+        }
+        char key[32];
+        snprintf(key, sizeof key, "%zu", k);
+        put_str(&pk, t->key);
+        put_global(&pk, "torch._utils", "_rebuild_tensor_v2");
+        put_op(&pk, '(');
+        put_op(&pk, '(');
+        put_str(&pk, "storage");
+        put_global(&pk, "torch", cls);
+        put_str(&pk, key);
+        put_str(&pk, "cpu");
+        put_int(&pk, t->numel);
+        put_op(&pk, 't');
+        put_op(&pk, 'Q');
+        put_int(&pk, 0); /* offset */
+        put_op(&pk, '(');
+        for (size_t d = 0; d < t->ndim; d++)
+            put_int(&pk, t->shape[d]);
+        put_op(&pk, 't');
+        put_op(&pk, '(');
+        int64_t stride = 1;
+        int64_t strides[64];
+        for (size_t d = t->ndim; d-- > 0;) {
+            strides[d] = stride;
+            stride *= t->shape[d];
+        }
+        for (size_t d = 0; d < t->ndim; d++)
+            put_int(&pk, strides[d]);
+        put_op(&pk, 't');
+        put_op(&pk, 0x89); /* requires_grad False */
+        put_global(&pk, "collections", "OrderedDict");
+        put_op(&pk, ')');
+        put_op(&pk, 'R');
+        put_op(&pk, 't');
+        put_op(&pk, 'R');
+        n++;
+    }
+    put_op(&pk, 'u');
+    put_op(&pk, '.');
+    if (st == MSH_OK && pk.oom)
+        st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    msh_sink s;
+    int open = 0;
+    if (st == MSH_OK && (st = msh_sink_open(&s, out_path, e)) == MSH_OK)
+        open = 1;
+    zw z = {&s, {0}, 0, e};
+    msh_f16_bounds b = {f16_min_abs, f16_max_abs};
+    if (st == MSH_OK)
+        st = zip_entry(&z, "archive/data.pkl", pk.b, (int64_t)pk.n, NULL, NULL, 0, NULL, NULL);
+    for (size_t k = 0; st == MSH_OK && k < nos; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "archive/data/%zu", k);
+        int64_t size = os[k].t->numel * msh_onnx_elem_size(os[k].dtype);
+        st = zip_entry(&z, name, NULL, size, p, os[k].t,
+                       os[k].dtype != os[k].t->dtype ? os[k].dtype : 0, &b, clamped);
+    }
+    if (st == MSH_OK)
+        st = zip_entry(&z, "archive/version", (const uint8_t *)"3\n", 2, NULL, NULL, 0, NULL, NULL);
+    if (st == MSH_OK) {
+        int64_t cd_at = s.written;
+        uint8_t end[22] = {0x50, 0x4b, 0x05, 0x06};
+        end[8] = end[10] = (uint8_t)z.entries;
+        end[9] = end[11] = (uint8_t)(z.entries >> 8);
+        for (int i = 0; i < 4; i++) {
+            end[12 + i] = (uint8_t)(z.cd.n >> (8 * i));
+            end[16 + i] = (uint8_t)((uint64_t)cd_at >> (8 * i));
+        }
+        st = msh_sink_write(&s, z.cd.b, z.cd.n, e);
+        if (st == MSH_OK)
+            st = msh_sink_write(&s, end, 22, e);
+    }
+    if (st == MSH_OK)
+        st = msh_sink_finish(&s, e);
+    if (st == MSH_OK)
+        st = msh_sink_rename(&s, e);
+    if (st == MSH_OK) {
+        *bytes_out = s.written;
+        *tensors = n;
+    }
+    if (open)
+        msh_sink_abort(&s);
+    free(z.cd.b);
+    free(pk.b);
+    free(os);
+    free(which);
+    return st;
+}

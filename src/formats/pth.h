@@ -67,4 +67,10 @@ msh_status msh_pth_write_safetensors(const msh_pth *p, const char *out_path, int
                                      uint32_t f16_min_abs, uint32_t f16_max_abs, int64_t *bytes_out,
                                      int64_t *tensors, uint64_t *clamped, msh_error *e);
 
+/* Write the state dict as a weights-only torch.save archive (torch.load(weights_only=True)):
+ * identical views share one storage; every tensor is contiguous. Under 2 GiB. */
+msh_status msh_pth_write_pth(const msh_pth *p, const char *out_path, int float_type,
+                             uint32_t f16_min_abs, uint32_t f16_max_abs, int64_t *bytes_out,
+                             int64_t *tensors, uint64_t *clamped, msh_error *e);
+
 #endif
