@@ -42,6 +42,7 @@ static const char *usage_text =
     "      --staging-mib N     GPU pinned staging buffer size (default 64; two are used)\n"
     "\n"
     "PyTorch checkpoints (.pth, torch >= 1.6 zip format) are stripped to their state dict:\n"
+    "      --strip             keep only the state dict (the default for checkpoints)\n"
     "      --key NAME          the state dict's key (default: model_state_dict, state_dict,\n"
     "                          model, module, net, network; or a bare state dict)\n"
     "      --format F          safetensors (default) or pth (weights-only; not yet)\n"
@@ -101,6 +102,29 @@ static int has_suffix(const char *s, const char *suf) {
     return n >= k && strcmp(s + n - k, suf) == 0;
 }
 
+static int g_out_format; /* --format, for naming stripped checkpoints in folder mode */
+
+static int is_model_name(const char *n) {
+    return has_suffix(n, ".onnx") || has_suffix(n, ".pth") || has_suffix(n, ".pt") ||
+           has_suffix(n, ".ckpt") || has_suffix(n, ".safetensors");
+}
+
+/* A checkpoint stripped to safetensors is named *.safetensors in the output tree. */
+static char *out_name(const char *dst, int out_format) {
+    const char *ext[] = {".pth", ".pt", ".ckpt"};
+    for (size_t i = 0; out_format == 0 && i < 3; i++)
+        if (has_suffix(dst, ext[i])) {
+            size_t n = strlen(dst) - strlen(ext[i]);
+            char *r = malloc(n + 13);
+            if (r) {
+                memcpy(r, dst, n);
+                memcpy(r + n, ".safetensors", 13);
+            }
+            return r;
+        }
+    return strdup(dst);
+}
+
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -142,8 +166,10 @@ static int walk_dir(jobs *j, const char *dir, const char *out, const struct stat
             if (S_ISDIR(sb.st_mode)) {
                 if (!(out_st && sb.st_dev == out_st->st_dev && sb.st_ino == out_st->st_ino))
                     ok &= walk_dir(j, src, dst, out_st, depth + 1);
-            } else if (S_ISREG(sb.st_mode) && has_suffix(names[i], ".onnx")) {
-                ok &= jobs_add(j, src, dst);
+            } else if (S_ISREG(sb.st_mode) && is_model_name(names[i])) {
+                char *dst2 = out_name(dst, g_out_format);
+                ok &= dst2 && jobs_add(j, src, dst2);
+                free(dst2);
             }
         }
         free(src);
@@ -218,6 +244,7 @@ static int cmd_convert(int argc, char **argv) {
                                          {"verify", no_argument, 0, 16},
                                          {"staging-mib", required_argument, 0, 17},
                                          {"key", required_argument, 0, 18},
+                                         {"strip", no_argument, 0, 20},
                                          {"format", required_argument, 0, 19},
                                          {0, 0, 0, 0}};
     msh_convert_options opt;
@@ -279,6 +306,7 @@ static int cmd_convert(int argc, char **argv) {
             break;
         case 16: opt.verify = 1; break;
         case 18: opt.key = optarg; break;
+        case 20: break; /* checkpoints are always stripped to their state dict */
         case 19:
             if (strcmp(optarg, "safetensors") == 0)
                 opt.out_format = 0;
@@ -303,6 +331,7 @@ static int cmd_convert(int argc, char **argv) {
         default: return usage_error("convert: unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
+    g_out_format = opt.out_format;
     opt.block_ops = block_ops;
     opt.block_nodes = block_nodes;
     if (opt.fp16_min > opt.fp16_max)
