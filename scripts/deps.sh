@@ -41,7 +41,7 @@ required_pkgs=(
     build-essential cmake pkg-config
     protobuf-c-compiler libprotobuf-c-dev libonnx-dev
     libxxhash-dev libcjson-dev libonnx-testdata
-    python3-venv time
+    python3-venv time python3-torch
 )
 optional_pkgs=(clang) # for fuzzing later; its absence is not an error
 
@@ -129,4 +129,61 @@ else
         exit 1
     fi
     log "venv ready ($VENV)"
+fi
+
+# ---- .venv-torch: the benchmarks' PyTorch peer ---------------------------------------------------
+# A second venv that sees Debian's python3-torch (1.13, installed above) through
+# --system-site-packages, plus safetensors at the test pin. scripts/bench/peer_pth.py runs in it.
+if [ "$want_bench" -eq 1 ]; then
+    TVENV="$ROOT/.venv-torch"
+    # safetensors.torch imports packaging, which Debian's python3-torch does not bring; both go in
+    # at their pins in scripts/requirements-test.txt.
+    tpins=()
+    for name in safetensors packaging; do
+        pin="$(sed -n "s/^$name==\([^[:space:]#]*\).*/\1/p" "$ROOT/scripts/requirements-test.txt")"
+        if [ -z "$pin" ]; then
+            echo "deps: no $name pin in scripts/requirements-test.txt" >&2
+            exit 1
+        fi
+        tpins+=("$name==$pin")
+    done
+    if [ -x "$TVENV/bin/python" ]; then
+        base="$("$TVENV/bin/python" -c 'import sys; print(sys.base_prefix)' 2>/dev/null || echo broken)"
+        if [ "$base" != "$("$SYS_PY" -c 'import sys; print(sys.base_prefix)')" ] ||
+            ! grep -q '^include-system-site-packages = true' "$TVENV/pyvenv.cfg" 2>/dev/null; then
+            log "rebuilding $TVENV (not a --system-site-packages venv of $SYS_PY)"
+            rm -rf "$TVENV"
+        fi
+    fi
+    if [ ! -x "$TVENV/bin/python" ]; then
+        log "creating $TVENV with $SYS_PY --system-site-packages"
+        "$SYS_PY" -m venv --system-site-packages "$TVENV"
+    fi
+    # Only the venv's own site-packages count: a Debian python3-packaging at another version
+    # must not satisfy the pin.
+    tmissing="$("$TVENV/bin/python" - "${tpins[@]}" <<'PYEOF'
+import sys, sysconfig
+from importlib import metadata
+own = [sysconfig.get_paths()["purelib"]]
+bad = []
+for pin in sys.argv[1:]:
+    name, _, want = pin.partition("==")
+    have = [d.version for d in metadata.distributions(name=name, path=own)]
+    if have[:1] != [want]:
+        bad.append(pin)
+print(" ".join(bad))
+PYEOF
+)"
+    if [ -n "$tmissing" ]; then
+        log "pip install into $TVENV: $tmissing"
+        # shellcheck disable=SC2086  # $tmissing is a space-separated list of pins
+        PIP_DISABLE_PIP_VERSION_CHECK=1 "$TVENV/bin/pip" install -q $tmissing
+    fi
+    # Not fatal: the other benchmark cases do not need it, and the checkpoint case fails with
+    # this reason.
+    if "$TVENV/bin/python" -c 'import torch, safetensors.torch' 2>/dev/null; then
+        log "torch venv ready ($TVENV)"
+    else
+        log "warning: $TVENV cannot import torch and safetensors.torch (is python3-torch installed?)"
+    fi
 fi

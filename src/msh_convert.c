@@ -197,8 +197,8 @@ static msh_status convert_st(const char *in_path, const char *out_path,
     int64_t out = 0;
     uint64_t clamped = 0;
     if (st == MSH_OK)
-        st = msh_st_write(out_path, items, f.n, f32_bits(opt->fp16_min), f32_bits(opt->fp16_max),
-                          &out, &clamped, err);
+        st = msh_st_write(out_path, f.metadata, items, f.n, f32_bits(opt->fp16_min),
+                          f32_bits(opt->fp16_max), &out, &clamped, err);
     if (st == MSH_OK) {
         res->bytes_in = f.file_size;
         res->bytes_out = out;

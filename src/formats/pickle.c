@@ -176,7 +176,8 @@ static int allowed(const char *mod, const char *name) {
     if (strcmp(mod, "_codecs") == 0)
         return strcmp(name, "encode") == 0;
     if (strcmp(mod, "builtins") == 0 || strcmp(mod, "__builtin__") == 0)
-        return strcmp(name, "set") == 0 || strcmp(name, "frozenset") == 0;
+        return strcmp(name, "set") == 0 || strcmp(name, "frozenset") == 0 ||
+               strcmp(name, "slice") == 0 || strcmp(name, "complex") == 0;
     return 0;
 }
 
@@ -231,8 +232,13 @@ static msh_status apply(vm *v, msh_pk *f, msh_pk *args) {
         return msh_fail(v->e, MSH_ERR_UNSAFE,
                         "refused: pickle REDUCE on something that is not "
                         "an allowed global");
+    if (is(f, "builtins slice") || is(f, "__builtin__ slice") || is(f, "builtins complex") ||
+        is(f, "__builtin__ complex")) {
+        /* metadata values: kept as their argument tuple */
+        return push(v, args);
+    }
     if (is(f, "collections OrderedDict") || is(f, "builtins set") || is(f, "builtins frozenset") ||
-        is(f, "__builtin__ set")) {
+        is(f, "__builtin__ set") || is(f, "__builtin__ frozenset")) {
         msh_pk *d = new_obj(v, is(f, "collections OrderedDict") ? MSH_PK_DICT : MSH_PK_SET);
         if (d && args->n == 1 && args->items[0]->type == MSH_PK_LIST)
             for (size_t i = 0; i < args->items[0]->n; i++)
@@ -393,9 +399,10 @@ static msh_status run(vm *v) {
                 v->pos += 4;
             }
             MSH_FORWARD(need(v, n));
-            if (n > 8)
+            if (n > ((size_t)1 << 20))
                 return msh_fail(v->e, MSH_ERR_LIMIT, "pickle integer of %zu bytes", n);
-            uint64_t u = n ? le(v->b + v->pos, (int)n) : 0;
+            /* wider than 64 bits: metadata (no size or offset is that large); kept as 0 */
+            uint64_t u = n && n <= 8 ? le(v->b + v->pos, (int)n) : 0;
             if (n && n < 8 && (v->b[v->pos + n - 1] & 0x80))
                 u |= ~(uint64_t)0 << (8 * n); /* sign-extend */
             msh_pk *o = new_obj(v, MSH_PK_INT);
@@ -517,6 +524,7 @@ static msh_status run(vm *v) {
             MSH_FORWARD(add_item(v, c, b));
             MSH_FORWARD(add_item(v, c, a));
             break;
+        case 'i':   /* INST "module\nname\n": builds an instance, which torch never writes */
         case 'c': { /* GLOBAL "module\nname\n" */
             const uint8_t *s = v->b + v->pos, *end = v->b + v->len;
             const uint8_t *n1 = memchr(s, '\n', (size_t)(end - s));
@@ -529,6 +537,11 @@ static msh_status run(vm *v) {
             memcpy(name, n1 + 1, (size_t)(n2 - n1 - 1));
             name[n2 - n1 - 1] = 0;
             v->pos = (size_t)(n2 + 1 - v->b);
+            if (op == 'i')
+                return msh_fail(v->e, MSH_ERR_UNSAFE,
+                                "refused: pickle calls GLOBAL '%.100s "
+                                "%.100s' through INST, which torch.save never writes",
+                                mod, name);
             MSH_FORWARD(global(v, mod, name));
             break;
         }

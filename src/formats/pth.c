@@ -152,13 +152,20 @@ static msh_status walk_obj(walk *w, const msh_pk *o, char *path, size_t plen, in
     return MSH_OK;
 }
 
-static int all_tensors(const msh_pk *d) {
-    if (!d || d->type != MSH_PK_DICT || d->n == 0)
+/* A state dict: a non-empty dict whose leaves, through nested dicts, are all tensors. */
+static int all_tensors_rec(const msh_pk *d, int depth) {
+    if (!d || d->type != MSH_PK_DICT || d->n == 0 || depth > 64)
         return 0;
-    for (size_t i = 1; i < d->n; i += 2)
-        if (d->items[i]->type != MSH_PK_TENSOR)
+    for (size_t i = 1; i < d->n; i += 2) {
+        const msh_pk *v = d->items[i];
+        if (v->type != MSH_PK_TENSOR && !all_tensors_rec(v, depth + 1))
             return 0;
+    }
     return 1;
+}
+
+static int all_tensors(const msh_pk *d) {
+    return all_tensors_rec(d, 0);
 }
 
 msh_status msh_pth_open(msh_pth *p, const char *path, const char *key, msh_error *e) {
@@ -384,7 +391,7 @@ msh_status msh_pth_write_safetensors(const msh_pth *p, const char *out_path, int
         n++;
     }
     msh_status st =
-        msh_st_write(out_path, items, n, f16_min_abs, f16_max_abs, bytes_out, clamped, e);
+        msh_st_write(out_path, NULL, items, n, f16_min_abs, f16_max_abs, bytes_out, clamped, e);
     free(items);
     free(g);
     if (st == MSH_OK)

@@ -44,9 +44,45 @@ int msh_st_sniff(const uint8_t *h, size_t n, int64_t file_size) {
     return h[8] == '{' && len >= 2 && len < ((uint64_t)1 << 40);
 }
 
+/* By offset, empty tensors first: [k, k] may sit where the next tensor starts. */
 static int cmp_offset(const void *a, const void *b) {
     const msh_st_tensor *x = a, *y = b;
-    return x->offset < y->offset ? -1 : x->offset > y->offset;
+    if (x->offset != y->offset)
+        return x->offset < y->offset ? -1 : 1;
+    return x->nbytes < y->nbytes ? -1 : x->nbytes > y->nbytes;
+}
+
+/* Strict UTF-8: no overlongs, no surrogates, nothing above U+10FFFF. */
+static int utf8_ok(const uint8_t *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        uint8_t c = s[i];
+        size_t k;
+        uint32_t cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            k = 1, cp = c & 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            k = 2, cp = c & 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            k = 3, cp = c & 0x07;
+        } else {
+            return 0;
+        }
+        if (n - i <= k)
+            return 0;
+        for (size_t j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xC0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (s[i + j] & 0x3F);
+        }
+        if ((k == 1 && cp < 0x80) || (k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
+            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        i += k + 1;
+    }
+    return 1;
 }
 
 msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
@@ -78,6 +114,8 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
     if (!hdr)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     msh_status st = msh_pread_full(f->fd, hdr, (size_t)n, 8, e);
+    if (st == MSH_OK && !utf8_ok((const uint8_t *)hdr, (size_t)n))
+        st = msh_fail(e, MSH_ERR_FORMAT, "safetensors: the header is not valid UTF-8");
     cJSON *j = st == MSH_OK ? cJSON_ParseWithLength(hdr, (size_t)n) : NULL;
     free(hdr);
     MSH_FORWARD(st);
@@ -102,6 +140,7 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
                 msh_fail(e, MSH_ERR_FORMAT, "safetensors: __metadata__ values must be strings");
             if (st != MSH_OK)
                 break;
+            f->metadata = cJSON_PrintUnformatted(it);
             continue;
         }
         msh_st_tensor *t = &f->t[f->n++];
@@ -178,6 +217,7 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
 }
 
 void msh_st_free(msh_st_file *f) {
+    free(f->metadata);
     for (size_t i = 0; i < f->n; i++)
         free(f->t[i].name);
     free(f->t);
@@ -291,12 +331,16 @@ msh_status msh_st_inspect(const msh_st_file *f, cJSON *o, msh_error *e) {
     return st;
 }
 
-msh_status msh_st_write(const char *out_path, const msh_st_item *items, size_t n,
-                        uint32_t f16_min_abs, uint32_t f16_max_abs, int64_t *bytes_out,
+msh_status msh_st_write(const char *out_path, const char *metadata, const msh_st_item *items,
+                        size_t n, uint32_t f16_min_abs, uint32_t f16_max_abs, int64_t *bytes_out,
                         uint64_t *clamped, msh_error *e) {
     cJSON *h = cJSON_CreateObject();
-    cJSON *meta = cJSON_AddObjectToObject(h, "__metadata__");
-    cJSON_AddStringToObject(meta, "format", "pt");
+    cJSON *meta = metadata ? cJSON_Parse(metadata) : NULL;
+    if (!meta) {
+        meta = cJSON_CreateObject();
+        cJSON_AddStringToObject(meta, "format", "pt");
+    }
+    cJSON_AddItemToObject(h, "__metadata__", meta);
     int64_t at = 0;
     for (size_t i = 0; i < n; i++) {
         const msh_st_item *t = &items[i];

@@ -33,6 +33,7 @@ typedef struct msh_st_file {
     int64_t file_size, header_bytes;
     msh_st_tensor *t;
     size_t n;
+    char *metadata; /* the "__metadata__" object as JSON, or NULL */
 } msh_st_file;
 
 /* 1 when the first bytes look like safetensors (length, then '{'). */
@@ -56,8 +57,9 @@ typedef struct msh_st_item {
 
 const char *msh_st_dtype_name(int32_t onnx_type);
 
-msh_status msh_st_write(const char *out_path, const msh_st_item *items, size_t n,
-                        uint32_t f16_min_abs, uint32_t f16_max_abs, int64_t *bytes_out,
+/* `metadata`: a JSON object for "__metadata__" (NULL: {"format": "pt"}). */
+msh_status msh_st_write(const char *out_path, const char *metadata, const msh_st_item *items,
+                        size_t n, uint32_t f16_min_abs, uint32_t f16_max_abs, int64_t *bytes_out,
                         uint64_t *clamped, msh_error *e);
 
 #endif
