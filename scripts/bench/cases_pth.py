@@ -281,11 +281,13 @@ def pth_strip(ctx):
                          ms.rss_mib, peer.rss_mib, ms.out_bytes / h.MIB, TARGET_RSS_SLACK_MIB,
                          limit, "met" if ms.rss_mib <= limit else "**not met**"))
     if check and not check.get("error"):
-        notes.append("- outputs: %s; the two files are %sbyte-identical (metadata %s vs %s)" % (
+        notes.append("- outputs: %s; metadata %s vs %s; the files are %s" % (
             "same %d tensor names, dtypes, shapes and bytes" % check["tensors"]
             if check["identical"] else "**differ** (%d problems)" % check["n_problems"],
-            "" if check["files_identical"] else "not ",
-            json.dumps(check["meta"]), json.dumps(check["meta_other"])))
+            json.dumps(check["meta"]), json.dumps(check["meta_other"]),
+            "byte-identical" if check["files_identical"] else
+            "not byte-identical: the tensors are laid out in another order (safetensors.torch "
+            "sorts them by dtype alignment, then name; modelshrink keeps the state dict's order)"))
     return h.CaseResult(columns, rows, preface=preface, notes="\n".join(notes),
                         versions=[("torch (.venv-torch)", torch_v),
                                   ("safetensors (.venv-torch)", st_v)])
