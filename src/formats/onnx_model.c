@@ -20,6 +20,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "common/msh_io.h"
 
 msh_status msh_onnx_add_payload(msh_onnx_model *m, int src, int64_t off, int64_t len, size_t *idx,
@@ -65,6 +67,19 @@ const char *msh_onnx_dtype_name(int32_t t) {
     if (t >= 0 && t < (int32_t)(sizeof names / sizeof names[0]))
         return names[t];
     return "UNKNOWN";
+}
+
+void msh_json_by_dtype(void *report, const int64_t count[32], const int64_t bytes[32]) {
+    cJSON *bd = cJSON_AddArrayToObject((cJSON *)report, "by_dtype");
+    for (int d = 0; d < 32; d++) {
+        if (!count[d])
+            continue;
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "dtype", msh_onnx_dtype_name(d == 31 ? -1 : d));
+        cJSON_AddNumberToObject(x, "count", (double)count[d]);
+        cJSON_AddNumberToObject(x, "bytes", (double)bytes[d]);
+        cJSON_AddItemToArray(bd, x);
+    }
 }
 
 int64_t msh_onnx_tensor_bytes(int32_t t, int64_t numel) {

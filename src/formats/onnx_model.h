@@ -95,6 +95,10 @@ int msh_onnx_elem_size(int32_t data_type);
 const char *msh_onnx_dtype_name(int32_t data_type);
 /* "initializer", "constant", "attribute", "sparse" or "function". */
 const char *msh_onnx_loc_name(msh_tensor_loc loc);
+/* Add "by_dtype": [{"dtype", "count", "bytes"}] to a report object (cJSON *) from per-type
+ * tallies indexed by element type (index 31: unknown types). */
+void msh_json_by_dtype(void *report, const int64_t count[32], const int64_t bytes[32]);
+
 /* Data bytes of `numel` elements of `data_type`; -1 when not a fixed-size type. */
 int64_t msh_onnx_tensor_bytes(int32_t data_type, int64_t numel);
 

@@ -271,16 +271,7 @@ msh_status msh_pth_inspect(const msh_pth *p, cJSON *o, msh_error *e) {
     cJSON_AddNumberToObject(b, "optimizer_state", (double)cat_bytes[MSH_PTH_OPTIM]);
     cJSON_AddNumberToObject(b, "other_tensors", (double)cat_bytes[MSH_PTH_OTHER]);
     cJSON_AddNumberToObject(b, "metadata", (double)(p->file_size - total));
-    cJSON *bd = cJSON_AddArrayToObject(o, "by_dtype");
-    for (int d = 0; d < 32; d++) {
-        if (!dt_count[d])
-            continue;
-        cJSON *x = cJSON_CreateObject();
-        cJSON_AddStringToObject(x, "dtype", msh_onnx_dtype_name(d == 31 ? -1 : d));
-        cJSON_AddNumberToObject(x, "count", (double)dt_count[d]);
-        cJSON_AddNumberToObject(x, "bytes", (double)dt_bytes[d]);
-        cJSON_AddItemToArray(bd, x);
-    }
+    msh_json_by_dtype(o, dt_count, dt_bytes);
     cJSON *sh = cJSON_AddArrayToObject(o, "shared_storage");
     for (size_t i = 0; i < p->ns; i++) {
         if (p->s[i].users < 2)

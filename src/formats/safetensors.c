@@ -267,16 +267,7 @@ msh_status msh_st_inspect(const msh_st_file *f, cJSON *o, msh_error *e) {
     cJSON_AddNumberToObject(o, "header_bytes", (double)f->header_bytes);
     cJSON_AddNumberToObject(o, "tensor_bytes", (double)total);
     cJSON_AddNumberToObject(o, "tensor_count", (double)f->n);
-    cJSON *bd = cJSON_AddArrayToObject(o, "by_dtype");
-    for (int d = 0; d < 32; d++) {
-        if (!dt_count[d])
-            continue;
-        cJSON *x = cJSON_CreateObject();
-        cJSON_AddStringToObject(x, "dtype", msh_onnx_dtype_name(d == 31 ? -1 : d));
-        cJSON_AddNumberToObject(x, "count", (double)dt_count[d]);
-        cJSON_AddNumberToObject(x, "bytes", (double)dt_bytes[d]);
-        cJSON_AddItemToArray(bd, x);
-    }
+    msh_json_by_dtype(o, dt_count, dt_bytes);
     /* duplicates: same dtype and shape, same digest, same bytes (quadratic only within a run
      * of equal digests, which holds identical tensors) */
     uint64_t *dg = calloc(f->n + 1, sizeof *dg);

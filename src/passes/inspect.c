@@ -76,16 +76,7 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
         cJSON_AddNumberToObject(x, "version", (double)op->version);
         cJSON_AddItemToArray(ops, x);
     }
-    cJSON *bd = cJSON_AddArrayToObject(o, "by_dtype");
-    for (int d = 0; d < 32; d++) {
-        if (!dt_count[d])
-            continue;
-        cJSON *x = cJSON_CreateObject();
-        cJSON_AddStringToObject(x, "dtype", msh_onnx_dtype_name(d == 31 ? -1 : d));
-        cJSON_AddNumberToObject(x, "count", (double)dt_count[d]);
-        cJSON_AddNumberToObject(x, "bytes", (double)dt_bytes[d]);
-        cJSON_AddItemToArray(bd, x);
-    }
+    msh_json_by_dtype(o, dt_count, dt_bytes);
     cJSON *dup = cJSON_AddObjectToObject(o, "duplicates");
     cJSON_AddNumberToObject(dup, "groups", (double)plan->n_groups);
     cJSON_AddNumberToObject(dup, "tensors", (double)plan->merged);
