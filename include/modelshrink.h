@@ -48,7 +48,8 @@ typedef enum msh_status {
     MSH_ERR_USAGE = 6,       /**< bad arguments (output equals input, unknown option value) */
     MSH_ERR_UNSUPPORTED = 7, /**< valid input that this version does not handle */
     MSH_ERR_CUDA = 8,        /**< a CUDA call failed, or no CUDA device for --device cuda */
-    MSH_ERR_VERIFY = 9       /**< --verify: the GPU's bytes differ from the CPU's */
+    MSH_ERR_VERIFY = 9,      /**< --verify: the GPU's bytes differ from the CPU's */
+    MSH_ERR_CANCELLED = 10   /**< msh_cancel_request() stopped the work; nothing was written */
 } msh_status;
 
 /** A short stable name for a status ("MSH_ERR_FORMAT"). Never NULL. */
@@ -109,6 +110,9 @@ typedef struct msh_convert_result {
     int int8_per_tensor;       /**< 1: the opset (< 13) allowed only one scale per tensor */
     int64_t int8_opset;        /**< the model's default-domain opset (INT8 needs >= 10) */
     char device[8];            /**< where the element work ran: "cpu" or "cuda" */
+    char format[12];           /**< "onnx", "pth" or "safetensors" (the input's) */
+    int64_t float_saved_bytes; /**< bytes saved by FP16/BF16 */
+    int64_t strip_saved_bytes; /**< bytes of a checkpoint's dropped training state and metadata */
     char note[256];            /**< a remark for the user (e.g. why output went external), or "" */
 } msh_convert_result;
 
@@ -135,6 +139,14 @@ int msh_cuda_device_count(void);
 
 /** 1 when this build includes the CUDA back end. */
 int msh_cuda_built(void);
+
+/** Ask every conversion in progress (all threads) to stop soon with MSH_ERR_CANCELLED, removing
+ *  its temporary files. Async-signal-safe: meant for SIGINT/SIGTERM handlers. */
+void msh_cancel_request(void);
+
+/** Remove temporary files left in `dir` (recursively) by modelshrink processes of this host that
+ *  are no longer running (a run killed with SIGKILL). Returns how many were removed. */
+int64_t msh_clean_stale_temps(const char *dir);
 
 /** Release memory returned by the library. NULL is fine. */
 void msh_free(void *p);

@@ -125,6 +125,7 @@ static msh_status convert_once(const char *in_path, const char *out_path,
         res->float_tensors = fs.tensors;
         res->float_clamped = fs.clamped;
         res->float_casts = fs.casts;
+        res->float_saved_bytes = fs.bytes_saved;
     }
     msh_onnx_write_opts wo = {opt->external_data || m.n_ext > 0, opt->external_threshold,
                               fo.f16_min_abs, fo.f16_max_abs, eng};
@@ -192,6 +193,7 @@ static msh_status convert_st(const char *in_path, const char *out_path,
         if (opt->float_type && t->dtype == 1) {
             items[i].dtype_out = opt->float_type;
             res->float_tensors++;
+            res->float_saved_bytes += t->numel * 2;
         }
     }
     int64_t out = 0;
@@ -204,6 +206,7 @@ static msh_status convert_st(const char *in_path, const char *out_path,
         res->bytes_out = out;
         res->float_clamped = clamped;
         snprintf(res->device, sizeof res->device, "cpu");
+        snprintf(res->format, sizeof res->format, "safetensors");
     }
     free(items);
     msh_st_free(&f);
@@ -227,8 +230,13 @@ static msh_status convert_pth(const char *in_path, const char *out_path,
         res->bytes_in = p.file_size;
         res->bytes_out = out;
         res->float_clamped = clamped;
+        snprintf(res->format, sizeof res->format, "pth");
         for (size_t i = 0; opt->float_type && i < p.nt; i++)
-            res->float_tensors += p.t[i].cat == MSH_PTH_WEIGHTS && p.t[i].dtype == 1;
+            if (p.t[i].cat == MSH_PTH_WEIGHTS && p.t[i].dtype == 1) {
+                res->float_tensors++;
+                res->float_saved_bytes += p.t[i].numel * 2;
+            }
+        res->strip_saved_bytes = res->bytes_in - res->bytes_out - res->float_saved_bytes;
         snprintf(res->device, sizeof res->device, "cpu");
     }
     msh_pth_free(&p);
@@ -275,6 +283,7 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
         eng.cuda = 0;
     }
     snprintf(res->device, sizeof res->device, "%s", eng.cuda ? "cuda" : "cpu");
+    snprintf(res->format, sizeof res->format, "onnx");
     return st;
 }
 

@@ -48,6 +48,7 @@ const char *msh_status_name(msh_status s) {
     case MSH_ERR_UNSUPPORTED: return "MSH_ERR_UNSUPPORTED";
     case MSH_ERR_CUDA: return "MSH_ERR_CUDA";
     case MSH_ERR_VERIFY: return "MSH_ERR_VERIFY";
+    case MSH_ERR_CANCELLED: return "MSH_ERR_CANCELLED";
     }
     return "MSH_ERR_UNKNOWN";
 }

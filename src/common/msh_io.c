@@ -2,8 +2,11 @@
 #define _GNU_SOURCE
 #include "common/msh_io.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -85,17 +88,39 @@ char *msh_path_dir(const char *path) {
     return d;
 }
 
+static mode_t g_mode = 0644;
+static void read_umask(void) {
+    /* umask can only be read by setting it: once, before any file is made */
+    mode_t m = umask(0);
+    umask(m);
+    g_mode = (mode_t)(0666 & ~m);
+}
+
 static mode_t msh_file_mode(void) {
-    /* umask can only be read by setting it; this runs before any worker thread starts writing. */
-    static int have = 0;
-    static mode_t mode = 0644;
-    if (!have) {
-        mode_t m = umask(0);
-        umask(m);
-        mode = (mode_t)(0666 & ~m);
-        have = 1;
-    }
-    return mode;
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, read_umask);
+    return g_mode;
+}
+
+static volatile sig_atomic_t g_cancel;
+void msh_cancel_request(void) {
+    g_cancel = 1;
+}
+
+static char g_host[64];
+static void read_host(void) {
+    if (gethostname(g_host, sizeof g_host - 1) != 0 || !g_host[0])
+        snprintf(g_host, sizeof g_host, "host");
+    for (char *p = g_host; *p; p++) /* keep temp names plain */
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')))
+            *p = '_';
+}
+
+/* Temporary names carry this host and process, so a later run can tell stale ones. */
+static const char *host_tag(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, read_host);
+    return g_host;
 }
 
 msh_status msh_sink_open(msh_sink *s, const char *final_path, msh_error *e) {
@@ -104,7 +129,7 @@ msh_status msh_sink_open(msh_sink *s, const char *final_path, msh_error *e) {
     char *dir = msh_path_dir(final_path);
     const char *base = strrchr(final_path, '/');
     base = base ? base + 1 : final_path;
-    size_t n = strlen(dir) + strlen(base) + 32;
+    size_t n = strlen(dir) + strlen(base) + 128;
     s->tmp_path = malloc(n);
     s->final_path = msh_strdup(final_path);
     s->cap = (size_t)1 << 20;
@@ -114,7 +139,7 @@ msh_status msh_sink_open(msh_sink *s, const char *final_path, msh_error *e) {
         msh_sink_abort(s);
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     }
-    snprintf(s->tmp_path, n, "%s/.%s.msh-tmp-XXXXXX", dir, base);
+    snprintf(s->tmp_path, n, "%s/.%s.msh-tmp-%s-%ld-XXXXXX", dir, base, host_tag(), (long)getpid());
     free(dir);
     s->fd = mkstemp(s->tmp_path);
     if (s->fd < 0) {
@@ -153,6 +178,8 @@ static msh_status msh_sink_flush(msh_sink *s, msh_error *e) {
 
 msh_status msh_sink_write(msh_sink *s, const void *p, size_t n, msh_error *e) {
     const uint8_t *src = p;
+    if (g_cancel)
+        return msh_fail(e, MSH_ERR_CANCELLED, "interrupted");
     s->written += (int64_t)n;
     if (n >= s->cap) {
         /* Large pieces go straight to the file: no copy through the buffer. */
@@ -185,6 +212,8 @@ msh_status msh_sink_write(msh_sink *s, const void *p, size_t n, msh_error *e) {
 }
 
 msh_status msh_sink_copy_from(msh_sink *s, int fd, int64_t off, int64_t len, msh_error *e) {
+    if (g_cancel)
+        return msh_fail(e, MSH_ERR_CANCELLED, "interrupted");
     MSH_FORWARD(msh_sink_flush(s, e));
 #if defined(__linux__)
     /* In-kernel copy: no trip through user space (and a reflink where the file system can). */
@@ -303,4 +332,53 @@ uint32_t msh_crc32(uint32_t crc, const void *p, size_t n) {
     for (size_t i = 0; i < n; i++)
         crc = table[(crc ^ b[i]) & 0xFFu] ^ (crc >> 8);
     return ~crc;
+}
+
+/* ".<name>.msh-tmp-<host>-<pid>-XXXXXX" of this host whose process is gone */
+static int stale(const char *name) {
+    const char *t = strstr(name, ".msh-tmp-");
+    if (name[0] != '.' || !t)
+        return 0;
+    t += 9;
+    size_t hl = strlen(host_tag());
+    if (strncmp(t, host_tag(), hl) != 0 || t[hl] != '-')
+        return 0;
+    char *end;
+    long pid = strtol(t + hl + 1, &end, 10);
+    if (end == t + hl + 1 || *end != '-' || pid <= 0)
+        return 0;
+    return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+static int64_t clean_dir(const char *dir, int depth) {
+    if (depth > 64)
+        return 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    int64_t n = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        size_t len = strlen(dir) + strlen(de->d_name) + 2;
+        char *p = malloc(len);
+        if (!p)
+            break;
+        snprintf(p, len, "%s/%s", dir, de->d_name);
+        struct stat sb;
+        if (lstat(p, &sb) == 0) {
+            if (S_ISDIR(sb.st_mode))
+                n += clean_dir(p, depth + 1);
+            else if (S_ISREG(sb.st_mode) && stale(de->d_name) && unlink(p) == 0)
+                n++;
+        }
+        free(p);
+    }
+    closedir(d);
+    return n;
+}
+
+int64_t msh_clean_stale_temps(const char *dir) {
+    return clean_dir(dir, 0);
 }

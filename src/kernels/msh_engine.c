@@ -1,5 +1,6 @@
 #include "kernels/msh_engine.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <xxhash.h>
@@ -105,11 +106,17 @@ static int sink_cb(void *arg, const void *in, size_t in_n, const void *out, size
     return r->st == MSH_OK ? 0 : 1;
 }
 
+/* One engine (two streams, two staging buffers) serves the whole process: parallel models
+ * take turns on it. */
+static pthread_mutex_t g_engine_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static msh_status run(run_ctx *r, msh_cuda_job *job) {
     char err[256];
     r->st = MSH_OK;
+    pthread_mutex_lock(&g_engine_lock);
     int rc = msh_cuda_run(r->g->handle, job, rd_cb, job->kind == MSH_CUDA_ABSMAX ? NULL : sink_cb,
                           r, err, sizeof err);
+    pthread_mutex_unlock(&g_engine_lock);
     free(r->cpu);
     if (rc == -1)
         return msh_fail(r->e, MSH_ERR_CUDA, "tensor '%s': %s", r->tensor, err);

@@ -339,6 +339,7 @@ static msh_status convert_tensor(ctx *c, int64_t ti) {
     tp->data_type = target;
     t->nbytes = t->payload >= 0 ? t->nbytes : t->numel * 2;
     c->st->tensors++;
+    c->st->bytes_saved += t->numel * 2;
     return MSH_OK;
 }
 
@@ -825,6 +826,7 @@ static msh_status decide_deferred(ctx *c, scope *s) {
             return nomem(c);
         Onnx__TensorProto *copy = NULL;
         MSH_FORWARD(clone_converted(c, v->tensor, name, &copy));
+        c->st->bytes_saved -= c->m->tensors[v->tensor].numel * 4; /* a copy, not a saving */
         if (v->kind == VAL_INIT) {
             Onnx__GraphProto *g = s->g;
             Onnx__TensorProto **arr = realloc(g->initializer, (g->n_initializer + 1) * sizeof *arr);

@@ -32,11 +32,12 @@ typedef struct msh_fp16_opts {
 } msh_fp16_opts;
 
 typedef struct msh_fp16_stats {
-    int64_t tensors;    /* tensors converted */
-    int64_t nodes;      /* nodes that now run in the target type */
-    int64_t nodes_kept; /* nodes with FLOAT inputs or outputs kept in FP32 */
-    int64_t casts;      /* Cast nodes inserted */
-    uint64_t clamped;   /* values clamped in tensors converted in memory */
+    int64_t tensors;     /* tensors converted */
+    int64_t nodes;       /* nodes that now run in the target type */
+    int64_t nodes_kept;  /* nodes with FLOAT inputs or outputs kept in FP32 */
+    int64_t casts;       /* Cast nodes inserted */
+    uint64_t clamped;    /* values clamped in tensors converted in memory */
+    int64_t bytes_saved; /* FP32 bytes minus the bytes written for them (copies count) */
 } msh_fp16_stats;
 
 msh_status msh_fp16_apply(msh_onnx_model *m, const msh_fp16_opts *o, msh_fp16_stats *st,
