@@ -7,7 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include "batch.h"
 #include "modelshrink.h"
 #include "table.h"
 
@@ -45,7 +47,18 @@ static const char *usage_text =
     "      --strip             keep only the state dict (the default for checkpoints)\n"
     "      --key NAME          the state dict's key (default: model_state_dict, state_dict,\n"
     "                          model, module, net, network; or a bare state dict)\n"
-    "      --format F          safetensors (default) or pth (weights-only; not yet)\n"
+    "      --format F          safetensors (default) or pth (weights-only .pth)\n"
+    "\n"
+    "Batches (several inputs or folders):\n"
+    "  -j, --jobs N            models at once (default: the number of cores)\n"
+    "      --report FILE       JSON Lines: one record per model, then a summary\n"
+    "      --resume            skip models the report says are done (same size and time)\n"
+    "      --shard K/N         only this share of the inputs (by relative path); default\n"
+    "                          from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, or\n"
+    "                          JOB_COMPLETION_INDEX with --shard-count N\n"
+    "      --copy-others       copy files that are not models into the output tree\n"
+    "\n"
+    "report merge REPORT... [-o OUT]   combine shard reports into one, with totals\n"
     "  -q, --quiet             no per-model lines\n"
     "\n"
     "  -h, --help              this text\n"
@@ -61,33 +74,6 @@ static int usage_error(const char *fmt, const char *arg) {
 }
 
 /* ---- inputs to (input, output) pairs ---- */
-
-typedef struct job {
-    char *in;
-    char *out;
-} job;
-
-typedef struct jobs {
-    job *v;
-    size_t n, cap;
-} jobs;
-
-static int jobs_add(jobs *j, const char *in, const char *out) {
-    if (j->n == j->cap) {
-        size_t cap = j->cap ? 2 * j->cap : 16;
-        job *p = realloc(j->v, cap * sizeof *p);
-        if (!p)
-            return 0;
-        j->v = p;
-        j->cap = cap;
-    }
-    j->v[j->n].in = strdup(in);
-    j->v[j->n].out = strdup(out);
-    if (!j->v[j->n].in || !j->v[j->n].out)
-        return 0;
-    j->n++;
-    return 1;
-}
 
 static char *path_join(const char *a, const char *b) {
     size_t n = strlen(a) + strlen(b) + 2;
@@ -129,10 +115,10 @@ static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Collect *.onnx below `dir` (sorted, recursive), mirrored below `out`. Skips the output folder
- * when it lies inside the input. */
-static int walk_dir(jobs *j, const char *dir, const char *out, const struct stat *out_st,
-                    int depth) {
+/* Collect the files below `dir` (sorted, recursive), mirrored below `out`; `rel` is the path
+ * relative to the input root. Skips hidden files and the output folder when it lies inside. */
+static int walk_dir(msh_cli_batch *j, const char *dir, const char *out, const char *rel,
+                    const struct stat *out_st, int depth) {
     if (depth > 64)
         return 1;
     DIR *d = opendir(dir);
@@ -161,47 +147,25 @@ static int walk_dir(jobs *j, const char *dir, const char *out, const struct stat
     for (size_t i = 0; i < n; i++) {
         char *src = path_join(dir, names[i]);
         char *dst = path_join(out, names[i]);
+        char *r = *rel ? path_join(rel, names[i]) : strdup(names[i]);
         struct stat sb;
-        if (src && dst && stat(src, &sb) == 0) {
+        if (src && dst && r && stat(src, &sb) == 0) {
             if (S_ISDIR(sb.st_mode)) {
                 if (!(out_st && sb.st_dev == out_st->st_dev && sb.st_ino == out_st->st_ino))
-                    ok &= walk_dir(j, src, dst, out_st, depth + 1);
-            } else if (S_ISREG(sb.st_mode) && is_model_name(names[i])) {
-                char *dst2 = out_name(dst, g_out_format);
-                ok &= dst2 && jobs_add(j, src, dst2);
+                    ok &= walk_dir(j, src, dst, r, out_st, depth + 1);
+            } else if (S_ISREG(sb.st_mode)) {
+                int model = is_model_name(names[i]);
+                char *dst2 = model ? out_name(dst, g_out_format) : strdup(dst);
+                ok &= dst2 && msh_cli_batch_add(j, src, dst2, r, model);
                 free(dst2);
             }
         }
         free(src);
         free(dst);
+        free(r);
         free(names[i]);
     }
     free(names);
-    return ok;
-}
-
-static int mkdirs_for(const char *file) {
-    char *p = strdup(file);
-    if (!p)
-        return 0;
-    char *slash = strrchr(p, '/');
-    if (!slash || slash == p) {
-        free(p);
-        return 1;
-    }
-    *slash = 0;
-    for (char *q = p + 1; *q; q++) {
-        if (*q != '/')
-            continue;
-        *q = 0;
-        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
-            free(p);
-            return 0;
-        }
-        *q = '/';
-    }
-    int ok = mkdir(p, 0777) == 0 || errno == EEXIST;
-    free(p);
     return ok;
 }
 
@@ -216,10 +180,6 @@ static int append_list(char **dst, const char *add) {
     memcpy(p + a, add, b + 1);
     *dst = p;
     return 1;
-}
-
-static void fmt_bytes(long long n, char *buf, size_t cap) {
-    snprintf(buf, cap, "%lld", n);
 }
 
 static int cmd_convert(int argc, char **argv) {
@@ -246,16 +206,24 @@ static int cmd_convert(int argc, char **argv) {
                                          {"key", required_argument, 0, 18},
                                          {"strip", no_argument, 0, 20},
                                          {"format", required_argument, 0, 19},
+                                         {"jobs", required_argument, 0, 'j'},
+                                         {"report", required_argument, 0, 21},
+                                         {"resume", no_argument, 0, 22},
+                                         {"shard", required_argument, 0, 23},
+                                         {"shard-count", required_argument, 0, 24},
+                                         {"copy-others", no_argument, 0, 25},
                                          {0, 0, 0, 0}};
     msh_convert_options opt;
     msh_convert_options_init(&opt);
     const char *output = NULL;
-    int quiet = 0, c;
+    int quiet = 0, c, jobs = 0, resume = 0, copy_others = 0;
+    int shard_k = 0, shard_n = 0, shard_count = 0;
+    const char *report = NULL;
     /* the lists live as long as the process (static: released at exit) */
     static char *block_ops, *block_nodes;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "o:qhj:", opts, NULL)) != -1) {
         switch (c) {
         case 'o': output = optarg; break;
         case 1: opt.dedup = 0; break;
@@ -307,6 +275,30 @@ static int cmd_convert(int argc, char **argv) {
         case 16: opt.verify = 1; break;
         case 18: opt.key = optarg; break;
         case 20: break; /* checkpoints are always stripped to their state dict */
+        case 'j': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 1 || v > 256)
+                return usage_error("convert: bad --jobs '%s' (1 to 256)", optarg);
+            jobs = (int)v;
+            break;
+        }
+        case 21: report = optarg; break;
+        case 22: resume = 1; break;
+        case 23:
+            if (sscanf(optarg, "%d/%d", &shard_k, &shard_n) != 2 || shard_n < 1 || shard_k < 0 ||
+                shard_k >= shard_n)
+                return usage_error("convert: bad --shard '%s' (K/N with 0 <= K < N)", optarg);
+            break;
+        case 24: {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 1)
+                return usage_error("convert: bad --shard-count '%s'", optarg);
+            shard_count = (int)v;
+            break;
+        }
+        case 25: copy_others = 1; break;
         case 19:
             if (strcmp(optarg, "safetensors") == 0)
                 opt.out_format = 0;
@@ -347,18 +339,48 @@ static int cmd_convert(int argc, char **argv) {
                         "alone and there is nothing to compare\n");
     if (!output)
         return usage_error("convert: %s", "missing -o OUTPUT");
+    if (resume && !report)
+        return usage_error("convert: %s", "--resume needs --report FILE (it reads what is done)");
     if (optind >= argc)
         return usage_error("convert: %s", "no input given");
+    /* shards: --shard K/N, else a Slurm job array, else a Kubernetes Indexed Job */
+    if (!shard_n) {
+        const char *id = getenv("SLURM_ARRAY_TASK_ID"), *cnt = getenv("SLURM_ARRAY_TASK_COUNT");
+        const char *ki = getenv("JOB_COMPLETION_INDEX");
+        if (id && cnt) {
+            shard_k = atoi(id);
+            shard_n = atoi(cnt);
+        } else if (ki && shard_count > 0) {
+            shard_k = atoi(ki);
+            shard_n = shard_count;
+        }
+        if (shard_n && (shard_k < 0 || shard_k >= shard_n))
+            return usage_error("convert: %s", "the shard index from the environment is out of "
+                                              "range");
+    }
     int n_in = argc - optind;
     struct stat ist, ost;
     int out_is_dir = stat(output, &ost) == 0 && S_ISDIR(ost.st_mode);
-    jobs j = {0};
+    msh_cli_batch j;
+    memset(&j, 0, sizeof j);
+    j.opt = &opt;
+    j.jobs = jobs > 0 ? jobs : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    j.resume = resume;
+    j.report = report;
+    j.quiet = quiet;
+    j.copy_others = copy_others;
+    j.shard_k = shard_k;
+    j.shard_n = shard_n;
     int failed = 0;
+    char *out_root = NULL;
     if (n_in == 1 && stat(argv[optind], &ist) == 0 && !S_ISDIR(ist.st_mode) && !out_is_dir &&
         !has_suffix(output, "/")) {
         if (ist.st_dev == ost.st_dev && ist.st_ino == ost.st_ino)
             return usage_error("convert: output %s is the input file", output);
-        jobs_add(&j, argv[optind], output);
+        const char *base = strrchr(argv[optind], '/');
+        msh_cli_batch_add(&j, argv[optind], output, base ? base + 1 : argv[optind], 1);
+        const char *slash = strrchr(output, '/');
+        out_root = slash ? strndup(output, (size_t)(slash - output)) : strdup(".");
     } else {
         if (!out_is_dir && mkdir(output, 0777) != 0 && errno != EEXIST) {
             fprintf(stderr, "modelshrink: %s: cannot create output folder: %s\n", output,
@@ -367,6 +389,7 @@ static int cmd_convert(int argc, char **argv) {
         }
         if (stat(output, &ost) != 0 || !S_ISDIR(ost.st_mode))
             return usage_error("convert: output %s is not a folder", output);
+        out_root = strdup(output);
         for (int i = optind; i < argc; i++) {
             const char *in = argv[i];
             if (stat(in, &ist) != 0) {
@@ -377,82 +400,26 @@ static int cmd_convert(int argc, char **argv) {
             if (S_ISDIR(ist.st_mode)) {
                 if (ist.st_dev == ost.st_dev && ist.st_ino == ost.st_ino)
                     return usage_error("convert: output folder %s is an input folder", output);
-                if (!walk_dir(&j, in, output, &ost, 0))
+                if (!walk_dir(&j, in, output, "", &ost, 0))
                     failed++;
             } else {
                 const char *base = strrchr(in, '/');
-                char *dst = path_join(output, base ? base + 1 : in);
-                if (dst && !jobs_add(&j, in, dst))
+                base = base ? base + 1 : in;
+                char *dst = path_join(output, base);
+                char *dst2 = dst ? out_name(dst, g_out_format) : NULL;
+                if (!dst2 || !msh_cli_batch_add(&j, in, dst2, base, 1))
                     failed++;
                 free(dst);
+                free(dst2);
             }
         }
     }
-    long long tin = 0, tout = 0;
-    for (size_t i = 0; i < j.n; i++) {
-        msh_convert_result r;
-        msh_error err;
-        if (!mkdirs_for(j.v[i].out)) {
-            fprintf(stderr, "modelshrink: %s: cannot create the folder of %s: %s\n", j.v[i].in,
-                    j.v[i].out, strerror(errno));
-            failed++;
-            continue;
-        }
-        msh_status st = msh_convert_file(j.v[i].in, j.v[i].out, &opt, &r, &err);
-        if (st != MSH_OK) {
-            fprintf(stderr, "modelshrink: %s\n", err.msg);
-            if (st == MSH_ERR_USAGE && j.n == 1) {
-                free(j.v[i].in);
-                free(j.v[i].out);
-                free(j.v);
-                return EXIT_USAGE;
-            }
-            failed++;
-            continue;
-        }
-        tin += r.bytes_in;
-        tout += r.bytes_out;
-        if (!quiet) {
-            char a[32], b[32];
-            fmt_bytes(r.bytes_in, a, sizeof a);
-            fmt_bytes(r.bytes_out, b, sizeof b);
-            printf("%s -> %s: %s -> %s bytes (%.2fx)", j.v[i].in, j.v[i].out, a, b,
-                   r.bytes_out ? (double)r.bytes_in / (double)r.bytes_out : 0.0);
-            if (r.dedup_merged)
-                printf(", dedup merged %lld tensors", (long long)r.dedup_merged);
-            if (opt.int8) {
-                if (r.int8_opset < 10)
-                    printf(", int8: none (opset %lld < 10)", (long long)r.int8_opset);
-                else {
-                    printf(", int8: %lld tensors", (long long)r.int8_tensors);
-                    if (r.int8_per_tensor)
-                        printf(" (per-tensor: opset %lld)", (long long)r.int8_opset);
-                }
-            }
-            if (opt.float_type)
-                printf(", %s: %lld tensors, %llu values clamped",
-                       opt.float_type == 10 ? "fp16" : "bf16", (long long)r.float_tensors,
-                       (unsigned long long)r.float_clamped);
-            if (r.external_out)
-                printf(", tensors in %s.data", j.v[i].out);
-            printf(", on %s%s", r.device,
-                   opt.verify && strcmp(r.device, "cuda") == 0 ? " (verified against the CPU)"
-                                                               : "");
-            printf("\n");
-            if (r.note[0])
-                fprintf(stderr, "modelshrink: %s: warning: %s\n", j.v[i].in, r.note);
-        }
-    }
-    if (!quiet && j.n > 1)
-        printf("total: %zu converted, %d failed, %lld -> %lld bytes (%.2fx)\n",
-               j.n - (size_t)failed, failed, tin, tout, tout ? (double)tin / (double)tout : 0.0);
-    for (size_t i = 0; i < j.n; i++) {
-        free(j.v[i].in);
-        free(j.v[i].out);
-    }
-    free(j.v);
-    fflush(stdout);
-    return failed ? EXIT_SOME_FAILED : EXIT_ALL_OK;
+    j.output_root = out_root;
+    int code = msh_cli_batch_run(&j);
+    free(out_root);
+    if (code == 0 && failed)
+        code = EXIT_SOME_FAILED;
+    return code;
 }
 
 static int cmd_inspect(int argc, char **argv) {
@@ -524,5 +491,10 @@ int main(int argc, char **argv) {
         return cmd_convert(argc - 1, argv + 1);
     if (strcmp(cmd, "inspect") == 0)
         return cmd_inspect(argc - 1, argv + 1);
+    if (strcmp(cmd, "report") == 0 && argc >= 3 && strcmp(argv[2], "merge") == 0) {
+        if (argc < 4)
+            return usage_error("%s", "report merge: no report given");
+        return msh_cli_report_merge(argc - 3, argv + 3);
+    }
     return usage_error("unknown command '%s'", cmd);
 }

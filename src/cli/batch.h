@@ -1,0 +1,43 @@
+/* Batch runs of `convert`: parallel workers, a JSON Lines report, --resume, shards, progress and
+ * clean stops on SIGINT/SIGTERM. Built on the public API only. */
+#ifndef MSH_CLI_BATCH_H
+#define MSH_CLI_BATCH_H
+
+#include <stdint.h>
+
+#include "modelshrink.h"
+
+typedef struct msh_cli_job {
+    char *in;
+    char *out;
+    char *rel; /* relative to its input root: the key for shards, reports and resume */
+    int model; /* 0: not a model (copied with --copy-others, else noted) */
+    int64_t size;
+    int64_t mtime_ns;
+} msh_cli_job;
+
+typedef struct msh_cli_batch {
+    msh_cli_job *v;
+    size_t n, cap;
+    const msh_convert_options *opt;
+    const char *output_root; /* the output folder (or the output file's folder) */
+    int jobs;
+    int resume;
+    const char *report;
+    int quiet;
+    int copy_others;
+    int shard_k, shard_n; /* shard_n == 0: no sharding */
+} msh_cli_batch;
+
+/* Add a job (strings copied). 0 when out of memory. */
+int msh_cli_batch_add(msh_cli_batch *b, const char *in, const char *out, const char *rel,
+                      int model);
+/* Run the batch; returns the process exit code (0, 1, 130 or 143). Frees the jobs. */
+int msh_cli_batch_run(msh_cli_batch *b);
+/* Printed per model when output is not a terminal (and after single conversions). */
+void msh_cli_print_line(const char *in, const char *out, const msh_convert_options *opt,
+                        const msh_convert_result *r);
+/* `modelshrink report merge REPORT... [-o OUT]`: the exit code. */
+int msh_cli_report_merge(int argc, char **argv);
+
+#endif
