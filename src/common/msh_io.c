@@ -315,18 +315,20 @@ msh_status msh_sink_patch(msh_sink *s, int64_t off, const void *p, size_t n, msh
     return MSH_OK;
 }
 
-uint32_t msh_crc32(uint32_t crc, const void *p, size_t n) {
-    static uint32_t table[256];
-    static int ready;
-    if (!ready) {
-        for (uint32_t i = 0; i < 256; i++) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; k++)
-                c = c & 1u ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-            table[i] = c;
-        }
-        ready = 1; /* idempotent: racing threads write the same values */
+static uint32_t g_crc_table[256];
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1u ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        g_crc_table[i] = c;
     }
+}
+
+uint32_t msh_crc32(uint32_t crc, const void *p, size_t n) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, crc_init);
+    const uint32_t *table = g_crc_table;
     const uint8_t *b = p;
     crc = ~crc;
     for (size_t i = 0; i < n; i++)

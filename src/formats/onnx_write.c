@@ -17,6 +17,7 @@
  * Field order inside a message may differ from the input's (scalars first); protobuf readers
  * accept fields in any order and repeated fields keep their relative order.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -60,21 +61,27 @@ static int reaches_tensor_rec(const ProtobufCMessageDescriptor *d, int depth) {
     return 0;
 }
 
+static pthread_mutex_t g_reach_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static int reaches_tensor(const ProtobufCMessageDescriptor *d) {
-    /* Graph <-> Node <-> Attribute recurse; the depth bound stops the walk and the answer for
-     * the few ONNX types is memoised here. */
+    /* Graph <-> Node <-> Attribute recurse; the depth bound stops the walk, and the answer for
+     * the few ONNX types is kept (under a lock: models are written by parallel workers). */
     static const ProtobufCMessageDescriptor *seen[64];
     static int ans[64];
     static int n_seen;
+    pthread_mutex_lock(&g_reach_lock);
     for (int i = 0; i < n_seen; i++)
-        if (seen[i] == d)
-            return ans[i];
+        if (seen[i] == d) {
+            int r = ans[i];
+            pthread_mutex_unlock(&g_reach_lock);
+            return r;
+        }
     int r = reaches_tensor_rec(d, 0);
     if (n_seen < 64) {
         ans[n_seen] = r;
-        seen[n_seen] = d; /* benign race: every thread computes the same answer */
-        n_seen++;
+        seen[n_seen++] = d;
     }
+    pthread_mutex_unlock(&g_reach_lock);
     return r;
 }
 
