@@ -1,5 +1,6 @@
 #include "kernels/msh_convert.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(MSH_FORCE_SCALAR)
@@ -113,16 +114,21 @@ __attribute__((target("avx2"))) static void bf16_avx2(const uint8_t *src, uint8_
 }
 #endif
 
+#if defined(MSH_X86_SIMD)
+static int g_simd;
+static void simd_probe(void) {
+    const char *force = getenv("MSH_FORCE_SCALAR");
+    __builtin_cpu_init();
+    g_simd = !(force && *force && strcmp(force, "0") != 0) && __builtin_cpu_supports("avx2") &&
+             __builtin_cpu_supports("f16c");
+}
+#endif
+
 int msh_cpu_has_simd(void) {
 #if defined(MSH_X86_SIMD)
-    static int cached = -1;
-    if (cached < 0) {
-        const char *force = getenv("MSH_FORCE_SCALAR");
-        __builtin_cpu_init();
-        cached = !(force && *force && strcmp(force, "0") != 0) && __builtin_cpu_supports("avx2") &&
-                 __builtin_cpu_supports("f16c");
-    }
-    return cached;
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, simd_probe);
+    return g_simd;
 #else
     return 0;
 #endif
