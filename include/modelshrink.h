@@ -148,6 +148,11 @@ void msh_cancel_request(void);
  *  are no longer running (a run killed with SIGKILL). Returns how many were removed. */
 int64_t msh_clean_stale_temps(const char *dir);
 
+/** The external data files of an ONNX model: `*locations` receives `*n` malloc'd strings (paths
+ *  relative to the model's folder, as the model names them), released with msh_free each and
+ *  msh_free on the array. A file that is not ONNX has none (MSH_OK, *n = 0). */
+msh_status msh_onnx_external_files(const char *path, char ***locations, size_t *n, msh_error *err);
+
 /** Release memory returned by the library. NULL is fine. */
 void msh_free(void *p);
 

@@ -43,7 +43,11 @@ required_pkgs=(
     libxxhash-dev libcjson-dev libonnx-testdata
     python3-venv time python3-torch
 )
-optional_pkgs=(clang) # for fuzzing later; its absence is not an error
+# Optional; their absence is not an error. clang: fuzzing later. slurm-wlm munge: the local
+# single-node Slurm cluster of tests/e2e/test_slurm.py (it skips without them). On a systemd
+# machine these packages also enable munge.service and the slurmctld/slurmd units; the latter
+# do not start without an /etc/slurm/slurm.conf, and the test uses none of them.
+optional_pkgs=(clang slurm-wlm munge)
 
 is_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = "installed" ]

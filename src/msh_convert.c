@@ -287,6 +287,29 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
     return st;
 }
 
+msh_status msh_onnx_external_files(const char *path, char ***locations, size_t *n, msh_error *err) {
+    *locations = NULL;
+    *n = 0;
+    if (sniff(path))
+        return MSH_OK;
+    msh_onnx_model m;
+    msh_status st = msh_onnx_model_open(&m, path, err);
+    if (st == MSH_OK && m.n_ext) {
+        *locations = calloc(m.n_ext, sizeof **locations);
+        if (!*locations)
+            st = msh_fail(err, MSH_ERR_NOMEM, "out of memory");
+        for (size_t i = 0; st == MSH_OK && i < m.n_ext; i++) {
+            if (!((*locations)[i] = msh_strdup(m.ext[i].location)))
+                st = msh_fail(err, MSH_ERR_NOMEM, "out of memory");
+            (*n)++;
+        }
+    }
+    msh_onnx_model_free(&m);
+    if (st != MSH_OK)
+        msh_error_prefix(err, path);
+    return st;
+}
+
 msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
     *json_out = NULL;
     cJSON *o = cJSON_CreateObject();

@@ -198,7 +198,14 @@ static void record(run *r, const msh_cli_job *j, msh_status st, const msh_conver
     cJSON_AddStringToObject(o, "input", j->in);
     cJSON_AddStringToObject(o, "rel", j->rel);
     cJSON_AddStringToObject(o, "output", j->out);
-    cJSON_AddStringToObject(o, "format", res->format[0] ? res->format : "unknown");
+    const char *fmt = res->format;
+    if (!fmt[0]) { /* failed before the content said: go by the name */
+        size_t n = strlen(j->in);
+        fmt = n > 12 && strcmp(j->in + n - 12, ".safetensors") == 0 ? "safetensors"
+              : n > 5 && strcmp(j->in + n - 5, ".onnx") == 0        ? "onnx"
+                                                                    : "pth";
+    }
+    cJSON_AddStringToObject(o, "format", fmt);
     cJSON_AddStringToObject(o, "status", st == MSH_OK ? "ok" : "error");
     if (st == MSH_OK)
         cJSON_AddNullToObject(o, "error");
@@ -330,6 +337,66 @@ static int copy_file(const char *in, const char *out) {
     return ok;
 }
 
+/* Files that belong to a model: the external data of every ONNX model of the batch (all shards:
+ * a model and its data must never be split). Returns malloc'd real paths, sorted. */
+static int cmp_cstr(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static char **model_data_files(const msh_cli_batch *b, size_t *n) {
+    char **v = NULL;
+    size_t cap = 0;
+    *n = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        const msh_cli_job *j = &b->v[i];
+        size_t len = strlen(j->in);
+        if (!j->model || len < 5 || strcmp(j->in + len - 5, ".onnx") != 0)
+            continue;
+        char **loc;
+        size_t nl;
+        msh_error err;
+        if (msh_onnx_external_files(j->in, &loc, &nl, &err) != MSH_OK)
+            continue; /* the conversion will report it */
+        const char *slash = strrchr(j->in, '/');
+        size_t dl = slash ? (size_t)(slash - j->in) : 0;
+        for (size_t k = 0; k < nl; k++) {
+            char *p = malloc(dl + strlen(loc[k]) + 3);
+            if (p) {
+                snprintf(p, dl + strlen(loc[k]) + 3, "%.*s%s%s", (int)dl, j->in, dl ? "/" : "",
+                         loc[k]);
+                char *real = realpath(p, NULL);
+                free(p);
+                if (real && *n == cap) {
+                    cap = cap ? 2 * cap : 16;
+                    char **nv = realloc(v, cap * sizeof *nv);
+                    if (!nv) {
+                        free(real);
+                        real = NULL;
+                    } else {
+                        v = nv;
+                    }
+                }
+                if (real)
+                    v[(*n)++] = real;
+            }
+            msh_free(loc[k]);
+        }
+        msh_free(loc);
+    }
+    if (v)
+        qsort(v, *n, sizeof *v, cmp_cstr);
+    return v;
+}
+
+static int is_model_data(char **files, size_t n, const char *path) {
+    if (!n)
+        return 0;
+    char *real = realpath(path, NULL);
+    int found = real && bsearch(&real, files, n, sizeof *files, cmp_cstr) != NULL;
+    free(real);
+    return found;
+}
+
 static uint64_t fnv1a(const char *s) {
     uint64_t h = 0xcbf29ce484222325ULL;
     for (; *s; s++)
@@ -358,8 +425,15 @@ int msh_cli_batch_run(msh_cli_batch *b) {
         }
     }
     r.order = malloc((b->n + 1) * sizeof *r.order);
+    size_t n_data = 0;
+    char **data = NULL;
+    for (size_t i = 0; i < b->n && !data; i++)
+        if (!b->v[i].model) /* only worth reading the models when other files are there */
+            data = model_data_files(b, &n_data);
     for (size_t i = 0; r.order && code == 0 && i < b->n; i++) {
         msh_cli_job *j = &b->v[i];
+        if (!j->model && is_model_data(data, n_data, j->in))
+            continue; /* a model's external data: written with the model */
         if (b->shard_n && fnv1a(j->rel) % (uint64_t)b->shard_n != (uint64_t)b->shard_k)
             continue;
         if (!j->model) {
@@ -455,6 +529,9 @@ int msh_cli_batch_run(msh_cli_batch *b) {
                r.bytes_out ? (double)r.bytes_in / (double)r.bytes_out : 0.0, secs,
                secs > 0 ? (double)r.bytes_done / secs / 1e6 : 0.0);
     fflush(stdout);
+    for (size_t i = 0; i < n_data; i++)
+        free(data[i]);
+    free(data);
     for (size_t i = 0; i < n_prev; i++)
         free(pv[i].rel);
     free(pv);
