@@ -569,6 +569,7 @@ int msh_cli_report_merge(int argc, char **argv) {
     const char *out = NULL;
     mrec *v = NULL;
     size_t n = 0, cap = 0, seq = 0;
+    int64_t resumed_sum = 0, others_sum = 0; /* from the shards' summaries */
     cJSON *shards = cJSON_CreateArray();
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "-o") == 0 && i + 1 < argc) {
@@ -587,6 +588,10 @@ int msh_cli_report_merge(int argc, char **argv) {
             const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "type");
             const cJSON *rel = cJSON_GetObjectItemCaseSensitive(j, "rel");
             if (cJSON_IsString(t) && strcmp(t->valuestring, "summary") == 0) {
+                resumed_sum +=
+                    (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(j, "resumed"));
+                others_sum += (int64_t)cJSON_GetNumberValue(
+                    cJSON_GetObjectItemCaseSensitive(j, "not_models"));
                 const cJSON *sh = cJSON_GetObjectItemCaseSensitive(j, "shard");
                 if (cJSON_IsString(sh))
                     cJSON_AddItemToArray(shards, cJSON_CreateString(sh->valuestring));
@@ -638,6 +643,8 @@ int msh_cli_report_merge(int argc, char **argv) {
     cJSON_AddNumberToObject(sum, "failed", (double)failed);
     cJSON_AddNumberToObject(sum, "bytes_in", (double)bin);
     cJSON_AddNumberToObject(sum, "bytes_out", (double)bout);
+    cJSON_AddNumberToObject(sum, "resumed", (double)resumed_sum);
+    cJSON_AddNumberToObject(sum, "not_models", (double)others_sum);
     cJSON_AddItemToObject(sum, "shards", shards);
     cJSON_AddBoolToObject(sum, "merged", 1);
     char *s = cJSON_PrintUnformatted(sum);

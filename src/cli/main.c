@@ -354,6 +354,9 @@ static int cmd_convert(int argc, char **argv) {
             shard_k = atoi(ki);
             shard_n = shard_count;
         }
+        if (shard_count > 0 && !shard_n)
+            return usage_error("convert: %s", "--shard-count needs JOB_COMPLETION_INDEX (a "
+                                              "Kubernetes Indexed Job) or use --shard K/N");
         if (shard_n && (shard_k < 0 || shard_k >= shard_n))
             return usage_error("convert: %s", "the shard index from the environment is out of "
                                               "range");
