@@ -427,9 +427,11 @@ int msh_cli_batch_run(msh_cli_batch *b) {
     r.order = malloc((b->n + 1) * sizeof *r.order);
     size_t n_data = 0;
     char **data = NULL;
-    for (size_t i = 0; i < b->n && !data; i++)
-        if (!b->v[i].model) /* only worth reading the models when other files are there */
+    for (size_t i = 0; i < b->n; i++)
+        if (!b->v[i].model) { /* only worth reading the models when other files are there */
             data = model_data_files(b, &n_data);
+            break;
+        }
     for (size_t i = 0; r.order && code == 0 && i < b->n; i++) {
         msh_cli_job *j = &b->v[i];
         if (!j->model && is_model_data(data, n_data, j->in))

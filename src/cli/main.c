@@ -392,6 +392,10 @@ static int cmd_convert(int argc, char **argv) {
         }
         if (stat(output, &ost) != 0 || !S_ISDIR(ost.st_mode))
             return usage_error("convert: output %s is not a folder", output);
+        for (int i = optind; i < argc; i++) /* before any job is made */
+            if (stat(argv[i], &ist) == 0 && S_ISDIR(ist.st_mode) && ist.st_dev == ost.st_dev &&
+                ist.st_ino == ost.st_ino)
+                return usage_error("convert: output folder %s is an input folder", output);
         out_root = strdup(output);
         for (int i = optind; i < argc; i++) {
             const char *in = argv[i];
