@@ -153,6 +153,8 @@ typedef struct run {
     int tty;
     size_t done, ok, failed;
     int64_t bytes_in, bytes_out, bytes_done, bytes_total;
+    /* per format (onnx, pth, safetensors): models ok, failed, bytes in and out */
+    int64_t fmt_ok[3], fmt_failed[3], fmt_in[3], fmt_out[3];
     double t0;
 } run;
 
@@ -284,6 +286,22 @@ static void *worker(void *arg) {
         }
         r->done++;
         r->bytes_done += j->size;
+        int fi = strcmp(res.format, "pth") == 0           ? 1
+                 : strcmp(res.format, "safetensors") == 0 ? 2
+                                                          : 0;
+        if (!res.format[0]) {
+            size_t ln = strlen(j->in);
+            fi = ln > 5 && strcmp(j->in + ln - 5, ".onnx") == 0            ? 0
+                 : ln > 12 && strcmp(j->in + ln - 12, ".safetensors") == 0 ? 2
+                                                                           : 1;
+        }
+        if (st == MSH_OK) {
+            r->fmt_ok[fi]++;
+            r->fmt_in[fi] += res.bytes_in;
+            r->fmt_out[fi] += res.bytes_out;
+        } else {
+            r->fmt_failed[fi]++;
+        }
         if (st == MSH_OK) {
             r->ok++;
             r->bytes_in += res.bytes_in;
@@ -524,6 +542,16 @@ int msh_cli_batch_run(msh_cli_batch *b) {
     }
     if (not_models > 10 && !b->copy_others)
         fprintf(stderr, "modelshrink: %zu files skipped (not models)\n", not_models);
+    if (!b->quiet && (r.n_order > 1 || resumed || b->n > 1)) {
+        static const char *names[3] = {"onnx", "pth", "safetensors"};
+        printf("%-12s %8s %8s %14s %14s %8s\n", "format", "ok", "failed", "bytes in", "bytes out",
+               "ratio");
+        for (int f = 0; f < 3; f++)
+            if (r.fmt_ok[f] || r.fmt_failed[f])
+                printf("%-12s %8lld %8lld %14lld %14lld %7.2fx\n", names[f], (long long)r.fmt_ok[f],
+                       (long long)r.fmt_failed[f], (long long)r.fmt_in[f], (long long)r.fmt_out[f],
+                       r.fmt_out[f] ? (double)r.fmt_in[f] / (double)r.fmt_out[f] : 0.0);
+    }
     if (!b->quiet && (r.n_order > 1 || resumed || b->n > 1))
         printf("total: %zu converted, %zu failed, %zu resumed, %zu not models, %lld -> %lld bytes "
                "(%.2fx), %.2f s, %.1f MB/s\n",

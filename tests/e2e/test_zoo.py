@@ -45,7 +45,11 @@ def main():
     r = C.run(args.bin, "convert", zoo, "-o", out)
     F.check(r.rc == 0, "convert ZOO -o OUT exits 0", r.describe())
     # one line per model in the contract's format; a closing "total: ..." line is tolerated
-    lines = [l for l in r.out.splitlines() if l.strip() and not l.startswith("total:")]
+    # one line per model; the closing summary table ("format ..." header, one row per format)
+    # and the "total:" line are tolerated
+    table = re.compile(r"^(format\s+ok\s+failed|(onnx|pth|safetensors)\s+\d+\s+\d+\s)")
+    lines = [l for l in r.out.splitlines()
+             if l.strip() and not l.startswith("total:") and not table.match(l)]
     bad = [l for l in lines if not LINE_RE.match(l)]
     F.check(len(lines) == len(models) and not bad,
             "one line per model on stdout: 'IN -> OUT: A -> B bytes (R.RRx)[, dedup merged N "
