@@ -124,7 +124,8 @@ static prev *load_report(const char *path, size_t *n) {
     free(line);
     fclose(f);
     /* by input; the resume check then looks at every record of an input */
-    qsort(v, *n, sizeof *v, cmp_prev);
+    if (*n) /* a report cut before its first record holds none */
+        qsort(v, *n, sizeof *v, cmp_prev);
     return v;
 }
 
@@ -642,7 +643,8 @@ int msh_cli_report_merge(int argc, char **argv) {
         free(line);
         fclose(f);
     }
-    qsort(v, n, sizeof *v, cmp_mrec);
+    if (n)
+        qsort(v, n, sizeof *v, cmp_mrec);
     FILE *o = out ? fopen(out, "w") : stdout;
     if (!o) {
         fprintf(stderr, "modelshrink: %s: cannot write: %s\n", out, strerror(errno));
