@@ -635,7 +635,11 @@ int msh_cli_report_merge(int argc, char **argv) {
                         break;
                     v = p;
                 }
-                v[n++] = (mrec){strdup(rel->valuestring), NULL, seq++, j};
+                size_t ll = strlen(line);
+                while (ll && (line[ll - 1] == '\n' || line[ll - 1] == '\r'))
+                    line[--ll] = 0;
+                /* the line itself is kept: re-printing would round its exact integers */
+                v[n++] = (mrec){strdup(rel->valuestring), strdup(line), seq++, j};
                 continue;
             }
             cJSON_Delete(j);
@@ -663,10 +667,8 @@ int msh_cli_report_merge(int argc, char **argv) {
         bin += (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(v[i].j, "bytes_in"));
         bout +=
             (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(v[i].j, "bytes_out"));
-        char *s = cJSON_PrintUnformatted(v[i].j);
-        if (s)
-            fprintf(o, "%s\n", s);
-        free(s);
+        if (v[i].line)
+            fprintf(o, "%s\n", v[i].line);
     }
     cJSON *sum = cJSON_CreateObject();
     cJSON_AddStringToObject(sum, "type", "summary");
@@ -690,6 +692,7 @@ int msh_cli_report_merge(int argc, char **argv) {
             failed, (long long)bin, (long long)bout);
     for (size_t i = 0; i < n; i++) {
         free(v[i].rel);
+        free(v[i].line);
         cJSON_Delete(v[i].j);
     }
     free(v);
