@@ -90,6 +90,9 @@ typedef struct msh_convert_options {
     int64_t staging_mib; /**< GPU pinned staging buffer size in MiB (default 64; two are used) */
     const char *key;     /**< checkpoints: the state dict's key (NULL: found automatically) */
     int out_format;      /**< checkpoints: 0 safetensors (default), 1 weights-only .pth */
+    const char *keep_outputs; /**< keep only these graph outputs (comma-separated), or NULL */
+    const char *drop_outputs; /**< remove these graph outputs (comma-separated), or NULL */
+    int keep_inputs;          /**< keep graph inputs that pruning leaves unread */
 } msh_convert_options;
 
 void msh_convert_options_init(msh_convert_options *opt);
@@ -113,6 +116,9 @@ typedef struct msh_convert_result {
     char format[12];           /**< "onnx", "pth" or "safetensors" (the input's) */
     int64_t float_saved_bytes; /**< bytes saved by FP16/BF16 */
     int64_t strip_saved_bytes; /**< bytes of a checkpoint's dropped training state and metadata */
+    int64_t pruned_nodes;      /**< nodes removed (dead code, unneeded outputs) */
+    int64_t pruned_tensors;    /**< initializers removed */
+    int64_t prune_saved_bytes; /**< their data bytes */
     char note[256];            /**< a remark for the user (e.g. why output went external), or "" */
 } msh_convert_result;
 

@@ -13,6 +13,7 @@
 #include "passes/fp16.h"
 #include "passes/inspect.h"
 #include "passes/int8.h"
+#include "passes/prune.h"
 
 #define MSH_PROTOBUF_LIMIT ((int64_t)2147483647 - 65536)
 
@@ -92,6 +93,15 @@ static msh_status convert_once(const char *in_path, const char *out_path,
     st = msh_onnx_model_open(&m, in_path, err);
     if (st == MSH_OK)
         st = check_paths(&m, in_path, out_path, err);
+    if (st == MSH_OK) {
+        /* dead code always; the sub-model when outputs are chosen */
+        msh_prune_opts po = {opt->keep_outputs, opt->drop_outputs, opt->keep_inputs};
+        msh_prune_stats ps;
+        st = msh_prune_apply(&m, &po, 1, &ps, err);
+        res->pruned_nodes = ps.nodes;
+        res->pruned_tensors = ps.tensors;
+        res->prune_saved_bytes = ps.bytes;
+    }
     if (st == MSH_OK && opt->dedup) {
         msh_dedup_plan plan;
         st = msh_dedup_find(&m, opt->dedup_graph_inputs, eng, &plan, err);

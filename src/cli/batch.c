@@ -57,6 +57,9 @@ void msh_cli_print_line(const char *in, const char *out, const msh_convert_optio
     printf("%s -> %s: %lld -> %lld bytes (%.2fx)", in, out, (long long)r->bytes_in,
            (long long)r->bytes_out,
            r->bytes_out ? (double)r->bytes_in / (double)r->bytes_out : 0.0);
+    if (r->pruned_nodes || r->pruned_tensors)
+        printf(", pruned %lld nodes, %lld tensors", (long long)r->pruned_nodes,
+               (long long)r->pruned_tensors);
     if (r->dedup_merged)
         printf(", dedup merged %lld tensors", (long long)r->dedup_merged);
     if (opt->int8) {
@@ -225,7 +228,7 @@ static void record(run *r, const msh_cli_job *j, msh_status st, const msh_conver
     cJSON_AddNumberToObject(sv, "strip", (double)res->strip_saved_bytes);
     cJSON_AddNumberToObject(sv, "float", (double)res->float_saved_bytes);
     cJSON_AddNumberToObject(sv, "int8", (double)(res->int8_bytes_before - res->int8_bytes_after));
-    cJSON_AddNumberToObject(sv, "prune", 0);
+    cJSON_AddNumberToObject(sv, "prune", (double)res->prune_saved_bytes);
     /* exact integers (a double would round a nanosecond time) */
     char num[32];
     snprintf(num, sizeof num, "%lld", (long long)j->size);

@@ -42,6 +42,11 @@ static const char *usage_text =
     "                          cpu or cuda\n"
     "      --verify            run GPU and CPU on every piece and compare the bytes\n"
     "      --staging-mib N     GPU pinned staging buffer size (default 64; two are used)\n"
+    "      --keep-outputs N[,N]  keep only these graph outputs and what they need (repeatable)\n"
+    "      --drop-outputs N[,N]  remove these graph outputs and what only they need\n"
+    "      --keep-inputs       keep graph inputs that the kept outputs no longer read\n"
+    "                          (always: unread nodes and initializers, value_info of removed\n"
+    "                          values and opset imports of unused domains are removed)\n"
     "\n"
     "PyTorch checkpoints (.pth, torch >= 1.6 zip format) are stripped to their state dict:\n"
     "      --strip             keep only the state dict (the default for checkpoints)\n"
@@ -212,6 +217,9 @@ static int cmd_convert(int argc, char **argv) {
                                          {"shard", required_argument, 0, 23},
                                          {"shard-count", required_argument, 0, 24},
                                          {"copy-others", no_argument, 0, 25},
+                                         {"keep-outputs", required_argument, 0, 26},
+                                         {"drop-outputs", required_argument, 0, 27},
+                                         {"keep-inputs", no_argument, 0, 28},
                                          {0, 0, 0, 0}};
     msh_convert_options opt;
     msh_convert_options_init(&opt);
@@ -220,7 +228,7 @@ static int cmd_convert(int argc, char **argv) {
     int shard_k = 0, shard_n = 0, shard_count = 0;
     const char *report = NULL;
     /* the lists live as long as the process (static: released at exit) */
-    static char *block_ops, *block_nodes;
+    static char *block_ops, *block_nodes, *keep_outs, *drop_outs;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "o:qhj:", opts, NULL)) != -1) {
@@ -320,11 +328,21 @@ static int cmd_convert(int argc, char **argv) {
             if (!append_list(c == 10 ? &block_ops : &block_nodes, optarg))
                 return usage_error("convert: %s", "out of memory");
             break;
+        case 26:
+        case 27:
+            if (!append_list(c == 26 ? &keep_outs : &drop_outs, optarg))
+                return usage_error("convert: %s", "out of memory");
+            break;
+        case 28: opt.keep_inputs = 1; break;
         default: return usage_error("convert: unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
     g_out_format = opt.out_format;
     opt.block_ops = block_ops;
+    if (keep_outs && drop_outs)
+        return usage_error("convert: %s", "--keep-outputs and --drop-outputs exclude each other");
+    opt.keep_outputs = keep_outs;
+    opt.drop_outputs = drop_outs;
     opt.block_nodes = block_nodes;
     if (opt.fp16_min > opt.fp16_max)
         return usage_error("convert: %s", "--fp16-min is larger than --fp16-max");

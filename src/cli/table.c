@@ -130,6 +130,12 @@ void msh_cli_print_table(const cJSON *r, FILE *out) {
     fprintf(out, "  duplicates: %.0f groups, %.0f redundant tensors, dedup saves %s (%.1f%%)\n",
             num(dup, "groups"), num(dup, "tensors"), a,
             total > 0 ? 100.0 * num(dup, "saved_bytes") / total : 0.0);
+    const cJSON *un = cJSON_GetObjectItemCaseSensitive(r, "unused");
+    if (un && (num(un, "initializers") > 0 || num(un, "nodes") > 0)) {
+        human(num(un, "bytes"), a, sizeof a);
+        fprintf(out, "  unused: %.0f initializers (%s), %.0f nodes (removed by convert)\n",
+                num(un, "initializers"), a, num(un, "nodes"));
+    }
     int shown = 0;
     cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(dup, "list")) {
         if (shown++ == 8) {

@@ -453,6 +453,32 @@ int64_t msh_onnx_find_tensor(const msh_onnx_model *m, const Onnx__TensorProto *t
     return -1;
 }
 
+/* The graph list and tensor table, walked from the tree. */
+static msh_status walk_all(msh_onnx_model *m, msh_error *e) {
+    MSH_FORWARD(walk_graph(m, m->mp->graph, -1, 1, e));
+    for (size_t i = 0; i < m->mp->n_training_info; i++) {
+        Onnx__TrainingInfoProto *ti = m->mp->training_info[i];
+        if (ti->initialization)
+            MSH_FORWARD(walk_graph(m, ti->initialization, -1, 1, e));
+        if (ti->algorithm)
+            MSH_FORWARD(walk_graph(m, ti->algorithm, -1, 1, e));
+    }
+    for (size_t i = 0; i < m->mp->n_functions; i++) {
+        Onnx__FunctionProto *f = m->mp->functions[i];
+        MSH_FORWARD(walk_nodes(m, f->node, f->n_node, -1, 1, 1, e));
+    }
+    return tmap_build(m, e);
+}
+
+msh_status msh_onnx_reindex(msh_onnx_model *m, msh_error *e) {
+    m->n_tensors = 0;
+    m->n_graphs = 0;
+    m->external_bytes = 0;
+    free(m->tmap);
+    m->tmap = NULL;
+    return walk_all(m, e);
+}
+
 msh_status msh_onnx_model_open(msh_onnx_model *m, const char *path, msh_error *e) {
     memset(m, 0, sizeof *m);
     m->fd = -1;
@@ -486,19 +512,7 @@ msh_status msh_onnx_model_open(msh_onnx_model *m, const char *path, msh_error *e
         return msh_fail(e, MSH_ERR_FORMAT, "not an ONNX model: no graph");
     if (!m->mp->has_ir_version)
         return msh_fail(e, MSH_ERR_FORMAT, "not an ONNX model: no ir_version");
-    MSH_FORWARD(walk_graph(m, m->mp->graph, -1, 1, e));
-    for (size_t i = 0; i < m->mp->n_training_info; i++) {
-        Onnx__TrainingInfoProto *ti = m->mp->training_info[i];
-        if (ti->initialization)
-            MSH_FORWARD(walk_graph(m, ti->initialization, -1, 1, e));
-        if (ti->algorithm)
-            MSH_FORWARD(walk_graph(m, ti->algorithm, -1, 1, e));
-    }
-    for (size_t i = 0; i < m->mp->n_functions; i++) {
-        Onnx__FunctionProto *f = m->mp->functions[i];
-        MSH_FORWARD(walk_nodes(m, f->node, f->n_node, -1, 1, 1, e));
-    }
-    return tmap_build(m, e);
+    return walk_all(m, e);
 }
 
 void msh_onnx_model_free(msh_onnx_model *m) {

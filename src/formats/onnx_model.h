@@ -136,6 +136,10 @@ int64_t msh_onnx_add_tensor_entry(msh_onnx_model *m, const msh_tensor *t);
 /* Attach `p` to the model: freed by msh_onnx_model_free. On failure `p` is freed. */
 msh_status msh_onnx_own(msh_onnx_model *m, void *p);
 
+/* Rebuild the graph list and tensor table after a pass changed the tree's structure (removed
+ * nodes or graphs). External files stay open; payload records may be appended again. */
+msh_status msh_onnx_reindex(msh_onnx_model *m, msh_error *e);
+
 /* Keep a TensorProto that was taken out of the tree so the model frees it. */
 msh_status msh_onnx_adopt_orphan(msh_onnx_model *m, Onnx__TensorProto *tp);
 

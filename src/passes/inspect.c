@@ -1,6 +1,7 @@
 #include "passes/inspect.h"
 
 #include "common/msh_strmap.h"
+#include "passes/prune.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,6 +162,17 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
         }
     }
     msh_strmap_free(&inits);
+    {
+        /* what the always-on clean-up of convert would remove */
+        msh_prune_stats ps;
+        msh_status pst = msh_prune_apply((msh_onnx_model *)m, NULL, 0, &ps, e);
+        if (pst != MSH_OK)
+            return pst;
+        cJSON *un = cJSON_AddObjectToObject(o, "unused");
+        cJSON_AddNumberToObject(un, "initializers", (double)ps.tensors);
+        cJSON_AddNumberToObject(un, "bytes", (double)ps.bytes);
+        cJSON_AddNumberToObject(un, "nodes", (double)ps.nodes);
+    }
     cJSON *qo = cJSON_AddObjectToObject(o, "quantized");
     cJSON_AddNumberToObject(qo, "tensors", (double)qn);
     cJSON_AddNumberToObject(qo, "bytes", (double)qbytes);
