@@ -11,6 +11,7 @@ typedef struct pctx {
     int keep_inputs;
     msh_prune_stats *st;
     msh_error *e;
+    int changed; /* a node or tensor was removed: the tensor table must be rebuilt */
 } pctx;
 
 static msh_status nomem(pctx *c) {
@@ -22,23 +23,24 @@ static int64_t tensor_bytes(pctx *c, const Onnx__TensorProto *tp) {
     return i >= 0 && c->m->tensors[i].nbytes > 0 ? c->m->tensors[i].nbytes : 0;
 }
 
-static int declared_here(const Onnx__GraphProto *g, const char *name) {
+/* The names g declares (inputs, initializers, sparse initializers, node outputs) into `d`. */
+static int collect_declared(const Onnx__GraphProto *g, msh_strmap *d) {
     for (size_t i = 0; i < g->n_input; i++)
-        if (g->input[i]->name && strcmp(g->input[i]->name, name) == 0)
-            return 1;
+        if (g->input[i]->name && !msh_strmap_upsert(d, g->input[i]->name, 1))
+            return 0;
     for (size_t i = 0; i < g->n_initializer; i++)
-        if (g->initializer[i]->name && strcmp(g->initializer[i]->name, name) == 0)
-            return 1;
+        if (g->initializer[i]->name && !msh_strmap_upsert(d, g->initializer[i]->name, 1))
+            return 0;
     for (size_t i = 0; i < g->n_sparse_initializer; i++) {
         const Onnx__TensorProto *v = g->sparse_initializer[i]->values;
-        if (v && v->name && strcmp(v->name, name) == 0)
-            return 1;
+        if (v && v->name && !msh_strmap_upsert(d, v->name, 1))
+            return 0;
     }
     for (size_t i = 0; i < g->n_node; i++)
         for (size_t k = 0; k < g->node[i]->n_output; k++)
-            if (strcmp(g->node[i]->output[k], name) == 0)
-                return 1;
-    return 0;
+            if (!msh_strmap_upsert(d, g->node[i]->output[k], 1))
+                return 0;
+    return 1;
 }
 
 static msh_status need(pctx *c, msh_strmap *live, const char *name) {
@@ -92,10 +94,17 @@ static msh_status prune_graph(pctx *c, Onnx__GraphProto *g, msh_strmap *captures
         }
     }
     /* what this graph reads but does not declare comes from outside */
-    for (size_t i = 0; st == MSH_OK && i < live.cap; i++)
-        if (live.keys[i] && captures && !declared_here(g, live.keys[i]) &&
-            !msh_strmap_upsert(captures, live.keys[i], 1))
+    if (st == MSH_OK && captures) {
+        msh_strmap decl;
+        msh_strmap_init(&decl);
+        if (!collect_declared(g, &decl))
             st = nomem(c);
+        for (size_t i = 0; st == MSH_OK && i < live.cap; i++)
+            if (live.keys[i] && !msh_strmap_get(&decl, live.keys[i]) &&
+                !msh_strmap_upsert(captures, live.keys[i], 1))
+                st = nomem(c);
+        msh_strmap_free(&decl);
+    }
     /* graph inputs: a subgraph's are positional, the main graph's may go */
     char *drop_in = calloc(g->n_input + 1, 1);
     if (!drop_in && st == MSH_OK)
@@ -153,20 +162,28 @@ static msh_status prune_graph(pctx *c, Onnx__GraphProto *g, msh_strmap *captures
         w = 0;
         for (size_t i = 0; i < g->n_sparse_initializer; i++) {
             const Onnx__TensorProto *v = g->sparse_initializer[i]->values;
-            if (v && v->name && !msh_strmap_get(&live, v->name))
+            if (v && v->name && !msh_strmap_get(&live, v->name)) {
                 protobuf_c_message_free_unpacked(&g->sparse_initializer[i]->base, NULL);
-            else
+                c->changed = 1;
+            } else
                 g->sparse_initializer[w++] = g->sparse_initializer[i];
         }
         g->n_sparse_initializer = w;
+        /* value_info of names that no longer exist (declared again after the removals) */
+        msh_strmap decl;
+        msh_strmap_init(&decl);
+        if (g->n_value_info && !collect_declared(g, &decl))
+            st = nomem(c);
         w = 0;
-        for (size_t i = 0; i < g->n_value_info; i++) {
-            if (g->value_info[i]->name && !declared_here(g, g->value_info[i]->name))
+        for (size_t i = 0; st == MSH_OK && i < g->n_value_info; i++) {
+            if (g->value_info[i]->name && !msh_strmap_get(&decl, g->value_info[i]->name))
                 protobuf_c_message_free_unpacked(&g->value_info[i]->base, NULL);
             else
                 g->value_info[w++] = g->value_info[i];
         }
-        g->n_value_info = w;
+        if (st == MSH_OK)
+            g->n_value_info = w;
+        msh_strmap_free(&decl);
     }
     free(dead);
     free(drop_in);
@@ -256,7 +273,7 @@ msh_status msh_prune_apply(msh_onnx_model *m, const msh_prune_opts *o, int apply
     memset(st, 0, sizeof *st);
     /* graph inputs go only when outputs were chosen: plain clean-up keeps the interface */
     int choosing = o && (o->keep_outputs || o->drop_outputs);
-    pctx c = {m, apply, !choosing || o->keep_inputs, st, e};
+    pctx c = {m, apply, !choosing || o->keep_inputs, st, e, 0};
     if (apply && o && (o->keep_outputs || o->drop_outputs))
         MSH_FORWARD(select_outputs(&c, o));
     MSH_FORWARD(prune_graph(&c, m->mp->graph, NULL, 1));
@@ -285,5 +302,8 @@ msh_status msh_prune_apply(msh_onnx_model *m, const msh_prune_opts *o, int apply
         }
     }
     m->mp->n_opset_import = w;
-    return msh_onnx_reindex(m, e);
+    /* the tensor table points at removed tensors only when something went */
+    if (c.changed || st->nodes || st->tensors || st->inputs || st->outputs)
+        return msh_onnx_reindex(m, e);
+    return MSH_OK;
 }
