@@ -591,8 +591,8 @@ static msh_status process_node(ctx *c, scope *s, Onnx__NodeProto *n) {
         if (q && !blocked && type == T_FLOAT) {
             uint32_t mask = q->var >= 0 ? sc->var_types[q->var] : q->types;
             int allows = (mask & MSH_OP_TYPE_BIT(target)) != 0;
-            if (is_cast && allows) {
-                a = find_attr(n, "to"); /* Cast(to=FLOAT) in a converted region */
+            if (is_cast && allows && (a = find_attr(n, "to")) && (a->has_i || a->has_s)) {
+                /* Cast(to=FLOAT) in a converted region (a Cast without 'to' is left alone) */
                 if (a->has_i) {
                     a->i = target;
                 } else {
