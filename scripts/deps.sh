@@ -42,12 +42,13 @@ required_pkgs=(
     protobuf-c-compiler libprotobuf-c-dev libonnx-dev
     libxxhash-dev libcjson-dev libonnx-testdata
     python3-venv time python3-torch
+    clang valgrind
 )
-# Optional; their absence is not an error. clang: fuzzing later. slurm-wlm munge: the local
+# Optional; their absence is not an error. slurm-wlm munge: the local
 # single-node Slurm cluster of tests/e2e/test_slurm.py (it skips without them). On a systemd
 # machine these packages also enable munge.service and the slurmctld/slurmd units; the latter
 # do not start without an /etc/slurm/slurm.conf, and the test uses none of them.
-optional_pkgs=(clang slurm-wlm munge)
+optional_pkgs=(slurm-wlm munge)
 
 is_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = "installed" ]
@@ -74,6 +75,11 @@ missing=()
 for p in "${required_pkgs[@]}"; do is_installed "$p" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
+fi
+# libFuzzer (scripts/fuzz.sh) is in clang's runtime package, which clang only recommends.
+clang_major="$(clang --version 2>/dev/null | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -n 1)"
+if [ -n "$clang_major" ] && ! is_installed "libclang-rt-$clang_major-dev"; then
+    apt_install "libclang-rt-$clang_major-dev"
 fi
 opt_missing=()
 for p in "${optional_pkgs[@]}"; do is_installed "$p" || opt_missing+=("$p"); done

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Everything CI checks, in one script: dependencies, a RelWithDebInfo build with all tests, then an
-# AddressSanitizer + UBSan build (MSH_SANITIZE=ON) with all tests again.
+# AddressSanitizer + UBSan build (MSH_SANITIZE=ON) with all tests again, then every libFuzzer
+# target for 60 seconds (scripts/fuzz.sh).
 #
-#   scripts/test.sh                 both builds
+#   scripts/test.sh                 all of it
 #   scripts/test.sh --no-asan       skip the sanitizer build (quicker local runs)
+#   scripts/test.sh --no-fuzz       skip the fuzzing step
 #
 # Also checks clang-format drift when .clang-format exists (MSH_SKIP_FORMAT=1 skips that).
 # Environment: JOBS (default: nproc), MSH_CUDA (AUTO/ON/OFF for build/, default AUTO),
 # MSH_ASAN_CUDA (for build-asan/, default OFF: ASan and the CUDA runtime do not mix well, and
-# without a GPU the CUDA tests skip anyway).
+# without a GPU the CUDA tests skip anyway), MSH_FUZZ_SECONDS (per fuzz target, default 60).
 # Exits non-zero when any step fails. Ends with a summary; the last line is
 # 'tests: N passed, N failed, N skipped', counted over both ctest runs.
 set -uo pipefail
@@ -17,11 +19,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 
 run_asan=1
+run_fuzz=1
 for arg in "$@"; do
     case "$arg" in
     --no-asan) run_asan=0 ;;
+    --no-fuzz) run_fuzz=0 ;;
     -h | --help)
-        sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -130,6 +134,10 @@ if step "deps" "$ROOT/scripts/deps.sh"; then
         export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
         build_and_test build-asan "build-asan/ (ASan+UBSan)" -DMSH_SANITIZE=ON \
             -DMSH_CUDA="${MSH_ASAN_CUDA:-OFF}"
+    fi
+    if [ "$run_fuzz" -eq 1 ]; then
+        step "fuzz (${MSH_FUZZ_SECONDS:-60}s per target)" "$ROOT/scripts/fuzz.sh" \
+            --time "${MSH_FUZZ_SECONDS:-60}"
     fi
 fi
 

@@ -5,6 +5,7 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(MSH_FORCE_SCALAR)
 #define MSH_X86_SIMD 1
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -119,8 +120,11 @@ static int g_simd;
 static void simd_probe(void) {
     const char *force = getenv("MSH_FORCE_SCALAR");
     __builtin_cpu_init();
-    g_simd = !(force && *force && strcmp(force, "0") != 0) && __builtin_cpu_supports("avx2") &&
-             __builtin_cpu_supports("f16c");
+    /* F16C from CPUID leaf 1 directly: clang's __builtin_cpu_supports does not know "f16c". */
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    g_simd =
+        !(force && *force && strcmp(force, "0") != 0) && __builtin_cpu_supports("avx2") && f16c;
 }
 #endif
 
