@@ -60,9 +60,10 @@ BUILD="${FUZZ_BUILD:-$ROOT/build-fuzz}"
 PY="$ROOT/.venv/bin/python"
 [ -x "$PY" ] || "$ROOT/scripts/deps.sh" || exit 1
 
+mkdir -p "$BUILD"
 cmake -S . -B "$BUILD" -DMSH_FUZZ=ON -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    >"$BUILD.configure.log" 2>&1 || {
-    cat "$BUILD.configure.log"
+    >"$BUILD/configure.log" 2>&1 || {
+    cat "$BUILD/configure.log"
     exit 1
 }
 cmake --build "$BUILD" -j "$jobs" >"$BUILD/build.log" 2>&1 || {
