@@ -170,6 +170,11 @@ fail:
     return st;
 }
 
+static int has_suffix(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
 /* What a file is, from its first bytes: 0 ONNX, 1 torch zip checkpoint, 2 legacy torch,
  * 3 safetensors. */
 static int sniff(const char *path) {
@@ -183,7 +188,16 @@ static int sniff(const char *path) {
     fclose(f);
     if (msh_st_sniff(h, n, size))
         return 3;
-    return msh_pth_sniff(h, n);
+    int kind = msh_pth_sniff(h, n);
+    if (kind)
+        return kind;
+    /* Unrecognised bytes: the name says what the file claims to be, so its own reader can say
+     * what is wrong (a protobuf error about a broken .safetensors would mislead). */
+    if (has_suffix(path, ".safetensors"))
+        return 3;
+    if (has_suffix(path, ".pth") || has_suffix(path, ".pt") || has_suffix(path, ".ckpt"))
+        return 1;
+    return 0;
 }
 
 static msh_status convert_st(const char *in_path, const char *out_path,

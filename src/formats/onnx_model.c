@@ -111,16 +111,21 @@ static const char *tname(const Onnx__TensorProto *tp) {
 
 /* ---- external data ---- */
 
-static msh_status ext_parse_int(const char *v, int64_t *out) {
+/* An external-data offset or length: decimal digits only, at most INT64_MAX. */
+static msh_status ext_parse_int(const char *what, const char *v, int64_t *out, msh_error *e) {
     if (!v || !*v)
-        return MSH_ERR_FORMAT;
+        return msh_fail(e, MSH_ERR_FORMAT, "external data %s is empty", what);
+    if (v[0] == '-' && v[1] >= '0' && v[1] <= '9')
+        return msh_fail(e, MSH_ERR_FORMAT, "external data %s '%.40s' is negative", what, v);
     int64_t r = 0;
     for (const char *p = v; *p; p++) {
         if (*p < '0' || *p > '9')
-            return MSH_ERR_FORMAT;
-        if (r > (INT64_MAX - 9) / 10)
-            return MSH_ERR_FORMAT;
-        r = r * 10 + (*p - '0');
+            return msh_fail(e, MSH_ERR_FORMAT, "external data %s '%.40s' is not an integer", what,
+                            v);
+        int d = *p - '0';
+        if (r > (INT64_MAX - d) / 10)
+            return msh_fail(e, MSH_ERR_FORMAT, "external data %s '%.40s' is too large", what, v);
+        r = r * 10 + d;
     }
     *out = r;
     return MSH_OK;
@@ -236,10 +241,10 @@ static msh_status tensor_external(msh_onnx_model *m, msh_tensor *t, msh_error *e
         return msh_fail(e, MSH_ERR_UNSUPPORTED, "external data of element type %s",
                         msh_onnx_dtype_name(tp->data_type));
     int64_t off = 0, len = t->nbytes;
-    if (off_s && ext_parse_int(off_s, &off) != MSH_OK)
-        return msh_fail(e, MSH_ERR_FORMAT, "external data offset '%.40s' is not an integer", off_s);
-    if (len_s && ext_parse_int(len_s, &len) != MSH_OK)
-        return msh_fail(e, MSH_ERR_FORMAT, "external data length '%.40s' is not an integer", len_s);
+    if (off_s)
+        MSH_FORWARD(ext_parse_int("offset", off_s, &off, e));
+    if (len_s)
+        MSH_FORWARD(ext_parse_int("length", len_s, &len, e));
     if (len != t->nbytes)
         return msh_fail(e, MSH_ERR_FORMAT,
                         "external data length %lld differs from the %lld "

@@ -44,12 +44,18 @@ int msh_st_sniff(const uint8_t *h, size_t n, int64_t file_size) {
     return h[8] == '{' && len >= 2 && len < ((uint64_t)1 << 40);
 }
 
+static int cmp_name(const void *a, const void *b) {
+    return strcmp(((const msh_st_tensor *)a)->name, ((const msh_st_tensor *)b)->name);
+}
+
 /* By offset, empty tensors first: [k, k] may sit where the next tensor starts. */
 static int cmp_offset(const void *a, const void *b) {
     const msh_st_tensor *x = a, *y = b;
     if (x->offset != y->offset)
         return x->offset < y->offset ? -1 : 1;
-    return x->nbytes < y->nbytes ? -1 : x->nbytes > y->nbytes;
+    if (x->nbytes != y->nbytes)
+        return x->nbytes < y->nbytes ? -1 : 1;
+    return strcmp(x->name, y->name); /* names are unique: a total order, whatever qsort does */
 }
 
 /* Strict UTF-8: no overlongs, no surrogates, nothing above U+10FFFF. */
@@ -119,7 +125,9 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
     cJSON *j = st == MSH_OK ? cJSON_ParseWithLength(hdr, (size_t)n) : NULL;
     free(hdr);
     MSH_FORWARD(st);
-    if (!j || !cJSON_IsObject(j)) {
+    if (!j)
+        return msh_fail(e, MSH_ERR_FORMAT, "safetensors: the header is not valid JSON");
+    if (!cJSON_IsObject(j)) {
         cJSON_Delete(j);
         return msh_fail(e, MSH_ERR_FORMAT, "safetensors: the header is not a JSON object");
     }
@@ -134,7 +142,9 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
     cJSON_ArrayForEach(it, j) {
         if (strcmp(it->string, "__metadata__") == 0) {
             const cJSON *m;
-            if (!cJSON_IsObject(it))
+            if (f->metadata)
+                st = msh_fail(e, MSH_ERR_FORMAT, "safetensors: __metadata__ appears twice");
+            else if (!cJSON_IsObject(it))
                 st = msh_fail(e, MSH_ERR_FORMAT, "safetensors: __metadata__ is not an object");
             cJSON_ArrayForEach(m, it) if (!cJSON_IsString(m)) st =
                 msh_fail(e, MSH_ERR_FORMAT, "safetensors: __metadata__ values must be strings");
@@ -167,11 +177,17 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
         t->numel = 1;
         const cJSON *d;
         cJSON_ArrayForEach(d, sh) {
-            double v = cJSON_IsNumber(d) ? d->valuedouble : -1;
-            if (v < 0 || v != (double)(int64_t)v || v > 9e15 ||
-                !msh_mul_i64(t->numel, (int64_t)v, &t->numel)) {
-                st = msh_fail(e, MSH_ERR_FORMAT, "safetensors: tensor '%.200s': bad shape",
-                              it->string);
+            double v = cJSON_IsNumber(d) ? d->valuedouble : 0.5;
+            const char *why = NULL;
+            if (v < 0)
+                why = "is negative";
+            else if (v != (double)(int64_t)v || v > 9e15)
+                why = "is not a whole number up to 9e15";
+            else if (!msh_mul_i64(t->numel, (int64_t)v, &t->numel))
+                why = "makes the element count overflow";
+            if (why) {
+                st = msh_fail(e, MSH_ERR_FORMAT, "safetensors: tensor '%.200s': shape dim %zu %s",
+                              it->string, t->ndim, why);
                 break;
             }
             t->shape[t->ndim++] = (int64_t)v;
@@ -183,7 +199,9 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
         if (!cJSON_IsNumber(cJSON_GetArrayItem(of, 0)) ||
             !cJSON_IsNumber(cJSON_GetArrayItem(of, 1)) || b < 0 || en < b || en > 9e15 ||
             b != (double)(int64_t)b || en != (double)(int64_t)en) {
-            st = msh_fail(e, MSH_ERR_FORMAT, "safetensors: tensor '%.200s': bad data_offsets",
+            st = msh_fail(e, MSH_ERR_FORMAT,
+                          "safetensors: tensor '%.200s': data_offsets must be two whole numbers, "
+                          "begin <= end",
                           it->string);
             break;
         }
@@ -199,6 +217,12 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
     }
     cJSON_Delete(j);
     MSH_FORWARD(st);
+    /* JSON allows a key twice and cJSON keeps both: a name must say which tensor it means. */
+    qsort(f->t, f->n, sizeof *f->t, cmp_name);
+    for (size_t i = 1; i < f->n; i++)
+        if (strcmp(f->t[i - 1].name, f->t[i].name) == 0)
+            return msh_fail(e, MSH_ERR_FORMAT, "safetensors: tensor '%.200s' is named twice",
+                            f->t[i].name);
     qsort(f->t, f->n, sizeof *f->t, cmp_offset);
     int64_t at = 0;
     for (size_t i = 0; i < f->n; i++) {
