@@ -382,7 +382,8 @@ static int cmd_convert(int argc, char **argv) {
     }
     int n_in = argc - optind;
     struct stat ist, ost;
-    int out_is_dir = stat(output, &ost) == 0 && S_ISDIR(ost.st_mode);
+    int out_exists = stat(output, &ost) == 0;
+    int out_is_dir = out_exists && S_ISDIR(ost.st_mode);
     msh_cli_batch j;
     memset(&j, 0, sizeof j);
     j.opt = &opt;
@@ -397,7 +398,7 @@ static int cmd_convert(int argc, char **argv) {
     char *out_root = NULL;
     if (n_in == 1 && stat(argv[optind], &ist) == 0 && !S_ISDIR(ist.st_mode) && !out_is_dir &&
         !has_suffix(output, "/")) {
-        if (ist.st_dev == ost.st_dev && ist.st_ino == ost.st_ino)
+        if (out_exists && ist.st_dev == ost.st_dev && ist.st_ino == ost.st_ino)
             return usage_error("convert: output %s is the input file", output);
         const char *base = strrchr(argv[optind], '/');
         msh_cli_batch_add(&j, argv[optind], output, base ? base + 1 : argv[optind], 1);
