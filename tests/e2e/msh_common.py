@@ -7,6 +7,7 @@ exits 0 (pass), 1 (fail) or 77 (skip: a Python module or a data folder is missin
 import argparse
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -84,6 +85,16 @@ def parse_args(desc):
     if os.path.exists(args.work):
         shutil.rmtree(args.work)
     os.makedirs(args.work)
+    wrap = os.environ.get("MSH_TEST_WRAPPER", "").strip()
+    if wrap:
+        # Run every modelshrink command under this prefix (scripts/valgrind.sh sets it to a
+        # valgrind command line): a shell script stands in for the binary, so tests that start
+        # the binary themselves (signals, rlimits, Slurm jobs) are wrapped too.
+        args.real_bin = args.bin
+        args.bin = os.path.join(args.work, "modelshrink-wrapped")
+        with open(args.bin, "w") as f:
+            f.write('#!/bin/sh\nexec %s %s "$@"\n' % (wrap, shlex.quote(args.real_bin)))
+        os.chmod(args.bin, 0o755)
     return args
 
 
