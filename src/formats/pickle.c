@@ -104,7 +104,9 @@ static msh_status push_str(vm *v, msh_pk_type t, size_t n) {
 static msh_status memo_put(vm *v, uint64_t idx) {
     msh_pk *o = NULL;
     MSH_FORWARD(top(v, &o));
-    if (idx >= PK_MAX_MEMO)
+    /* A pickle writes memo slots in order, one per opcode at most: an index beyond the
+     * pickle's length is a lie that would only make us allocate (8 bytes per slot). */
+    if (idx >= PK_MAX_MEMO || idx > v->len)
         return msh_fail(v->e, MSH_ERR_LIMIT, "pickle memo index %llu out of range",
                         (unsigned long long)idx);
     if (idx >= v->mcap) {
