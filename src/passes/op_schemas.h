@@ -28,8 +28,9 @@
 #include <stdint.h>
 
 #define MSH_OP_NONTENSOR (1u << 31)
-/* The mask bit of tensor(data_type t), t < 31. */
-#define MSH_OP_TYPE_BIT(t) (1u << (t))
+/* The mask bit of tensor(data_type t) for 0 <= t < 31; 0 (no type allowed) for any other value,
+ * such as a Cast 'to' that a hostile file sets to 93. */
+#define MSH_OP_TYPE_BIT(t) ((t) >= 0 && (t) < 31 ? 1u << (t) : 0u)
 
 typedef enum { MSH_OP_SINGLE = 0, MSH_OP_OPTIONAL = 1, MSH_OP_VARIADIC = 2 } msh_op_option;
 
