@@ -5,6 +5,7 @@
 #   scripts/fuzz.sh --time 1800           every target for 30 minutes
 #   scripts/fuzz.sh --time 300 fuzz_onnx  one target
 #   scripts/fuzz.sh --jobs 1              one target at a time
+#   scripts/fuzz.sh --time 1800 --benchmarks   also write the 'fuzzing' section of BENCHMARKS.md
 #
 # Targets: fuzz_onnx (ONNX reader and every pass), fuzz_pth (zip + pickle + checkpoint convert),
 # fuzz_pickle (the pickle machine alone), fuzz_safetensors (safetensors reader and convert).
@@ -13,7 +14,8 @@
 # sanitizer report or timeout is saved as build-fuzz/artifacts/TARGET-crash-* and the script
 # exits 1; turn each into a regression test by copying it to tests/fuzz/regressions/TARGET/
 # (tests/e2e/test_hostile.py runs every file there through the command line).
-# Logs: build-fuzz/logs/TARGET.log. The summary gives each target's exec count and corpus size.
+# Logs: build-fuzz/logs/TARGET.log. The summary (tests/fuzz/fuzz_summary.py) gives each target's
+# executions, exec/s, coverage, corpus size, peak RSS and finding.
 # Environment: FUZZ_BUILD (default build-fuzz), FUZZ_ARGS (extra libFuzzer flags).
 set -uo pipefail
 
@@ -21,6 +23,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 ALL=(fuzz_onnx fuzz_pth fuzz_pickle fuzz_safetensors)
 seconds=60
+write_bench=0
 jobs="$(nproc 2>/dev/null || echo 2)"
 targets=()
 while [ $# -gt 0 ]; do
@@ -33,8 +36,9 @@ while [ $# -gt 0 ]; do
         jobs="${2:?--jobs needs a number}"
         shift
         ;;
+    --benchmarks) write_bench=1 ;;
     -h | --help)
-        sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     fuzz_*) targets+=("$1") ;;
@@ -120,19 +124,14 @@ for i in "${!pids[@]}"; do
     rc[${names[$i]}]=$?
 done
 
-printf '%-18s %6s %12s %9s %8s  %s\n' target exit execs exec/s corpus finding
+args=()
 for t in "${targets[@]}"; do
-    log="$BUILD/logs/$t.log"
-    execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
-    rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)"
-    ncorp="$(find "$BUILD/corpus/$t" -type f | wc -l)"
-    finding="-"
-    if [ "${rc[$t]}" -ne 0 ]; then
-        fail=1
-        finding="$(grep -m1 -E 'ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error|SUMMARY' "$log" || echo "exit ${rc[$t]}")"
-    fi
-    printf '%-18s %6s %12s %9s %8s  %s\n' "$t" "${rc[$t]}" "${execs:-?}" "${rate:-?}" "$ncorp" "$finding"
+    args+=("$t=${rc[$t]}")
+    [ "${rc[$t]}" -eq 0 ] || fail=1
 done
+bench=()
+[ "$write_bench" -eq 1 ] && bench=(--benchmarks "$ROOT/BENCHMARKS.md")
+"$PY" tests/fuzz/fuzz_summary.py "$BUILD" "$seconds" "$jobs" "${args[@]}" "${bench[@]}"
 if [ "$fail" -ne 0 ]; then
     echo "fuzz.sh: findings saved in $BUILD/artifacts/ (see the logs)" >&2
     ls -1 "$BUILD/artifacts" >&2

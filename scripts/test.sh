@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Everything CI checks, in one script: dependencies, a RelWithDebInfo build with all tests, then an
-# AddressSanitizer + UBSan build (MSH_SANITIZE=ON) with all tests again, then every libFuzzer
-# target for 60 seconds (scripts/fuzz.sh).
+# AddressSanitizer + UBSan build (MSH_SANITIZE=ON) with all tests again, the end-to-end tests
+# with every modelshrink command under valgrind memcheck (scripts/valgrind.sh), then every
+# libFuzzer target for 60 seconds (scripts/fuzz.sh).
 #
 #   scripts/test.sh                 all of it
 #   scripts/test.sh --no-asan       skip the sanitizer build (quicker local runs)
+#   scripts/test.sh --no-valgrind   skip the valgrind step
 #   scripts/test.sh --no-fuzz       skip the fuzzing step
 #
 # Also checks clang-format drift when .clang-format exists (MSH_SKIP_FORMAT=1 skips that).
@@ -20,12 +22,14 @@ cd "$ROOT" || exit 1
 
 run_asan=1
 run_fuzz=1
+run_valgrind=1
 for arg in "$@"; do
     case "$arg" in
     --no-asan) run_asan=0 ;;
     --no-fuzz) run_fuzz=0 ;;
+    --no-valgrind) run_valgrind=0 ;;
     -h | --help)
-        sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -134,6 +138,9 @@ if step "deps" "$ROOT/scripts/deps.sh"; then
         export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
         build_and_test build-asan "build-asan/ (ASan+UBSan)" -DMSH_SANITIZE=ON \
             -DMSH_CUDA="${MSH_ASAN_CUDA:-OFF}"
+    fi
+    if [ "$run_valgrind" -eq 1 ]; then
+        step "valgrind (e2e under memcheck)" "$ROOT/scripts/valgrind.sh"
     fi
     if [ "$run_fuzz" -eq 1 ]; then
         step "fuzz (${MSH_FUZZ_SECONDS:-60}s per target)" "$ROOT/scripts/fuzz.sh" \
