@@ -14,6 +14,7 @@ import datetime
 import glob
 import importlib
 import inspect
+import json
 import os
 import shlex
 import subprocess
@@ -42,6 +43,83 @@ def versions(ctx):
     return [("modelshrink", ms)] + [(n, h.pkg_version(n)) for n in (
         "onnxslim", "onnxsim", "onnxoptimizer", "onnxruntime", "onnx", "numpy")] + [
         ("cp", h._first_line(["cp", "--version"]).replace("cp (GNU coreutils) ", "coreutils "))]
+
+
+SIZE_CASES = [("strip-resnet18", "ResNet-18 + attention head, Adam state: strip"),
+              ("dedup-albert", "ALBERT-base export with per-layer copies: dedup"),
+              ("fp16-yolox", "YOLOX-S-sized detector checkpoint: strip + FP16"),
+              ("prune-clip", "CLIP-like dual encoder: keep the vision tower")]
+PEER_CASES = [("fp16-bert", "BERT-base-shaped ONNX: FP16"),
+              ("int8-bert", "BERT-base-shaped ONNX: INT8 per channel")]
+
+
+def load_results(work, quick):
+    out = {}
+    for path in glob.glob(os.path.join(work, "results", "*.json")):
+        try:
+            r = json.load(open(path))
+        except (OSError, ValueError):
+            continue
+        if bool(r.get("quick")) == quick:
+            out[r["case"]] = r
+    return out
+
+
+def write_summary(out, work, quick, machine):
+    """The summary section: the documented size cases, the other peer comparisons and growth,
+    from the newest figures each case saved in bench-work/results/."""
+    res = load_results(work, quick)
+    if not res:
+        return
+
+    def mb(n):
+        return "%.1f MB" % (n / 1e6)
+
+    def row(cid, title):
+        r = res.get(cid)
+        if not r:
+            return {"case": title, "measured": "not run yet (`--case %s`)" % cid}
+        ms, peer, cp = r.get("ms_wall") or 0.0, r.get("peer_wall") or 0.0, r.get("cp_wall") or 0.0
+        return {"case": "%s (`%s`)" % (title, cid), "doc": r.get("documented", ""),
+                "measured": "%s → %s (%s)" % (mb(r["input_bytes"]), mb(r["output_bytes"]),
+                                              h.fmt_ratio(r["input_bytes"], r["output_bytes"])),
+                "ms": "%s s, %.0f MiB" % (h.fmt_s(ms), r.get("ms_rss", 0.0)),
+                "peer": "%s: %s s, %.0f MiB" % (r.get("peer", "?"), h.fmt_s(peer),
+                                                r.get("peer_rss", 0.0)) if peer else "",
+                "speed": h.fmt_ratio(peer, ms) if peer and ms else "",
+                "cp": h.fmt_ratio(ms, cp) if cp and ms else "",
+                "err": r.get("error", ""), "when": r.get("when", "")}
+    cols = [("case", "case", "l"), ("doc", "documented", "l"), ("measured", "measured", "l"),
+            ("ms", "modelshrink wall, peak RSS", "r"), ("peer", "peer wall, peak RSS", "l"),
+            ("speed", "modelshrink speed-up", "r"), ("cp", "modelshrink wall vs cp", "r"),
+            ("err", "error vs original", "l"), ("when", "measured at", "l")]
+    parts = ["## Summary" + (" (quick)" if quick else ""),
+             "The newest figures of each case's section below: median wall times over the "
+             "case's runs, the largest peak RSS; speed-up: the peer's time over modelshrink's; "
+             "wall vs cp: modelshrink's time over `cp` of the same bytes (the I/O floor).",
+             "### The documented size cases",
+             report.table(cols, [row(c, t) for c, t in SIZE_CASES]),
+             "### Other peer comparisons",
+             report.table([c for c in cols if c[0] != "doc"], [row(c, t) for c, t in PEER_CASES])]
+    grow = sorted((r for k, r in res.items() if k.startswith("growth-")),
+                  key=lambda r: r["input_bytes"])
+    if grow:
+        gcols = [("size", "input", "r"), ("ms", "modelshrink (dedup)", "r"),
+                 ("nd", "modelshrink --no-dedup", "r"), ("cp", "cp", "r")]
+
+        def cell(wall, rss, n):
+            return "%s s (%.3f s/GiB), %.1f MiB" % (h.fmt_s(wall), wall / (n / 2.0 ** 30), rss) \
+                if rss is not None else "%s s (%.3f s/GiB)" % (h.fmt_s(wall), wall / (n / 2.0 ** 30))
+        grows = [{"size": "%s (%s B)" % (r["case"][len("growth-"):],
+                                         h.fmt_bytes(r["input_bytes"])),
+                  "ms": cell(r["ms_wall"], r["ms_rss"], r["input_bytes"]),
+                  "nd": cell(r["nodedup_wall"], r["nodedup_rss"], r["input_bytes"]),
+                  "cp": cell(r["cp_wall"], None, r["input_bytes"])} for r in grow]
+        parts += ["### Growth (wall time, seconds per GiB, peak RSS)", report.table(gcols, grows)]
+    parts.append("Machine: %s, %d cores, %.1f GiB RAM, %s." % (
+        machine["cpu"], machine["cores"], machine["ram_gib"], machine["os"]))
+    report.update_section(out, "summary" + ("-quick" if quick else ""), "\n\n".join(parts),
+                          first=True)
 
 
 def main(argv=None):
@@ -112,6 +190,7 @@ def main(argv=None):
         print("  wrote section '%s' of %s" % (sec_id, os.path.relpath(args.out, h.ROOT)),
               flush=True)
         print(report.table(res.columns, res.rows), flush=True)
+    write_summary(args.out, work, args.quick, machine)
     print("bench: %d case(s) run, %d failed; command: %s" % (
         len(chosen), failed, " ".join(shlex.quote(a) for a in sys.argv)))
     return 1 if failed else 0

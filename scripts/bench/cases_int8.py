@@ -127,21 +127,15 @@ def int8_bert(ctx):
         s = sums[t.name]
         ok = bool(s.out_bytes)
         cos, err, wr = fmt_check(s.extra["check"])
-        cell = "failed: " + s.failure if not ok else h.fmt_s(s.wall_median) + (
-            " (%s–%s)" % (h.fmt_s(s.wall_min), h.fmt_s(s.wall_max)) if s.runs > 1 else "")
-        rows.append({
-            "tool": t.name, "wall": cell,
-            "rss": "%.0f" % s.rss_mib if ok else "",
-            "out": h.fmt_bytes(s.out_bytes) if ok else "",
-            "ratio": h.fmt_ratio(in_bytes, s.out_bytes) if ok else "",
-            "vs_ms": h.fmt_ratio(s.wall_median, ms.wall_median) if ok and ms.out_bytes else "",
-            "wr": wr, "cos": cos, "err": err,
-        })
-    columns = [("tool", "tool", "l"), ("wall", "median wall s (min–max)", "r"),
-               ("rss", "peak RSS MiB", "r"), ("out", "output bytes", "r"),
-               ("ratio", "in/out", "r"), ("vs_ms", "wall vs modelshrink", "r"),
-               ("wr", "quantized weight bytes vs FP32", "r"),
-               ("cos", "cosine vs FP32", "r"), ("err", "max abs err vs FP32", "r")]
+        row = h.standard_row(t.name, s, in_bytes, sums, err if t.name != "cp" else "0 (a copy)")
+        row.update(wr=wr if ok else "", cos=cos if ok else "")
+        rows.append(row)
+    columns = h.standard_columns("max abs err vs FP32")
+    columns[5:5] = [("cos", "cosine vs FP32", "r"), ("wr", "quantized weight bytes vs FP32", "r")]
+    h.save_headline(ctx, "int8-bert", input_bytes=in_bytes, output_bytes=ms.out_bytes,
+                    ms_wall=ms.wall_median, ms_rss=ms.rss_mib, peer="quantize_dynamic",
+                    peer_wall=peer.wall_median, peer_rss=peer.rss_mib,
+                    cp_wall=sums["cp"].wall_median, error="cosine " + rows[0]["cos"])
     shape = ", ".join("%s %d" % kv for kv in params.items())
     preface = (
         "Input: `gen_models.make_bert` (%s), distinct random weights, %s bytes (%.1f MiB), "

@@ -132,21 +132,21 @@ def prune_clip(ctx):
         else:
             graph = "in %s, out %s, %d nodes, %d initializers" % (
                 ",".join(sh["inputs"]), ",".join(sh["outputs"]), sh["nodes"], sh["initializers"])
-        cell = "failed: " + s.failure if not ok else h.fmt_s(s.wall_median) + (
-            " (%s–%s)" % (h.fmt_s(s.wall_min), h.fmt_s(s.wall_max)) if s.runs > 1 else "")
-        rows.append({
-            "tool": t.name, "wall": cell,
-            "rss": "%.0f" % s.rss_mib if ok else "",
-            "out": h.fmt_bytes(s.out_bytes) if ok else "",
-            "ratio": h.fmt_ratio(in_bytes, s.out_bytes) if ok else "",
-            "vs_ms": h.fmt_ratio(s.wall_median, ms.wall_median) if ok and ms.out_bytes else "",
-            "same": "" if t.name == "cp" else h.fmt_check(s.extra["check"]),
-            "graph": graph,
-        })
-    columns = [("tool", "tool", "l"), ("wall", "median wall s (min–max)", "r"),
-               ("rss", "peak RSS MiB", "r"), ("out", "output bytes", "r"),
-               ("ratio", "in/out", "r"), ("vs_ms", "wall vs modelshrink", "r"),
-               ("same", "image_embeds bit-identical", "l"), ("graph", "output graph", "l")]
+        if t.name == "cp":
+            err = "0 (a copy)"
+        else:
+            err = h.fmt_check(s.extra["check"])
+        row = h.standard_row(t.name, s, in_bytes, sums, err)
+        row["graph"] = graph
+        rows.append(row)
+    columns = h.standard_columns("image_embeds bit-identical") + [("graph", "output graph", "l")]
+    peer = sums["onnx.extract_model"]
+    h.save_headline(ctx, "prune-clip", documented="a CLIP-like model keeping only its vision "
+                    "tower", input_bytes=in_bytes, output_bytes=ms.out_bytes,
+                    ms_wall=ms.wall_median, ms_rss=ms.rss_mib, peer="onnx.extract_model",
+                    peer_wall=peer.wall_median, peer_rss=peer.rss_mib,
+                    cp_wall=sums["cp"].wall_median,
+                    error="image_embeds bit-identical: " + rows[0]["err"])
     preface = (
         "Input: `gen_models.make_clip(%s)` (%s): image tower (patch Conv, FFN blocks, projection) and "
         "text tower (token embedding Gather, FFN blocks, projection) with distinct random "
@@ -161,7 +161,6 @@ def prune_clip(ctx):
            h.fmt_bytes(src.get("tensor_bytes", 0)), ctx.reps,
            "\n".join("- %s: %s" % (t.name, t.note) for t in tools)))
     notes = []
-    peer = sums["onnx.extract_model"]
     if ms.out_bytes and peer.out_bytes:
         notes.append("- modelshrink is %.1fx faster than onnx.utils.extract_model, at %.1f%% of "
                      "its peak RSS; outputs %s vs %s bytes."

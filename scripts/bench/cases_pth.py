@@ -245,20 +245,9 @@ def pth_strip(ctx):
                                                       "; ".join(check["problems"][:2])))
         else:
             same = "(the reference)"
-        cell = "failed: " + s.failure if not ok else h.fmt_s(s.wall_median) + (
-            " (%s–%s)" % (h.fmt_s(s.wall_min), h.fmt_s(s.wall_max)) if s.runs > 1 else "")
-        rows.append({
-            "tool": t.name, "wall": cell,
-            "rss": "%.0f" % s.rss_mib if ok else "",
-            "out": h.fmt_bytes(s.out_bytes) if ok else "",
-            "ratio": h.fmt_ratio(in_bytes, s.out_bytes) if ok else "",
-            "vs_ms": h.fmt_ratio(s.wall_median, ms.wall_median) if ok and ms.out_bytes else "",
-            "same": same,
-        })
-    columns = [("tool", "tool", "l"), ("wall", "median wall s (min–max)", "r"),
-               ("rss", "peak RSS MiB", "r"), ("out", "output bytes", "r"),
-               ("ratio", "in/out", "r"), ("vs_ms", "wall vs modelshrink", "r"),
-               ("same", "same tensors as the peer's", "l")]
+        rows.append(h.standard_row(t.name, s, in_bytes, sums,
+                                   same if t.name != "cp" else "0 (a copy)"))
+    columns = h.standard_columns("same tensors as the peer's")
     shape = ", ".join("%s %d" % kv for kv in params.items())
     preface = (
         "Input: a `torch.save` training checkpoint written by torch %s (%s): "

@@ -345,3 +345,57 @@ def fmt_check(v):
         return "yes"
     err = v.get("max_abs_err")
     return "no (max abs err %.3g)" % err if err is not None else "no"
+
+
+# --------------------------------------------------------------------------------------------
+# the standard table: every case reports the same columns
+# --------------------------------------------------------------------------------------------
+
+def tool_cp(name="cp", note="`cp IN OUT`: the I/O floor, the same bytes copied (GNU cp uses "
+                             "copy_file_range, an in-kernel copy; no fsync)"):
+    return Tool(name, lambda i, o: ["cp", i, o], note=note, outputs=lambda o: [o])
+
+
+def wall_cell(s):
+    """'median (min–max)' for a Summary, or why it failed."""
+    if not s.out_bytes:
+        return "failed: " + s.failure
+    cell = fmt_s(s.wall_median)
+    if s.runs > 1:
+        cell += " (%s–%s)" % (fmt_s(s.wall_min), fmt_s(s.wall_max))
+    return cell
+
+
+def standard_columns(error_heading="error vs original"):
+    """tool | median wall (range) | peak RSS | output bytes | in/out | <error> | wall vs
+    modelshrink | wall vs cp"""
+    return [("tool", "tool", "l"), ("wall", "median wall s (min–max)", "r"),
+            ("rss", "peak RSS MiB", "r"), ("out", "output bytes", "r"),
+            ("ratio", "in/out", "r"), ("err", error_heading, "l"),
+            ("vs_ms", "wall vs modelshrink", "r"), ("vs_cp", "wall vs cp", "r")]
+
+
+def standard_row(name, s, in_bytes, sums, err_cell, ms="modelshrink", cp="cp"):
+    """One row of standard_columns() for Summary ``s``; ``sums`` holds every tool's Summary (the
+    ratios divide by sums[ms] and sums[cp] when those ran)."""
+    ok = bool(s.out_bytes)
+
+    def vs(base):
+        b = sums.get(base)
+        return fmt_ratio(s.wall_median, b.wall_median) if ok and b and b.out_bytes else ""
+    return {"tool": name, "wall": wall_cell(s), "rss": "%.0f" % s.rss_mib if ok else "",
+            "out": fmt_bytes(s.out_bytes) if ok else "",
+            "ratio": fmt_ratio(in_bytes, s.out_bytes) if ok else "",
+            "err": err_cell if ok else "", "vs_ms": vs(ms), "vs_cp": vs(cp)}
+
+
+def save_headline(ctx, case_id, **figures):
+    """Keep a case's headline figures in bench-work/results/CASE.json for the summary section
+    (bench.py writes it after every run from the newest figures of each case)."""
+    d = os.path.join(ctx.work, "results")
+    os.makedirs(d, exist_ok=True)
+    figures["case"] = case_id
+    figures["quick"] = ctx.quick
+    figures["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    with open(os.path.join(d, case_id + ("-quick" if ctx.quick else "") + ".json"), "w") as f:
+        json.dump(figures, f, indent=1)

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Peer for the checkpoint benchmark: strip a training checkpoint to safetensors the way a user
-does it with PyTorch.
+"""Peer for the checkpoint benchmarks: strip a training checkpoint to safetensors (optionally in
+FP16) the way a user does it with PyTorch.
 
-    .venv-torch/bin/python peer_pth.py CKPT.pth OUT.safetensors
+    .venv-torch/bin/python peer_pth.py CKPT.pth OUT.safetensors [--key KEY] [--half]
 
-torch.load(CKPT, map_location="cpu"), take ck["model_state_dict"], and
-safetensors.torch.save_file({k: v.contiguous()}, OUT, metadata={"format": "pt"}).
-Run by .venv-torch (made by scripts/deps.sh --bench): Debian's python3-torch plus safetensors.
+torch.load(CKPT, map_location="cpu"), take ck[KEY] (default "model_state_dict"), with --half turn
+every FP32 tensor into FP16 (`v.half()`), and safetensors.torch.save_file({k: v.contiguous()},
+OUT, metadata={"format": "pt"}). Run by .venv-torch (made by scripts/deps.sh --bench): Debian's
+python3-torch plus safetensors.
 """
+import argparse
 import sys
 
 import torch
@@ -15,12 +17,16 @@ from safetensors.torch import save_file
 
 
 def main(argv):
-    if len(argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    ck = torch.load(argv[0], map_location="cpu")
-    sd = ck["model_state_dict"]
-    save_file({k: v.contiguous() for k, v in sd.items()}, argv[1], metadata={"format": "pt"})
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("ckpt")
+    ap.add_argument("out")
+    ap.add_argument("--key", default="model_state_dict")
+    ap.add_argument("--half", action="store_true")
+    a = ap.parse_args(argv)
+    sd = torch.load(a.ckpt, map_location="cpu")[a.key]
+    if a.half:
+        sd = {k: v.half() if v.dtype == torch.float32 else v for k, v in sd.items()}
+    save_file({k: v.contiguous() for k, v in sd.items()}, a.out, metadata={"format": "pt"})
     return 0
 
 

@@ -27,15 +27,18 @@ def _markers(case_id):
     return "<!-- bench-case: %s -->" % case_id, "<!-- /bench-case: %s -->" % case_id
 
 
-def update_section(path, case_id, body):
+def update_section(path, case_id, body, first=False):
     """Put ``body`` (markdown, starting with its '## ' heading) into ``path`` as ``case_id``'s
-    section."""
+    section; a new section goes at the end, or right after the header with ``first``."""
     begin, end = _markers(case_id)
     block = "%s\n%s\n%s\n" % (begin, body.strip("\n"), end)
     text = open(path, encoding="utf-8").read() if os.path.exists(path) else HEADER
     pat = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
     if pat.search(text):
         text = pat.sub(lambda _m: block, text, count=1)
+    elif first and "\n<!-- bench-case:" in text:
+        at = text.index("\n<!-- bench-case:") + 1
+        text = text[:at] + block + "\n" + text[at:]
     else:
         text = text.rstrip("\n") + "\n\n" + block
     tmp = path + ".tmp"
