@@ -41,6 +41,9 @@ typedef struct scope {
     msh_strmap casts; /* "name\x01type" -> index in ctx.strs */
     Onnx__NodeProto **out;
     size_t n_out, cap_out;
+    Onnx__NodeProto **made; /* nodes this pass created for `out`: the graph owns them only
+                               once `out` replaces its node list, so a failure frees them */
+    size_t n_made, cap_made;
     size_t first_val; /* vals declared in this scope are [first_val, ...) at its end */
     size_t *own;      /* indices of vals declared here */
     size_t n_own, cap_own;
@@ -226,6 +229,16 @@ static msh_status push_node(ctx *c, scope *s, Onnx__NodeProto *n) {
     return MSH_OK;
 }
 
+/* push_node for a node this pass created: freed by scope_free unless the graph took it. */
+static msh_status push_new_node(ctx *c, scope *s, Onnx__NodeProto *n) {
+    if (!msh_grow((void **)&s->made, &s->cap_made, s->n_made, sizeof *s->made)) {
+        protobuf_c_message_free_unpacked(&n->base, NULL);
+        return nomem(c);
+    }
+    s->made[s->n_made++] = n;
+    return push_node(c, s, n);
+}
+
 static msh_status set_input(ctx *c, Onnx__NodeProto *n, size_t i, const char *name) {
     char *d = msh_strdup(name);
     if (!d)
@@ -270,7 +283,7 @@ static msh_status cast_of(ctx *c, scope *s, val *v, int32_t want, const char **o
     Onnx__NodeProto *n = make_cast(c, v->name, name, want);
     if (!n)
         return nomem(c);
-    MSH_FORWARD(push_node(c, s, n));
+    MSH_FORWARD(push_new_node(c, s, n));
     if (c->opset_default > 0 && c->opset_default < 6) /* Cast-1 infers no output type */
         MSH_FORWARD(
             append_vi(c, &s->g->value_info, &s->g->n_value_info, make_vi(name, want, NULL, -1)));
@@ -404,6 +417,9 @@ static void scope_free(scope *s) {
     msh_strmap_free(&s->casts);
     free(s->own);
     free(s->out);
+    for (size_t i = 0; i < s->n_made; i++) /* left only when the graph failed */
+        protobuf_c_message_free_unpacked(&s->made[i]->base, NULL);
+    free(s->made);
 }
 
 static msh_status run_subgraph(ctx *c, scope *parent, Onnx__GraphProto *g) {
@@ -709,7 +725,7 @@ static msh_status fix_outputs(ctx *c, scope *s) {
                     Onnx__NodeProto *cast = make_cast(c, tmp, vo->name, want);
                     if (!cast)
                         return nomem(c);
-                    MSH_FORWARD(push_node(c, s, cast));
+                    MSH_FORWARD(push_new_node(c, s, cast));
                     c->st->casts++;
                     produced_here = 1;
                     break;
@@ -853,7 +869,7 @@ static msh_status decide_deferred(ctx *c, scope *s) {
             size_t pos = 0;
             while (pos < s->n_out && s->out[pos] != v->cnode)
                 pos++;
-            MSH_FORWARD(push_node(c, s, cn));
+            MSH_FORWARD(push_new_node(c, s, cn));
             memmove(&s->out[pos + 2], &s->out[pos + 1], (s->n_out - pos - 2) * sizeof *s->out);
             s->out[pos + 1] = cn;
         }
@@ -941,6 +957,7 @@ static msh_status process_graph(ctx *c, scope *s) {
     g->n_node = s->n_out;
     s->out = NULL;
     s->n_out = s->cap_out = 0;
+    s->n_made = 0; /* the graph owns them now */
     return MSH_OK;
 }
 
