@@ -5,9 +5,13 @@ BENCHMARKS.md as the 'fuzzing' section.
     fuzz_summary.py BUILD SECONDS JOBS TARGET=EXIT... [--benchmarks FILE]
 
 Prints one row per target: exit status, executions, executions per second, coverage (edges and
-features), corpus files, peak RSS and the finding (the first sanitizer or libFuzzer error line)."""
+features), corpus files, peak RSS and the finding (the first sanitizer or libFuzzer error line).
+With --benchmarks, each target's row is also kept in BUILD/results/TARGET.json, and the section
+lists the newest row of every target that has one, so a run of one target replaces only its
+row."""
 
 import datetime
+import json
 import os
 import platform
 import re
@@ -68,38 +72,54 @@ def main():
             "%s/%s" % (fmt(r["cov"]), fmt(r["ft"])), fmt(r["corpus"]), fmt(r["rss"]),
             r["finding"][:120]))
     if out:
-        import report
-        cpu = "?"
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        clang = subprocess.run(["clang", "--version"], stdout=subprocess.PIPE,
-                               text=True).stdout.splitlines()[0]
-        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        cols = [("target", "target", "l"), ("time", "seconds", "r"), ("execs", "executions", "r"),
-                ("rate", "exec/s", "r"), ("cov", "edges / features", "r"),
-                ("corpus", "corpus files", "r"), ("rss", "peak RSS MB", "r"),
-                ("finding", "finding", "l")]
-        trs = [{"target": "`%s`" % r["target"], "time": fmt(seconds), "execs": fmt(r["execs"]),
-                "rate": fmt(r["rate"]), "cov": "%s / %s" % (fmt(r["cov"]), fmt(r["ft"])),
-                "corpus": fmt(r["corpus"]), "rss": fmt(r["rss"]),
-                "finding": "none" if r["finding"] == "-" else r["finding"]} for r in rows]
-        body = "\n\n".join([
-            "## Fuzzing",
-            "libFuzzer targets in `tests/fuzz/` (clang, AddressSanitizer + UBSan + LeakSanitizer; "
-            "a finding is any crash, sanitizer report, leak, input slower than 10 s or RSS over "
-            "2 GiB). Each target ran for %d s, %d at a time on the machine below, from the seeds "
-            "of `tests/fuzz/make_seeds.py`, the regression inputs and the corpus of earlier runs "
-            "in `build-fuzz/corpus/`. Executions per second are lower than a dedicated core "
-            "would give when more targets than cores run at once." % (seconds, jobs),
-            report.table(cols, trs),
-            "Machine (%s): %s, %d cores, %s, kernel %s; %s." % (
-                when, cpu, os.cpu_count() or 0, platform.system(), platform.release(), clang),
-            "Reproduce: `scripts/fuzz.sh --time %d --jobs %d --benchmarks`" % (seconds, jobs),
-        ])
-        report.update_section(out, "fuzzing", body)
-        print("wrote section 'fuzzing' of %s" % out)
+        write_section(out, build, rows, seconds, jobs)
+
+
+def write_section(out, build, rows, seconds, jobs):
+    import report
+    cpu = "?"
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    clang = subprocess.run(["clang", "--version"], stdout=subprocess.PIPE,
+                           text=True).stdout.splitlines()[0]
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    res_dir = os.path.join(build, "results")
+    os.makedirs(res_dir, exist_ok=True)
+    for r in rows:
+        r.update(seconds=seconds, jobs=jobs, when=when)
+        with open(os.path.join(res_dir, r["target"] + ".json"), "w") as f:
+            json.dump(r, f)
+    kept = []
+    for fn in sorted(os.listdir(res_dir)):
+        with open(os.path.join(res_dir, fn)) as f:
+            kept.append(json.load(f))
+    cols = [("target", "target", "l"), ("time", "seconds", "r"), ("jobs", "at once", "r"),
+            ("execs", "executions", "r"), ("rate", "exec/s", "r"),
+            ("cov", "edges / features", "r"), ("corpus", "corpus files", "r"),
+            ("rss", "peak RSS MB", "r"), ("finding", "finding", "l"), ("when", "run at", "l")]
+    trs = [{"target": "`%s`" % r["target"], "time": fmt(r["seconds"]), "jobs": r["jobs"],
+            "execs": fmt(r["execs"]), "rate": fmt(r["rate"]),
+            "cov": "%s / %s" % (fmt(r["cov"]), fmt(r["ft"])), "corpus": fmt(r["corpus"]),
+            "rss": fmt(r["rss"]), "finding": "none" if r["finding"] == "-" else r["finding"],
+            "when": r["when"]} for r in kept]
+    body = "\n\n".join([
+        "## Fuzzing",
+        "libFuzzer targets in `tests/fuzz/` (clang, AddressSanitizer + UBSan + LeakSanitizer; a "
+        "finding is any crash, sanitizer report, leak, input slower than 10 s or RSS over "
+        "2 GiB), from the seeds of `tests/fuzz/make_seeds.py`, the regression inputs and the "
+        "corpus of earlier runs. Each row is the newest run of its target; \"at once\" is how "
+        "many targets shared the machine's cores (executions per second drop when more targets "
+        "than cores run).",
+        report.table(cols, trs),
+        "Machine: %s, %d cores, %s, kernel %s; %s." % (
+            cpu, os.cpu_count() or 0, platform.system(), platform.release(), clang),
+        "Reproduce: `scripts/fuzz.sh --time %d --jobs %d --benchmarks` (all targets) or "
+        "`scripts/fuzz.sh --time %d --benchmarks fuzz_onnx` (one)" % (seconds, jobs, seconds),
+    ])
+    report.update_section(out, "fuzzing", body)
+    print("wrote section 'fuzzing' of %s" % out)
 
 
 if __name__ == "__main__":
