@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks: install the peers, build build/, run the cases, update BENCHMARKS.md.
 #
-#   scripts/bench/run.sh                     every case, full size (~15-25 min on 2 cores)
-#   scripts/bench/run.sh --quick             small inputs, skips full-only cases (~2-4 min)
+#   scripts/bench/run.sh                     every case, full size (4.4 min on 2 cores)
+#   scripts/bench/run.sh --quick             small inputs, skips full-only cases (1 min)
 #   scripts/bench/run.sh --case dedup-albert only that case (repeatable); --list shows them
 #   other options (--reps N, --keep) go to scripts/bench/bench.py
 #
