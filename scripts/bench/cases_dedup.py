@@ -18,16 +18,17 @@ ALBERT_1GIB = dict(layers=22, hidden=1024, embed=128, ffn=4096, vocab=30000, hea
 RSS_TARGET_MIB = 256
 
 
-def gen_albert(ctx, name, params):
-    """Generate (or reuse, when the same parameters made it) an ALBERT-shaped model."""
+def gen_albert(ctx, name, params, external=False):
+    """Generate (or reuse, when the same parameters made it) an ALBERT-shaped model; with
+    ``external`` its tensors go to NAME.data."""
     path = os.path.join(ctx.work, name)
     stamp = path + ".params"
-    want = repr(sorted(params.items()))
+    want = repr(sorted(params.items())) + (" external" if external else "")
     if os.path.exists(path) and os.path.exists(stamp) and open(stamp).read() == want:
         print("  reusing %s" % os.path.relpath(path, h.ROOT), flush=True)
         return path
-    h.rm_f(path, stamp)
-    args = [ctx.python, GEN, "albert", path]
+    h.rm_f(path, path + ".data", stamp)
+    args = [ctx.python, GEN, "albert", path] + (["--external"] if external else [])
     for k, v in params.items():
         args += ["--" + k, str(v)]
     print("  generating %s (%s)" % (os.path.relpath(path, h.ROOT), " ".join(args[3:])), flush=True)

@@ -196,10 +196,7 @@ def growth(ctx):
     for label, layers, external in sizes:
         params = dict(shape, layers=layers)
         name = "growth-%s.onnx" % label
-        if external:
-            inp = gen_external(ctx, name, params)
-        else:
-            inp = D.gen_albert(ctx, name, params)
+        inp = D.gen_albert(ctx, name, params, external)
         in_bytes = os.path.getsize(inp) + (os.path.getsize(inp + ".data")
                                            if os.path.exists(inp + ".data") else 0)
         extra = ("--external-data",) if external else ()
@@ -253,22 +250,3 @@ def cp_argv(external):
     if not external:
         return lambda i, o: ["cp", i, o]
     return lambda i, o: ["sh", "-c", 'cp "$1" "$2" && cp "$1.data" "$2.data"', "sh", i, o]
-
-
-def gen_external(ctx, name, params):
-    path = os.path.join(ctx.work, name)
-    stamp = path + ".params"
-    want = repr(sorted(params.items())) + " external"
-    if os.path.exists(path) and os.path.exists(stamp) and open(stamp).read() == want:
-        print("  reusing %s" % os.path.relpath(path, h.ROOT), flush=True)
-        return path
-    h.rm_f(path, path + ".data", stamp)
-    args = [ctx.python, D.GEN, "albert", path, "--external"]
-    for k, v in params.items():
-        args += ["--" + k, str(v)]
-    print("  generating %s (%s)" % (os.path.relpath(path, h.ROOT), " ".join(args[3:])),
-          flush=True)
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-    with open(stamp, "w") as f:
-        f.write(want)
-    return path

@@ -5,7 +5,8 @@
 
 Runs with Debian's python3-torch. Prints the number of model parameters on its last line.
 
-- resnet18-attn: torchvision's ResNet-18 layout (7x7 stem, four stages of two BasicBlocks,
+- resnet18-attn: the ResNetAttn of tests/fixtures/make_checkpoints.py at full size: torchvision's
+  ResNet-18 layout (7x7 stem, four stages of two BasicBlocks,
   64-128-256-512 channels) with an attention-pooling classifier head: the 512-channel feature map
   is projected to `embed`, run through one multi-head attention layer (`heads`), averaged,
   layer-normalised and classified into `classes`. Saved the way a training loop saves it:
@@ -17,6 +18,7 @@ Runs with Debian's python3-torch. Prints the number of model parameters on its l
   the YOLOX trainer saves it: {start_epoch, model, optimizer (SGD with momentum buffers),
   best_ap, curr_ap}: ~72 MB.
 """
+import os
 import sys
 
 import torch
@@ -24,52 +26,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-# ---- ResNet-18 + attention head ----------------------------------------------------------------
+# ---- ResNet-18 + attention head: the fixtures' model (tests/fixtures/make_checkpoints.py) --------
 
-class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-class ResNetAttn(nn.Module):
-    def __init__(self, embed, heads, classes):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        cin = 64
-        for i, w in enumerate((64, 128, 256, 512)):
-            blocks = [BasicBlock(cin, w, 2 if i else 1), BasicBlock(w, w, 1)]
-            setattr(self, "layer%d" % (i + 1), nn.Sequential(*blocks))
-            cin = w
-        self.proj = nn.Linear(512, embed)
-        self.attn = nn.MultiheadAttention(embed, heads, batch_first=True)
-        self.norm = nn.LayerNorm(embed)
-        self.fc = nn.Linear(embed, classes)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
-        for i in range(4):
-            x = getattr(self, "layer%d" % (i + 1))(x)
-        t = self.proj(x.flatten(2).transpose(1, 2))
-        a, _ = self.attn(t, t, t, need_weights=False)
-        return self.fc(self.norm(a.mean(1)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests",
+                                "fixtures"))
+from make_checkpoints import ResNetAttn  # noqa: E402
 
 
 def resnet18_attn(out, embed="128", heads="4", classes="10", steps="2"):
-    model = ResNetAttn(int(embed), int(heads), int(classes))
+    model = ResNetAttn(embed=int(embed), heads=int(heads), classes=int(classes))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(2, 3, 64, 64)
     y = torch.randint(0, int(classes), (2,))

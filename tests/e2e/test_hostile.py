@@ -135,11 +135,7 @@ def regression_inputs(work):
     if not os.path.isdir(REGRESSIONS):
         return out
     sys.path.insert(0, C.FIXTURES)
-    import make_checkpoints as MC
     import make_hostile as MH
-    ents = MH.control_entries()
-    prefix = ents[0]["name"].split("/", 1)[0]
-    others = [e for e in ents if not e["name"].endswith("/data.pkl")]
     ext = {"fuzz_onnx": ".onnx", "fuzz_pth": ".pth", "fuzz_pickle": ".pth",
            "fuzz_safetensors": ".safetensors"}
     for target in sorted(os.listdir(REGRESSIONS)):
@@ -147,7 +143,7 @@ def regression_inputs(work):
             with open(os.path.join(REGRESSIONS, target, fn), "rb") as f:
                 data = f.read()
             if target == "fuzz_pickle":
-                data = MC.zip_bytes([{"name": prefix + "/data.pkl", "data": data}] + others)
+                data = MH.checkpoint_with_pickle(data)
             d = os.path.join(work, "regr", target, fn)
             os.makedirs(d)
             p = os.path.join(d, "in" + ext[target])
