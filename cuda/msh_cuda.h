@@ -1,10 +1,10 @@
-/* Host-callable entry points of the CUDA back end (C linkage). Present only when built with
- * MSH_HAVE_CUDA; callers check msh_cuda_device_count() first.
+/* Host-callable entry points of the CUDA backend (C linkage). Present only when built with
+ * MSH_HAVE_CUDA; src/engine/msh_backend_cuda.c adapts them to the engine's backend interface.
  *
- * The streaming driver (msh_cuda_run) moves one tensor's bytes through the GPU in pieces of the
- * staging size: piece i is read into pinned buffer i % 2 by the host while piece i - 1 is copied
- * in, processed and copied out on stream (i - 1) % 2; outputs are handed back in order. Pieces
- * are multiples of 64 KiB, so chunk digests and per-channel maxima never depend on the split.
+ * The backend owns two slots, each a pinned input buffer, a pinned output buffer, device
+ * buffers and its own non-blocking stream and event. submit queues, on the slot's stream only:
+ * the copy in, the kernel, the copy out and the event; wait synchronises on that event alone
+ * (never on the device, so a program embedding the library keeps its own streams running).
  * Every kernel's per-element body is a function of src/kernels/msh_scalar.h. */
 #ifndef MSH_CUDA_H
 #define MSH_CUDA_H
@@ -31,33 +31,31 @@ enum {
     MSH_CUDA_DIGEST = 101  /* chunk digests of raw bytes */
 };
 
-typedef struct msh_cuda_job {
+typedef struct msh_cuda_piece {
     int kind;
-    int64_t nbytes;                    /* input bytes */
+    size_t n;                          /* input bytes in the slot's input buffer */
+    int64_t first;                     /* element index of the piece's first element */
     uint32_t f16_min_abs, f16_max_abs; /* FP16 */
     const float *scales;               /* INT8: host, `channels` values */
-    int64_t inner, channels;           /* INT8, ABSMAX: channel of element i = (i/inner)%channels */
-    float *absmax;                     /* ABSMAX: host, `channels` values, updated (max) */
-    uint64_t *digests;                 /* DIGEST: host, one per 64 KiB chunk */
-    uint64_t clamped;                  /* FP16: values clamped (out) */
-} msh_cuda_job;
+    int64_t inner, channels;           /* INT8, ABSMAX */
+    int64_t row0, t;                   /* ABSMAX: t maxima for channels (row0 + k) % channels */
+    /* results (after wait) */
+    size_t out_n;
+    uint64_t clamped;
+} msh_cuda_piece;
 
-/* read: fill `dst` with `n` input bytes at offset `off`; 0 on success.
- * sink: one processed piece, in order: its input and output bytes and its input offset; 0 on
- * success (a non-zero return stops the job). NULL for ABSMAX. */
-typedef int (*msh_cuda_read_fn)(void *ctx, void *dst, size_t n, int64_t off);
-typedef int (*msh_cuda_sink_fn)(void *ctx, const void *in, size_t in_n, const void *out,
-                                size_t out_n, int64_t off);
+typedef struct msh_cuda_be msh_cuda_be;
 
-typedef struct msh_cuda_engine msh_cuda_engine;
-
-/* Two pinned staging buffers of `staging` bytes (rounded to 64 KiB), two streams. */
-int msh_cuda_engine_new(size_t staging, msh_cuda_engine **out, char *err, size_t err_cap);
-void msh_cuda_engine_free(msh_cuda_engine *e);
-/* 0 on success; -1 on a CUDA error (message in err: the caller falls back to the CPU); -2 when
- * read or sink failed (their own error stands). */
-int msh_cuda_run(msh_cuda_engine *e, msh_cuda_job *job, msh_cuda_read_fn rd, msh_cuda_sink_fn sk,
-                 void *ctx, char *err, size_t err_cap);
+/* Two slots of `staging` bytes (rounded to 64 KiB). 0 on success, -1 with a message. */
+int msh_cuda_be_new(size_t staging, msh_cuda_be **out, char *err, size_t err_cap);
+void msh_cuda_be_free(msh_cuda_be *b);
+size_t msh_cuda_be_staging(const msh_cuda_be *b);
+uint8_t *msh_cuda_be_in(msh_cuda_be *b, int slot);
+const uint8_t *msh_cuda_be_out(msh_cuda_be *b, int slot);
+/* Queue a piece on a slot. 0 on success, -1 on a CUDA error (message in err). */
+int msh_cuda_be_submit(msh_cuda_be *b, int slot, msh_cuda_piece *p, char *err, size_t err_cap);
+/* Wait for a slot's piece; fills out_n and clamped. 0 on success, -1 on a CUDA error. */
+int msh_cuda_be_wait(msh_cuda_be *b, int slot, msh_cuda_piece *p, char *err, size_t err_cap);
 
 /* Benchmark: milliseconds one launch of `kind`'s kernel takes on `bytes` of device-resident
  * input (median of 5), or a negative value on a CUDA error. */

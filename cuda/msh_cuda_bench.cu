@@ -23,16 +23,6 @@
         }                                                                                          \
     } while (0)
 
-static int rd(void *ctx, void *dst, size_t n, int64_t off) {
-    memcpy(dst, (const char *)ctx + off, n);
-    return 0;
-}
-
-static int sk(void *ctx, const void *in, size_t in_n, const void *out, size_t out_n, int64_t off) {
-    (void)ctx, (void)in, (void)in_n, (void)out, (void)out_n, (void)off;
-    return 0;
-}
-
 int main(int argc, char **argv) {
     if (msh_cuda_probe_count() == 0) {
         printf("no CUDA device\n");
@@ -84,36 +74,50 @@ int main(int argc, char **argv) {
                    100.0 * bps / d2d);
         }
     }
-    /* end to end through the driver, for each kind (input bytes per second) */
-    msh_cuda_engine *e;
+    /* end to end through the backend's two slots, for each kind (input bytes per second):
+     * host memory -> pinned slot -> GPU -> pinned slot, pieces overlapping as the engine runs
+     * them */
+    msh_cuda_be *be;
     char err[256];
-    if (msh_cuda_engine_new((size_t)64 << 20, &e, err, sizeof err) != 0) {
+    if (msh_cuda_be_new((size_t)64 << 20, &be, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
+    size_t P = msh_cuda_be_staging(be);
     int kinds[5] = {MSH_CUDA_FP16, MSH_CUDA_BF16, MSH_CUDA_INT8, MSH_CUDA_ABSMAX, MSH_CUDA_DIGEST};
     const char *names[5] = {"fp16", "bf16", "int8", "absmax", "digest"};
     float *scales = (float *)calloc(768, sizeof(float));
-    float *absmax = (float *)calloc(768, sizeof(float));
     for (int i = 0; i < 768; i++)
         scales[i] = 0.01f;
     for (int k = 0; k < 5; k++) {
-        msh_cuda_job job;
-        memset(&job, 0, sizeof job);
-        job.kind = kinds[k];
-        job.nbytes = (int64_t)bytes;
-        job.f16_min_abs = MSH_F16_MIN_SUBNORMAL_BITS;
-        job.f16_max_abs = MSH_F16_MAX_BITS;
-        job.scales = scales;
-        job.inner = 1;
-        job.channels = 768;
-        job.absmax = absmax;
-        job.digests = NULL;
+        msh_cuda_piece pc[2];
+        size_t pieces = (bytes + P - 1) / P;
         CK(cudaEventRecord(t0));
-        if (msh_cuda_run(e, &job, rd, kinds[k] == MSH_CUDA_ABSMAX ? NULL : sk, h, err,
-                         sizeof err) != 0) {
-            fprintf(stderr, "%s\n", err);
-            return 1;
+        for (size_t i = 0; i < pieces + 2; i++) {
+            int s = (int)(i & 1);
+            if (i >= 2 && msh_cuda_be_wait(be, s, &pc[s], err, sizeof err) != 0) {
+                fprintf(stderr, "%s\n", err);
+                return 1;
+            }
+            if (i >= pieces)
+                continue;
+            size_t n = bytes - i * P < P ? bytes - i * P : P;
+            memcpy(msh_cuda_be_in(be, s), (const char *)h + i * P, n);
+            memset(&pc[s], 0, sizeof pc[s]);
+            pc[s].kind = kinds[k];
+            pc[s].n = n;
+            pc[s].first = (int64_t)(i * P / 4);
+            pc[s].f16_min_abs = MSH_F16_MIN_SUBNORMAL_BITS;
+            pc[s].f16_max_abs = MSH_F16_MAX_BITS;
+            pc[s].scales = scales;
+            pc[s].inner = 1;
+            pc[s].channels = 768;
+            pc[s].row0 = pc[s].first;
+            pc[s].t = 768;
+            if (msh_cuda_be_submit(be, s, &pc[s], err, sizeof err) != 0) {
+                fprintf(stderr, "%s\n", err);
+                return 1;
+            }
         }
         CK(cudaEventRecord(t1));
         CK(cudaEventSynchronize(t1));
@@ -122,6 +126,6 @@ int main(int argc, char **argv) {
         printf("end to end %-6s: %.1f GB/s = %.0f%% of pinned h2d\n", names[k], bps / 1e9,
                100.0 * bps / h2d);
     }
-    msh_cuda_engine_free(e);
+    msh_cuda_be_free(be);
     return 0;
 }

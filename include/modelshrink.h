@@ -93,6 +93,7 @@ typedef struct msh_convert_options {
     const char *keep_outputs; /**< keep only these graph outputs (comma-separated), or NULL */
     const char *drop_outputs; /**< remove these graph outputs (comma-separated), or NULL */
     int keep_inputs;          /**< keep graph inputs that pruning leaves unread */
+    int threads;              /**< CPU threads of one conversion (0: one per core) */
 } msh_convert_options;
 
 void msh_convert_options_init(msh_convert_options *opt);

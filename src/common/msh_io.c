@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 msh_status msh_reader_init(msh_reader *r, int fd, int64_t size, size_t cap, msh_error *e) {
     memset(r, 0, sizeof *r);
@@ -161,42 +162,81 @@ msh_status msh_sink_open(msh_sink *s, const char *final_path, msh_error *e) {
     return MSH_OK;
 }
 
-static msh_status msh_sink_flush(msh_sink *s, msh_error *e) {
-    size_t off = 0;
-    while (off < s->len) {
-        ssize_t k = write(s->fd, s->buf + off, s->len - off);
+/* Start writing back what reached the file so far, without waiting: the fsync at the end then
+ * finds little left to do, and the disk works while the next pieces are made. */
+#define MSH_WRITEBACK_STEP ((int64_t)8 << 20)
+static void writeback(msh_sink *s) {
+#if defined(__linux__) && defined(SYNC_FILE_RANGE_WRITE)
+    int64_t on_file = s->written - (int64_t)s->len;
+    if (on_file - s->kicked >= MSH_WRITEBACK_STEP) {
+        (void)sync_file_range(s->fd, (off_t)s->kicked, (off_t)(on_file - s->kicked),
+                              SYNC_FILE_RANGE_WRITE);
+        s->kicked = on_file;
+    }
+#else
+    (void)s;
+#endif
+}
+
+static msh_status write_all(msh_sink *s, const uint8_t *p, size_t n, msh_error *e) {
+    while (n > 0) {
+        ssize_t k = write(s->fd, p, n);
         if (k < 0) {
             if (errno == EINTR)
                 continue;
             return msh_fail(e, MSH_ERR_IO, "cannot write %s: %s", s->final_path, strerror(errno));
         }
-        off += (size_t)k;
+        p += k;
+        n -= (size_t)k;
     }
-    s->len = 0;
     return MSH_OK;
+}
+
+static msh_status msh_sink_flush(msh_sink *s, msh_error *e) {
+    if (s->len == 0)
+        return MSH_OK;
+    MSH_FORWARD(write_all(s, s->buf, s->len, e));
+    s->len = 0;
+    writeback(s);
+    return MSH_OK;
+}
+
+static void crc_add(msh_sink *s, const void *p, size_t n) {
+    if (!s->crc_on)
+        return;
+    const uint8_t *b = p;
+    while (n > 0) { /* zlib takes 32-bit lengths */
+        unsigned k = n > (1u << 30) ? 1u << 30 : (unsigned)n;
+        s->crc = (uint32_t)crc32(s->crc, b, k);
+        b += k;
+        n -= k;
+    }
+}
+
+void msh_sink_crc_start(msh_sink *s) {
+    s->crc_on = 1;
+    s->crc = 0;
+}
+
+uint32_t msh_sink_crc_stop(msh_sink *s) {
+    s->crc_on = 0;
+    return s->crc;
 }
 
 msh_status msh_sink_write(msh_sink *s, const void *p, size_t n, msh_error *e) {
     const uint8_t *src = p;
     if (g_cancel)
         return msh_fail(e, MSH_ERR_CANCELLED, "interrupted");
-    s->written += (int64_t)n;
+    crc_add(s, p, n);
     if (n >= s->cap) {
         /* Large pieces go straight to the file: no copy through the buffer. */
         MSH_FORWARD(msh_sink_flush(s, e));
-        while (n > 0) {
-            ssize_t k = write(s->fd, src, n);
-            if (k < 0) {
-                if (errno == EINTR)
-                    continue;
-                return msh_fail(e, MSH_ERR_IO, "cannot write %s: %s", s->final_path,
-                                strerror(errno));
-            }
-            src += k;
-            n -= (size_t)k;
-        }
+        s->written += (int64_t)n;
+        MSH_FORWARD(write_all(s, src, n, e));
+        writeback(s);
         return MSH_OK;
     }
+    s->written += (int64_t)n;
     while (n > 0) {
         if (s->len == s->cap)
             MSH_FORWARD(msh_sink_flush(s, e));
@@ -216,8 +256,9 @@ msh_status msh_sink_copy_from(msh_sink *s, int fd, int64_t off, int64_t len, msh
         return msh_fail(e, MSH_ERR_CANCELLED, "interrupted");
     MSH_FORWARD(msh_sink_flush(s, e));
 #if defined(__linux__)
-    /* In-kernel copy: no trip through user space (and a reflink where the file system can). */
-    while (len > 0) {
+    /* In-kernel copy: no trip through user space (and a reflink where the file system can);
+     * not when the bytes must be checksummed on their way. */
+    while (len > 0 && !s->crc_on) {
         loff_t in_off = (loff_t)off;
         size_t want = len > ((int64_t)1 << 30) ? (size_t)1 << 30 : (size_t)len;
         ssize_t k = copy_file_range(fd, &in_off, s->fd, NULL, want, 0);
@@ -228,11 +269,13 @@ msh_status msh_sink_copy_from(msh_sink *s, int fd, int64_t off, int64_t len, msh
         off += k;
         len -= k;
         s->written += k;
+        writeback(s);
     }
 #endif
     while (len > 0) {
         size_t n = len < (int64_t)s->cap ? (size_t)len : s->cap;
         MSH_FORWARD(msh_pread_full(fd, s->buf, n, off, e));
+        crc_add(s, s->buf, n);
         s->len = n;
         s->written += (int64_t)n;
         MSH_FORWARD(msh_sink_flush(s, e));
@@ -315,25 +358,15 @@ msh_status msh_sink_patch(msh_sink *s, int64_t off, const void *p, size_t n, msh
     return MSH_OK;
 }
 
-static uint32_t g_crc_table[256];
-static void crc_init(void) {
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = c & 1u ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        g_crc_table[i] = c;
-    }
-}
-
 uint32_t msh_crc32(uint32_t crc, const void *p, size_t n) {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, crc_init);
-    const uint32_t *table = g_crc_table;
     const uint8_t *b = p;
-    crc = ~crc;
-    for (size_t i = 0; i < n; i++)
-        crc = table[(crc ^ b[i]) & 0xFFu] ^ (crc >> 8);
-    return ~crc;
+    while (n > 0) {
+        unsigned k = n > (1u << 30) ? 1u << 30 : (unsigned)n;
+        crc = (uint32_t)crc32(crc, b, k);
+        b += k;
+        n -= k;
+    }
+    return crc;
 }
 
 /* ".<name>.msh-tmp-<host>-<pid>-XXXXXX" of this host whose process is gone */

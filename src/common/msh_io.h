@@ -33,6 +33,9 @@ typedef struct msh_sink {
     size_t cap;
     size_t len;
     int64_t written; /* bytes accepted so far (buffered included) */
+    int64_t kicked;  /* bytes whose write-back has been started */
+    int crc_on;      /* msh_sink_crc_start: CRC-32 every byte accepted */
+    uint32_t crc;
 } msh_sink;
 
 msh_status msh_sink_open(msh_sink *s, const char *final_path, msh_error *e);
@@ -49,6 +52,15 @@ void msh_sink_abort(msh_sink *s);
 
 /* Overwrite `n` bytes at `off` of the written part (everything buffered is flushed first). */
 msh_status msh_sink_patch(msh_sink *s, int64_t off, const void *p, size_t n, msh_error *e);
+
+/* Where a writer gets the bytes of tensor `index` (of its format's table), already planned:
+ * the callee appends them to `dst`. Writers call it in the order their layout promised. */
+typedef msh_status (*msh_bytes_fn)(void *ctx, size_t index, msh_sink *dst, msh_error *e);
+
+/* CRC-32 every byte accepted from now (copies included) until msh_sink_crc_stop, which returns
+ * it (for zip entries). */
+void msh_sink_crc_start(msh_sink *s);
+uint32_t msh_sink_crc_stop(msh_sink *s);
 
 /* CRC-32 (IEEE 802.3, as zip uses it), continued from `crc` (start with 0). */
 uint32_t msh_crc32(uint32_t crc, const void *p, size_t n);

@@ -20,79 +20,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
-
 #include "common/msh_io.h"
 
 msh_status msh_onnx_add_payload(msh_onnx_model *m, int src, int64_t off, int64_t len, size_t *idx,
                                 msh_error *e);
-
-int msh_onnx_elem_size(int32_t t) {
-    switch (t) {
-    case 1:
-    case 6:
-    case 12: return 4; /* FLOAT INT32 UINT32 */
-    case 2:
-    case 3:
-    case 9: return 1; /* UINT8 INT8 BOOL */
-    case 4:
-    case 5:
-    case 10:
-    case 16: return 2; /* UINT16 INT16 FLOAT16 BFLOAT16 */
-    case 7:
-    case 11:
-    case 13:
-    case 14: return 8;  /* INT64 DOUBLE UINT64 COMPLEX64 */
-    case 15: return 16; /* COMPLEX128 */
-    case 17:
-    case 18:
-    case 19:
-    case 20:
-    case 24: return 1; /* FLOAT8 variants, E8M0 */
-    case 21:
-    case 22:
-    case 23: return 1; /* 4-bit, two per byte */
-    case 8: return -1; /* STRING */
-    default: return 0;
-    }
-}
-
-const char *msh_onnx_dtype_name(int32_t t) {
-    static const char *names[] = {
-        "UNDEFINED",      "FLOAT",    "UINT8",        "INT8",           "UINT16",
-        "INT16",          "INT32",    "INT64",        "STRING",         "BOOL",
-        "FLOAT16",        "DOUBLE",   "UINT32",       "UINT64",         "COMPLEX64",
-        "COMPLEX128",     "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2",
-        "FLOAT8E5M2FNUZ", "UINT4",    "INT4",         "FLOAT4E2M1",     "FLOAT8E8M0"};
-    if (t >= 0 && t < (int32_t)(sizeof names / sizeof names[0]))
-        return names[t];
-    return "UNKNOWN";
-}
-
-void msh_json_by_dtype(void *report, const int64_t count[32], const int64_t bytes[32]) {
-    cJSON *bd = cJSON_AddArrayToObject((cJSON *)report, "by_dtype");
-    for (int d = 0; d < 32; d++) {
-        if (!count[d])
-            continue;
-        cJSON *x = cJSON_CreateObject();
-        cJSON_AddStringToObject(x, "dtype", msh_onnx_dtype_name(d == 31 ? -1 : d));
-        cJSON_AddNumberToObject(x, "count", (double)count[d]);
-        cJSON_AddNumberToObject(x, "bytes", (double)bytes[d]);
-        cJSON_AddItemToArray(bd, x);
-    }
-}
-
-int64_t msh_onnx_tensor_bytes(int32_t t, int64_t numel) {
-    int es = msh_onnx_elem_size(t);
-    if (es <= 0)
-        return -1;
-    if (t == 21 || t == 22 || t == 23)
-        return numel / 2 + (numel & 1);
-    int64_t r;
-    if (!msh_mul_i64(numel, es, &r))
-        return -2;
-    return r;
-}
 
 const char *msh_onnx_loc_name(msh_tensor_loc l) {
     switch (l) {
@@ -237,19 +168,19 @@ static msh_status tensor_external(msh_onnx_model *m, msh_tensor *t, msh_error *e
     }
     if (!loc)
         return msh_fail(e, MSH_ERR_FORMAT, "external data without a location");
-    if (t->nbytes < 0)
+    if (t->d.nbytes < 0)
         return msh_fail(e, MSH_ERR_UNSUPPORTED, "external data of element type %s",
-                        msh_onnx_dtype_name(tp->data_type));
-    int64_t off = 0, len = t->nbytes;
+                        msh_dtype_name(tp->data_type));
+    int64_t off = 0, len = t->d.nbytes;
     if (off_s)
         MSH_FORWARD(ext_parse_int("offset", off_s, &off, e));
     if (len_s)
         MSH_FORWARD(ext_parse_int("length", len_s, &len, e));
-    if (len != t->nbytes)
+    if (len != t->d.nbytes)
         return msh_fail(e, MSH_ERR_FORMAT,
                         "external data length %lld differs from the %lld "
                         "bytes its shape needs",
-                        (long long)len, (long long)t->nbytes);
+                        (long long)len, (long long)t->d.nbytes);
     int idx = 0;
     MSH_FORWARD(ext_open(m, loc, &idx, e));
     int64_t end;
@@ -298,16 +229,66 @@ static int64_t typed_count(const Onnx__TensorProto *tp, int64_t *expected, int64
     }
 }
 
+/* Typed-field bytes are read through a callback that decodes the fields by the type they were
+ * read as (a pass may retype the TensorProto before the writer asks for the bytes). */
+typedef struct typed_src {
+    const Onnx__TensorProto *tp;
+    int32_t dtype;
+    int64_t numel;
+    int64_t nbytes;
+} typed_src;
+
+static msh_status typed_read(const void *ctx, int64_t off, void *dst, size_t n, msh_error *e);
+
+static msh_role role_of(msh_tensor_loc loc) {
+    return loc == MSH_LOC_ATTRIBUTE || loc == MSH_LOC_FUNCTION ? MSH_ROLE_OTHER : MSH_ROLE_WEIGHT;
+}
+
+/* Fill t->d from the tree: name, type, shape and where the bytes are. */
+static msh_status describe(msh_onnx_model *m, msh_tensor *t, msh_error *e) {
+    Onnx__TensorProto *tp = t->tp;
+    t->d.name = tp->name ? tp->name : "";
+    t->d.ndim = tp->n_dims;
+    t->d.shape = tp->dims;
+    msh_src *s = &t->d.src;
+    if (t->payload >= 0) {
+        const msh_payload *p = &m->payloads[t->payload];
+        memset(s, 0, sizeof *s);
+        s->kind = MSH_SRC_FILE;
+        s->fd = p->src == 0 ? m->fd : m->ext[p->src - 1].fd;
+        s->offset = p->offset;
+        s->length = p->length;
+    } else if (tp->has_raw_data && tp->raw_data.len > 0) {
+        memset(s, 0, sizeof *s);
+        s->kind = MSH_SRC_MEMORY;
+        s->mem = tp->raw_data.data;
+        s->length = (int64_t)tp->raw_data.len;
+    } else if (t->d.nbytes > 0 && s->kind == MSH_SRC_NONE) {
+        typed_src *ts = malloc(sizeof *ts);
+        if (!ts || msh_onnx_own(m, ts) != MSH_OK)
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        *ts = (typed_src){tp, t->d.dtype, t->d.numel, t->d.nbytes};
+        s->kind = MSH_SRC_CALLBACK;
+        s->read = typed_read;
+        s->ctx = ts;
+        s->length = t->d.nbytes;
+    }
+    return MSH_OK;
+}
+
 static msh_status add_tensor(msh_onnx_model *m, Onnx__TensorProto *tp, int graph,
                              msh_tensor_loc loc, msh_error *e) {
     if (!msh_grow((void **)&m->tensors, &m->cap_tensors, m->n_tensors, sizeof *m->tensors))
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory for the tensor table");
     msh_tensor *t = &m->tensors[m->n_tensors];
     memset(t, 0, sizeof *t);
+    msh_tentry_init(&t->d);
     t->tp = tp;
     t->graph = graph;
     t->loc = loc;
     t->payload = -1;
+    t->d.dtype = tp->data_type;
+    t->d.role = role_of(loc);
     int64_t numel = 1;
     for (size_t i = 0; i < tp->n_dims; i++) {
         if (tp->dims[i] < 0)
@@ -317,9 +298,9 @@ static msh_status add_tensor(msh_onnx_model *m, Onnx__TensorProto *tp, int graph
             return msh_fail(e, MSH_ERR_LIMIT, "%s '%s': element count overflows",
                             msh_onnx_loc_name(loc), tname(tp));
     }
-    t->numel = numel;
-    t->nbytes = msh_onnx_tensor_bytes(tp->data_type, numel);
-    if (t->nbytes == -2)
+    t->d.numel = numel;
+    t->d.nbytes = msh_dtype_bytes(tp->data_type, numel);
+    if (t->d.nbytes == -2)
         return msh_fail(e, MSH_ERR_LIMIT, "%s '%s': byte size overflows", msh_onnx_loc_name(loc),
                         tname(tp));
     for (size_t i = 0; i < tp->base.n_unknown_fields; i++) {
@@ -352,14 +333,14 @@ static msh_status add_tensor(msh_onnx_model *m, Onnx__TensorProto *tp, int graph
         if (tp->data_type == 8)
             return msh_fail(e, MSH_ERR_FORMAT, "%s '%s': STRING tensor with raw_data",
                             msh_onnx_loc_name(loc), tname(tp));
-        if (t->nbytes < 0)
-            t->nbytes = have; /* an element type this version does not know: opaque bytes */
-        else if (have != t->nbytes)
+        if (t->d.nbytes < 0)
+            t->d.nbytes = have; /* an element type this version does not know: opaque bytes */
+        else if (have != t->d.nbytes)
             return msh_fail(e, MSH_ERR_FORMAT,
                             "%s '%s': raw_data has %lld bytes, its shape "
                             "needs %lld",
                             msh_onnx_loc_name(loc), tname(tp), (long long)have,
-                            (long long)t->nbytes);
+                            (long long)t->d.nbytes);
     } else {
         int64_t expected;
         int64_t count = typed_count(tp, &expected, numel);
@@ -368,6 +349,7 @@ static msh_status add_tensor(msh_onnx_model *m, Onnx__TensorProto *tp, int graph
                             msh_onnx_loc_name(loc), tname(tp), (long long)count,
                             (long long)expected);
     }
+    MSH_FORWARD(describe(m, t, e));
     m->n_tensors++;
     return MSH_OK;
 }
@@ -548,12 +530,13 @@ void msh_onnx_model_free(msh_onnx_model *m) {
     m->fd = -1;
 }
 
-int64_t msh_tensor_out_bytes(const msh_tensor *t) {
-    if (t->out_type == 10 || t->out_type == 16)
-        return t->numel * 2;
-    if (t->out_type == 3)
-        return t->numel;
-    return t->nbytes;
+msh_table msh_onnx_table(const msh_onnx_model *m) {
+    msh_table t = {m->tensors ? &m->tensors[0].d : NULL, m->n_tensors, sizeof(msh_tensor)};
+    return t;
+}
+
+int msh_onnx_streamed(const msh_tensor *t) {
+    return t->payload >= 0 || t->d.out_dtype != 0;
 }
 
 msh_status msh_onnx_own(msh_onnx_model *m, void *p) {
@@ -568,7 +551,11 @@ msh_status msh_onnx_own(msh_onnx_model *m, void *p) {
 int64_t msh_onnx_add_tensor_entry(msh_onnx_model *m, const msh_tensor *t) {
     if (!msh_grow((void **)&m->tensors, &m->cap_tensors, m->n_tensors, sizeof *m->tensors))
         return -1;
-    m->tensors[m->n_tensors++] = *t;
+    msh_tensor *n = &m->tensors[m->n_tensors];
+    *n = *t;
+    if (describe(m, n, NULL) != MSH_OK)
+        return -1;
+    m->n_tensors++;
     free(m->tmap);
     m->tmap = NULL;
     if (tmap_build(m, NULL) != MSH_OK)
@@ -583,72 +570,61 @@ msh_status msh_onnx_adopt_orphan(msh_onnx_model *m, Onnx__TensorProto *tp) {
     return MSH_OK;
 }
 
-/* Typed fields as little-endian bytes. */
-static void typed_elem(const Onnx__TensorProto *tp, int64_t i, uint8_t *out, int es) {
+/* Typed fields as little-endian bytes: value i of the field that holds `dt`, `vs` bytes wide. */
+static void typed_value(const Onnx__TensorProto *tp, int32_t dt, int64_t i, uint8_t out[8],
+                        int vs) {
     uint64_t v = 0;
-    switch (tp->data_type) {
-    case 1:
-    case 14: {
+    switch (dt) {
+    case MSH_DT_FLOAT:
+    case MSH_DT_COMPLEX64: {
         uint32_t b;
         memcpy(&b, &tp->float_data[i], 4);
         v = b;
         break;
     }
-    case 11:
-    case 15: memcpy(&v, &tp->double_data[i], 8); break;
-    case 7: v = (uint64_t)tp->int64_data[i]; break;
-    case 12:
-    case 13: v = tp->uint64_data[i]; break;
+    case MSH_DT_DOUBLE:
+    case MSH_DT_COMPLEX128: memcpy(&v, &tp->double_data[i], 8); break;
+    case MSH_DT_INT64: v = (uint64_t)tp->int64_data[i]; break;
+    case MSH_DT_UINT32:
+    case MSH_DT_UINT64: v = tp->uint64_data[i]; break;
     default: v = (uint64_t)(uint32_t)tp->int32_data[i]; break;
     }
-    for (int k = 0; k < es; k++)
+    for (int k = 0; k < vs && k < 8; k++)
         out[k] = (uint8_t)(v >> (8 * k));
 }
 
-msh_status msh_onnx_tensor_read(const msh_onnx_model *m, const msh_tensor *t, int64_t off,
-                                void *dst, size_t n, msh_error *e) {
+static msh_status typed_read(const void *ctx, int64_t off, void *dst, size_t n, msh_error *e) {
+    const typed_src *ts = ctx;
+    const Onnx__TensorProto *tp = ts->tp;
+    int32_t dt = ts->dtype;
     int64_t end;
-    if (off < 0 || !msh_add_i64(off, (int64_t)n, &end) || t->nbytes < 0 || end > t->nbytes)
-        return msh_fail(e, MSH_ERR_FORMAT, "read outside tensor '%s'", tname(t->tp));
-    if (t->payload >= 0) {
-        const msh_payload *p = &m->payloads[t->payload];
-        int fd = p->src == 0 ? m->fd : m->ext[p->src - 1].fd;
-        return msh_pread_full(fd, dst, n, p->offset + off, e);
-    }
-    if (t->tp->has_raw_data && (int64_t)t->tp->raw_data.len == t->nbytes) {
-        /* bytes a pass put in the tree (small tensors it created or converted in memory) */
-        memcpy(dst, t->tp->raw_data.data + off, n);
-        return MSH_OK;
-    }
-    const Onnx__TensorProto *tp = t->tp;
-    int es = msh_onnx_elem_size(tp->data_type);
-    int32_t dt = tp->data_type;
-    if (dt == 14)
-        es = 4; /* COMPLEX64: float pairs */
-    if (dt == 15)
-        es = 8;
-    if (dt == 21 || dt == 22 || dt == 23) {
+    if (off < 0 || !msh_add_i64(off, (int64_t)n, &end) || end > ts->nbytes)
+        return msh_fail(e, MSH_ERR_FORMAT, "read outside tensor '%s'", tname(tp));
+    uint8_t *o = dst;
+    if (msh_dtype_is_4bit(dt)) {
         /* 4-bit types in int32_data: one packed byte per int32. */
-        uint8_t *o = dst;
         if ((int64_t)tp->n_int32_data < end)
             return msh_fail(e, MSH_ERR_FORMAT, "tensor '%s' has no data", tname(tp));
         for (size_t k = 0; k < n; k++)
             o[k] = (uint8_t)tp->int32_data[off + (int64_t)k];
         return MSH_OK;
     }
-    if (es <= 0)
+    int es = msh_dtype_size(dt);
+    int vs = dt == MSH_DT_COMPLEX64 ? 4 : dt == MSH_DT_COMPLEX128 ? 8 : es; /* one typed value */
+    if (vs <= 0 || vs > 8)
         return msh_fail(e, MSH_ERR_UNSUPPORTED, "tensor '%s' of type %s has no byte form",
-                        tname(tp), msh_onnx_dtype_name(dt));
-    int64_t expected, count = typed_count(tp, &expected, t->numel);
-    if (count * es < end)
+                        tname(tp), msh_dtype_name(dt));
+    Onnx__TensorProto probe = *tp;
+    probe.data_type = dt;
+    int64_t expected, count = typed_count(&probe, &expected, ts->numel);
+    if (count * vs < end)
         return msh_fail(e, MSH_ERR_FORMAT, "tensor '%s' has no data", tname(tp));
-    uint8_t *o = dst;
     uint8_t tmp[8];
     for (int64_t pos = off; pos < end;) {
-        int64_t i = pos / es;
-        int64_t in = pos % es;
-        typed_elem(tp, i, tmp, es);
-        int64_t k = es - in;
+        int64_t i = pos / vs;
+        int64_t in = pos % vs;
+        typed_value(tp, dt, i, tmp, vs);
+        int64_t k = vs - in;
         if (k > end - pos)
             k = end - pos;
         memcpy(o, tmp + in, (size_t)k);
@@ -658,53 +634,12 @@ msh_status msh_onnx_tensor_read(const msh_onnx_model *m, const msh_tensor *t, in
     return MSH_OK;
 }
 
-typedef struct read_job {
-    const msh_onnx_model *m;
-    const msh_tensor *t;
-    int64_t off;
-    size_t n;
-    uint8_t *buf;
-    msh_status st;
-    msh_error err;
-} read_job;
-
-static void *read_main(void *arg) {
-    read_job *j = arg;
-    j->st = msh_onnx_tensor_read(j->m, j->t, j->off, j->buf, j->n, &j->err);
-    return NULL;
-}
-
-msh_status msh_onnx_tensor_stream(const msh_onnx_model *m, const msh_tensor *t, uint8_t *buf0,
-                                  uint8_t *buf1, size_t chunk, msh_chunk_fn fn, void *ctx,
-                                  msh_error *e) {
-    uint8_t *buf[2] = {buf0, buf1};
-    if (t->nbytes <= 0)
-        return MSH_OK;
-    size_t n0 = t->nbytes < (int64_t)chunk ? (size_t)t->nbytes : chunk;
-    MSH_FORWARD(msh_onnx_tensor_read(m, t, 0, buf[0], n0, e));
-    int k = 0;
-    for (int64_t off = 0; off < t->nbytes; k ^= 1) {
-        size_t n = t->nbytes - off < (int64_t)chunk ? (size_t)(t->nbytes - off) : chunk;
-        int64_t next = off + (int64_t)n;
-        read_job job = {m, t, next, 0, buf[k ^ 1], MSH_OK, {MSH_OK, {0}}};
-        pthread_t th;
-        int threaded = 0;
-        if (next < t->nbytes) {
-            job.n = t->nbytes - next < (int64_t)chunk ? (size_t)(t->nbytes - next) : chunk;
-            threaded = pthread_create(&th, NULL, read_main, &job) == 0;
-        }
-        msh_status st = fn(ctx, buf[k], n, off, e);
-        if (threaded)
-            pthread_join(th, NULL);
-        else if (next < t->nbytes)
-            read_main(&job);
-        MSH_FORWARD(st);
-        if (job.st != MSH_OK) {
-            if (e)
-                *e = job.err;
-            return job.st;
-        }
-        off = next;
-    }
-    return MSH_OK;
+msh_status msh_onnx_tensor_read(const msh_onnx_model *m, const msh_tensor *t, int64_t off,
+                                void *dst, size_t n, msh_error *e) {
+    (void)m;
+    int64_t end;
+    if (off < 0 || !msh_add_i64(off, (int64_t)n, &end) || t->d.nbytes < 0 ||
+        end > t->d.src.length)
+        return msh_fail(e, MSH_ERR_FORMAT, "read outside tensor '%s'", tname(t->tp));
+    return msh_src_read(&t->d.src, off, dst, n, e);
 }

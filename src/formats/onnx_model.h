@@ -14,6 +14,9 @@
 #define MSH_ONNX_MODEL_H
 
 #include "common/msh_common.h"
+#include "common/msh_dtype.h"
+#include "common/msh_io.h"
+#include "common/msh_table.h"
 #include "onnx.pb-c.h"
 
 /* Field number of the private payload marker inside a skeleton TensorProto. The scanner
@@ -37,18 +40,18 @@ typedef enum msh_tensor_loc {
     MSH_LOC_FUNCTION   /* attribute tensor inside a function body */
 } msh_tensor_loc;
 
+/* One tensor: its neutral description and plan (d, first: msh_table views these), and where
+ * it sits in the ONNX tree. d.dtype and d.nbytes describe the bytes as read; a pass that
+ * retypes the TensorProto (tp->data_type) records the conversion in d.out_dtype, and the writer
+ * then streams the converted bytes as raw_data. d.dropped: taken out of its graph (dedup, INT8
+ * replacing it). */
 typedef struct msh_tensor {
+    msh_tentry d;
     Onnx__TensorProto *tp;
     int graph; /* index in model->graphs, or -1 (function bodies) */
     msh_tensor_loc loc;
     int64_t payload; /* index in model->payloads, or -1 when the data is in typed fields */
     int external_in; /* the input stored it as external data */
-    int64_t numel;
-    int64_t nbytes;       /* data bytes; -1 for element types without a fixed size (STRING) */
-    int removed;          /* dedup removed it from its graph */
-    int32_t out_type;     /* 0: written as read; FLOAT16/BFLOAT16: converted from FLOAT on write */
-    const float *qscales; /* out_type INT8: per-channel scales (owned by the model) */
-    int64_t qchannels, qinner; /* channel of element i: (i / qinner) % qchannels */
 } msh_tensor;
 
 typedef struct msh_graph {
@@ -89,18 +92,15 @@ typedef struct msh_onnx_model {
     size_t tmap_cap;
 } msh_onnx_model;
 
-/* Bytes of one element of an ONNX data type; 0 for unknown types, -1 for STRING; 4-bit types
- * report 1 and are special-cased by msh_onnx_tensor_bytes. */
-int msh_onnx_elem_size(int32_t data_type);
-const char *msh_onnx_dtype_name(int32_t data_type);
 /* "initializer", "constant", "attribute", "sparse" or "function". */
 const char *msh_onnx_loc_name(msh_tensor_loc loc);
-/* Add "by_dtype": [{"dtype", "count", "bytes"}] to a report object (cJSON *) from per-type
- * tallies indexed by element type (index 31: unknown types). */
-void msh_json_by_dtype(void *report, const int64_t count[32], const int64_t bytes[32]);
 
-/* Data bytes of `numel` elements of `data_type`; -1 when not a fixed-size type. */
-int64_t msh_onnx_tensor_bytes(int32_t data_type, int64_t numel);
+/* The tensor table over m->tensors (valid until the array is next grown). */
+msh_table msh_onnx_table(const msh_onnx_model *m);
+
+/* Whether the writer streams a tensor's data (raw_data from the engine) rather than packing the
+ * TensorProto as it is in the tree: it has a payload in a file, or a planned conversion. */
+int msh_onnx_streamed(const msh_tensor *t);
 
 /* Scan a model file into a skeleton (onnx_scan.c). Appends payloads to `m`. */
 msh_status msh_onnx_scan(msh_onnx_model *m, msh_error *e);
@@ -114,23 +114,14 @@ void msh_onnx_model_free(msh_onnx_model *m);
 msh_status msh_onnx_tensor_read(const msh_onnx_model *m, const msh_tensor *t, int64_t off,
                                 void *dst, size_t n, msh_error *e);
 
-/* Stream a tensor's bytes in chunks of `chunk` bytes (a multiple of 4) to `fn`, reading the next
- * chunk in a helper thread while `fn` works on the current one. `buf0` and `buf1` hold `chunk`
- * bytes each. `fn` gets the chunk, its length and its byte offset in the tensor. */
-typedef msh_status (*msh_chunk_fn)(void *ctx, const uint8_t *buf, size_t n, int64_t off,
-                                   msh_error *e);
-msh_status msh_onnx_tensor_stream(const msh_onnx_model *m, const msh_tensor *t, uint8_t *buf0,
-                                  uint8_t *buf1, size_t chunk, msh_chunk_fn fn, void *ctx,
-                                  msh_error *e);
-
 /* Tensor index of a TensorProto, or -1 (linear map built on first use). */
 int64_t msh_onnx_find_tensor(const msh_onnx_model *m, const Onnx__TensorProto *tp);
 
-/* Data bytes of a tensor as written (after any conversion). */
-int64_t msh_tensor_out_bytes(const msh_tensor *t);
-
 /* Append a tensor-table entry for a TensorProto added by a pass (the tree owns `tp`); the
- * lookup map is rebuilt. Returns the new index or -1 when out of memory. */
+ * lookup map is rebuilt. Its description (d.name, shape, source) is refreshed from `tp`: a
+ * TensorProto with raw_data in the tree is read from there, otherwise d.src is kept (a
+ * converted copy of another tensor shares that tensor's source). Returns the new index or -1
+ * when out of memory. */
 int64_t msh_onnx_add_tensor_entry(msh_onnx_model *m, const msh_tensor *t);
 
 /* Attach `p` to the model: freed by msh_onnx_model_free. On failure `p` is freed. */
@@ -143,28 +134,37 @@ msh_status msh_onnx_reindex(msh_onnx_model *m, msh_error *e);
 /* Keep a TensorProto that was taken out of the tree so the model frees it. */
 msh_status msh_onnx_adopt_orphan(msh_onnx_model *m, Onnx__TensorProto *tp);
 
-/* Output options of the streaming writer. */
-typedef struct msh_onnx_write_opts {
-    int external; /* write payloads >= threshold to "<out>.data" */
-    int64_t external_threshold;
-    uint32_t
-        f16_min_abs; /* FP16 bounds (FP32 bits) for tensors with out_type FLOAT16; 0: default */
-    uint32_t f16_max_abs;
-    const struct msh_engine *engine; /* where conversions run (NULL: the CPU) */
-} msh_onnx_write_opts;
+/* ---- the writer (onnx_write.c) ---- */
+
+/* Where the writer puts each streamed tensor: `order` lists tensor indices in the order the
+ * writer asks for their bytes (tensors of "<out>.data" first, in table order, then the inline
+ * ones in the tree's order); ext_off[i] is tensor i's offset in the data file, or -1. */
+typedef struct msh_onnx_layout {
+    int external;
+    int64_t *ext_off;
+    size_t *order;
+    size_t n_order;
+    size_t n_external; /* the first n_external entries of order go to the data file */
+} msh_onnx_layout;
+
+/* Lay out the output: with `external`, streamed tensors of at least `threshold` output bytes go
+ * to the data file. Free with msh_onnx_layout_free. */
+msh_status msh_onnx_layout_make(const msh_onnx_model *m, int external, int64_t threshold,
+                                msh_onnx_layout *L, msh_error *e);
+void msh_onnx_layout_free(msh_onnx_layout *L);
+
+/* Total output size the writer would produce inline (for the 2 GiB protobuf limit). */
+msh_status msh_onnx_inline_size(const msh_onnx_model *m, int64_t *size, msh_error *e);
 
 typedef struct msh_onnx_write_result {
     int64_t model_bytes;
     int64_t data_bytes;
     int external;
-    uint64_t clamped; /* FP16 values clamped while converting payloads */
 } msh_onnx_write_result;
 
-/* Total output size the writer would produce inline (for the 2 GiB protobuf limit). */
-msh_status msh_onnx_inline_size(const msh_onnx_model *m, int64_t *size, msh_error *e);
-
-/* Stream the model to `out_path` (and "<out_path>.data"), temp files then rename. */
-msh_status msh_onnx_write(const msh_onnx_model *m, const char *out_path,
-                          const msh_onnx_write_opts *o, msh_onnx_write_result *r, msh_error *e);
+/* Serialize the model to `out_path` (and "<out_path>.data"): temporary files, then rename.
+ * Each streamed tensor's bytes come from `bytes`, called once per entry of L->order, in order. */
+msh_status msh_onnx_write(const msh_onnx_model *m, const msh_onnx_layout *L, const char *out_path,
+                          msh_bytes_fn bytes, void *ctx, msh_onnx_write_result *r, msh_error *e);
 
 #endif

@@ -9,11 +9,12 @@
  *   - any other message is packed in two parts: protobuf-c packs a shallow copy with its
  *     message-typed fields cleared (scalars, strings, unknown fields), then each submessage is
  *     written as tag + length + recursive body. Lengths come from the same walk in "size" mode.
- *   - a TensorProto with a payload is packed without raw_data (and without the scanner's
- *     marker), then its raw_data field is written with the payload streamed from its source
- *     file in bounded chunks; or, for external output, external_data entries point into
- *     "<out>.data", which is written first, tensors in table order, each at a 4096-aligned
- *     offset.
+ *   - a streamed TensorProto (one with a payload in a file, or a planned conversion) is packed
+ *     without raw_data, typed data fields and the scanner's marker, then its raw_data field is
+ *     written with bytes the caller supplies (the engine, in the order of the layout); or, for
+ *     external output, external_data entries point into "<out>.data", which is written first,
+ *     tensors in table order, each at a 4096-aligned offset.
+ * The writer never reads or converts tensor bytes itself.
  * Field order inside a message may differ from the input's (scalars first); protobuf readers
  * accept fields in any order and repeated fields keep their relative order.
  */
@@ -23,25 +24,22 @@
 
 #include "common/msh_io.h"
 #include "formats/onnx_model.h"
-#include "kernels/msh_convert.h"
-#include "kernels/msh_engine.h"
 
 #define MSH_EXT_ALIGN 4096
-#define MSH_STREAM_CHUNK ((size_t)4 << 20)
 
 typedef struct wctx {
     const msh_onnx_model *m;
-    msh_sink *out;    /* NULL in size mode */
-    int64_t *ext_off; /* per tensor: offset in the data file, or -1 for inline */
+    msh_sink *out;          /* NULL in size mode */
+    const int64_t *ext_off; /* per tensor: offset in the data file, or -1 for inline */
     const char *data_name;
     uint8_t *scratch;
     size_t scratch_cap;
-    uint8_t *chunk;
-    uint8_t *chunk2; /* the next chunk, read while `chunk` is converted and written */
-    uint8_t *conv;   /* converted half of `chunk` */
-    msh_f16_bounds f16;
-    uint64_t clamped;
-    const msh_engine *engine;
+    msh_bytes_fn bytes;
+    void *bytes_ctx;
+    /* collect mode: the streamed inline tensors in the order write mode will reach them */
+    size_t *order;
+    size_t n_order, cap_order;
+    int collect;
     msh_error *e;
 } wctx;
 
@@ -121,66 +119,14 @@ static msh_status pack_whole(wctx *c, const ProtobufCMessage *msg, uint64_t *siz
     return msh_sink_write(c->out, c->scratch, k, c->e);
 }
 
-typedef struct conv_ctx {
-    wctx *c;
-    const msh_tensor *t;
-    msh_sink *dst;
-} conv_ctx;
-
-/* One chunk of a tensor converted on its way out. */
-static msh_status convert_chunk(void *arg, const uint8_t *buf, size_t n, int64_t off,
-                                msh_error *e) {
-    conv_ctx *x = arg;
-    wctx *c = x->c;
-    const msh_tensor *t = x->t;
-    if (t->out_type == 10) {
-        c->clamped += msh_f32_to_f16_buf(buf, c->conv, n / 4, &c->f16);
-        return msh_sink_write(x->dst, c->conv, n / 2, e);
-    }
-    if (t->out_type == 16) {
-        msh_f32_to_bf16_buf(buf, c->conv, n / 4);
-        return msh_sink_write(x->dst, c->conv, n / 2, e);
-    }
-    if (t->out_type == 3) {
-        msh_int8_quantize(buf, c->conv, n / 4, off / 4, t->qinner, t->qchannels, t->qscales);
-        return msh_sink_write(x->dst, c->conv, n / 4, e);
-    }
-    return msh_sink_write(x->dst, buf, n, e);
-}
-
-static msh_status gpu_read(void *arg, void *dst, size_t n, int64_t off, msh_error *e) {
-    conv_ctx *x = arg;
-    return msh_onnx_tensor_read(x->c->m, x->t, off, dst, n, e);
-}
-
-static msh_status gpu_write(void *arg, const void *p, size_t n, msh_error *e) {
-    conv_ctx *x = arg;
-    return msh_sink_write(x->dst, p, n, e);
-}
-
-static msh_status stream_tensor(wctx *c, const msh_tensor *t, msh_sink *dst) {
-    const msh_onnx_model *m = c->m;
-    if (t->payload >= 0 && !t->out_type) {
-        /* Unchanged bytes from a file: let the kernel copy them. */
-        const msh_payload *p = &m->payloads[t->payload];
-        int fd = p->src == 0 ? m->fd : m->ext[p->src - 1].fd;
-        return msh_sink_copy_from(dst, fd, p->offset, p->length, c->e);
-    }
-    conv_ctx x = {c, t, dst};
-    if (c->engine && c->engine->cuda && t->out_type && t->payload >= 0)
-        return msh_engine_convert(c->engine, t->out_type, t->nbytes, &c->f16, t->qscales, t->qinner,
-                                  t->qchannels, gpu_read, gpu_write, &x, &c->clamped,
-                                  t->tp->name ? t->tp->name : "(unnamed)", c->e);
-    return msh_onnx_tensor_stream(m, t, c->chunk, c->chunk2, MSH_STREAM_CHUNK, convert_chunk, &x,
-                                  c->e);
-}
-
 static msh_status emit_tensor(wctx *c, const Onnx__TensorProto *tp, uint64_t *size) {
     int64_t ti = msh_onnx_find_tensor(c->m, tp);
     const msh_tensor *t = ti >= 0 ? &c->m->tensors[ti] : NULL;
-    if (!t || t->payload < 0)
+    if (!t || !msh_onnx_streamed(t))
         return pack_whole(c, &tp->base, size);
     Onnx__TensorProto sh = *tp;
+    /* the bytes come from the engine as raw_data: no typed copy of them */
+    sh.n_float_data = sh.n_int32_data = sh.n_int64_data = sh.n_double_data = sh.n_uint64_data = 0;
     ProtobufCMessageUnknownField *uf = NULL;
     if (tp->base.n_unknown_fields) {
         uf = malloc(tp->base.n_unknown_fields * sizeof *uf);
@@ -196,8 +142,13 @@ static msh_status emit_tensor(wctx *c, const Onnx__TensorProto *tp, uint64_t *si
     sh.has_raw_data = 0;
     sh.raw_data.len = 0;
     sh.raw_data.data = NULL;
-    int64_t plen = msh_tensor_out_bytes(t);
+    int64_t plen = msh_tentry_out_bytes(&t->d);
     int ext = c->ext_off && c->ext_off[ti] >= 0;
+    if (c->collect && !ext && plen > 0) {
+        if (!msh_grow((void **)&c->order, &c->cap_order, c->n_order, sizeof *c->order))
+            return msh_fail(c->e, MSH_ERR_NOMEM, "out of memory");
+        c->order[c->n_order++] = (size_t)ti;
+    }
     Onnx__StringStringEntryProto kv[3];
     Onnx__StringStringEntryProto *kvp[3];
     char offs[24], lens[24];
@@ -227,12 +178,17 @@ static msh_status emit_tensor(wctx *c, const Onnx__TensorProto *tp, uint64_t *si
     free(uf);
     MSH_FORWARD(st);
     *size = base;
-    if (!ext) {
+    if (!ext && plen > 0) {
         *size += 1 + varint_len((uint64_t)plen) + (uint64_t)plen; /* raw_data = field 9 */
         if (c->out) {
             MSH_FORWARD(put_varint(c, (9u << 3) | 2u));
             MSH_FORWARD(put_varint(c, (uint64_t)plen));
-            MSH_FORWARD(stream_tensor(c, t, c->out));
+            int64_t before = c->out->written;
+            MSH_FORWARD(c->bytes(c->bytes_ctx, (size_t)ti, c->out, c->e));
+            if (c->out->written - before != plen)
+                return msh_fail(c->e, MSH_ERR_FORMAT,
+                                "internal error: tensor '%s' came with %lld bytes, not %lld",
+                                t->d.name, (long long)(c->out->written - before), (long long)plen);
         }
     }
     return MSH_OK;
@@ -241,6 +197,10 @@ static msh_status emit_tensor(wctx *c, const Onnx__TensorProto *tp, uint64_t *si
 static msh_status emit_msg(wctx *c, const ProtobufCMessage *msg, uint64_t *size);
 
 static msh_status emit_sub(wctx *c, uint32_t id, const ProtobufCMessage *sub, uint64_t *total) {
+    if (c->collect) {
+        uint64_t ignored;
+        return emit_msg(c, sub, &ignored);
+    }
     uint64_t n;
     msh_sink *saved = c->out;
     c->out = NULL;
@@ -324,10 +284,7 @@ static msh_status emit_msg(wctx *c, const ProtobufCMessage *msg, uint64_t *size)
 
 static void wctx_free(wctx *c) {
     free(c->scratch);
-    free(c->chunk);
-    free(c->chunk2);
-    free(c->conv);
-    free(c->ext_off);
+    free(c->order);
 }
 
 msh_status msh_onnx_inline_size(const msh_onnx_model *m, int64_t *size, msh_error *e) {
@@ -342,67 +299,104 @@ msh_status msh_onnx_inline_size(const msh_onnx_model *m, int64_t *size, msh_erro
     return st;
 }
 
-msh_status msh_onnx_write(const msh_onnx_model *m, const char *out_path,
-                          const msh_onnx_write_opts *o, msh_onnx_write_result *r, msh_error *e) {
+void msh_onnx_layout_free(msh_onnx_layout *L) {
+    free(L->ext_off);
+    free(L->order);
+    memset(L, 0, sizeof *L);
+}
+
+msh_status msh_onnx_layout_make(const msh_onnx_model *m, int external, int64_t threshold,
+                                msh_onnx_layout *L, msh_error *e) {
+    memset(L, 0, sizeof *L);
+    L->ext_off = malloc((m->n_tensors + 1) * sizeof *L->ext_off);
+    if (!L->ext_off)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    size_t *ext_order = malloc((m->n_tensors + 1) * sizeof *ext_order);
+    if (!ext_order)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    int64_t cursor = 0;
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const msh_tensor *t = &m->tensors[i];
+        L->ext_off[i] = -1;
+        int64_t ob = msh_tentry_out_bytes(&t->d);
+        if (!external || t->d.dropped || !msh_onnx_streamed(t) || ob < threshold || ob <= 0)
+            continue;
+        cursor = (cursor + MSH_EXT_ALIGN - 1) / MSH_EXT_ALIGN * MSH_EXT_ALIGN;
+        L->ext_off[i] = cursor;
+        cursor += ob;
+        ext_order[L->n_external++] = i;
+    }
+    L->external = external && L->n_external > 0;
+    /* the inline ones: walk the tree as write mode will */
     wctx c;
     memset(&c, 0, sizeof c);
     c.m = m;
     c.e = e;
+    c.ext_off = L->ext_off;
+    c.collect = 1;
+    uint64_t ignored;
+    msh_status st = emit_msg(&c, &m->mp->base, &ignored);
+    if (st == MSH_OK) {
+        L->order = malloc((L->n_external + c.n_order + 1) * sizeof *L->order);
+        if (!L->order)
+            st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    if (st == MSH_OK) {
+        memcpy(L->order, ext_order, L->n_external * sizeof *L->order);
+        memcpy(L->order + L->n_external, c.order, c.n_order * sizeof *L->order);
+        L->n_order = L->n_external + c.n_order;
+    }
+    free(ext_order);
+    wctx_free(&c);
+    if (st != MSH_OK)
+        msh_onnx_layout_free(L);
+    return st;
+}
+
+msh_status msh_onnx_write(const msh_onnx_model *m, const msh_onnx_layout *L, const char *out_path,
+                          msh_bytes_fn bytes, void *ctx, msh_onnx_write_result *r, msh_error *e) {
+    wctx c;
+    memset(&c, 0, sizeof c);
+    c.m = m;
+    c.e = e;
+    c.bytes = bytes;
+    c.bytes_ctx = ctx;
     memset(r, 0, sizeof *r);
-    c.chunk = malloc(MSH_STREAM_CHUNK);
-    c.chunk2 = malloc(MSH_STREAM_CHUNK);
-    c.conv = malloc(MSH_STREAM_CHUNK / 2);
-    c.f16.min_abs = o->f16_min_abs ? o->f16_min_abs : MSH_F16_MIN_SUBNORMAL_BITS;
-    c.f16.max_abs = o->f16_max_abs ? o->f16_max_abs : MSH_F16_MAX_BITS;
-    c.engine = o->engine;
-    if (!c.chunk || !c.chunk2 || !c.conv)
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory for the write buffer");
     msh_sink data, model;
     int data_open = 0, model_open = 0;
     char *data_path = NULL;
     msh_status st = MSH_OK;
 
-    if (o->external) {
-        c.ext_off = malloc((m->n_tensors + 1) * sizeof *c.ext_off);
+    if (L->external) {
+        c.ext_off = L->ext_off;
         data_path = malloc(strlen(out_path) + 6);
-        if (!c.ext_off || !data_path) {
+        if (!data_path) {
             st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
             goto done;
         }
         sprintf(data_path, "%s.data", out_path);
         const char *slash = strrchr(data_path, '/');
         c.data_name = slash ? slash + 1 : data_path;
-        int64_t cursor = 0;
-        int any = 0;
-        for (size_t i = 0; i < m->n_tensors; i++) {
-            const msh_tensor *t = &m->tensors[i];
-            c.ext_off[i] = -1;
-            if (t->removed || t->payload < 0 || msh_tensor_out_bytes(t) < o->external_threshold)
-                continue;
-            cursor = (cursor + MSH_EXT_ALIGN - 1) / MSH_EXT_ALIGN * MSH_EXT_ALIGN;
-            c.ext_off[i] = cursor;
-            cursor += msh_tensor_out_bytes(t);
-            any = 1;
-        }
-        if (any) {
-            st = msh_sink_open(&data, data_path, e);
-            if (st != MSH_OK)
-                goto done;
-            data_open = 1;
-            for (size_t i = 0; i < m->n_tensors && st == MSH_OK; i++) {
-                if (c.ext_off[i] < 0)
-                    continue;
-                st = msh_sink_pad(&data, MSH_EXT_ALIGN, e);
-                if (st == MSH_OK)
-                    st = stream_tensor(&c, &m->tensors[i], &data);
-            }
+        st = msh_sink_open(&data, data_path, e);
+        if (st != MSH_OK)
+            goto done;
+        data_open = 1;
+        for (size_t k = 0; k < L->n_external && st == MSH_OK; k++) {
+            size_t i = L->order[k];
+            st = msh_sink_pad(&data, MSH_EXT_ALIGN, e);
+            int64_t before = data.written;
             if (st == MSH_OK)
-                st = msh_sink_finish(&data, e);
-            if (st != MSH_OK)
-                goto done;
-            r->data_bytes = data.written;
-            r->external = 1;
+                st = bytes(ctx, i, &data, e);
+            if (st == MSH_OK && data.written - before != msh_tentry_out_bytes(&m->tensors[i].d))
+                st = msh_fail(e, MSH_ERR_FORMAT, "internal error: tensor '%s' came with %lld bytes",
+                              m->tensors[i].d.name, (long long)(data.written - before));
         }
+        if (st == MSH_OK)
+            st = msh_sink_finish(&data, e);
+        if (st != MSH_OK)
+            goto done;
+        r->data_bytes = data.written;
+        r->external = 1;
     }
     st = msh_sink_open(&model, out_path, e);
     if (st != MSH_OK)
@@ -417,10 +411,8 @@ msh_status msh_onnx_write(const msh_onnx_model *m, const char *out_path,
         st = msh_sink_rename(&data, e);
     if (st == MSH_OK)
         st = msh_sink_rename(&model, e);
-    if (st == MSH_OK) {
+    if (st == MSH_OK)
         r->model_bytes = model.written;
-        r->clamped = c.clamped;
-    }
 done:
     if (model_open)
         msh_sink_abort(&model);

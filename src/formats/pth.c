@@ -8,9 +8,10 @@
 #include <unistd.h>
 
 #include "common/msh_io.h"
-#include "formats/onnx_model.h"
+#include "common/msh_dtype.h"
+#include "passes/inspect.h"
 #include "formats/safetensors.h"
-#include "kernels/msh_convert.h"
+#include "kernels/msh_cpu.h"
 
 #define PTH_MAX_PICKLE ((int64_t)1 << 31)
 #define PTH_MAX_VISITS 10000000
@@ -50,7 +51,7 @@ static msh_status add_tensor(walk *w, const msh_pk *t, const char *path, int cat
         const msh_zip_entry *z = msh_zip_find(&p->zip, rel);
         if (!z)
             return msh_fail(w->e, MSH_ERR_FORMAT, "storage '%.100s' has no data entry", s->s);
-        int64_t es = msh_onnx_elem_size(s->dtype), nb;
+        int64_t es = msh_dtype_size(s->dtype), nb;
         if (es <= 0 || !msh_mul_i64(s->i, es, &nb))
             return msh_fail(w->e, MSH_ERR_FORMAT, "storage '%.100s': bad size", s->s);
         if (nb > z->size)
@@ -82,7 +83,7 @@ static msh_status add_tensor(walk *w, const msh_pk *t, const char *path, int cat
                         "tensor '%.200s' reaches element %lld of a "
                         "%lld-element storage",
                         path, (long long)last, (long long)st->numel);
-    if (t->dtype != st->dtype && msh_onnx_elem_size(t->dtype) != msh_onnx_elem_size(st->dtype))
+    if (t->dtype != st->dtype && msh_dtype_size(t->dtype) != msh_dtype_size(st->dtype))
         return msh_fail(w->e, MSH_ERR_UNSUPPORTED,
                         "tensor '%.200s': dtype differs from its "
                         "storage's",
@@ -101,7 +102,7 @@ static msh_status add_tensor(walk *w, const msh_pk *t, const char *path, int cat
     x->ndim = t->ndim;
     x->offset = t->offset;
     x->numel = numel;
-    x->nbytes = numel * msh_onnx_elem_size(t->dtype);
+    x->nbytes = numel * msh_dtype_size(t->dtype);
     x->storage = si;
     x->cat = cat;
     p->nt++;
@@ -303,7 +304,7 @@ static int contiguous(const msh_pth_tensor *t) {
  * is gathered from the span of its storage that it touches. */
 static msh_status gather(const msh_pth *p, const msh_pth_tensor *t, uint8_t *dst, msh_error *e) {
     const msh_pth_storage *s = &p->s[t->storage];
-    int64_t es = msh_onnx_elem_size(t->dtype);
+    int64_t es = msh_dtype_size(t->dtype);
     int64_t hi = t->offset;
     for (size_t d = 0; d < t->ndim; d++)
         hi += (t->shape[d] - 1) * t->stride[d];
@@ -373,7 +374,7 @@ msh_status msh_pth_write_safetensors(const msh_pth *p, const char *out_path, int
         it->ndim = t->ndim;
         it->numel = t->numel;
         it->fd = p->fd;
-        it->offset = p->s[t->storage].file_offset + t->offset * msh_onnx_elem_size(t->dtype);
+        it->offset = p->s[t->storage].file_offset + t->offset * msh_dtype_size(t->dtype);
         if (!contiguous(t)) {
             g[n] = (gather_ctx){p, t};
             it->gather = gather_cb;
@@ -528,7 +529,7 @@ static msh_status zip_entry(zw *z, const char *name, const uint8_t *mem, int64_t
             st = msh_sink_write(z->s, mem, (size_t)size, z->e);
     } else if (st == MSH_OK) {
         /* a tensor: its elements, contiguous, converted when asked */
-        int64_t es = msh_onnx_elem_size(t->dtype);
+        int64_t es = msh_dtype_size(t->dtype);
         uint8_t *all = NULL, *chunk = malloc((size_t)4 << 20), *conv = malloc((size_t)2 << 20);
         if (!chunk || !conv)
             st = msh_fail(z->e, MSH_ERR_NOMEM, "out of memory");
@@ -606,7 +607,7 @@ msh_status msh_pth_write_pth(const msh_pth *p, const char *out_path, int float_t
         const char *cls = storage_class(os[k].dtype);
         if (!cls) {
             st = msh_fail(e, MSH_ERR_UNSUPPORTED, "tensor '%.200s': element type %s", t->name,
-                          msh_onnx_dtype_name(t->dtype));
+                          msh_dtype_name(t->dtype));
             break;
         }
         char key[32];
@@ -660,7 +661,7 @@ msh_status msh_pth_write_pth(const msh_pth *p, const char *out_path, int float_t
     for (size_t k = 0; st == MSH_OK && k < nos; k++) {
         char name[64];
         snprintf(name, sizeof name, "archive/data/%zu", k);
-        int64_t size = os[k].t->numel * msh_onnx_elem_size(os[k].dtype);
+        int64_t size = os[k].t->numel * msh_dtype_size(os[k].dtype);
         st = zip_entry(&z, name, NULL, size, p, os[k].t,
                        os[k].dtype != os[k].t->dtype ? os[k].dtype : 0, &b, clamped);
     }

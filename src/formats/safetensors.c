@@ -8,8 +8,9 @@
 #include <unistd.h>
 
 #include "common/msh_io.h"
-#include "formats/onnx_model.h"
-#include "kernels/msh_convert.h"
+#include "common/msh_dtype.h"
+#include "passes/inspect.h"
+#include "kernels/msh_cpu.h"
 #include "kernels/msh_hash.h"
 
 #define ST_MAX_HEADER 100000000
@@ -205,7 +206,7 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
                           it->string);
             break;
         }
-        if (!msh_mul_i64(t->numel, msh_onnx_elem_size(t->dtype), &t->nbytes) ||
+        if (!msh_mul_i64(t->numel, msh_dtype_size(t->dtype), &t->nbytes) ||
             t->nbytes != (int64_t)en - (int64_t)b) {
             st = msh_fail(e, MSH_ERR_FORMAT,
                           "safetensors: tensor '%.200s': %lld bytes between "
@@ -321,7 +322,7 @@ msh_status msh_st_inspect(const msh_st_file *f, cJSON *o, msh_error *e) {
                 continue;
             if (!members) {
                 cJSON *g = cJSON_CreateObject();
-                cJSON_AddStringToObject(g, "dtype", msh_onnx_dtype_name(a->dtype));
+                cJSON_AddStringToObject(g, "dtype", msh_dtype_name(a->dtype));
                 cJSON_AddNumberToObject(g, "bytes_each", (double)a->nbytes);
                 members = cJSON_AddArrayToObject(g, "members");
                 cJSON_AddItemToArray(members, cJSON_CreateString(a->name));
@@ -367,7 +368,7 @@ msh_status msh_st_write(const char *out_path, const char *metadata, const msh_st
                                : "tensor '%.200s': element type has no safetensors name",
                             t->name);
         }
-        int64_t nb = t->numel * msh_onnx_elem_size(t->dtype_out);
+        int64_t nb = t->numel * msh_dtype_size(t->dtype_out);
         cJSON *x = cJSON_AddObjectToObject(h, t->name);
         cJSON_AddStringToObject(x, "dtype", dn);
         cJSON *shape = cJSON_AddArrayToObject(x, "shape");
@@ -403,7 +404,7 @@ msh_status msh_st_write(const char *out_path, const char *metadata, const msh_st
         st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     for (size_t i = 0; st == MSH_OK && i < n; i++) {
         const msh_st_item *t = &items[i];
-        int64_t nbytes = t->numel * msh_onnx_elem_size(t->dtype_in);
+        int64_t nbytes = t->numel * msh_dtype_size(t->dtype_in);
         int conv_on = t->dtype_out != t->dtype_in;
         if (nbytes == 0)
             continue;

@@ -13,7 +13,7 @@ struct msh_hasher {
     int oom; /* a digest could not be stored: the result is invalid */
 };
 
-static uint64_t msh_chunk_digest(const uint8_t *p, size_t n) {
+uint64_t msh_chunk_digest(const uint8_t *p, size_t n) {
 #if defined(MSH_FORCE_SCALAR)
     return msh_chunk_hash_ref(p, n);
 #else
@@ -138,4 +138,16 @@ msh_status msh_tensor_digest(const void *p, size_t n, uint64_t *out) {
     msh_status st = msh_hasher_failed(h) ? MSH_ERR_NOMEM : MSH_OK;
     msh_hasher_free(h);
     return st;
+}
+
+uint64_t msh_digest_combine(const uint64_t *chunks, size_t n, int64_t total, uint8_t *scratch) {
+    if (total == 0)
+        return msh_chunk_digest((const uint8_t *)"", 0);
+    for (size_t i = 0; i < n; i++)
+        msh_store_le64(scratch + 8 * i, chunks[i]);
+#if defined(MSH_FORCE_SCALAR)
+    return msh_xxh64_ref(scratch, 8 * n, (uint64_t)total);
+#else
+    return XXH64(scratch, 8 * n, (uint64_t)total);
+#endif
 }

@@ -3,50 +3,266 @@
 #include <stdlib.h>
 
 #include "common/msh_strmap.h"
-#include "kernels/msh_engine.h"
 #include "kernels/msh_hash.h"
 
-#define MSH_CMP_CHUNK ((size_t)1 << 20)
+/* ---- format-neutral finding ---- */
 
-typedef struct cand {
-    int64_t t;
-    uint64_t digest;
-    int removable;
-} cand;
+typedef struct finder {
+    const msh_table *tab;
+    msh_engine *eng;
+    msh_dedup_class_fn fn;
+    void *ctx;
+    msh_error *e;
+} finder;
 
-static int key_cmp(const msh_onnx_model *m, int64_t a, int64_t b) {
-    const Onnx__TensorProto *x = m->tensors[a].tp, *y = m->tensors[b].tp;
-    if (x->data_type != y->data_type)
-        return x->data_type < y->data_type ? -1 : 1;
-    if (x->n_dims != y->n_dims)
-        return x->n_dims < y->n_dims ? -1 : 1;
-    for (size_t i = 0; i < x->n_dims; i++)
-        if (x->dims[i] != y->dims[i])
-            return x->dims[i] < y->dims[i] ? -1 : 1;
+static int key_cmp(const msh_table *tab, int64_t a, int64_t b) {
+    const msh_tentry *x = msh_table_at(tab, (size_t)a), *y = msh_table_at(tab, (size_t)b);
+    if (x->dtype != y->dtype)
+        return x->dtype < y->dtype ? -1 : 1;
+    if (x->ndim != y->ndim)
+        return x->ndim < y->ndim ? -1 : 1;
+    for (size_t i = 0; i < x->ndim; i++)
+        if (x->shape[i] != y->shape[i])
+            return x->shape[i] < y->shape[i] ? -1 : 1;
     return 0;
 }
 
-static int cand_prefix_cmp(const void *pa, const void *pb) {
-    const cand *a = pa, *b = pb;
-    if (a->digest != b->digest)
-        return a->digest < b->digest ? -1 : 1;
-    return a->t < b->t ? -1 : a->t > b->t;
-}
-
 /* qsort has no context argument in C11; thread-local keeps parallel conversions apart. */
-static _Thread_local const msh_onnx_model *g_model;
+static _Thread_local const msh_table *g_tab;
 
 static int cand_key_cmp(const void *pa, const void *pb) {
-    const cand *a = pa, *b = pb;
-    int c = key_cmp(g_model, a->t, b->t);
+    const msh_dedup_cand *a = pa, *b = pb;
+    int c = key_cmp(g_tab, a->t, b->t);
     if (c)
         return c;
     return a->t < b->t ? -1 : a->t > b->t;
 }
 
+static int cand_digest_cmp(const void *pa, const void *pb) {
+    const msh_dedup_cand *a = pa, *b = pb;
+    if (a->digest != b->digest)
+        return a->digest < b->digest ? -1 : 1;
+    return a->t < b->t ? -1 : a->t > b->t;
+}
+
+static int candp_digest_cmp(const void *pa, const void *pb) {
+    return cand_digest_cmp(*(const msh_dedup_cand *const *)pa, *(const msh_dedup_cand *const *)pb);
+}
+
+/* Digests of the first `limit` bytes (or all) of each candidate, on the engine. */
+static msh_status digests(finder *f, msh_dedup_cand *c, size_t n, int64_t limit) {
+    msh_job *jobs = calloc(n + 1, sizeof *jobs);
+    if (!jobs)
+        return msh_fail(f->e, MSH_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const msh_tentry *t = msh_table_at(f->tab, (size_t)c[i].t);
+        jobs[i].src = &t->src;
+        jobs[i].nbytes = limit >= 0 && t->nbytes > limit ? limit : t->nbytes;
+        jobs[i].op = MSH_OP_DIGEST;
+        jobs[i].name = t->name;
+    }
+    msh_status st = msh_engine_scan(f->eng, jobs, n, f->e);
+    for (size_t i = 0; st == MSH_OK && i < n; i++)
+        c[i].digest = jobs[i].digest;
+    free(jobs);
+    return st;
+}
+
+/* Which of ptr[1..n) have ptr[0]'s bytes (same[k] for ptr[k]; same[0] = 1). */
+static msh_status confirm(finder *f, msh_dedup_cand **ptr, size_t n, uint8_t *same) {
+    const msh_tentry *ref = msh_table_at(f->tab, (size_t)ptr[0]->t);
+    const msh_src **srcs = malloc(n * sizeof *srcs);
+    if (!srcs)
+        return msh_fail(f->e, MSH_ERR_NOMEM, "out of memory");
+    size_t k = 0;
+    for (size_t i = 1; i < n; i++)
+        srcs[k++] = &msh_table_at(f->tab, (size_t)ptr[i]->t)->src;
+    same[0] = 1;
+    msh_status st = msh_engine_same(f->eng, &ref->src, srcs, k, ref->nbytes, same + 1, f->e);
+    free(srcs);
+    return st;
+}
+
+/* Candidates that may be identical (one type and shape, maybe one prefix digest), ordered by
+ * table index, with their full digests: those equal to the first make the first class; the rest
+ * are split by digest and each run of equal digests is confirmed against its first, again and
+ * again. */
+static msh_status resolve_group(finder *f, msh_dedup_cand *g, size_t n) {
+    msh_dedup_cand **first = malloc(n * sizeof *first); /* those with g[0]'s digest */
+    msh_dedup_cand **ptr = malloc(n * sizeof *ptr);     /* the rest */
+    msh_dedup_cand **cls = malloc(n * sizeof *cls);
+    uint8_t *same = malloc(n);
+    msh_status st = MSH_OK;
+    if (!first || !ptr || !cls || !same) {
+        st = msh_fail(f->e, MSH_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    size_t nf = 0, rest = 0, nc = 0;
+    for (size_t i = 0; i < n; i++)
+        if (i == 0 || g[i].digest == g[0].digest)
+            first[nf++] = &g[i];
+    st = confirm(f, first, nf, same);
+    if (st != MSH_OK)
+        goto done;
+    for (size_t i = 0, k = 0; i < n; i++) {
+        if (k < nf && first[k] == &g[i]) {
+            if (same[k])
+                cls[nc++] = &g[i];
+            else
+                ptr[rest++] = &g[i];
+            k++;
+        } else {
+            ptr[rest++] = &g[i];
+        }
+    }
+    if (nc >= 2)
+        st = f->fn(f->ctx, (const msh_dedup_cand *const *)cls, nc, f->e);
+    if (st != MSH_OK)
+        goto done;
+    qsort(ptr, rest, sizeof *ptr, candp_digest_cmp);
+    for (size_t a = 0; a < rest && st == MSH_OK;) {
+        size_t b = a + 1;
+        while (b < rest && ptr[b]->digest == ptr[a]->digest)
+            b++;
+        /* confirm the run byte for byte; what differs from its first (a digest collision) is
+         * confirmed again among itself */
+        size_t lo = a, hi = b;
+        while (hi - lo >= 2 && st == MSH_OK) {
+            st = confirm(f, ptr + lo, hi - lo, same);
+            size_t w = lo;
+            nc = 0;
+            for (size_t i = lo; st == MSH_OK && i < hi; i++) {
+                if (same[i - lo])
+                    cls[nc++] = ptr[i];
+                else
+                    ptr[w++] = ptr[i];
+            }
+            if (st == MSH_OK && nc >= 2)
+                st = f->fn(f->ctx, (const msh_dedup_cand *const *)cls, nc, f->e);
+            hi = w;
+        }
+        a = b;
+    }
+done:
+    free(first);
+    free(ptr);
+    free(cls);
+    free(same);
+    return st;
+}
+
+/* A run of candidates that may be identical: [at, at + n) of the sorted candidates. */
+typedef struct span {
+    size_t at, n;
+} span;
+
+static msh_status add_span(span **v, size_t *n, size_t *cap, size_t at, size_t len, msh_error *e) {
+    if (!msh_grow((void **)v, cap, *n, sizeof **v))
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    (*v)[(*n)++] = (span){at, len};
+    return MSH_OK;
+}
+
+/* Identical tensors have identical first chunks, so a digest of the first MSH_HASH_CHUNK bytes
+ * splits a (type, shape) group of large tensors first: distinct weights of the same shape (every
+ * layer of BERT) are then told apart after one small read each. All digests of a step are
+ * computed in one engine scan. */
+msh_status msh_dedup_classes(const msh_table *tab, msh_dedup_cand *c, size_t n, msh_engine *eng,
+                             msh_dedup_class_fn fn, void *ctx, msh_error *e) {
+    finder f = {tab, eng, fn, ctx, e};
+    g_tab = tab;
+    qsort(c, n, sizeof *c, cand_key_cmp);
+    span *keys = NULL, *groups = NULL;
+    size_t nk = 0, capk = 0, ng = 0, capg = 0;
+    msh_dedup_cand *big = NULL;
+    msh_status st = MSH_OK;
+    /* (type, shape) groups of two or more */
+    for (size_t i = 0; i < n && st == MSH_OK;) {
+        size_t j = i + 1;
+        while (j < n && key_cmp(tab, c[i].t, c[j].t) == 0)
+            j++;
+        if (j - i >= 2)
+            st = add_span(&keys, &nk, &capk, i, j - i, e);
+        i = j;
+    }
+    /* prefix digests of the large ones, in one scan */
+    size_t nbig = 0;
+    for (size_t k = 0; k < nk; k++)
+        if (msh_table_at(tab, (size_t)c[keys[k].at].t)->nbytes > (int64_t)MSH_HASH_CHUNK)
+            nbig += keys[k].n;
+    if (st == MSH_OK && nbig) {
+        big = malloc(nbig * sizeof *big);
+        if (!big)
+            st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        size_t w = 0;
+        for (size_t k = 0; st == MSH_OK && k < nk; k++)
+            if (msh_table_at(tab, (size_t)c[keys[k].at].t)->nbytes > (int64_t)MSH_HASH_CHUNK) {
+                memcpy(big + w, c + keys[k].at, keys[k].n * sizeof *big);
+                w += keys[k].n;
+            }
+        if (st == MSH_OK)
+            st = digests(&f, big, nbig, (int64_t)MSH_HASH_CHUNK);
+        w = 0;
+        for (size_t k = 0; st == MSH_OK && k < nk; k++)
+            if (msh_table_at(tab, (size_t)c[keys[k].at].t)->nbytes > (int64_t)MSH_HASH_CHUNK) {
+                memcpy(c + keys[k].at, big + w, keys[k].n * sizeof *big);
+                w += keys[k].n;
+            }
+    }
+    /* the groups to resolve: small (type, shape) groups whole, large ones by prefix digest */
+    for (size_t k = 0; st == MSH_OK && k < nk; k++) {
+        msh_dedup_cand *g = c + keys[k].at;
+        size_t gn = keys[k].n;
+        if (msh_table_at(tab, (size_t)g[0].t)->nbytes <= (int64_t)MSH_HASH_CHUNK) {
+            st = add_span(&groups, &ng, &capg, keys[k].at, gn, e);
+            continue;
+        }
+        qsort(g, gn, sizeof *g, cand_digest_cmp);
+        for (size_t a = 0; a < gn && st == MSH_OK;) {
+            size_t b = a + 1;
+            while (b < gn && g[b].digest == g[a].digest)
+                b++;
+            if (b - a >= 2)
+                st = add_span(&groups, &ng, &capg, keys[k].at + a, b - a, e);
+            a = b;
+        }
+    }
+    /* full digests of every member of every group, in one scan */
+    size_t nall = 0;
+    for (size_t k = 0; k < ng; k++)
+        nall += groups[k].n;
+    free(big);
+    big = NULL;
+    if (st == MSH_OK && nall) {
+        big = malloc(nall * sizeof *big);
+        if (!big)
+            st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        size_t w = 0;
+        for (size_t k = 0; st == MSH_OK && k < ng; k++) {
+            memcpy(big + w, c + groups[k].at, groups[k].n * sizeof *big);
+            w += groups[k].n;
+        }
+        if (st == MSH_OK)
+            st = digests(&f, big, nall, -1);
+        w = 0;
+        for (size_t k = 0; st == MSH_OK && k < ng; k++) {
+            memcpy(c + groups[k].at, big + w, groups[k].n * sizeof *big);
+            w += groups[k].n;
+        }
+    }
+    for (size_t k = 0; st == MSH_OK && k < ng; k++)
+        st = resolve_group(&f, c + groups[k].at, groups[k].n);
+    free(big);
+    free(keys);
+    free(groups);
+    return st;
+}
+
+/* ---- ONNX ---- */
+
 static int has_data(const msh_tensor *t) {
     const Onnx__TensorProto *tp = t->tp;
-    if (t->payload >= 0 || t->numel == 0)
+    if (t->payload >= 0 || t->d.numel == 0)
         return 1;
     return tp->n_float_data || tp->n_int32_data || tp->n_int64_data || tp->n_double_data ||
            tp->n_uint64_data;
@@ -149,15 +365,21 @@ static msh_status add_group(msh_dedup_plan *plan, const msh_onnx_model *m, int64
     plan->groups = gs;
     gs[plan->n_groups++] = (msh_dup_group){keeper, rem, nr, target != k->graph ? target : -1};
     plan->merged += (int64_t)nr;
-    plan->saved_bytes += (int64_t)nr * k->nbytes;
+    plan->saved_bytes += (int64_t)nr * k->d.nbytes;
     return MSH_OK;
 }
 
 /* One class of identical tensors (cls[0] is the first met): pick the keeper and record it.
  * An interface tensor (graph output, allowed graph input) is never removed; the first one met
  * becomes the keeper and stays where it is; a second one stays on its own. */
-static msh_status emit_class(const msh_onnx_model *m, msh_dedup_plan *plan, const cand *const *cls,
-                             size_t n, msh_error *e) {
+typedef struct onnx_find {
+    const msh_onnx_model *m;
+    msh_dedup_plan *plan;
+} onnx_find;
+
+static msh_status emit_class(void *arg, const msh_dedup_cand *const *cls, size_t n, msh_error *e) {
+    const msh_onnx_model *m = ((onnx_find *)arg)->m;
+    msh_dedup_plan *plan = ((onnx_find *)arg)->plan;
     int64_t *members = malloc(n * sizeof *members);
     if (!members)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
@@ -187,201 +409,14 @@ static msh_status emit_class(const msh_onnx_model *m, msh_dedup_plan *plan, cons
     return st;
 }
 
-#define MSH_LOCKSTEP_BUDGET ((size_t)64 << 20)
-
-/* Read the tensors of `c` side by side, chunk by chunk, each exactly once: compare every one
- * with c[0] (same[k] = 1 when identical) and, when `hash`, compute every digest on the way.
- * Buffers stay within MSH_LOCKSTEP_BUDGET: a large group is done in batches that re-read c[0]. */
-static msh_status lockstep(const msh_onnx_model *m, cand **c, size_t n, int hash, uint8_t *same,
-                           msh_error *e) {
-    int64_t nbytes = m->tensors[c[0]->t].nbytes;
-    size_t chunk = MSH_CMP_CHUNK;
-    if ((int64_t)chunk > nbytes)
-        chunk = nbytes > 0 ? (size_t)nbytes : 1;
-    size_t per_batch = MSH_LOCKSTEP_BUDGET / chunk;
-    if (per_batch < 2)
-        per_batch = 2;
-    if (per_batch > n)
-        per_batch = n;
-    uint8_t *head = malloc(chunk), *buf = malloc(chunk);
-    msh_hasher **hs = calloc(per_batch, sizeof *hs);
-    msh_status st = MSH_OK;
-    if (!head || !buf || !hs)
-        st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    for (size_t k = 0; k < n; k++)
-        same[k] = 1;
-    /* batch b holds members [from, to); c[0] is read with every batch */
-    for (size_t from = 1; st == MSH_OK && (from < n || (n == 1 && from == 1));) {
-        size_t to = from + per_batch - 1 < n ? from + per_batch - 1 : n;
-        int first = from == 1;
-        for (size_t k = 0; hash && k <= to - from && st == MSH_OK; k++) {
-            if (!hs[k] && !(hs[k] = msh_hasher_new()))
-                st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-            else
-                msh_hasher_reset(hs[k]);
-        }
-        for (int64_t off = 0; st == MSH_OK && off < nbytes;) {
-            size_t len = nbytes - off < (int64_t)chunk ? (size_t)(nbytes - off) : chunk;
-            st = msh_onnx_tensor_read(m, &m->tensors[c[0]->t], off, head, len, e);
-            if (st == MSH_OK && hash && first)
-                msh_hasher_update(hs[0], head, len);
-            for (size_t k = from; k < to && st == MSH_OK; k++) {
-                if (!hash && !same[k])
-                    continue; /* already known to differ and no digest wanted */
-                st = msh_onnx_tensor_read(m, &m->tensors[c[k]->t], off, buf, len, e);
-                if (st != MSH_OK)
-                    break;
-                if (hash)
-                    msh_hasher_update(hs[k - from + 1], buf, len);
-                if (same[k] && memcmp(head, buf, len) != 0)
-                    same[k] = 0;
-            }
-            off += (int64_t)len;
-        }
-        for (size_t k = 0; hash && st == MSH_OK && k <= to - from; k++) {
-            if (k == 0 && !first)
-                continue;
-            cand *x = k == 0 ? c[0] : c[from + k - 1];
-            x->digest = msh_hasher_digest(hs[k]);
-            if (msh_hasher_failed(hs[k]))
-                st = msh_fail(e, MSH_ERR_NOMEM, "out of memory hashing a tensor");
-        }
-        if (n == 1)
-            break;
-        from = to;
-    }
-    for (size_t k = 0; k < per_batch && hs; k++)
-        msh_hasher_free(hs[k]);
-    free(hs);
-    free(head);
-    free(buf);
-    return st;
-}
-
-static int candp_digest_cmp(const void *pa, const void *pb) {
-    const cand *a = *(cand *const *)pa, *b = *(cand *const *)pb;
-    if (a->digest != b->digest)
-        return a->digest < b->digest ? -1 : 1;
-    return a->t < b->t ? -1 : a->t > b->t;
-}
-
-static msh_status read_cand(void *arg, void *dst, size_t n, int64_t off, msh_error *e) {
-    const msh_onnx_model *m = ((const void **)arg)[0];
-    const msh_tensor *t = ((const void **)arg)[1];
-    return msh_onnx_tensor_read(m, t, off, dst, n, e);
-}
-
-/* Candidates that may be identical: one pass hashes them and compares them with the first;
- * the rest are split by digest and each run of equal digests is confirmed the same way. */
-static msh_status resolve_group(const msh_onnx_model *m, cand *g, size_t n, msh_dedup_plan *plan,
-                                const msh_engine *eng, msh_error *e) {
-    cand **ptr = malloc(n * sizeof *ptr);
-    cand **cls = malloc(n * sizeof *cls);
-    uint8_t *same = malloc(n);
-    msh_status st = MSH_OK;
-    if (!ptr || !cls || !same) {
-        st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-        goto done;
-    }
-    for (size_t i = 0; i < n; i++)
-        ptr[i] = &g[i];
-    if (eng && eng->cuda) {
-        /* digests on the GPU, then one compare pass against the first */
-        for (size_t i = 0; i < n && st == MSH_OK; i++) {
-            const msh_tensor *t = &m->tensors[g[i].t];
-            const void *rctx[2] = {m, t};
-            if (t->payload >= 0)
-                st = msh_engine_digest(eng, t->nbytes, read_cand, (void *)rctx, &g[i].digest,
-                                       t->tp->name, e);
-        }
-        if (st == MSH_OK)
-            st = lockstep(m, ptr, n, 0, same, e);
-    } else {
-        st = lockstep(m, ptr, n, 1, same, e);
-    }
-    size_t rest = 0, nc = 0;
-    for (size_t i = 0; st == MSH_OK && i < n; i++) {
-        if (same[i])
-            cls[nc++] = ptr[i];
-        else
-            ptr[rest++] = ptr[i];
-    }
-    if (st == MSH_OK && nc >= 2)
-        st = emit_class(m, plan, (const cand *const *)cls, nc, e);
-    if (st != MSH_OK)
-        goto done;
-    qsort(ptr, rest, sizeof *ptr, candp_digest_cmp);
-    for (size_t a = 0; a < rest && st == MSH_OK;) {
-        size_t b = a + 1;
-        while (b < rest && ptr[b]->digest == ptr[a]->digest)
-            b++;
-        /* Confirm the run byte for byte; what differs from its first (a digest collision)
-         * is confirmed again among itself. */
-        size_t lo = a, hi = b;
-        while (hi - lo >= 2 && st == MSH_OK) {
-            st = lockstep(m, ptr + lo, hi - lo, 0, same, e);
-            size_t w = lo;
-            nc = 0;
-            for (size_t i = lo; st == MSH_OK && i < hi; i++) {
-                if (same[i - lo])
-                    cls[nc++] = ptr[i];
-                else
-                    ptr[w++] = ptr[i];
-            }
-            if (st == MSH_OK && nc >= 2)
-                st = emit_class(m, plan, (const cand *const *)cls, nc, e);
-            hi = w;
-        }
-        a = b;
-    }
-done:
-    free(ptr);
-    free(cls);
-    free(same);
-    return st;
-}
-
-/* All candidates of one (type, shape). Identical tensors have identical first chunks, so a
- * digest of the first MSH_HASH_CHUNK bytes splits the group first: distinct weights of the
- * same shape (every layer of BERT) are then told apart after one small read each. */
-static msh_status resolve_key_group(const msh_onnx_model *m, cand *g, size_t n,
-                                    msh_dedup_plan *plan, const msh_engine *eng, msh_error *e) {
-    int64_t nbytes = m->tensors[g[0].t].nbytes;
-    if (nbytes <= (int64_t)MSH_HASH_CHUNK || n < 2)
-        return resolve_group(m, g, n, plan, eng, e);
-    uint8_t *buf = malloc(MSH_HASH_CHUNK);
-    if (!buf)
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    msh_status st = MSH_OK;
-    for (size_t i = 0; i < n && st == MSH_OK; i++) {
-        st = msh_onnx_tensor_read(m, &m->tensors[g[i].t], 0, buf, MSH_HASH_CHUNK, e);
-        if (st == MSH_OK)
-            g[i].digest = msh_chunk_hash_ref(buf, MSH_HASH_CHUNK);
-    }
-    free(buf);
-    if (st != MSH_OK)
-        return st;
-    qsort(g, n, sizeof *g, cand_prefix_cmp);
-    for (size_t a = 0; a < n && st == MSH_OK;) {
-        size_t b = a + 1;
-        while (b < n && g[b].digest == g[a].digest)
-            b++;
-        if (b - a >= 2)
-            st = resolve_group(m, g + a, b - a, plan, eng, e);
-        a = b;
-    }
-    return st;
-}
-
-msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs,
-                          const struct msh_engine *engine, msh_dedup_plan *plan, msh_error *e) {
+msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs, msh_engine *engine,
+                          msh_dedup_plan *plan, msh_error *e) {
     memset(plan, 0, sizeof *plan);
-    const msh_engine *eng = engine;
     msh_strmap decl, outputs, inputs;
     msh_strmap_init(&decl);
     msh_strmap_init(&outputs);
     msh_strmap_init(&inputs);
-    cand *c = NULL;
+    msh_dedup_cand *c = NULL;
     msh_status st = count_decls(m, allow_graph_inputs, &decl, &outputs, &inputs, e);
     if (st != MSH_OK)
         goto done;
@@ -393,7 +428,7 @@ msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs,
     size_t nc = 0;
     for (size_t i = 0; i < m->n_tensors; i++) {
         const msh_tensor *t = &m->tensors[i];
-        if (t->loc != MSH_LOC_INITIALIZER || t->removed || t->graph < 0 || t->nbytes < 0 ||
+        if (t->loc != MSH_LOC_INITIALIZER || t->d.dropped || t->graph < 0 || t->d.nbytes < 0 ||
             t->tp->data_type == 8 || !t->tp->name || !*t->tp->name || !has_data(t))
             continue;
         int64_t *d = msh_strmap_get(&decl, t->tp->name);
@@ -403,18 +438,11 @@ msh_status msh_dedup_find(const msh_onnx_model *m, int allow_graph_inputs,
          * them, they are never removed, so the interface and its defaults stay intact. */
         int removable =
             !msh_strmap_get(&outputs, t->tp->name) && !msh_strmap_get(&inputs, t->tp->name);
-        c[nc++] = (cand){(int64_t)i, 0, removable};
+        c[nc++] = (msh_dedup_cand){(int64_t)i, removable, 0};
     }
-    g_model = m;
-    qsort(c, nc, sizeof *c, cand_key_cmp);
-    for (size_t i = 0; i < nc && st == MSH_OK;) {
-        size_t j = i + 1;
-        while (j < nc && key_cmp(m, c[i].t, c[j].t) == 0)
-            j++;
-        if (j - i >= 2)
-            st = resolve_key_group(m, c + i, j - i, plan, eng, e);
-        i = j;
-    }
+    msh_table tab = msh_onnx_table(m);
+    onnx_find of = {m, plan};
+    st = msh_dedup_classes(&tab, c, nc, engine, emit_class, &of, e);
 done:
     msh_strmap_free(&decl);
     msh_strmap_free(&outputs);
@@ -511,7 +539,7 @@ msh_status msh_dedup_apply(msh_onnx_model *m, const msh_dedup_plan *plan, msh_er
                 st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
                 break;
             }
-            t->removed = 1;
+            t->d.dropped = 1;
             if (!msh_strmap_upsert(&ren, t->tp->name, (int64_t)gi))
                 st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
         }

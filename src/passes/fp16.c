@@ -5,7 +5,7 @@
 
 #include "common/msh_strmap.h"
 #include "formats/onnx_build.h"
-#include "kernels/msh_convert.h"
+#include "kernels/msh_cpu.h"
 #include "passes/names.h"
 #include "passes/op_schemas.h"
 
@@ -311,52 +311,23 @@ static msh_status need(ctx *c, scope *s, val *v, Onnx__NodeProto *n, size_t i, i
 
 /* ---- tensors ---- */
 
+/* Plan tensor `ti` to be written in the target type: the TensorProto is retyped now, its bytes
+ * are converted by the engine when the writer asks for them. */
 static msh_status convert_tensor(ctx *c, int64_t ti) {
     msh_tensor *t = &c->m->tensors[ti];
     Onnx__TensorProto *tp = t->tp;
     int32_t target = c->o->target;
     if (tp->data_type != T_FLOAT)
         return MSH_OK;
-    if (t->payload >= 0) {
-        t->out_type = target; /* converted while written */
-    } else if (t->numel > 0) {
-        size_t n = (size_t)t->numel;
-        uint8_t *src = malloc(4 * n), *dst = malloc(2 * n);
-        if (!src || !dst) {
-            free(src);
-            free(dst);
-            return nomem(c);
-        }
-        msh_status st = msh_onnx_tensor_read(c->m, t, 0, src, 4 * n, c->e);
-        if (st != MSH_OK) {
-            free(src);
-            free(dst);
-            return st;
-        }
-        if (target == 10) {
-            msh_f16_bounds b = {c->o->f16_min_abs, c->o->f16_max_abs};
-            c->st->clamped += msh_f32_to_f16_buf(src, dst, n, &b);
-        } else {
-            msh_f32_to_bf16_buf(src, dst, n);
-        }
-        free(src);
-        free(tp->float_data);
-        tp->float_data = NULL;
-        tp->n_float_data = 0;
-        free(tp->raw_data.data);
-        tp->raw_data.data = dst;
-        tp->raw_data.len = 2 * n;
-        tp->has_raw_data = 1;
-        t->nbytes = (int64_t)(2 * n);
-    }
+    t->d.out_dtype = target;
     tp->data_type = target;
-    t->nbytes = t->payload >= 0 ? t->nbytes : t->numel * 2;
     c->st->tensors++;
-    c->st->bytes_saved += t->numel * 2;
+    c->st->bytes_saved += t->d.numel * 2;
     return MSH_OK;
 }
 
-/* A converted copy of tensor `ti` named `name`, registered in the tensor table. */
+/* A converted copy of tensor `ti` named `name`, registered in the tensor table: a TensorProto
+ * without data whose bytes are the original's, converted. */
 static msh_status clone_converted(ctx *c, int64_t ti, const char *name, Onnx__TensorProto **out) {
     const msh_tensor *src = &c->m->tensors[ti];
     Onnx__TensorProto *tp = malloc(sizeof *tp);
@@ -376,22 +347,9 @@ static msh_status clone_converted(ctx *c, int64_t ti, const char *name, Onnx__Te
     tp->data_type = T_FLOAT;
     msh_tensor t = *src;
     t.tp = tp;
-    t.out_type = 0;
-    if (src->payload < 0 && src->numel > 0) {
-        /* typed-field source: copy the floats so convert_tensor can rewrite them */
-        tp->float_data = malloc((size_t)src->numel * sizeof(float));
-        if (!tp->float_data) {
-            protobuf_c_message_free_unpacked(&tp->base, NULL);
-            return nomem(c);
-        }
-        msh_status st =
-            msh_onnx_tensor_read(c->m, src, 0, tp->float_data, (size_t)src->numel * 4, c->e);
-        if (st != MSH_OK) {
-            protobuf_c_message_free_unpacked(&tp->base, NULL);
-            return st;
-        }
-        tp->n_float_data = (size_t)src->numel;
-    }
+    t.payload = -1; /* the bytes are the source's, reached through d.src */
+    t.external_in = 0;
+    t.d.out_dtype = 0;
     int64_t ni = msh_onnx_add_tensor_entry(c->m, &t);
     if (ni < 0) {
         protobuf_c_message_free_unpacked(&tp->base, NULL);
@@ -842,7 +800,7 @@ static msh_status decide_deferred(ctx *c, scope *s) {
             return nomem(c);
         Onnx__TensorProto *copy = NULL;
         MSH_FORWARD(clone_converted(c, v->tensor, name, &copy));
-        c->st->bytes_saved -= c->m->tensors[v->tensor].numel * 4; /* a copy, not a saving */
+        c->st->bytes_saved -= c->m->tensors[v->tensor].d.numel * 4; /* a copy, not a saving */
         if (v->kind == VAL_INIT) {
             Onnx__GraphProto *g = s->g;
             Onnx__TensorProto **arr = realloc(g->initializer, (g->n_initializer + 1) * sizeof *arr);

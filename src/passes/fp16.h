@@ -2,8 +2,8 @@
  * FP32 -> FP16 / BF16 retyping of an ONNX graph.
  *
  * Tensors: FLOAT initializers, Constant `value` tensors and ConstantOfShape `value` tensors
- * become FLOAT16 (or BFLOAT16); the payload is converted while it is written (onnx_write.c), so
- * this pass never reads weights. Tensors in function bodies are left alone (their types are the
+ * become FLOAT16 (or BFLOAT16): the pass only plans it (msh_tentry.out_dtype) and the engine
+ * converts the bytes when the writer asks for them, so this pass never reads weights. Tensors in function bodies are left alone (their types are the
  * function's contract).
  *
  * Nodes: a node runs in the target type when its operator schema (op_schemas.c, generated from
@@ -28,7 +28,6 @@ typedef struct msh_fp16_opts {
     int keep_io;
     const char *block_ops;             /* comma-separated op types, or NULL */
     const char *block_nodes;           /* comma-separated node names, or NULL */
-    uint32_t f16_min_abs, f16_max_abs; /* FP16 bounds as FP32 bits (for in-memory tensors) */
 } msh_fp16_opts;
 
 typedef struct msh_fp16_stats {
@@ -36,7 +35,6 @@ typedef struct msh_fp16_stats {
     int64_t nodes;       /* nodes that now run in the target type */
     int64_t nodes_kept;  /* nodes with FLOAT inputs or outputs kept in FP32 */
     int64_t casts;       /* Cast nodes inserted */
-    uint64_t clamped;    /* values clamped in tensors converted in memory */
     int64_t bytes_saved; /* FP32 bytes minus the bytes written for them (copies count) */
 } msh_fp16_stats;
 

@@ -8,6 +8,19 @@
 
 #define MSH_TOP_N 10
 
+void msh_json_by_dtype(cJSON *report, const int64_t count[32], const int64_t bytes[32]) {
+    cJSON *bd = cJSON_AddArrayToObject(report, "by_dtype");
+    for (int d = 0; d < 32; d++) {
+        if (!count[d])
+            continue;
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "dtype", msh_dtype_name(d == 31 ? -1 : d));
+        cJSON_AddNumberToObject(x, "count", (double)count[d]);
+        cJSON_AddNumberToObject(x, "bytes", (double)bytes[d]);
+        cJSON_AddItemToArray(bd, x);
+    }
+}
+
 static cJSON *shape_json(const Onnx__TensorProto *tp) {
     cJSON *a = cJSON_CreateArray();
     for (size_t i = 0; a && i < tp->n_dims; i++)
@@ -20,8 +33,8 @@ static _Thread_local const msh_onnx_model *g_pm;
 static int group_saved_desc(const void *a, const void *b) {
     const msh_dup_group *x = &g_plan->groups[*(const size_t *)a];
     const msh_dup_group *y = &g_plan->groups[*(const size_t *)b];
-    int64_t sx = (int64_t)x->n_removed * g_pm->tensors[x->keeper].nbytes;
-    int64_t sy = (int64_t)y->n_removed * g_pm->tensors[y->keeper].nbytes;
+    int64_t sx = (int64_t)x->n_removed * g_pm->tensors[x->keeper].d.nbytes;
+    int64_t sy = (int64_t)y->n_removed * g_pm->tensors[y->keeper].d.nbytes;
     if (sx != sy)
         return sx > sy ? -1 : 1;
     return *(const size_t *)a < *(const size_t *)b ? -1 : 1;
@@ -40,8 +53,8 @@ static void graph_label(const msh_onnx_model *m, int g, char *buf, size_t cap) {
 
 static _Thread_local const msh_onnx_model *g_m; /* qsort has no context argument */
 static int by_size_desc(const void *a, const void *b) {
-    int64_t x = g_m->tensors[*(const size_t *)a].nbytes,
-            y = g_m->tensors[*(const size_t *)b].nbytes;
+    int64_t x = g_m->tensors[*(const size_t *)a].d.nbytes,
+            y = g_m->tensors[*(const size_t *)b].d.nbytes;
     if (x != y)
         return x > y ? -1 : 1;
     return *(const size_t *)a < *(const size_t *)b ? -1 : 1;
@@ -53,7 +66,7 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
     int64_t dt_count[32] = {0}, dt_bytes[32] = {0};
     for (size_t i = 0; i < m->n_tensors; i++) {
         const msh_tensor *t = &m->tensors[i];
-        int64_t b = t->nbytes > 0 ? t->nbytes : 0;
+        int64_t b = t->d.nbytes > 0 ? t->d.nbytes : 0;
         total += b;
         if (!t->external_in)
             inline_bytes += b;
@@ -95,9 +108,9 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
         const msh_dup_group *g = &plan->groups[order[oi]];
         const msh_tensor *k = &m->tensors[g->keeper];
         cJSON *x = cJSON_CreateObject();
-        cJSON_AddStringToObject(x, "dtype", msh_onnx_dtype_name(k->tp->data_type));
+        cJSON_AddStringToObject(x, "dtype", msh_dtype_name(k->tp->data_type));
         cJSON_AddItemToObject(x, "shape", shape_json(k->tp));
-        cJSON_AddNumberToObject(x, "bytes_each", (double)k->nbytes);
+        cJSON_AddNumberToObject(x, "bytes_each", (double)k->d.nbytes);
         cJSON *mem = cJSON_AddArrayToObject(x, "members");
         cJSON_AddItemToArray(mem, cJSON_CreateString(k->tp->name));
         for (size_t r = 0; r < g->n_removed; r++)
@@ -119,9 +132,9 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
         char gl[128];
         graph_label(m, t->graph, gl, sizeof gl);
         cJSON_AddStringToObject(x, "name", t->tp->name ? t->tp->name : "");
-        cJSON_AddStringToObject(x, "dtype", msh_onnx_dtype_name(t->tp->data_type));
+        cJSON_AddStringToObject(x, "dtype", msh_dtype_name(t->tp->data_type));
         cJSON_AddItemToObject(x, "shape", shape_json(t->tp));
-        cJSON_AddNumberToObject(x, "bytes", (double)(t->nbytes > 0 ? t->nbytes : 0));
+        cJSON_AddNumberToObject(x, "bytes", (double)(t->d.nbytes > 0 ? t->d.nbytes : 0));
         cJSON_AddStringToObject(x, "location", msh_onnx_loc_name(t->loc));
         cJSON_AddStringToObject(x, "graph", gl);
         cJSON_AddItemToArray(lg, x);
@@ -131,7 +144,7 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
     msh_strmap inits;
     msh_strmap_init(&inits);
     for (size_t i = 0; i < m->n_tensors; i++)
-        if (m->tensors[i].loc == MSH_LOC_INITIALIZER && !m->tensors[i].removed &&
+        if (m->tensors[i].loc == MSH_LOC_INITIALIZER && !m->tensors[i].d.dropped &&
             m->tensors[i].tp->name &&
             !msh_strmap_upsert(&inits, m->tensors[i].tp->name, (int64_t)i)) {
             msh_strmap_free(&inits);
@@ -150,13 +163,13 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
                 (m->tensors[*x].tp->data_type != 3 && m->tensors[*x].tp->data_type != 2))
                 continue;
             qn++;
-            qbytes += m->tensors[*x].nbytes;
+            qbytes += m->tensors[*x].d.nbytes;
             int64_t *sc = msh_strmap_get(&inits, n->input[1]);
             if (sc && *sc >= 0)
-                qscale += m->tensors[*sc].nbytes;
+                qscale += m->tensors[*sc].d.nbytes;
             int64_t *zp = n->n_input > 2 ? msh_strmap_get(&inits, n->input[2]) : NULL;
             if (zp && *zp >= 0) {
-                qzero += m->tensors[*zp].nbytes;
+                qzero += m->tensors[*zp].d.nbytes;
                 *zp = -1; /* a zero point shared by several weights is counted once */
             }
         }
@@ -185,7 +198,7 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
             const msh_tensor *t = &m->tensors[i];
             if (t->external_in && m->payloads[t->payload].src == (int)f + 1) {
                 cnt++;
-                bytes += t->nbytes;
+                bytes += t->d.nbytes;
             }
         }
         cJSON *x = cJSON_CreateObject();

@@ -4,11 +4,8 @@
 
 #include "common/msh_strmap.h"
 #include "formats/onnx_build.h"
-#include "kernels/msh_convert.h"
-#include "kernels/msh_engine.h"
+#include "kernels/msh_cpu.h"
 #include "passes/names.h"
-
-#define MSH_Q_CHUNK ((size_t)4 << 20)
 
 typedef struct quse {
     Onnx__NodeProto *node;
@@ -21,6 +18,10 @@ typedef struct qcand {
     quse *uses;
     size_t n, cap;
     int other; /* used somewhere it cannot be replaced (graph output) */
+    /* the layout, once its uses are known */
+    int axis; /* -1: no eligible use */
+    int64_t channels, inner;
+    float *absmax; /* per channel, found by the engine */
 } qcand;
 
 /* Zero points are all zeros: one tensor per (graph, length) serves every weight. */
@@ -119,14 +120,16 @@ static msh_status small_tensor(msh_onnx_model *m, const char *name, int32_t type
     tp->n_dims = n_dims;
     msh_tensor t;
     memset(&t, 0, sizeof t);
+    msh_tentry_init(&t.d);
     t.tp = tp;
     t.graph = graph;
     t.loc = MSH_LOC_INITIALIZER;
     t.payload = -1;
-    t.numel = 1;
+    t.d.dtype = type;
+    t.d.numel = 1;
     for (size_t i = 0; i < n_dims; i++)
-        t.numel *= dims[i];
-    t.nbytes = (int64_t)nbytes;
+        t.d.numel *= dims[i];
+    t.d.nbytes = (int64_t)nbytes;
     if (msh_onnx_add_tensor_entry(m, &t) < 0) {
         protobuf_c_message_free_unpacked(&tp->base, NULL);
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
@@ -179,63 +182,38 @@ static msh_status set_input(Onnx__NodeProto *n, size_t i, const char *name, msh_
     return MSH_OK;
 }
 
-static msh_status read_weight(void *arg, void *dst, size_t n, int64_t off, msh_error *e) {
-    const msh_onnx_model *m = ((const void **)arg)[0];
-    const msh_tensor *t = ((const void **)arg)[1];
-    return msh_onnx_tensor_read(m, t, off, dst, n, e);
+/* The quantization layout of a candidate from its uses: the channel axis of its first eligible
+ * use (others must agree), and the channel count and run length. */
+static void plan_layout(const msh_onnx_model *m, qcand *q, int per_channel) {
+    const msh_tensor *w = &m->tensors[q->t];
+    const Onnx__TensorProto *tp = w->tp;
+    q->axis = -1;
+    for (size_t i = 0; i < q->n && q->axis < 0; i++)
+        q->axis = q->uses[i].axis;
+    if (q->axis < 0)
+        return;
+    q->channels = per_channel ? tp->dims[q->axis] : 1;
+    q->inner = 1;
+    if (per_channel)
+        for (size_t d = (size_t)q->axis + 1; d < tp->n_dims; d++)
+            q->inner *= tp->dims[d];
+    else
+        q->inner = w->d.numel > 0 ? w->d.numel : 1;
+    if (q->channels <= 0 || q->inner <= 0)
+        q->axis = -1;
 }
 
 static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_stats *st,
                                msh_names *nm, zcache *zc, qcand *q, int per_channel, msh_error *e) {
     msh_tensor *w = &m->tensors[q->t];
     Onnx__TensorProto *tp = w->tp;
-    int axis = -1;
-    size_t n_elig = 0;
-    for (size_t i = 0; i < q->n; i++) {
-        if (q->uses[i].axis < 0)
-            continue;
-        if (axis < 0)
-            axis = q->uses[i].axis;
-        if (q->uses[i].axis == axis)
-            n_elig++;
-    }
-    if (n_elig == 0)
+    int axis = q->axis;
+    if (axis < 0)
         return MSH_OK;
-    int64_t channels = per_channel ? tp->dims[axis] : 1;
-    int64_t inner = 1;
-    if (per_channel)
-        for (size_t d = (size_t)axis + 1; d < tp->n_dims; d++)
-            inner *= tp->dims[d];
-    else
-        inner = w->numel > 0 ? w->numel : 1;
-    if (channels <= 0 || inner <= 0)
-        return MSH_OK;
-    float *scales = calloc((size_t)channels, sizeof *scales);
-    uint8_t *buf = malloc(MSH_Q_CHUNK);
-    if (!scales || !buf) {
-        free(scales);
-        free(buf);
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    }
+    int64_t channels = q->channels, inner = q->inner;
+    float *scales = q->absmax; /* the maxima become the scales, in place */
+    q->absmax = NULL;
     msh_status s = MSH_OK;
-    int on_gpu = o->engine && o->engine->cuda && w->payload >= 0;
-    if (on_gpu) {
-        const void *rctx[2] = {m, w};
-        s = msh_engine_absmax(o->engine, w->nbytes, inner, channels, scales, read_weight,
-                              (void *)rctx, tp->name, e);
-    }
-    for (int64_t off = 0; !on_gpu && s == MSH_OK && off < w->nbytes;) {
-        size_t n = w->nbytes - off < (int64_t)MSH_Q_CHUNK ? (size_t)(w->nbytes - off) : MSH_Q_CHUNK;
-        s = msh_onnx_tensor_read(m, w, off, buf, n, e);
-        if (s == MSH_OK)
-            msh_int8_absmax(buf, n / 4, off / 4, inner, channels, scales);
-        off += (int64_t)n;
-    }
-    free(buf);
-    if (s != MSH_OK) {
-        free(scales);
-        return s;
-    }
     for (int64_t c = 0; c < channels; c++) {
         float sc = msh_int8_scale_ref(scales[c]);
         if (o->scale_round == 10 || o->scale_round == 16) {
@@ -301,7 +279,7 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
         free(scales);
         return s;
     }
-    /* the INT8 weight: the FP32 payload, quantized while written (or now, when in memory) */
+    /* the INT8 weight: the FP32 tensor's bytes, quantized by the engine when written */
     Onnx__TensorProto *qtp = malloc(sizeof *qtp);
     if (!qtp) {
         free(scales);
@@ -322,35 +300,16 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
     w = &m->tensors[q->t]; /* adding entries may have moved the table */
     msh_tensor qt = *w;
     qt.tp = qtp;
-    qt.removed = 0;
-    if (w->payload >= 0) {
-        qt.out_type = 3;
-        qt.qscales = scales;
-        qt.qchannels = channels;
-        qt.qinner = inner;
-        if (msh_onnx_own(m, scales) != MSH_OK) {
-            protobuf_c_message_free_unpacked(&qtp->base, NULL);
-            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-        }
-    } else {
-        size_t n = (size_t)w->numel;
-        uint8_t *src = malloc(4 * n + 4), *dst = malloc(n + 1);
-        s = src && dst ? msh_onnx_tensor_read(m, w, 0, src, 4 * n, e)
-                       : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-        if (s == MSH_OK)
-            msh_int8_quantize(src, dst, n, 0, inner, channels, scales);
-        free(src);
-        free(scales);
-        if (s != MSH_OK) {
-            free(dst);
-            protobuf_c_message_free_unpacked(&qtp->base, NULL);
-            return s;
-        }
-        qtp->has_raw_data = 1;
-        qtp->raw_data.data = dst;
-        qtp->raw_data.len = n;
-        qt.payload = -1;
-        qt.nbytes = (int64_t)n;
+    qt.payload = -1; /* the bytes are the FP32 tensor's, reached through d.src */
+    qt.external_in = 0;
+    qt.d.dropped = 0;
+    qt.d.out_dtype = 3;
+    qt.d.qscales = scales;
+    qt.d.qchannels = channels;
+    qt.d.qinner = inner;
+    if (msh_onnx_own(m, scales) != MSH_OK) {
+        protobuf_c_message_free_unpacked(&qtp->base, NULL);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     }
     if (msh_onnx_add_tensor_entry(m, &qt) < 0) {
         protobuf_c_message_free_unpacked(&qtp->base, NULL);
@@ -370,8 +329,8 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
     }
     w = &m->tensors[q->t];
     st->tensors++;
-    st->bytes_before += w->nbytes;
-    st->bytes_after += w->numel + (int64_t)sbytes + (zero_new ? channels : 0);
+    st->bytes_before += w->d.nbytes;
+    st->bytes_after += w->d.numel + (int64_t)sbytes + (zero_new ? channels : 0);
     if (kept == 0 && !q->other) {
         /* nothing reads the FP32 weight any more */
         w = &m->tensors[q->t];
@@ -383,7 +342,7 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
                 MSH_FORWARD(msh_onnx_adopt_orphan(m, w->tp) == MSH_OK
                                 ? MSH_OK
                                 : msh_fail(e, MSH_ERR_NOMEM, "out of memory"));
-                w->removed = 1;
+                w->d.dropped = 1;
                 break;
             }
     }
@@ -416,8 +375,9 @@ msh_status msh_int8_apply(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_st
         s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     for (size_t i = 0; s == MSH_OK && i < m->n_tensors; i++) {
         const msh_tensor *t = &m->tensors[i];
-        if (t->loc != MSH_LOC_INITIALIZER || t->removed || t->graph < 0 || t->out_type ||
-            t->tp->data_type != 1 || t->numel < o->min_elements || t->numel == 0 || !t->tp->name ||
+        if (t->loc != MSH_LOC_INITIALIZER || t->d.dropped || t->graph < 0 || t->d.out_dtype ||
+            t->tp->data_type != 1 || t->d.numel < o->min_elements || t->d.numel == 0 ||
+            !t->tp->name ||
             t->tp->n_dims == 0)
             continue;
         int64_t *d = msh_strmap_get(&decl, t->tp->name);
@@ -452,12 +412,34 @@ msh_status msh_int8_apply(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_st
                 c[*ci].other = 1;
         }
     }
+    /* the channel maxima of every weight to quantize, in one engine scan */
+    msh_job *jobs = s == MSH_OK ? calloc(nc + 1, sizeof *jobs) : NULL;
+    size_t nj = 0;
+    if (s == MSH_OK && !jobs)
+        s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; s == MSH_OK && i < nc; i++) {
+        plan_layout(m, &c[i], per_channel);
+        if (c[i].axis < 0)
+            continue;
+        if (!(c[i].absmax = calloc((size_t)c[i].channels, sizeof(float)))) {
+            s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            break;
+        }
+        const msh_tensor *w = &m->tensors[c[i].t];
+        jobs[nj++] = (msh_job){&w->d.src, w->d.nbytes, MSH_OP_ABSMAX, NULL, c[i].inner,
+                               c[i].channels, w->d.name, 0, c[i].absmax, 0};
+    }
+    if (s == MSH_OK)
+        s = msh_engine_scan(o->engine, jobs, nj, e);
+    free(jobs);
     zcache zc = {NULL, 0, 0};
     for (size_t i = 0; s == MSH_OK && i < nc; i++)
         s = quantize_one(m, o, st, &nm, &zc, &c[i], per_channel, e);
     free(zc.v);
-    for (size_t i = 0; c && i < nc; i++)
+    for (size_t i = 0; c && i < nc; i++) {
         free(c[i].uses);
+        free(c[i].absmax);
+    }
     free(c);
     msh_names_free(&nm);
     msh_strmap_free(&decl);

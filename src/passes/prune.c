@@ -20,7 +20,7 @@ static msh_status nomem(pctx *c) {
 
 static int64_t tensor_bytes(pctx *c, const Onnx__TensorProto *tp) {
     int64_t i = msh_onnx_find_tensor(c->m, tp);
-    return i >= 0 && c->m->tensors[i].nbytes > 0 ? c->m->tensors[i].nbytes : 0;
+    return i >= 0 && c->m->tensors[i].d.nbytes > 0 ? c->m->tensors[i].d.nbytes : 0;
 }
 
 /* The names g declares (inputs, initializers, sparse initializers, node outputs) into `d`. */

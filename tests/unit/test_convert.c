@@ -3,7 +3,7 @@
  * default bounds and onnxconverter-common's; plus the rules themselves on chosen values. */
 #include <stdlib.h>
 
-#include "kernels/msh_convert.h"
+#include "kernels/msh_cpu.h"
 #include "test_check.h"
 
 static uint16_t f16(float v, const msh_f16_bounds *b, int *c) {

@@ -1,5 +1,6 @@
 /* Dedup: groups by type, shape and bytes; keeps graph inputs and outputs intact; merges across
  * If branches by hoisting; rewrites every reference. */
+#include "msh_pipeline.h"
 #include "passes/dedup.h"
 #include "test_util.h"
 
@@ -59,12 +60,15 @@ int main(int argc, char **argv) {
     write_bytes(in, bytes, len);
     free(bytes);
 
+    msh_engine *eng = NULL;
+    msh_error ee;
+    CHECK(msh_engine_cpu(2, &eng, &ee) == MSH_OK, "engine: %s", ee.msg);
     for (int allow = 0; allow < 2; allow++) {
         msh_onnx_model m;
         msh_error e;
         msh_dedup_plan plan;
         CHECK(msh_onnx_model_open(&m, in, &e) == MSH_OK, "open: %s", e.msg);
-        CHECK(msh_dedup_find(&m, allow, NULL, &plan, &e) == MSH_OK, "find: %s", e.msg);
+        CHECK(msh_dedup_find(&m, allow, eng, &plan, &e) == MSH_OK, "find: %s", e.msg);
         CHECK(plan.n_groups == 2, "groups %zu, want 2", plan.n_groups);
         CHECK(plan.merged == 4, "merged %lld, want 4", (long long)plan.merged);
         CHECK(plan.saved_bytes == 3 * 256 + 128, "saved %lld", (long long)plan.saved_bytes);
@@ -88,19 +92,19 @@ int main(int argc, char **argv) {
         CHECK(has_init(g, "T1"), "T1 now lives in the main graph");
         CHECK(strcmp(tb->node[0]->input[1], "T1") == 0 && strcmp(eb->node[0]->input[1], "T1") == 0,
               "both branches reference T1");
-        msh_onnx_write_opts wo = {0, 1024, 0, 0, NULL};
         msh_onnx_write_result wr;
-        CHECK(msh_onnx_write(&m, out, &wo, &wr, &e) == MSH_OK, "write: %s", e.msg);
+        CHECK(msh_onnx_save(&m, out, 0, 1024, eng, &wr, NULL, &e) == MSH_OK, "write: %s", e.msg);
         msh_dedup_plan_free(&plan);
         msh_onnx_model_free(&m);
         /* The written file holds exactly what remains, and nothing is left to merge. */
         CHECK(msh_onnx_model_open(&m, out, &e) == MSH_OK, "reopen: %s", e.msg);
         CHECK(m.n_tensors == 4, "tensors after dedup: %zu", m.n_tensors);
-        CHECK(msh_dedup_find(&m, allow, NULL, &plan, &e) == MSH_OK && plan.n_groups == 0,
+        CHECK(msh_dedup_find(&m, allow, eng, &plan, &e) == MSH_OK && plan.n_groups == 0,
               "second dedup finds nothing");
         msh_dedup_plan_free(&plan);
         msh_onnx_model_free(&m);
     }
+    msh_engine_close(eng);
     printf("%s\n", fails ? "FAILED" : "ok");
     return fails != 0;
 }

@@ -3,7 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "kernels/msh_convert.h"
+#include "kernels/msh_cpu.h"
 #include "test_check.h"
 
 static float bitsf(uint32_t b) {

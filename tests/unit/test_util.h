@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "formats/onnx_model.h"
+#include "msh_pipeline.h"
 
 #include "test_check.h"
 

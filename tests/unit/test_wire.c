@@ -67,14 +67,14 @@ static void expect_same_tensors(const msh_onnx_model *x, const msh_onnx_model *y
     CHECK(x->n_tensors == y->n_tensors, "tensor count %zu vs %zu", x->n_tensors, y->n_tensors);
     for (size_t i = 0; i < x->n_tensors && i < y->n_tensors; i++) {
         const msh_tensor *a = &x->tensors[i], *b = &y->tensors[i];
-        CHECK(a->nbytes == b->nbytes, "tensor %zu size", i);
-        if (a->nbytes != b->nbytes || a->nbytes <= 0)
+        CHECK(a->d.nbytes == b->d.nbytes, "tensor %zu size", i);
+        if (a->d.nbytes != b->d.nbytes || a->d.nbytes <= 0)
             continue;
-        uint8_t *ba = malloc((size_t)a->nbytes), *bb = malloc((size_t)b->nbytes);
+        uint8_t *ba = malloc((size_t)a->d.nbytes), *bb = malloc((size_t)b->d.nbytes);
         msh_error e;
-        CHECK(msh_onnx_tensor_read(x, a, 0, ba, (size_t)a->nbytes, &e) == MSH_OK, "read a");
-        CHECK(msh_onnx_tensor_read(y, b, 0, bb, (size_t)b->nbytes, &e) == MSH_OK, "read b");
-        CHECK(memcmp(ba, bb, (size_t)a->nbytes) == 0, "tensor %zu bytes differ", i);
+        CHECK(msh_onnx_tensor_read(x, a, 0, ba, (size_t)a->d.nbytes, &e) == MSH_OK, "read a");
+        CHECK(msh_onnx_tensor_read(y, b, 0, bb, (size_t)b->d.nbytes, &e) == MSH_OK, "read b");
+        CHECK(memcmp(ba, bb, (size_t)a->d.nbytes) == 0, "tensor %zu bytes differ", i);
         free(ba);
         free(bb);
     }
@@ -124,9 +124,10 @@ int main(int argc, char **argv) {
           "B[3] read from float_data");
 
     /* Inline round trip: same message as the input. */
-    msh_onnx_write_opts wo = {0, 1024, 0, 0, NULL};
+    msh_engine *eng = NULL;
+    CHECK(msh_engine_cpu(2, &eng, &e) == MSH_OK, "engine: %s", e.msg);
     msh_onnx_write_result wr;
-    st = msh_onnx_write(&m, path_in("w_out.onnx"), &wo, &wr, &e);
+    st = msh_onnx_save(&m, path_in("w_out.onnx"), 0, 1024, eng, &wr, NULL, &e);
     CHECK(st == MSH_OK, "write: %s", e.msg);
     size_t n1, n2;
     uint8_t *c1 = canonical(path_in("w_in.onnx"), &n1);
@@ -138,8 +139,7 @@ int main(int argc, char **argv) {
     free(c2);
 
     /* External output: every payload goes to .data at 4096-aligned offsets. */
-    msh_onnx_write_opts wx = {1, 0, 0, 0, NULL};
-    st = msh_onnx_write(&m, path_in("w_ext.onnx"), &wx, &wr, &e);
+    st = msh_onnx_save(&m, path_in("w_ext.onnx"), 1, 0, eng, &wr, NULL, &e);
     CHECK(st == MSH_OK && wr.external, "external write: %s", e.msg);
     msh_onnx_model x;
     st = msh_onnx_model_open(&x, path_in("w_ext.onnx"), &e);
@@ -151,7 +151,7 @@ int main(int argc, char **argv) {
                 CHECK(x.payloads[x.tensors[i].payload].offset % 4096 == 0, "alignment");
         expect_same_tensors(&m, &x);
         /* and back to inline: identical to the input again */
-        st = msh_onnx_write(&x, path_in("w_back.onnx"), &wo, &wr, &e);
+        st = msh_onnx_save(&x, path_in("w_back.onnx"), 0, 1024, eng, &wr, NULL, &e);
         CHECK(st == MSH_OK, "write back: %s", e.msg);
         c1 = canonical(path_in("w_in.onnx"), &n1);
         c2 = canonical(path_in("w_back.onnx"), &n2);
@@ -203,5 +203,6 @@ int main(int argc, char **argv) {
     msh_onnx_model_free(&m);
     free(bytes);
     printf("%s\n", fails ? "FAILED" : "ok");
+    msh_engine_close(eng);
     return fails != 0;
 }

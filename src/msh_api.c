@@ -8,7 +8,8 @@
 #include "formats/onnx_model.h"
 #include "formats/pth.h"
 #include "formats/safetensors.h"
-#include "kernels/msh_engine.h"
+#include "engine/msh_engine.h"
+#include "msh_pipeline.h"
 #include "passes/dedup.h"
 #include "passes/fp16.h"
 #include "passes/inspect.h"
@@ -77,10 +78,121 @@ static msh_status check_paths(const msh_onnx_model *m, const char *in, const cha
     return st;
 }
 
-/* One attempt: `eng` is the GPU engine, or NULL for the CPU. */
-static msh_status convert_once(const char *in_path, const char *out_path,
-                               const msh_convert_options *opt, msh_convert_result *res,
-                               const msh_engine *eng, msh_error *err) {
+/* The engine of one model: CPU or CUDA as chosen, with the options' FP16 bounds. */
+static msh_status engine_for(const msh_convert_options *opt, int backend, msh_engine **g,
+                             msh_error *e) {
+    msh_engine_opts eo;
+    memset(&eo, 0, sizeof eo);
+    eo.backend = backend;
+    eo.threads = opt->threads;
+    eo.verify = opt->verify;
+    eo.f16.min_abs = f32_bits(opt->fp16_min);
+    eo.f16.max_abs = f32_bits(opt->fp16_max);
+    eo.staging = (size_t)(opt->staging_mib > 0 ? opt->staging_mib : 64) << 20;
+    return msh_engine_open(&eo, g, e);
+}
+
+/* Writers ask for tensors in the order their layout promised; each becomes one engine job. */
+typedef struct take_ctx {
+    msh_run *run;
+    const size_t *order;
+    size_t n, next;
+} take_ctx;
+
+static msh_status take_bytes(void *arg, size_t index, msh_sink *dst, msh_error *e) {
+    take_ctx *t = arg;
+    if (t->next >= t->n || t->order[t->next] != index)
+        return msh_fail(e, MSH_ERR_FORMAT, "internal error: the writer asked for tensor %zu "
+                                           "out of its layout's order",
+                        index);
+    return msh_run_take(t->run, t->next++, dst, e);
+}
+
+/* The job that makes tensor `d`'s output bytes. */
+static void job_for(msh_job *j, const msh_tentry *d) {
+    memset(j, 0, sizeof *j);
+    j->src = &d->src;
+    j->nbytes = d->nbytes > 0 ? d->nbytes : 0;
+    int op = msh_op_for(d->dtype, d->out_dtype);
+    j->op = op < 0 ? MSH_OP_COPY : (msh_op)op;
+    j->scales = d->qscales;
+    j->inner = d->qinner;
+    j->channels = d->qchannels;
+    j->name = d->name;
+}
+
+/* Run the engine over the writer's order and let the writer place the bytes. */
+static msh_status run_jobs(msh_engine *g, const msh_table *tab, const size_t *order, size_t n,
+                           msh_status (*write)(void *wctx, msh_bytes_fn fn, void *fnctx,
+                                               msh_error *e),
+                           void *wctx, uint64_t *clamped, msh_error *e) {
+    msh_job *jobs = calloc(n + 1, sizeof *jobs);
+    if (!jobs)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    for (size_t k = 0; k < n; k++) {
+        const msh_tentry *d = msh_table_at(tab, order[k]);
+        if (msh_op_for(d->dtype, d->out_dtype) < 0) {
+            free(jobs);
+            return msh_fail(e, MSH_ERR_UNSUPPORTED, "tensor '%s': no conversion from %s to %s",
+                            d->name, msh_dtype_name(d->dtype), msh_dtype_name(d->out_dtype));
+        }
+        job_for(&jobs[k], d);
+    }
+    msh_run *run;
+    msh_status st = msh_run_start(g, jobs, n, &run, e);
+    if (st == MSH_OK) {
+        take_ctx t = {run, order, n, 0};
+        st = write(wctx, take_bytes, &t, e);
+        if (st == MSH_OK && t.next != n)
+            st = msh_fail(e, MSH_ERR_FORMAT, "internal error: the writer took %zu of %zu tensors",
+                          t.next, n);
+        msh_run_end(run, NULL);
+    }
+    for (size_t k = 0; st == MSH_OK && k < n; k++)
+        *clamped += jobs[k].clamped;
+    free(jobs);
+    return st;
+}
+
+typedef struct onnx_wctx {
+    const msh_onnx_model *m;
+    const msh_onnx_layout *L;
+    const char *out_path;
+    msh_onnx_write_result *wr;
+} onnx_wctx;
+
+static msh_status onnx_write_cb(void *arg, msh_bytes_fn fn, void *fnctx, msh_error *e) {
+    onnx_wctx *w = arg;
+    return msh_onnx_write(w->m, w->L, w->out_path, fn, fnctx, w->wr, e);
+}
+
+msh_status msh_engine_cpu(int threads, msh_engine **g, msh_error *e) {
+    msh_convert_options o;
+    msh_convert_options_init(&o);
+    o.threads = threads;
+    return engine_for(&o, MSH_BACKEND_CPU, g, e);
+}
+
+msh_status msh_onnx_save(const msh_onnx_model *m, const char *out_path, int external,
+                         int64_t threshold, msh_engine *g, msh_onnx_write_result *wr,
+                         uint64_t *clamped, msh_error *e) {
+    msh_onnx_layout L;
+    memset(wr, 0, sizeof *wr);
+    MSH_FORWARD(msh_onnx_layout_make(m, external, threshold > 0 ? threshold : 0, &L, e));
+    msh_table tab = msh_onnx_table(m);
+    onnx_wctx w = {m, &L, out_path, wr};
+    uint64_t c = 0;
+    msh_status st = run_jobs(g, &tab, L.order, L.n_order, onnx_write_cb, &w, &c, e);
+    if (clamped)
+        *clamped += c;
+    msh_onnx_layout_free(&L);
+    return st;
+}
+
+/* One attempt at an ONNX model on one backend. */
+static msh_status convert_onnx(const char *in_path, const char *out_path,
+                               const msh_convert_options *opt, int backend,
+                               msh_convert_result *res, msh_error *err) {
     memset(res, 0, sizeof *res);
     if (err) {
         err->msg[0] = 0;
@@ -88,11 +200,14 @@ static msh_status convert_once(const char *in_path, const char *out_path,
     }
     msh_status st = check_paths(NULL, in_path, out_path, err);
     if (st != MSH_OK)
-        goto fail;
+        return st;
     msh_onnx_model m;
+    msh_engine *eng = NULL;
     st = msh_onnx_model_open(&m, in_path, err);
     if (st == MSH_OK)
         st = check_paths(&m, in_path, out_path, err);
+    if (st == MSH_OK)
+        st = engine_for(opt, backend, &eng, err);
     if (st == MSH_OK) {
         /* dead code always; the sub-model when outputs are chosen */
         msh_prune_opts po = {opt->keep_outputs, opt->drop_outputs, opt->keep_inputs};
@@ -123,51 +238,48 @@ static msh_status convert_once(const char *in_path, const char *out_path,
         res->int8_opset = is.opset;
     }
     if (st == MSH_OK && opt->float_type) {
-        if (!(opt->fp16_min > 0.0f) || !(opt->fp16_max >= opt->fp16_min) ||
-            !(opt->fp16_max <= 3.4028234663852886e+38f))
-            st = msh_fail(err, MSH_ERR_USAGE, "FP16 bounds must satisfy 0 < min <= max < inf");
-    }
-    msh_fp16_opts fo = {opt->float_type,  opt->keep_io_types,      opt->block_ops,
-                        opt->block_nodes, f32_bits(opt->fp16_min), f32_bits(opt->fp16_max)};
-    if (st == MSH_OK && opt->float_type) {
+        msh_fp16_opts fo = {opt->float_type, opt->keep_io_types, opt->block_ops,
+                            opt->block_nodes};
         msh_fp16_stats fs;
         st = msh_fp16_apply(&m, &fo, &fs, err);
         res->float_tensors = fs.tensors;
-        res->float_clamped = fs.clamped;
         res->float_casts = fs.casts;
         res->float_saved_bytes = fs.bytes_saved;
     }
-    msh_onnx_write_opts wo = {opt->external_data || m.n_ext > 0, opt->external_threshold,
-                              fo.f16_min_abs, fo.f16_max_abs, eng};
-    if (wo.external_threshold < 0)
-        wo.external_threshold = 0;
-    if (st == MSH_OK && !wo.external) {
+    int external = opt->external_data || m.n_ext > 0;
+    if (st == MSH_OK && !external) {
         int64_t size;
         st = msh_onnx_inline_size(&m, &size, err);
         if (st == MSH_OK && size > MSH_PROTOBUF_LIMIT) {
-            wo.external = 1;
+            external = 1;
             snprintf(res->note, sizeof res->note,
                      "output would pass protobuf's 2 GiB limit; tensors written to %s.data",
                      out_path);
         }
     }
     msh_onnx_write_result wr;
+    memset(&wr, 0, sizeof wr);
     if (st == MSH_OK)
-        st = msh_onnx_write(&m, out_path, &wo, &wr, err);
+        st = msh_onnx_save(&m, out_path, external, opt->external_threshold, eng, &wr,
+                           &res->float_clamped, err);
     if (st == MSH_OK) {
         res->bytes_in = m.file_size;
         for (size_t i = 0; i < m.n_ext; i++)
             res->bytes_in += m.ext[i].size;
         res->bytes_out = wr.model_bytes + wr.data_bytes;
         res->external_out = wr.external;
-        res->float_clamped += wr.clamped;
+        snprintf(res->device, sizeof res->device, "%s", msh_engine_device(eng));
+        snprintf(res->format, sizeof res->format, "onnx");
     }
+    msh_engine_close(eng);
     msh_onnx_model_free(&m);
-    if (st == MSH_OK)
-        return MSH_OK;
-fail:
-    msh_error_prefix(err, in_path);
     return st;
+}
+
+/* Tensor bytes of an ONNX model, external data included (what the GPU would move). */
+static int64_t onnx_work_bytes(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 ? (int64_t)sb.st_size : 0;
 }
 
 static int has_suffix(const char *s, const char *suffix) {
@@ -284,30 +396,27 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
             msh_error_prefix(err, in_path);
         return pst;
     }
-    msh_engine eng = {0, opt->verify, NULL};
-    struct stat sb;
-    int64_t work = stat(in_path, &sb) == 0 ? (int64_t)sb.st_size : 0;
-    size_t staging = (size_t)(opt->staging_mib > 0 ? opt->staging_mib : 64) << 20;
-    msh_status st = msh_device_engine(opt->device, staging, work, &eng, err);
+    int backend;
+    msh_status st = msh_device_choose(opt->device, opt->verify, onnx_work_bytes(in_path),
+                                      &backend, err);
     if (st != MSH_OK) {
         msh_error_prefix(err, in_path);
         return st;
     }
-    st = convert_once(in_path, out_path, opt, res, eng.cuda ? &eng : NULL, err);
-    if (st == MSH_ERR_CUDA && eng.cuda) {
+    st = convert_onnx(in_path, out_path, opt, backend, res, err);
+    if (st == MSH_ERR_CUDA && backend == MSH_BACKEND_CUDA) {
         /* Never a wrong output: the GPU is given up for the rest of the run and this model is
          * converted again, from the start, on the CPU (the failed attempt left no file). */
         char why[sizeof err->msg];
         memcpy(why, err->msg, sizeof why);
         msh_device_disable_cuda();
-        st = convert_once(in_path, out_path, opt, res, NULL, err);
+        st = convert_onnx(in_path, out_path, opt, MSH_BACKEND_CPU, res, err);
         if (st == MSH_OK)
             snprintf(res->note, sizeof res->note,
                      "CUDA failed (%.160s); redone on the CPU, which runs the rest", why);
-        eng.cuda = 0;
     }
-    snprintf(res->device, sizeof res->device, "%s", eng.cuda ? "cuda" : "cpu");
-    snprintf(res->format, sizeof res->format, "onnx");
+    if (st != MSH_OK)
+        msh_error_prefix(err, in_path);
     return st;
 }
 
@@ -335,6 +444,9 @@ msh_status msh_onnx_external_files(const char *path, char ***locations, size_t *
 }
 
 msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
+    msh_convert_options dflt;
+    msh_convert_options_init(&dflt);
+    dflt.threads = 1;
     *json_out = NULL;
     cJSON *o = cJSON_CreateObject();
     if (!o)
@@ -364,14 +476,18 @@ msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
         return pst;
     }
     msh_onnx_model m;
+    msh_engine *eng = NULL;
     msh_status st = msh_onnx_model_open(&m, path, err);
     msh_dedup_plan plan;
     memset(&plan, 0, sizeof plan);
     if (st == MSH_OK)
-        st = msh_dedup_find(&m, 0, NULL, &plan, err);
+        st = engine_for(&dflt, MSH_BACKEND_CPU, &eng, err);
+    if (st == MSH_OK)
+        st = msh_dedup_find(&m, 0, eng, &plan, err);
     if (st == MSH_OK)
         st = msh_inspect_onnx(&m, &plan, o, err);
     msh_dedup_plan_free(&plan);
+    msh_engine_close(eng);
     msh_onnx_model_free(&m);
     if (st == MSH_OK) {
         *json_out = cJSON_PrintUnformatted(o);

@@ -43,14 +43,17 @@ __global__ void msh_k_int8(const float *in, int8_t *out, size_t n, int64_t first
 
 /* max|w| per channel: maxima of non-negative floats compare like their bit patterns as ints,
  * so atomicMax on the bits is exact and order-free. */
-__global__ void msh_k_absmax(const float *in, size_t n, int64_t first, int64_t inner,
-                             int64_t channels, int *absmax_bits) {
+/* max|w| per touched channel of one piece: entry k is channel (row0 + k) % channels. Maxima of
+ * non-negative floats compare like their bit patterns as ints, so atomicMax on the bits is exact
+ * and order-free. */
+__global__ void msh_k_absmax(const float *in, size_t n, int64_t first, int64_t inner, int64_t row0,
+                             int64_t t, int *part_bits) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         float a = msh_absmax_step(0.0f, in[i]);
         if (a > 0.0f) {
-            int64_t ch = ((first + (int64_t)i) / inner) % channels;
-            atomicMax(&absmax_bits[ch], __float_as_int(a));
+            int64_t k = ((first + (int64_t)i) / inner - row0) % t;
+            atomicMax(&part_bits[k], __float_as_int(a));
         }
     }
 }
@@ -105,29 +108,37 @@ extern "C" int msh_cuda_chunk_digests(const uint8_t *host, size_t n, uint64_t *d
     return 0;
 }
 
-/* ---- the streaming engine ---- */
+/* ---- the backend: two slots, each with its own stream and event ---- */
 
-struct msh_cuda_engine {
+typedef struct cuda_slot {
+    uint8_t *h_in, *h_out;
+    uint8_t *d_in, *d_out;
+    float *d_scales;
+    size_t scales_cap;
+    int *d_part;
+    unsigned long long *d_clamped, *h_clamped;
+    cudaStream_t st;
+    cudaEvent_t done;
+} cuda_slot;
+
+struct msh_cuda_be {
     size_t staging;
-    uint8_t *h_in[2], *h_out[2];
-    uint8_t *d_in[2], *d_out[2];
-    cudaStream_t st[2];
-    unsigned long long *d_clamped;
+    cuda_slot s[2];
     nvtxDomainHandle_t nvtx;
 };
 
-static void range_push(msh_cuda_engine *e, const char *what) {
+static void range_push(msh_cuda_be *b, const char *what) {
     nvtxEventAttributes_t a;
     memset(&a, 0, sizeof a);
     a.version = NVTX_VERSION;
     a.size = NVTX_EVENT_ATTRIB_STRUCT_SIZE;
     a.messageType = NVTX_MESSAGE_TYPE_ASCII;
     a.message.ascii = what;
-    nvtxDomainRangePushEx(e->nvtx, &a);
+    nvtxDomainRangePushEx(b->nvtx, &a);
 }
 
-static void range_pop(msh_cuda_engine *e) {
-    nvtxDomainRangePop(e->nvtx);
+static void range_pop(msh_cuda_be *b) {
+    nvtxDomainRangePop(b->nvtx);
 }
 
 #define CUDA_TRY(call)                                                                             \
@@ -139,178 +150,157 @@ static void range_pop(msh_cuda_engine *e) {
         }                                                                                          \
     } while (0)
 
-extern "C" void msh_cuda_engine_free(msh_cuda_engine *e) {
-    if (!e)
+extern "C" void msh_cuda_be_free(msh_cuda_be *b) {
+    if (!b)
         return;
     for (int i = 0; i < 2; i++) {
-        if (e->st[i])
-            cudaStreamDestroy(e->st[i]);
-        cudaFreeHost(e->h_in[i]);
-        cudaFreeHost(e->h_out[i]);
-        cudaFree(e->d_in[i]);
-        cudaFree(e->d_out[i]);
+        cuda_slot *s = &b->s[i];
+        if (s->st)
+            cudaStreamSynchronize(s->st);
+        if (s->st)
+            cudaStreamDestroy(s->st);
+        if (s->done)
+            cudaEventDestroy(s->done);
+        cudaFreeHost(s->h_in);
+        cudaFreeHost(s->h_out);
+        cudaFreeHost(s->h_clamped);
+        cudaFree(s->d_in);
+        cudaFree(s->d_out);
+        cudaFree(s->d_scales);
+        cudaFree(s->d_part);
+        cudaFree(s->d_clamped);
     }
-    cudaFree(e->d_clamped);
-    if (e->nvtx)
-        nvtxDomainDestroy(e->nvtx);
-    free(e);
+    if (b->nvtx)
+        nvtxDomainDestroy(b->nvtx);
+    free(b);
 }
 
-extern "C" int msh_cuda_engine_new(size_t staging, msh_cuda_engine **out, char *err,
-                                   size_t err_cap) {
+extern "C" int msh_cuda_be_new(size_t staging, msh_cuda_be **out, char *err, size_t err_cap) {
     *out = NULL;
     staging = (staging + MSH_HASH_CHUNK - 1) / MSH_HASH_CHUNK * MSH_HASH_CHUNK;
     if (staging < MSH_HASH_CHUNK)
         staging = MSH_HASH_CHUNK;
-    msh_cuda_engine *e = (msh_cuda_engine *)calloc(1, sizeof *e);
-    if (!e) {
+    msh_cuda_be *b = (msh_cuda_be *)calloc(1, sizeof *b);
+    if (!b) {
         snprintf(err, err_cap, "out of memory");
         return -1;
     }
-    e->staging = staging;
-    e->nvtx = nvtxDomainCreateA("modelshrink");
+    b->staging = staging;
+    b->nvtx = nvtxDomainCreateA("modelshrink");
     for (int i = 0; i < 2; i++) {
-        CUDA_TRY(cudaMallocHost((void **)&e->h_in[i], staging));
-        CUDA_TRY(cudaMallocHost((void **)&e->h_out[i], staging));
-        CUDA_TRY(cudaMalloc((void **)&e->d_in[i], staging));
-        CUDA_TRY(cudaMalloc((void **)&e->d_out[i], staging));
-        CUDA_TRY(cudaStreamCreateWithFlags(&e->st[i], cudaStreamNonBlocking));
+        cuda_slot *s = &b->s[i];
+        CUDA_TRY(cudaMallocHost((void **)&s->h_in, staging));
+        CUDA_TRY(cudaMallocHost((void **)&s->h_out, staging));
+        CUDA_TRY(cudaMallocHost((void **)&s->h_clamped, sizeof *s->h_clamped));
+        CUDA_TRY(cudaMalloc((void **)&s->d_in, staging));
+        CUDA_TRY(cudaMalloc((void **)&s->d_out, staging));
+        CUDA_TRY(cudaMalloc((void **)&s->d_part, staging));
+        CUDA_TRY(cudaMalloc((void **)&s->d_clamped, sizeof *s->d_clamped));
+        CUDA_TRY(cudaStreamCreateWithFlags(&s->st, cudaStreamNonBlocking));
+        CUDA_TRY(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming));
     }
-    CUDA_TRY(cudaMalloc((void **)&e->d_clamped, sizeof(unsigned long long)));
-    *out = e;
+    *out = b;
     return 0;
 cuda_fail:
-    msh_cuda_engine_free(e);
+    msh_cuda_be_free(b);
     return -1;
 }
 
-static size_t out_bytes(int kind, size_t in) {
-    switch (kind) {
-    case MSH_CUDA_FP16:
-    case MSH_CUDA_BF16: return in / 2;
-    case MSH_CUDA_INT8: return in / 4;
-    case MSH_CUDA_DIGEST: return (in + MSH_HASH_CHUNK - 1) / MSH_HASH_CHUNK * 8;
-    default: return 0;
-    }
+extern "C" size_t msh_cuda_be_staging(const msh_cuda_be *b) {
+    return b->staging;
 }
 
-extern "C" int msh_cuda_run(msh_cuda_engine *e, msh_cuda_job *job, msh_cuda_read_fn rd,
-                            msh_cuda_sink_fn sk, void *ctx, char *err, size_t err_cap) {
-    const size_t P = e->staging;
-    const int64_t n = job->nbytes;
-    const int64_t pieces = n > 0 ? (n + (int64_t)P - 1) / (int64_t)P : 0;
-    float *d_scales = NULL;
-    int *d_absmax = NULL;
-    int rc = 0;
-    size_t len[2] = {0, 0};
-    int64_t at[2] = {0, 0};
-    CUDA_TRY(cudaMemset(e->d_clamped, 0, sizeof(unsigned long long)));
-    if (job->kind == MSH_CUDA_INT8) {
-        CUDA_TRY(cudaMalloc((void **)&d_scales, (size_t)job->channels * sizeof(float)));
-        CUDA_TRY(cudaMemcpy(d_scales, job->scales, (size_t)job->channels * sizeof(float),
-                            cudaMemcpyHostToDevice));
-    }
-    if (job->kind == MSH_CUDA_ABSMAX) {
-        CUDA_TRY(cudaMalloc((void **)&d_absmax, (size_t)job->channels * sizeof(int)));
-        CUDA_TRY(cudaMemcpy(d_absmax, job->absmax, (size_t)job->channels * sizeof(int),
-                            cudaMemcpyHostToDevice));
-    }
-    /* piece i uses buffers and stream i % 2; piece i - 2 is finished before i is read */
-    for (int64_t i = 0; i <= pieces + 1; i++) {
-        int s = (int)(i & 1);
-        if (i >= 2) {
-            /* finish piece i - 2: wait for its copy out, hand it over in order */
-            CUDA_TRY(cudaStreamSynchronize(e->st[s]));
-            if (sk) {
-                range_push(e, "write");
-                int r =
-                    sk(ctx, e->h_in[s], len[s], e->h_out[s], out_bytes(job->kind, len[s]), at[s]);
-                range_pop(e);
-                if (r != 0) {
-                    rc = -2;
-                    break;
-                }
-            }
-        }
-        if (i >= pieces)
-            continue;
-        at[s] = i * (int64_t)P;
-        len[s] = n - at[s] < (int64_t)P ? (size_t)(n - at[s]) : P;
-        range_push(e, "read");
-        int r = rd(ctx, e->h_in[s], len[s], at[s]);
-        range_pop(e);
-        if (r != 0) {
-            rc = -2;
-            break;
-        }
-        range_push(e, "copy in");
-        CUDA_TRY(cudaMemcpyAsync(e->d_in[s], e->h_in[s], len[s], cudaMemcpyHostToDevice, e->st[s]));
-        range_pop(e);
-        size_t cnt = len[s] / 4;
-        int64_t first = at[s] / 4;
-        switch (job->kind) {
-        case MSH_CUDA_FP16:
-            range_push(e, "kernel fp16");
-            msh_k_f16<<<grid_for(cnt), MSH_THREADS, 0, e->st[s]>>>(
-                (const uint32_t *)e->d_in[s], (uint16_t *)e->d_out[s], cnt, job->f16_min_abs,
-                job->f16_max_abs, e->d_clamped);
-            break;
-        case MSH_CUDA_BF16:
-            range_push(e, "kernel bf16");
-            msh_k_bf16<<<grid_for(cnt), MSH_THREADS, 0, e->st[s]>>>((const uint32_t *)e->d_in[s],
-                                                                    (uint16_t *)e->d_out[s], cnt);
-            break;
-        case MSH_CUDA_INT8:
-            range_push(e, "kernel int8");
-            msh_k_int8<<<grid_for(cnt), MSH_THREADS, 0, e->st[s]>>>(
-                (const float *)e->d_in[s], (int8_t *)e->d_out[s], cnt, first, job->inner,
-                job->channels, d_scales);
-            break;
-        case MSH_CUDA_ABSMAX:
-            range_push(e, "kernel absmax");
-            msh_k_absmax<<<grid_for(cnt), MSH_THREADS, 0, e->st[s]>>>(
-                (const float *)e->d_in[s], cnt, first, job->inner, job->channels, d_absmax);
-            break;
-        default: {
-            range_push(e, "kernel digest");
-            size_t nc = (len[s] + MSH_HASH_CHUNK - 1) / MSH_HASH_CHUNK;
-            msh_k_digest<<<grid_for(nc), MSH_THREADS, 0, e->st[s]>>>(e->d_in[s], len[s],
-                                                                     (uint64_t *)e->d_out[s], nc);
-            break;
-        }
-        }
-        range_pop(e);
+extern "C" uint8_t *msh_cuda_be_in(msh_cuda_be *b, int slot) {
+    return b->s[slot].h_in;
+}
+
+extern "C" const uint8_t *msh_cuda_be_out(msh_cuda_be *b, int slot) {
+    return b->s[slot].h_out;
+}
+
+extern "C" int msh_cuda_be_submit(msh_cuda_be *b, int slot, msh_cuda_piece *p, char *err,
+                                  size_t err_cap) {
+    cuda_slot *s = &b->s[slot];
+    size_t cnt = p->n / 4;
+    size_t ob = 0;
+    range_push(b, "submit");
+    CUDA_TRY(cudaMemcpyAsync(s->d_in, s->h_in, p->n, cudaMemcpyHostToDevice, s->st));
+    switch (p->kind) {
+    case MSH_CUDA_FP16:
+        CUDA_TRY(cudaMemsetAsync(s->d_clamped, 0, sizeof *s->d_clamped, s->st));
+        msh_k_f16<<<grid_for(cnt), MSH_THREADS, 0, s->st>>>((const uint32_t *)s->d_in,
+                                                            (uint16_t *)s->d_out, cnt,
+                                                            p->f16_min_abs, p->f16_max_abs,
+                                                            s->d_clamped);
         CUDA_TRY(cudaGetLastError());
-        size_t ob = out_bytes(job->kind, len[s]);
-        if (ob) {
-            range_push(e, "copy out");
-            CUDA_TRY(
-                cudaMemcpyAsync(e->h_out[s], e->d_out[s], ob, cudaMemcpyDeviceToHost, e->st[s]));
-            range_pop(e);
+        CUDA_TRY(cudaMemcpyAsync(s->h_clamped, s->d_clamped, sizeof *s->d_clamped,
+                                 cudaMemcpyDeviceToHost, s->st));
+        ob = cnt * 2;
+        break;
+    case MSH_CUDA_BF16:
+        msh_k_bf16<<<grid_for(cnt), MSH_THREADS, 0, s->st>>>((const uint32_t *)s->d_in,
+                                                             (uint16_t *)s->d_out, cnt);
+        CUDA_TRY(cudaGetLastError());
+        ob = cnt * 2;
+        break;
+    case MSH_CUDA_INT8:
+        if ((size_t)p->channels > s->scales_cap) {
+            CUDA_TRY(cudaStreamSynchronize(s->st));
+            cudaFree(s->d_scales);
+            s->d_scales = NULL;
+            s->scales_cap = 0;
+            CUDA_TRY(cudaMalloc((void **)&s->d_scales, (size_t)p->channels * sizeof(float)));
+            s->scales_cap = (size_t)p->channels;
         }
+        /* on the slot's own stream: ordered before this piece's kernel, after the last one's */
+        CUDA_TRY(cudaMemcpyAsync(s->d_scales, p->scales, (size_t)p->channels * sizeof(float),
+                                 cudaMemcpyHostToDevice, s->st));
+        msh_k_int8<<<grid_for(cnt), MSH_THREADS, 0, s->st>>>((const float *)s->d_in,
+                                                             (int8_t *)s->d_out, cnt, p->first,
+                                                             p->inner, p->channels, s->d_scales);
+        CUDA_TRY(cudaGetLastError());
+        ob = cnt;
+        break;
+    case MSH_CUDA_ABSMAX:
+        CUDA_TRY(cudaMemsetAsync(s->d_part, 0, (size_t)p->t * sizeof(int), s->st));
+        msh_k_absmax<<<grid_for(cnt), MSH_THREADS, 0, s->st>>>(
+            (const float *)s->d_in, cnt, p->first, p->inner, p->row0, p->t, s->d_part);
+        CUDA_TRY(cudaGetLastError());
+        CUDA_TRY(cudaMemcpyAsync(s->h_out, s->d_part, (size_t)p->t * sizeof(int),
+                                 cudaMemcpyDeviceToHost, s->st));
+        p->out_n = (size_t)p->t * 4;
+        break;
+    default: {
+        size_t nc = (p->n + MSH_HASH_CHUNK - 1) / MSH_HASH_CHUNK;
+        msh_k_digest<<<grid_for(nc), MSH_THREADS, 0, s->st>>>(s->d_in, p->n,
+                                                              (uint64_t *)s->d_out, nc);
+        CUDA_TRY(cudaGetLastError());
+        ob = nc * 8;
+        break;
     }
-    if (rc == 0) {
-        CUDA_TRY(cudaDeviceSynchronize());
-        if (job->kind == MSH_CUDA_FP16) {
-            unsigned long long c = 0;
-            CUDA_TRY(cudaMemcpy(&c, e->d_clamped, sizeof c, cudaMemcpyDeviceToHost));
-            job->clamped = c;
-        }
-        if (job->kind == MSH_CUDA_ABSMAX)
-            CUDA_TRY(cudaMemcpy(job->absmax, d_absmax, (size_t)job->channels * sizeof(int),
-                                cudaMemcpyDeviceToHost));
-    } else {
-        cudaStreamSynchronize(e->st[0]);
-        cudaStreamSynchronize(e->st[1]);
     }
-    cudaFree(d_scales);
-    cudaFree(d_absmax);
-    return rc;
+    if (ob) {
+        CUDA_TRY(cudaMemcpyAsync(s->h_out, s->d_out, ob, cudaMemcpyDeviceToHost, s->st));
+        p->out_n = ob;
+    }
+    CUDA_TRY(cudaEventRecord(s->done, s->st));
+    range_pop(b);
+    return 0;
 cuda_fail:
-    cudaStreamSynchronize(e->st[0]);
-    cudaStreamSynchronize(e->st[1]);
-    cudaFree(d_scales);
-    cudaFree(d_absmax);
+    range_pop(b);
+    return -1;
+}
+
+extern "C" int msh_cuda_be_wait(msh_cuda_be *b, int slot, msh_cuda_piece *p, char *err,
+                                size_t err_cap) {
+    cuda_slot *s = &b->s[slot];
+    range_push(b, "wait");
+    CUDA_TRY(cudaEventSynchronize(s->done));
+    p->clamped = p->kind == MSH_CUDA_FP16 ? (uint64_t)*s->h_clamped : 0;
+    range_pop(b);
+    return 0;
+cuda_fail:
+    range_pop(b);
     return -1;
 }
 
@@ -348,7 +338,8 @@ extern "C" float msh_cuda_time_kernel(int kind, size_t bytes) {
                                                      768, d_scales);
             break;
         case MSH_CUDA_ABSMAX:
-            msh_k_absmax<<<grid_for(n), MSH_THREADS>>>((const float *)d_in, n, 0, 1, 768, d_absmax);
+            msh_k_absmax<<<grid_for(n), MSH_THREADS>>>((const float *)d_in, n, 0, 1, 0, 768,
+                                                       d_absmax);
             break;
         default: {
             size_t nc = (bytes + MSH_HASH_CHUNK - 1) / MSH_HASH_CHUNK;

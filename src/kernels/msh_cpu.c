@@ -1,4 +1,4 @@
-#include "kernels/msh_convert.h"
+#include "kernels/msh_cpu.h"
 
 #include <pthread.h>
 #include <stdlib.h>

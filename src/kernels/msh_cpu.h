@@ -2,8 +2,8 @@
  * Buffers are little-endian and need no alignment. The SIMD versions (AVX2 + F16C, chosen at
  * run time) give the same bytes as the _ref loops; tests/unit/test_convert.c checks every FP32
  * bit pattern. */
-#ifndef MSH_CONVERT_H
-#define MSH_CONVERT_H
+#ifndef MSH_CPU_H
+#define MSH_CPU_H
 
 #include "common/msh_common.h"
 #include "kernels/msh_scalar.h"

@@ -1,0 +1,98 @@
+/*
+ * The format-neutral tensor table.
+ *
+ * Every reader (ONNX, torch.save checkpoints, safetensors) describes each tensor it finds with
+ * one msh_tentry: its name, element type, shape, where its bytes are (a file span, a strided view
+ * of a storage in a file, bytes in memory, or a reader callback), its role and how many places
+ * use it. Passes write their decisions into the same entry (the plan): the element type to write,
+ * INT8 scales, the tensor whose bytes it duplicates, whether it is written at all. The engine
+ * turns a planned entry into output bytes; writers only place those bytes.
+ *
+ * A format keeps its own per-tensor record (an ONNX TensorProto, a pickle path) with the
+ * msh_tentry as its first member; msh_table is a strided view over such an array, so neutral
+ * code walks any format's tensors without knowing the record's type.
+ */
+#ifndef MSH_TABLE_H
+#define MSH_TABLE_H
+
+#include "common/msh_common.h"
+
+typedef enum msh_role {
+    MSH_ROLE_WEIGHT = 0,    /* a parameter: initializers, Constant values, state-dict weights */
+    MSH_ROLE_BUFFER = 1,    /* state that is not trained: BatchNorm statistics, counters */
+    MSH_ROLE_OPTIMIZER = 2, /* optimizer state (Adam moments, momentum buffers) */
+    MSH_ROLE_TRAINING = 3,  /* other training state (EMA copies, scalers) */
+    MSH_ROLE_OTHER = 4      /* tensors in metadata or attributes that are not weights */
+} msh_role;
+#define MSH_ROLE_COUNT 5
+
+/* "weight", "buffer", "optimizer_state", "training_state", "other". */
+const char *msh_role_name(msh_role r);
+
+typedef enum msh_src_kind {
+    MSH_SRC_NONE = 0,  /* no bytes (empty tensor) */
+    MSH_SRC_FILE,      /* `length` bytes of file `fd` at `offset` */
+    MSH_SRC_MEMORY,    /* `length` bytes at `mem` */
+    MSH_SRC_STRIDED,   /* a view: element k (row-major over shape) is storage element
+                          elem_offset + sum(idx_d * stride_d), the storage starting at `offset` */
+    MSH_SRC_CALLBACK   /* `read` fills any range of the tensor's row-major bytes */
+} msh_src_kind;
+
+typedef msh_status (*msh_src_read_fn)(const void *ctx, int64_t off, void *dst, size_t n,
+                                      msh_error *e);
+
+typedef struct msh_src {
+    msh_src_kind kind;
+    int fd;
+    int64_t offset;
+    int64_t length; /* the tensor's bytes as stored (row-major, contiguous) */
+    const uint8_t *mem;
+    /* STRIDED */
+    int64_t elem_size, elem_offset;
+    size_t ndim;
+    const int64_t *shape, *stride;
+    /* CALLBACK */
+    msh_src_read_fn read;
+    const void *ctx;
+} msh_src;
+
+typedef struct msh_tentry {
+    const char *name;
+    int32_t dtype; /* msh_dtype.h codes */
+    size_t ndim;
+    const int64_t *shape;
+    int64_t numel;
+    int64_t nbytes; /* data bytes; -1 when the type has no fixed size (STRING) */
+    msh_src src;
+    msh_role role;
+    int64_t storage; /* checkpoints: the storage it views (views of one storage share it); -1 */
+    int users;       /* nodes (ONNX) or state-dict keys (checkpoints) that read it */
+    /* ---- the plan, written by passes ---- */
+    int32_t out_dtype;         /* 0: written as read; FLOAT16/BFLOAT16: converted from FLOAT;
+                                  INT8: quantized per channel with qscales */
+    const float *qscales;      /* INT8 scales, one per channel */
+    int64_t qchannels, qinner; /* channel of element i: (i / qinner) % qchannels */
+    int64_t dup_of;            /* dedup: the tensor whose identical bytes this one shares; -1 */
+    int dropped;               /* not written (strip, prune, or merged by dedup) */
+} msh_tentry;
+
+typedef struct msh_table {
+    msh_tentry *first;
+    size_t n;
+    size_t stride; /* bytes from one entry to the next */
+} msh_table;
+
+static inline msh_tentry *msh_table_at(const msh_table *t, size_t i) {
+    return (msh_tentry *)(void *)((char *)t->first + i * t->stride);
+}
+
+/* Read `n` bytes at `off` of a source's row-major bytes (a strided view is gathered). */
+msh_status msh_src_read(const msh_src *s, int64_t off, void *dst, size_t n, msh_error *e);
+
+/* Zero an entry and set the plan to "as read". */
+void msh_tentry_init(msh_tentry *t);
+
+/* Bytes the plan writes for a tensor. */
+int64_t msh_tentry_out_bytes(const msh_tentry *t);
+
+#endif

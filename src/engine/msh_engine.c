@@ -1,0 +1,494 @@
+/* The host driver: jobs cut into pieces, producers reading and submitting, one consumer taking
+ * pieces in order (see msh_engine.h). */
+#include "engine/msh_engine.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "engine/msh_backend.h"
+#include "kernels/msh_hash.h"
+
+struct msh_engine {
+    msh_engine_opts o;
+    msh_backend *be;
+    int broken; /* a backend error happened: do not reuse the backend */
+};
+
+int64_t msh_job_out_bytes(msh_op op, int64_t nbytes) {
+    switch (op) {
+    case MSH_OP_COPY: return nbytes;
+    case MSH_OP_F16:
+    case MSH_OP_BF16: return nbytes / 2;
+    case MSH_OP_INT8: return nbytes / 4;
+    case MSH_OP_DIGEST:
+    case MSH_OP_ABSMAX: return 0;
+    }
+    return nbytes;
+}
+
+int msh_op_for(int32_t in, int32_t out) {
+    if (out == 0 || out == in)
+        return MSH_OP_COPY;
+    if (in == 1 && out == 10)
+        return MSH_OP_F16;
+    if (in == 1 && out == 16)
+        return MSH_OP_BF16;
+    if (in == 1 && out == 3)
+        return MSH_OP_INT8;
+    return -1;
+}
+
+/* CUDA backends are kept for the next model rather than freed: pinned buffers are slow to make.
+ * Parallel models each take their own, so no model waits for another's file reads. */
+#define MSH_CUDA_POOL 8
+static pthread_mutex_t g_pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static msh_backend *g_pool[MSH_CUDA_POOL];
+static int g_pool_n;
+
+static msh_status cuda_take(const msh_engine_opts *o, msh_backend **out, msh_error *e) {
+    size_t want = (o->staging + MSH_HASH_CHUNK - 1) / MSH_HASH_CHUNK * MSH_HASH_CHUNK;
+    msh_backend *b = NULL;
+    pthread_mutex_lock(&g_pool_lock);
+    for (int i = 0; i < g_pool_n && !b; i++)
+        if (g_pool[i]->piece_bytes == want) {
+            b = g_pool[i];
+            g_pool[i] = g_pool[--g_pool_n];
+        }
+    pthread_mutex_unlock(&g_pool_lock);
+    if (!b)
+        return msh_backend_cuda_open(o->staging, &o->f16, out, e);
+    b->f16 = o->f16;
+    *out = b;
+    return MSH_OK;
+}
+
+static void cuda_give_back(msh_backend *b) {
+    pthread_mutex_lock(&g_pool_lock);
+    if (g_pool_n < MSH_CUDA_POOL) {
+        g_pool[g_pool_n++] = b;
+        b = NULL;
+    }
+    pthread_mutex_unlock(&g_pool_lock);
+    if (b)
+        b->close(b);
+}
+
+msh_status msh_engine_open(const msh_engine_opts *o, msh_engine **out, msh_error *e) {
+    *out = NULL;
+    msh_engine *g = calloc(1, sizeof *g);
+    if (!g)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    g->o = *o;
+    msh_status st;
+    if (o->backend == MSH_BACKEND_CUDA) {
+        st = cuda_take(o, &g->be, e);
+    } else {
+        int threads = o->threads;
+        if (threads <= 0) {
+            long nc = sysconf(_SC_NPROCESSORS_ONLN);
+            threads = nc > 0 ? (int)(nc > 64 ? 64 : nc) : 1;
+        }
+        st = msh_backend_cpu_open(threads, &o->f16, &g->be, e);
+    }
+    if (st != MSH_OK) {
+        free(g);
+        return st;
+    }
+    *out = g;
+    return MSH_OK;
+}
+
+void msh_engine_close(msh_engine *g) {
+    if (!g)
+        return;
+    if (g->be && g->o.backend == MSH_BACKEND_CUDA && !g->broken)
+        cuda_give_back(g->be);
+    else if (g->be)
+        g->be->close(g->be);
+    free(g);
+}
+
+const char *msh_engine_device(const msh_engine *g) {
+    return g->be->name;
+}
+
+/* ---- runs ---- */
+
+enum { SLOT_FREE = 0, SLOT_CLAIMED, SLOT_READY, SLOT_FAILED };
+
+typedef struct slot {
+    int state;
+    int span; /* a file span copied by the consumer: no bytes in the slot */
+    msh_piece p;
+    msh_status st;
+    msh_error err;
+} slot;
+
+struct msh_run {
+    msh_engine *g;
+    msh_backend *be;
+    msh_job *jobs;
+    size_t n;
+    /* producers: the next piece to hand out */
+    size_t pj;
+    int64_t poff;
+    int64_t next_piece;
+    /* consumer */
+    size_t cj;
+    int64_t consumed;
+    slot *slots;
+    int S;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t *th;
+    int nth;
+    int stop;
+    /* consumer scratch: CPU recomputation when verifying, chunk digests of the current job */
+    uint8_t *scratch;
+    uint64_t *chunks;
+    size_t chunks_cap;
+    uint8_t *le;
+    msh_status failed; /* a consumer-side failure: the run is over */
+};
+
+/* A job that the consumer copies from file to file in one go. */
+static int is_span(const msh_job *j) {
+    return j->op == MSH_OP_COPY && j->src->kind == MSH_SRC_FILE;
+}
+
+static int64_t job_pieces(const msh_run *r, const msh_job *j) {
+    if (j->nbytes <= 0)
+        return 0;
+    if (is_span(j))
+        return 1;
+    int64_t P = (int64_t)r->be->piece_bytes;
+    return (j->nbytes + P - 1) / P;
+}
+
+static void *producer(void *arg) {
+    msh_run *r = arg;
+    msh_backend *be = r->be;
+    const int64_t P = (int64_t)be->piece_bytes;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        while (r->pj < r->n && job_pieces(r, &r->jobs[r->pj]) == 0) {
+            r->pj++;
+            r->poff = 0;
+        }
+        if (r->stop || r->pj >= r->n)
+            break;
+        msh_job *j = &r->jobs[r->pj];
+        int64_t idx = r->next_piece++;
+        int64_t off = r->poff;
+        int span = is_span(j);
+        int64_t len = span ? j->nbytes : (j->nbytes - off < P ? j->nbytes - off : P);
+        r->poff += len;
+        if (r->poff >= j->nbytes) {
+            r->pj++;
+            r->poff = 0;
+        }
+        int s = (int)(idx % r->S);
+        /* slot s is this piece's once the consumer has taken piece idx - S (two producers may
+         * wait for the same slot with pieces S apart) */
+        while (!r->stop && idx >= r->consumed + r->S)
+            pthread_cond_wait(&r->cv, &r->mu);
+        if (r->stop)
+            break;
+        slot *sl = &r->slots[s];
+        sl->state = SLOT_CLAIMED;
+        sl->span = span;
+        memset(&sl->p, 0, sizeof sl->p);
+        sl->p.job = j;
+        sl->p.first = off;
+        sl->p.n = (size_t)len;
+        pthread_mutex_unlock(&r->mu);
+        msh_status st = MSH_OK;
+        msh_error err;
+        err.msg[0] = 0;
+        if (!span) {
+            st = msh_src_read(j->src, off, be->in_buf(be, s), (size_t)len, &err);
+            if (st == MSH_OK && j->op != MSH_OP_COPY)
+                st = be->submit(be, s, &sl->p, &err);
+        }
+        pthread_mutex_lock(&r->mu);
+        sl->st = st;
+        if (st != MSH_OK) {
+            sl->err = err;
+            sl->state = SLOT_FAILED;
+            r->stop = 1; /* the consumer reports it when it reaches this piece */
+        } else {
+            sl->state = SLOT_READY;
+        }
+        pthread_cond_broadcast(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+static msh_status run_fail(msh_run *r, msh_status st) {
+    if (st == MSH_ERR_CUDA)
+        r->g->broken = 1;
+    pthread_mutex_lock(&r->mu);
+    r->stop = 1;
+    r->failed = st;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    return st;
+}
+
+msh_status msh_run_start(msh_engine *g, msh_job *jobs, size_t n, msh_run **out, msh_error *e) {
+    *out = NULL;
+    msh_run *r = calloc(1, sizeof *r);
+    if (!r)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    r->g = g;
+    r->be = g->be;
+    r->jobs = jobs;
+    r->n = n;
+    r->S = g->be->slots;
+    r->slots = calloc((size_t)r->S, sizeof *r->slots);
+    int nth = g->be->producers;
+    r->th = calloc((size_t)nth, sizeof *r->th);
+    if (g->o.verify && g->be->submit != NULL && strcmp(g->be->name, "cpu") != 0)
+        r->scratch = malloc(g->be->piece_bytes);
+    if (!r->slots || !r->th || (g->o.verify && strcmp(g->be->name, "cpu") != 0 && !r->scratch)) {
+        free(r->slots);
+        free(r->th);
+        free(r->scratch);
+        free(r);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    for (int i = 0; i < nth; i++) {
+        if (pthread_create(&r->th[i], NULL, producer, r) != 0)
+            break;
+        r->nth++;
+    }
+    if (r->nth == 0) {
+        msh_run_end(r, NULL);
+        return msh_fail(e, MSH_ERR_NOMEM, "cannot start the engine's threads");
+    }
+    *out = r;
+    return MSH_OK;
+}
+
+msh_status msh_run_end(msh_run *r, msh_error *e) {
+    (void)e;
+    if (!r)
+        return MSH_OK;
+    pthread_mutex_lock(&r->mu);
+    r->stop = 1;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    for (int i = 0; i < r->nth; i++)
+        pthread_join(r->th[i], NULL);
+    /* pieces submitted but never taken: let an asynchronous backend finish with their slots */
+    for (int s = 0; s < r->S; s++)
+        if (r->slots[s].state == SLOT_READY && !r->slots[s].span &&
+            r->slots[s].p.job->op != MSH_OP_COPY)
+            (void)r->be->wait(r->be, s, &r->slots[s].p, NULL);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    free(r->slots);
+    free(r->th);
+    free(r->scratch);
+    free(r->chunks);
+    free(r->le);
+    free(r);
+    return MSH_OK;
+}
+
+/* The CPU's version of a piece another backend made: same bytes, counts, digests, maxima. */
+static msh_status verify_piece(msh_run *r, int s, const msh_piece *p, const uint8_t *out,
+                               msh_error *e) {
+    const msh_job *j = p->job;
+    msh_piece q = *p;
+    msh_piece_compute_cpu(&q, &r->be->f16, r->be->in_buf(r->be, s), r->scratch);
+    const char *dev = r->be->name;
+    if (q.out_n != p->out_n || q.row0 != p->row0)
+        return msh_fail(e, MSH_ERR_VERIFY, "verify: tensor '%s': the %s made %zu bytes, the CPU %zu",
+                        j->name, dev, p->out_n, q.out_n);
+    if (j->op == MSH_OP_F16 && q.clamped != p->clamped)
+        return msh_fail(e, MSH_ERR_VERIFY,
+                        "verify: tensor '%s': %llu values clamped on the %s, %llu on the CPU",
+                        j->name, (unsigned long long)p->clamped, dev,
+                        (unsigned long long)q.clamped);
+    if (memcmp(out, r->scratch, p->out_n) == 0)
+        return MSH_OK;
+    size_t w = j->op == MSH_OP_INT8 ? 1 : j->op == MSH_OP_DIGEST ? 8 : j->op == MSH_OP_ABSMAX ? 4 : 2;
+    for (size_t i = 0; i + w <= p->out_n; i += w)
+        if (memcmp(out + i, r->scratch + i, w) != 0) {
+            uint64_t a = 0, b = 0;
+            memcpy(&a, out + i, w);
+            memcpy(&b, r->scratch + i, w);
+            if (j->op == MSH_OP_DIGEST)
+                return msh_fail(e, MSH_ERR_VERIFY,
+                                "verify: tensor '%s': digest of chunk %lld differs on the %s",
+                                j->name,
+                                (long long)(p->first / (int64_t)MSH_HASH_CHUNK + (int64_t)(i / 8)),
+                                dev);
+            if (j->op == MSH_OP_ABSMAX)
+                return msh_fail(e, MSH_ERR_VERIFY,
+                                "verify: tensor '%s': channel %lld maximum differs: %s 0x%llx, "
+                                "CPU 0x%llx",
+                                j->name, (long long)((p->row0 + (int64_t)(i / 4)) % j->channels),
+                                dev, (unsigned long long)a, (unsigned long long)b);
+            int64_t in_w = j->op == MSH_OP_INT8 ? 4 : 4;
+            return msh_fail(e, MSH_ERR_VERIFY,
+                            "verify: tensor '%s': element %lld differs: %s 0x%llx, CPU 0x%llx",
+                            j->name, (long long)(p->first / in_w + (int64_t)(i / w)), dev,
+                            (unsigned long long)a, (unsigned long long)b);
+        }
+    return msh_fail(e, MSH_ERR_VERIFY, "verify: tensor '%s': bytes differ", j->name);
+}
+
+static msh_status job_begin(msh_run *r, msh_job *j, msh_error *e) {
+    j->clamped = 0;
+    if (j->op == MSH_OP_DIGEST) {
+        size_t nc = (size_t)((j->nbytes + (int64_t)MSH_HASH_CHUNK - 1) / (int64_t)MSH_HASH_CHUNK);
+        if (nc > r->chunks_cap) {
+            uint64_t *c = realloc(r->chunks, nc * sizeof *c);
+            uint8_t *le = c ? realloc(r->le, nc * 8) : NULL;
+            if (c)
+                r->chunks = c;
+            if (le)
+                r->le = le;
+            if (!c || !le)
+                return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            r->chunks_cap = nc;
+        }
+    }
+    return MSH_OK;
+}
+
+static void job_end(msh_run *r, msh_job *j) {
+    if (j->op == MSH_OP_DIGEST) {
+        size_t nc = (size_t)((j->nbytes + (int64_t)MSH_HASH_CHUNK - 1) / (int64_t)MSH_HASH_CHUNK);
+        j->digest = msh_digest_combine(r->chunks, nc, j->nbytes, r->le);
+    }
+}
+
+msh_status msh_run_take(msh_run *r, size_t k, msh_sink *dst, msh_error *e) {
+    if (r->failed)
+        return msh_fail(e, r->failed, "internal error: the engine run has already failed");
+    if (k != r->cj || k >= r->n)
+        return run_fail(r, msh_fail(e, MSH_ERR_FORMAT,
+                                    "internal error: tensor %zu taken out of order (expected %zu)",
+                                    k, r->cj));
+    msh_job *j = &r->jobs[k];
+    int64_t np = job_pieces(r, j);
+    msh_status st = job_begin(r, j, e);
+    if (st != MSH_OK)
+        return run_fail(r, st);
+    msh_backend *be = r->be;
+    for (int64_t i = 0; i < np; i++) {
+        int s = (int)(r->consumed % r->S);
+        slot *sl = &r->slots[s];
+        pthread_mutex_lock(&r->mu);
+        while (sl->state == SLOT_FREE || sl->state == SLOT_CLAIMED) {
+            if (r->stop && sl->state == SLOT_FREE)
+                break; /* a producer failed earlier and nobody will fill this slot */
+            pthread_cond_wait(&r->cv, &r->mu);
+        }
+        int state = sl->state;
+        pthread_mutex_unlock(&r->mu);
+        if (state == SLOT_FAILED) {
+            if (e)
+                *e = sl->err;
+            return run_fail(r, sl->st);
+        }
+        if (state != SLOT_READY) {
+            /* stopped before this piece was made: the failure is at an earlier slot */
+            for (int t = 0; t < r->S; t++)
+                if (r->slots[t].state == SLOT_FAILED) {
+                    if (e)
+                        *e = r->slots[t].err;
+                    return run_fail(r, r->slots[t].st);
+                }
+            return run_fail(r, msh_fail(e, MSH_ERR_FORMAT, "internal error: engine stopped"));
+        }
+        msh_piece *p = &sl->p;
+        if (sl->span) {
+            st = dst ? msh_sink_copy_from(dst, j->src->fd, j->src->offset, j->nbytes, e) : MSH_OK;
+        } else if (j->op == MSH_OP_COPY) {
+            st = dst ? msh_sink_write(dst, be->in_buf(be, s), p->n, e) : MSH_OK;
+        } else {
+            st = be->wait(be, s, p, e);
+            const uint8_t *out = st == MSH_OK ? be->out_buf(be, s) : NULL;
+            if (st == MSH_OK && r->scratch)
+                st = verify_piece(r, s, p, out, e);
+            if (st == MSH_OK) {
+                j->clamped += p->clamped;
+                if (j->op == MSH_OP_DIGEST) {
+                    memcpy(r->chunks + p->first / (int64_t)MSH_HASH_CHUNK, out, p->out_n);
+                } else if (j->op == MSH_OP_ABSMAX) {
+                    const float *pm = (const float *)(const void *)out;
+                    size_t t = p->out_n / 4;
+                    for (size_t q = 0; q < t; q++) {
+                        int64_t ch = (p->row0 + (int64_t)q) % j->channels;
+                        if (pm[q] > j->absmax[ch])
+                            j->absmax[ch] = pm[q];
+                    }
+                } else if (dst) {
+                    st = msh_sink_write(dst, out, p->out_n, e);
+                }
+            }
+        }
+        if (st != MSH_OK)
+            return run_fail(r, st);
+        pthread_mutex_lock(&r->mu);
+        sl->state = SLOT_FREE;
+        r->consumed++;
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+    }
+    job_end(r, j);
+    r->cj++;
+    return MSH_OK;
+}
+
+msh_status msh_engine_scan(msh_engine *g, msh_job *jobs, size_t n, msh_error *e) {
+    if (n == 0)
+        return MSH_OK;
+    msh_run *r;
+    MSH_FORWARD(msh_run_start(g, jobs, n, &r, e));
+    msh_status st = MSH_OK;
+    for (size_t k = 0; k < n && st == MSH_OK; k++)
+        st = msh_run_take(r, k, NULL, e);
+    msh_run_end(r, NULL);
+    return st;
+}
+
+#define SAME_CHUNK ((size_t)1 << 20)
+
+msh_status msh_engine_same(msh_engine *g, const msh_src *ref, const msh_src *const *srcs, size_t n,
+                           int64_t nbytes, uint8_t *same, msh_error *e) {
+    (void)g;
+    for (size_t k = 0; k < n; k++)
+        same[k] = 1;
+    if (n == 0 || nbytes <= 0)
+        return MSH_OK;
+    uint8_t *x = malloc(SAME_CHUNK), *y = malloc(SAME_CHUNK);
+    msh_status st = x && y ? MSH_OK : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    size_t alive = n;
+    for (int64_t off = 0; st == MSH_OK && alive && off < nbytes;) {
+        size_t len = nbytes - off < (int64_t)SAME_CHUNK ? (size_t)(nbytes - off) : SAME_CHUNK;
+        st = msh_src_read(ref, off, x, len, e);
+        for (size_t k = 0; st == MSH_OK && k < n; k++) {
+            if (!same[k])
+                continue;
+            st = msh_src_read(srcs[k], off, y, len, e);
+            if (st == MSH_OK && memcmp(x, y, len) != 0) {
+                same[k] = 0;
+                alive--;
+            }
+        }
+        off += (int64_t)len;
+    }
+    free(x);
+    free(y);
+    return st;
+}
