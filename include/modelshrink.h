@@ -64,9 +64,28 @@ typedef struct msh_error {
 /** Library version as "MAJOR.MINOR.PATCH". */
 const char *msh_version(void);
 
-/** Where the element work runs. AUTO: the GPU when one is present and the model is at least
- *  64 MiB, else the CPU. */
+/** Where the element work runs. AUTO: the GPU when one is present and the model's tensor data
+ *  (external data included) is at least 64 MiB, else the CPU. */
 enum { MSH_DEVICE_AUTO = 0, MSH_DEVICE_CPU = 1, MSH_DEVICE_CUDA = 2 };
+
+/** The element type FP32 weights are converted to (msh_convert_options.float_type). The values
+ *  are ONNX TensorProto.DataType codes. */
+enum { MSH_FLOAT_KEEP = 0, MSH_FLOAT_FP16 = 10, MSH_FLOAT_BF16 = 16 };
+
+/** File formats: what an input is (msh_probe_file) and what an output is written as. */
+typedef enum msh_format {
+    MSH_FORMAT_AUTO = 0,       /**< output: ONNX for ONNX inputs, safetensors for checkpoints */
+    MSH_FORMAT_ONNX = 1,       /**< an ONNX model (.onnx, with or without external data) */
+    MSH_FORMAT_PTH = 2,        /**< a torch.save checkpoint; as output, a weights-only .pth */
+    MSH_FORMAT_SAFETENSORS = 3 /**< a safetensors file */
+} msh_format;
+
+/** "onnx", "pth", "safetensors" or "auto". */
+const char *msh_format_name(msh_format f);
+
+/** What the file at `path` is, from its first bytes (or, when they match no format, its name).
+ *  MSH_ERR_IO when it cannot be opened, MSH_ERR_USAGE when it is not a regular file. */
+msh_status msh_probe_file(const char *path, msh_format *kind, msh_error *err);
 
 /** Options of one conversion. Initialise with msh_convert_options_init. */
 typedef struct msh_convert_options {
@@ -75,7 +94,7 @@ typedef struct msh_convert_options {
     int external_data;          /**< write tensors to "<output>.data" (default 0; forced on when the
                                      input's tensors are external or the output would pass 2 GiB) */
     int64_t external_threshold; /**< tensors below this many bytes stay inline (default 1024) */
-    int float_type;    /**< 0: keep FP32; 10 (FLOAT16) or 16 (BFLOAT16): convert FP32 to it */
+    int float_type;    /**< MSH_FLOAT_KEEP, MSH_FLOAT_FP16 or MSH_FLOAT_BF16 */
     int keep_io_types; /**< keep FP32 graph inputs and outputs, with Casts (default 1) */
     float fp16_min;    /**< non-zero magnitudes below become this (default 2^-24, FP16's smallest
                             subnormal) */
@@ -86,10 +105,12 @@ typedef struct msh_convert_options {
     int64_t int8_min_elements; /**< smallest weight quantized (default 4096 elements) */
     int int8_gather;           /**< also quantize embedding tables feeding Gather */
     int device;                /**< MSH_DEVICE_AUTO (default), MSH_DEVICE_CPU or MSH_DEVICE_CUDA */
-    int verify;                /**< run the GPU and the CPU on every piece and compare the bytes */
+    int verify;                /**< recompute every GPU piece on the CPU and compare the bytes */
     int64_t staging_mib; /**< GPU pinned staging buffer size in MiB (default 64; two are used) */
-    const char *key;     /**< checkpoints: the state dict's key (NULL: found automatically) */
-    int out_format;      /**< checkpoints: 0 safetensors (default), 1 weights-only .pth */
+    const char *key;     /**< torch.save checkpoints: the state dict's key (NULL: found
+                              automatically) */
+    int out_format;      /**< a msh_format: AUTO (default), or for checkpoint and safetensors
+                              inputs SAFETENSORS or PTH (weights-only .pth) */
     const char *keep_outputs; /**< keep only these graph outputs (comma-separated), or NULL */
     const char *drop_outputs; /**< remove these graph outputs (comma-separated), or NULL */
     int keep_inputs;          /**< keep graph inputs that pruning leaves unread */
@@ -97,6 +118,35 @@ typedef struct msh_convert_options {
 } msh_convert_options;
 
 void msh_convert_options_init(msh_convert_options *opt);
+
+/** The options that only some input formats take. */
+typedef enum msh_option {
+    MSH_OPTION_NONE = 0,
+    MSH_OPTION_DEDUP_GRAPH_INPUTS, /* ONNX */
+    MSH_OPTION_EXTERNAL_DATA,      /* ONNX */
+    MSH_OPTION_EXTERNAL_THRESHOLD, /* ONNX */
+    MSH_OPTION_KEEP_IO_TYPES,      /* ONNX */
+    MSH_OPTION_BLOCK_OPS,          /* ONNX */
+    MSH_OPTION_BLOCK_NODES,        /* ONNX */
+    MSH_OPTION_INT8,               /* ONNX */
+    MSH_OPTION_INT8_MIN_ELEMENTS,  /* ONNX */
+    MSH_OPTION_INT8_GATHER,        /* ONNX */
+    MSH_OPTION_KEY,                /* torch.save checkpoints */
+    MSH_OPTION_OUT_FORMAT,         /* checkpoints and safetensors (not ONNX) */
+    MSH_OPTION_KEEP_OUTPUTS,       /* ONNX */
+    MSH_OPTION_DROP_OUTPUTS,       /* ONNX */
+    MSH_OPTION_KEEP_INPUTS         /* ONNX */
+} msh_option;
+
+/** The option's field name in msh_convert_options ("int8"). */
+const char *msh_option_name(msh_option o);
+/** 1 when the option means something for inputs of that format. */
+int msh_option_applies(msh_option o, msh_format input);
+/** MSH_ERR_USAGE when an option set to other than its default does not apply to inputs of that
+ *  format (`*bad`, when not NULL, says which; the message names it); MSH_OK otherwise.
+ *  msh_convert_file makes the same check before it touches any output. */
+msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, msh_option *bad,
+                             msh_error *err);
 
 /** What one conversion did. Byte counts include external data files. */
 typedef struct msh_convert_result {
@@ -114,7 +164,7 @@ typedef struct msh_convert_result {
     int int8_per_tensor;       /**< 1: the opset (< 13) allowed only one scale per tensor */
     int64_t int8_opset;        /**< the model's default-domain opset (INT8 needs >= 10) */
     char device[8];            /**< where the element work ran: "cpu" or "cuda" */
-    char format[12];           /**< "onnx", "pth" or "safetensors" (the input's) */
+    char format[12];           /**< msh_format_name of the input's format */
     int64_t float_saved_bytes; /**< bytes saved by FP16/BF16 */
     int64_t strip_saved_bytes; /**< bytes of a checkpoint's dropped training state and metadata */
     int64_t pruned_nodes;      /**< nodes removed (dead code, unneeded outputs) */

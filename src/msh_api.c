@@ -7,9 +7,11 @@
 
 #include "formats/onnx_model.h"
 #include "formats/pth.h"
+#include "formats/pth_write.h"
 #include "formats/safetensors.h"
 #include "engine/msh_engine.h"
 #include "msh_pipeline.h"
+#include "passes/ckpt.h"
 #include "passes/dedup.h"
 #include "passes/fp16.h"
 #include "passes/inspect.h"
@@ -276,107 +278,338 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
     return st;
 }
 
-/* Tensor bytes of an ONNX model, external data included (what the GPU would move). */
-static int64_t onnx_work_bytes(const char *path) {
-    struct stat sb;
-    return stat(path, &sb) == 0 ? (int64_t)sb.st_size : 0;
-}
-
 static int has_suffix(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-/* What a file is, from its first bytes: 0 ONNX, 1 torch zip checkpoint, 2 legacy torch,
- * 3 safetensors. */
-static int sniff(const char *path) {
+const char *msh_format_name(msh_format f) {
+    switch (f) {
+    case MSH_FORMAT_ONNX: return "onnx";
+    case MSH_FORMAT_PTH: return "pth";
+    case MSH_FORMAT_SAFETENSORS: return "safetensors";
+    case MSH_FORMAT_AUTO: break;
+    }
+    return "auto";
+}
+
+/* What a file is, from its first bytes; unrecognised bytes go by the name. */
+static msh_format sniff(const char *path) {
     uint8_t h[16] = {0};
     FILE *f = fopen(path, "rb");
     if (!f)
-        return 0;
+        return MSH_FORMAT_ONNX;
     size_t n = fread(h, 1, sizeof h, f);
     struct stat sb;
     int64_t size = stat(path, &sb) == 0 ? (int64_t)sb.st_size : 0;
     fclose(f);
     if (msh_st_sniff(h, n, size))
-        return 3;
-    int kind = msh_pth_sniff(h, n);
-    if (kind)
-        return kind;
-    /* Unrecognised bytes: the name says what the file claims to be, so its own reader can say
-     * what is wrong (a protobuf error about a broken .safetensors would mislead). */
+        return MSH_FORMAT_SAFETENSORS;
+    if (msh_pth_sniff(h, n))
+        return MSH_FORMAT_PTH;
+    /* The name says what the file claims to be, so its own reader can say what is wrong (a
+     * protobuf error about a broken .safetensors would mislead). */
     if (has_suffix(path, ".safetensors"))
-        return 3;
+        return MSH_FORMAT_SAFETENSORS;
     if (has_suffix(path, ".pth") || has_suffix(path, ".pt") || has_suffix(path, ".ckpt"))
-        return 1;
-    return 0;
+        return MSH_FORMAT_PTH;
+    return MSH_FORMAT_ONNX;
 }
 
-static msh_status convert_st(const char *in_path, const char *out_path,
-                             const msh_convert_options *opt, msh_convert_result *res,
+msh_status msh_probe_file(const char *path, msh_format *kind, msh_error *err) {
+    struct stat sb;
+    *kind = MSH_FORMAT_AUTO;
+    if (stat(path, &sb) != 0)
+        return msh_fail(err, MSH_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (!S_ISREG(sb.st_mode))
+        return msh_fail(err, MSH_ERR_USAGE, "%s: not a regular file", path);
+    *kind = sniff(path);
+    return MSH_OK;
+}
+
+/* ---- which options mean something for which input ---- */
+
+static const char *const option_names[] = {
+    [MSH_OPTION_NONE] = "none",
+    [MSH_OPTION_DEDUP_GRAPH_INPUTS] = "dedup_graph_inputs",
+    [MSH_OPTION_EXTERNAL_DATA] = "external_data",
+    [MSH_OPTION_EXTERNAL_THRESHOLD] = "external_threshold",
+    [MSH_OPTION_KEEP_IO_TYPES] = "keep_io_types",
+    [MSH_OPTION_BLOCK_OPS] = "block_ops",
+    [MSH_OPTION_BLOCK_NODES] = "block_nodes",
+    [MSH_OPTION_INT8] = "int8",
+    [MSH_OPTION_INT8_MIN_ELEMENTS] = "int8_min_elements",
+    [MSH_OPTION_INT8_GATHER] = "int8_gather",
+    [MSH_OPTION_KEY] = "key",
+    [MSH_OPTION_OUT_FORMAT] = "out_format",
+    [MSH_OPTION_KEEP_OUTPUTS] = "keep_outputs",
+    [MSH_OPTION_DROP_OUTPUTS] = "drop_outputs",
+    [MSH_OPTION_KEEP_INPUTS] = "keep_inputs",
+};
+
+const char *msh_option_name(msh_option o) {
+    if (o >= 0 && (size_t)o < sizeof option_names / sizeof option_names[0] && option_names[o])
+        return option_names[o];
+    return "unknown";
+}
+
+int msh_option_applies(msh_option o, msh_format input) {
+    switch (o) {
+    case MSH_OPTION_DEDUP_GRAPH_INPUTS:
+    case MSH_OPTION_EXTERNAL_DATA:
+    case MSH_OPTION_EXTERNAL_THRESHOLD:
+    case MSH_OPTION_KEEP_IO_TYPES:
+    case MSH_OPTION_BLOCK_OPS:
+    case MSH_OPTION_BLOCK_NODES:
+    case MSH_OPTION_INT8:
+    case MSH_OPTION_INT8_MIN_ELEMENTS:
+    case MSH_OPTION_INT8_GATHER:
+    case MSH_OPTION_KEEP_OUTPUTS:
+    case MSH_OPTION_DROP_OUTPUTS:
+    case MSH_OPTION_KEEP_INPUTS: return input == MSH_FORMAT_ONNX;
+    case MSH_OPTION_KEY: return input == MSH_FORMAT_PTH;
+    case MSH_OPTION_OUT_FORMAT: return input == MSH_FORMAT_PTH || input == MSH_FORMAT_SAFETENSORS;
+    case MSH_OPTION_NONE: break;
+    }
+    return 1;
+}
+
+msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, msh_option *bad,
                              msh_error *err) {
-    msh_st_file f;
-    msh_status st = check_paths(NULL, in_path, out_path, err);
-    if (st == MSH_OK)
-        st = msh_st_open(&f, in_path, err);
-    msh_st_item *items = st == MSH_OK ? calloc(f.n + 1, sizeof *items) : NULL;
-    if (st == MSH_OK && !items)
-        st = msh_fail(err, MSH_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; st == MSH_OK && i < f.n; i++) {
-        const msh_st_tensor *t = &f.t[i];
-        items[i] = (msh_st_item){t->name,  t->dtype, t->dtype,  t->shape, t->ndim,
-                                 t->numel, f.fd,     t->offset, NULL,     NULL};
-        if (opt->float_type && t->dtype == 1) {
-            items[i].dtype_out = opt->float_type;
-            res->float_tensors++;
-            res->float_saved_bytes += t->numel * 2;
+    msh_convert_options d;
+    msh_convert_options_init(&d);
+    msh_option set[16];
+    size_t n = 0;
+    if (opt->dedup_graph_inputs)
+        set[n++] = MSH_OPTION_DEDUP_GRAPH_INPUTS;
+    if (opt->external_data)
+        set[n++] = MSH_OPTION_EXTERNAL_DATA;
+    if (opt->external_threshold != d.external_threshold)
+        set[n++] = MSH_OPTION_EXTERNAL_THRESHOLD;
+    if (opt->keep_io_types != d.keep_io_types)
+        set[n++] = MSH_OPTION_KEEP_IO_TYPES;
+    if (opt->block_ops && *opt->block_ops)
+        set[n++] = MSH_OPTION_BLOCK_OPS;
+    if (opt->block_nodes && *opt->block_nodes)
+        set[n++] = MSH_OPTION_BLOCK_NODES;
+    if (opt->int8)
+        set[n++] = MSH_OPTION_INT8;
+    if (opt->int8_min_elements != d.int8_min_elements)
+        set[n++] = MSH_OPTION_INT8_MIN_ELEMENTS;
+    if (opt->int8_gather)
+        set[n++] = MSH_OPTION_INT8_GATHER;
+    if (opt->key)
+        set[n++] = MSH_OPTION_KEY;
+    if (opt->out_format != MSH_FORMAT_AUTO &&
+        !(input == MSH_FORMAT_ONNX && opt->out_format == MSH_FORMAT_ONNX))
+        set[n++] = MSH_OPTION_OUT_FORMAT;
+    if (opt->keep_outputs)
+        set[n++] = MSH_OPTION_KEEP_OUTPUTS;
+    if (opt->drop_outputs)
+        set[n++] = MSH_OPTION_DROP_OUTPUTS;
+    if (opt->keep_inputs)
+        set[n++] = MSH_OPTION_KEEP_INPUTS;
+    if (bad)
+        *bad = MSH_OPTION_NONE;
+    for (size_t i = 0; i < n; i++)
+        if (!msh_option_applies(set[i], input)) {
+            if (bad)
+                *bad = set[i];
+            if (set[i] == MSH_OPTION_OUT_FORMAT)
+                return msh_fail(err, MSH_ERR_USAGE, "out_format %s does not apply to a %s input",
+                                msh_format_name((msh_format)opt->out_format),
+                                msh_format_name(input));
+            return msh_fail(err, MSH_ERR_USAGE, "option %s does not apply to a %s input",
+                            msh_option_name(set[i]), msh_format_name(input));
         }
+    if (input != MSH_FORMAT_ONNX && opt->out_format == MSH_FORMAT_ONNX) {
+        if (bad)
+            *bad = MSH_OPTION_OUT_FORMAT;
+        return msh_fail(err, MSH_ERR_USAGE, "out_format onnx does not apply to a %s input",
+                        msh_format_name(input));
     }
-    int64_t out = 0;
-    uint64_t clamped = 0;
+    return MSH_OK;
+}
+
+/* ---- checkpoints: torch.save archives and safetensors ---- */
+
+typedef struct ckpt_wctx {
+    const char *out_path;
+    const char *metadata;
+    msh_st_out *items;
+    size_t n_items;
+    msh_pthw_tensor *pt;
+    size_t n_pt;
+    msh_pthw_storage *ps;
+    size_t n_ps;
+    int64_t bytes_out;
+} ckpt_wctx;
+
+static msh_status ckpt_write_st(void *arg, msh_bytes_fn fn, void *fnctx, msh_error *e) {
+    ckpt_wctx *w = arg;
+    return msh_st_write(w->out_path, w->metadata, w->items, w->n_items, fn, fnctx, &w->bytes_out,
+                        e);
+}
+
+static msh_status ckpt_write_pth(void *arg, msh_bytes_fn fn, void *fnctx, msh_error *e) {
+    ckpt_wctx *w = arg;
+    return msh_pth_write(w->out_path, w->pt, w->n_pt, w->ps, w->n_ps, fn, fnctx, &w->bytes_out,
+                         e);
+}
+
+/* One attempt at a checkpoint on one backend: strip to the state dict, dedup, precision, then
+ * the engine makes the bytes that the safetensors or .pth writer places. */
+static msh_status convert_ckpt(const char *in_path, const char *out_path, msh_format kind,
+                               const msh_convert_options *opt, int backend,
+                               msh_convert_result *res, msh_error *err) {
+    memset(res, 0, sizeof *res);
+    msh_status st = check_paths(NULL, in_path, out_path, err);
+    if (st != MSH_OK)
+        return st;
+    msh_pth p;
+    msh_st_file f;
+    memset(&p, 0, sizeof p);
+    memset(&f, 0, sizeof f);
+    p.fd = f.fd = -1;
+    msh_table tab;
+    int64_t bytes_in = 0;
+    const char *metadata = NULL;
+    if (kind == MSH_FORMAT_PTH) {
+        st = msh_pth_open(&p, in_path, opt->key, err);
+        if (st == MSH_OK && !p.sd_key) {
+            char keys[400];
+            msh_pth_top_keys(&p, keys, sizeof keys);
+            st = msh_fail(err, MSH_ERR_USAGE,
+                          "no model state dict found (top-level keys: %s); name its key",
+                          *keys ? keys : "none");
+        }
+        tab = msh_pth_table(&p);
+        bytes_in = p.file_size;
+    } else {
+        st = msh_st_open(&f, in_path, err);
+        tab = msh_st_table(&f);
+        bytes_in = f.file_size;
+        metadata = f.metadata;
+    }
+    int out_pth = opt->out_format == MSH_FORMAT_PTH;
+    msh_engine *eng = NULL;
     if (st == MSH_OK)
-        st = msh_st_write(out_path, f.metadata, items, f.n, f32_bits(opt->fp16_min),
-                          f32_bits(opt->fp16_max), &out, &clamped, err);
+        st = engine_for(opt, backend, &eng, err);
+    msh_ckpt_plan plan;
+    memset(&plan, 0, sizeof plan);
     if (st == MSH_OK) {
-        res->bytes_in = f.file_size;
-        res->bytes_out = out;
-        res->float_clamped = clamped;
-        snprintf(res->device, sizeof res->device, "cpu");
-        snprintf(res->format, sizeof res->format, "safetensors");
+        msh_ckpt_opts co = {opt->float_type, opt->dedup, out_pth};
+        st = msh_ckpt_plan_make(&tab, &co, eng, &plan, err);
     }
-    free(items);
+    ckpt_wctx w;
+    memset(&w, 0, sizeof w);
+    w.out_path = out_path;
+    w.metadata = metadata;
+    size_t *order = NULL;
+    if (st == MSH_OK) {
+        order = malloc((plan.n + 1) * sizeof *order);
+        w.items = calloc(plan.n + 1, sizeof *w.items);
+        w.pt = calloc(plan.n + 1, sizeof *w.pt);
+        w.ps = calloc(plan.n_storage + 1, sizeof *w.ps);
+        if (!order || !w.items || !w.pt || !w.ps)
+            st = msh_fail(err, MSH_ERR_NOMEM, "out of memory");
+    }
+    size_t n_order = 0;
+    if (st == MSH_OK && !out_pth) {
+        for (size_t k = 0; k < plan.n; k++) {
+            const msh_tentry *t = msh_table_at(&tab, plan.sel[k]);
+            w.items[k] = (msh_st_out){t->name,           t->out_dtype ? t->out_dtype : t->dtype,
+                                      t->shape,          t->ndim,
+                                      msh_tentry_out_bytes(t), plan.sel[k]};
+            if (w.items[k].nbytes > 0)
+                order[n_order++] = plan.sel[k];
+        }
+        w.n_items = plan.n;
+    } else if (st == MSH_OK) {
+        for (size_t k = 0; k < plan.n; k++) {
+            const msh_tentry *t = msh_table_at(&tab, plan.sel[k]);
+            w.pt[k] = (msh_pthw_tensor){t->name, plan.storage_of[k], t->shape, t->ndim};
+        }
+        w.n_pt = plan.n;
+        for (size_t s = 0; s < plan.n_storage; s++) {
+            const msh_tentry *r = msh_table_at(&tab, plan.rep[s]);
+            w.ps[s] = (msh_pthw_storage){r->out_dtype ? r->out_dtype : r->dtype, r->numel,
+                                         msh_tentry_out_bytes(r), plan.rep[s]};
+            if (w.ps[s].nbytes > 0)
+                order[n_order++] = plan.rep[s];
+        }
+        w.n_ps = plan.n_storage;
+    }
+    if (st == MSH_OK)
+        st = run_jobs(eng, &tab, order, n_order, out_pth ? ckpt_write_pth : ckpt_write_st, &w,
+                      &res->float_clamped, err);
+    if (st == MSH_OK) {
+        res->bytes_in = bytes_in;
+        res->bytes_out = w.bytes_out;
+        res->float_tensors = plan.float_tensors;
+        res->float_saved_bytes = plan.float_saved;
+        res->dedup_merged = out_pth ? plan.dup_tensors : 0;
+        res->dedup_saved_bytes = out_pth ? plan.dup_bytes : 0;
+        if (!out_pth && plan.dup_tensors)
+            snprintf(res->note, sizeof res->note,
+                     "%lld tensors repeat others' bytes (%lld bytes); safetensors cannot share "
+                     "them, a pth output would store them once",
+                     (long long)plan.dup_tensors, (long long)plan.dup_bytes);
+        if (kind == MSH_FORMAT_PTH)
+            res->strip_saved_bytes =
+                res->bytes_in - res->bytes_out - res->float_saved_bytes - res->dedup_saved_bytes;
+        snprintf(res->device, sizeof res->device, "%s", msh_engine_device(eng));
+        snprintf(res->format, sizeof res->format, "%s", msh_format_name(kind));
+    }
+    free(order);
+    free(w.items);
+    free(w.pt);
+    free(w.ps);
+    msh_ckpt_plan_free(&plan);
+    msh_engine_close(eng);
+    msh_pth_free(&p);
     msh_st_free(&f);
     return st;
 }
 
-static msh_status convert_pth(const char *in_path, const char *out_path,
-                              const msh_convert_options *opt, msh_convert_result *res,
-                              msh_error *err) {
-    msh_pth p;
-    msh_status st = check_paths(NULL, in_path, out_path, err);
-    if (st == MSH_OK)
-        st = msh_pth_open(&p, in_path, opt->key, err);
-    int64_t out = 0, n = 0; /* n: tensors written */
-    uint64_t clamped = 0;
-    if (st == MSH_OK)
-        st = (opt->out_format == 1 ? msh_pth_write_pth : msh_pth_write_safetensors)(
-            &p, out_path, opt->float_type, f32_bits(opt->fp16_min), f32_bits(opt->fp16_max), &out,
-            &n, &clamped, err);
-    if (st == MSH_OK) {
-        res->bytes_in = p.file_size;
-        res->bytes_out = out;
-        res->float_clamped = clamped;
-        snprintf(res->format, sizeof res->format, "pth");
-        for (size_t i = 0; opt->float_type && i < p.nt; i++)
-            if (p.t[i].cat == MSH_PTH_WEIGHTS && p.t[i].dtype == 1) {
-                res->float_tensors++;
-                res->float_saved_bytes += p.t[i].numel * 2;
+/* Tensor bytes of a model (what the GPU would move): the file, and an ONNX model's external
+ * data. */
+static int64_t work_bytes(const char *path, msh_format kind) {
+    struct stat sb;
+    int64_t n = stat(path, &sb) == 0 ? (int64_t)sb.st_size : 0;
+    if (kind == MSH_FORMAT_ONNX) {
+        char **loc = NULL;
+        size_t nl = 0;
+        msh_error e;
+        if (msh_onnx_external_files(path, &loc, &nl, &e) == MSH_OK) {
+            char *dir = msh_path_dir(path);
+            for (size_t i = 0; i < nl; i++) {
+                char *full = dir ? malloc(strlen(dir) + strlen(loc[i]) + 2) : NULL;
+                if (full) {
+                    sprintf(full, "%s/%s", dir, loc[i]);
+                    if (stat(full, &sb) == 0)
+                        n += (int64_t)sb.st_size;
+                }
+                free(full);
+                free(loc[i]);
             }
-        res->strip_saved_bytes = res->bytes_in - res->bytes_out - res->float_saved_bytes;
-        snprintf(res->device, sizeof res->device, "cpu");
+            free(loc);
+            free(dir);
+        }
     }
-    msh_pth_free(&p);
-    return st;
+    return n;
+}
+
+static msh_status convert_on(const char *in_path, const char *out_path, msh_format kind,
+                             const msh_convert_options *opt, int backend, msh_convert_result *res,
+                             msh_error *err) {
+    if (err) {
+        err->msg[0] = 0;
+        err->status = MSH_OK;
+    }
+    if (kind == MSH_FORMAT_ONNX)
+        return convert_onnx(in_path, out_path, opt, backend, res, err);
+    return convert_ckpt(in_path, out_path, kind, opt, backend, res, err);
 }
 
 msh_status msh_convert_file(const char *in_path, const char *out_path,
@@ -388,32 +621,29 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
         opt = &defaults;
     }
     memset(res, 0, sizeof *res);
-    int kind = sniff(in_path);
-    if (kind) {
-        msh_status pst = kind == 3 ? convert_st(in_path, out_path, opt, res, err)
-                                   : convert_pth(in_path, out_path, opt, res, err);
-        if (pst != MSH_OK)
-            msh_error_prefix(err, in_path);
-        return pst;
-    }
-    int backend;
-    msh_status st = msh_device_choose(opt->device, opt->verify, onnx_work_bytes(in_path),
-                                      &backend, err);
-    if (st != MSH_OK) {
-        msh_error_prefix(err, in_path);
-        return st;
-    }
-    st = convert_onnx(in_path, out_path, opt, backend, res, err);
-    if (st == MSH_ERR_CUDA && backend == MSH_BACKEND_CUDA) {
-        /* Never a wrong output: the GPU is given up for the rest of the run and this model is
-         * converted again, from the start, on the CPU (the failed attempt left no file). */
-        char why[sizeof err->msg];
-        memcpy(why, err->msg, sizeof why);
-        msh_device_disable_cuda();
-        st = convert_onnx(in_path, out_path, opt, MSH_BACKEND_CPU, res, err);
-        if (st == MSH_OK)
-            snprintf(res->note, sizeof res->note,
-                     "CUDA failed (%.160s); redone on the CPU, which runs the rest", why);
+    msh_format kind = sniff(in_path);
+    msh_status st = msh_convert_check(opt, kind, NULL, err);
+    if (st == MSH_OK && opt->float_type &&
+        (!(opt->fp16_min > 0.0f) || !(opt->fp16_max >= opt->fp16_min) ||
+         !(opt->fp16_max <= 3.4028234663852886e+38f)))
+        st = msh_fail(err, MSH_ERR_USAGE, "FP16 bounds must satisfy 0 < min <= max < inf");
+    int backend = MSH_BACKEND_CPU;
+    if (st == MSH_OK)
+        st = msh_device_choose(opt->device, opt->verify, work_bytes(in_path, kind), &backend,
+                               err);
+    if (st == MSH_OK) {
+        st = convert_on(in_path, out_path, kind, opt, backend, res, err);
+        if (st == MSH_ERR_CUDA && backend == MSH_BACKEND_CUDA) {
+            /* Never a wrong output: the GPU is given up for the rest of the run and this model
+             * is converted again, from the start, on the CPU (the failed attempt left no file). */
+            char why[sizeof err->msg];
+            memcpy(why, err->msg, sizeof why);
+            msh_device_disable_cuda();
+            st = convert_on(in_path, out_path, kind, opt, MSH_BACKEND_CPU, res, err);
+            if (st == MSH_OK)
+                snprintf(res->note, sizeof res->note,
+                         "CUDA failed (%.160s); redone on the CPU, which runs the rest", why);
+        }
     }
     if (st != MSH_OK)
         msh_error_prefix(err, in_path);
@@ -423,7 +653,7 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
 msh_status msh_onnx_external_files(const char *path, char ***locations, size_t *n, msh_error *err) {
     *locations = NULL;
     *n = 0;
-    if (sniff(path))
+    if (sniff(path) != MSH_FORMAT_ONNX)
         return MSH_OK;
     msh_onnx_model m;
     msh_status st = msh_onnx_model_open(&m, path, err);
@@ -446,49 +676,39 @@ msh_status msh_onnx_external_files(const char *path, char ***locations, size_t *
 msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
     msh_convert_options dflt;
     msh_convert_options_init(&dflt);
-    dflt.threads = 1;
     *json_out = NULL;
     cJSON *o = cJSON_CreateObject();
     if (!o)
         return msh_fail(err, MSH_ERR_NOMEM, "%s: out of memory", path);
     cJSON_AddStringToObject(o, "path", path);
-    int kind = sniff(path);
-    if (kind) {
-        msh_status pst;
-        if (kind == 3) {
-            msh_st_file f;
-            pst = msh_st_open(&f, path, err);
-            if (pst == MSH_OK)
-                pst = msh_st_inspect(&f, o, err);
-            msh_st_free(&f);
-        } else {
-            msh_pth p;
-            pst = msh_pth_open(&p, path, NULL, err);
-            if (pst == MSH_OK)
-                pst = msh_pth_inspect(&p, o, err);
-            msh_pth_free(&p);
-        }
-        if (pst == MSH_OK && !(*json_out = cJSON_PrintUnformatted(o)))
-            pst = msh_fail(err, MSH_ERR_NOMEM, "out of memory");
-        cJSON_Delete(o);
-        if (pst != MSH_OK)
-            msh_error_prefix(err, path);
-        return pst;
-    }
-    msh_onnx_model m;
+    msh_format kind = sniff(path);
     msh_engine *eng = NULL;
-    msh_status st = msh_onnx_model_open(&m, path, err);
-    msh_dedup_plan plan;
-    memset(&plan, 0, sizeof plan);
-    if (st == MSH_OK)
-        st = engine_for(&dflt, MSH_BACKEND_CPU, &eng, err);
-    if (st == MSH_OK)
-        st = msh_dedup_find(&m, 0, eng, &plan, err);
-    if (st == MSH_OK)
-        st = msh_inspect_onnx(&m, &plan, o, err);
-    msh_dedup_plan_free(&plan);
+    msh_status st = engine_for(&dflt, MSH_BACKEND_CPU, &eng, err);
+    if (st == MSH_OK && kind == MSH_FORMAT_SAFETENSORS) {
+        msh_st_file f;
+        st = msh_st_open(&f, path, err);
+        if (st == MSH_OK)
+            st = msh_inspect_st(&f, eng, o, err);
+        msh_st_free(&f);
+    } else if (st == MSH_OK && kind == MSH_FORMAT_PTH) {
+        msh_pth p;
+        st = msh_pth_open(&p, path, NULL, err);
+        if (st == MSH_OK)
+            st = msh_inspect_pth(&p, eng, o, err);
+        msh_pth_free(&p);
+    } else if (st == MSH_OK) {
+        msh_onnx_model m;
+        msh_dedup_plan plan;
+        memset(&plan, 0, sizeof plan);
+        st = msh_onnx_model_open(&m, path, err);
+        if (st == MSH_OK)
+            st = msh_dedup_find(&m, 0, eng, &plan, err);
+        if (st == MSH_OK)
+            st = msh_inspect_onnx(&m, &plan, o, err);
+        msh_dedup_plan_free(&plan);
+        msh_onnx_model_free(&m);
+    }
     msh_engine_close(eng);
-    msh_onnx_model_free(&m);
     if (st == MSH_OK) {
         *json_out = cJSON_PrintUnformatted(o);
         if (!*json_out)

@@ -101,20 +101,28 @@ static int is_model_name(const char *n) {
            has_suffix(n, ".ckpt") || has_suffix(n, ".safetensors");
 }
 
-/* A checkpoint stripped to safetensors is named *.safetensors in the output tree. */
+/* A checkpoint written as safetensors is named *.safetensors in the output tree, and one written
+ * as a weights-only .pth (--format pth) keeps a .pth/.pt/.ckpt name or gets .pth. */
 static char *out_name(const char *dst, int out_format) {
-    const char *ext[] = {".pth", ".pt", ".ckpt"};
-    for (size_t i = 0; out_format == 0 && i < 3; i++)
-        if (has_suffix(dst, ext[i])) {
-            size_t n = strlen(dst) - strlen(ext[i]);
-            char *r = malloc(n + 13);
-            if (r) {
-                memcpy(r, dst, n);
-                memcpy(r + n, ".safetensors", 13);
-            }
-            return r;
-        }
-    return strdup(dst);
+    const char *ckpt[] = {".pth", ".pt", ".ckpt"};
+    const char *from = NULL, *to = NULL;
+    if (out_format == MSH_FORMAT_PTH) {
+        if (has_suffix(dst, ".safetensors"))
+            from = ".safetensors", to = ".pth";
+    } else {
+        for (size_t i = 0; i < 3 && !from; i++)
+            if (has_suffix(dst, ckpt[i]))
+                from = ckpt[i], to = ".safetensors";
+    }
+    if (!from)
+        return strdup(dst);
+    size_t n = strlen(dst) - strlen(from);
+    char *r = malloc(n + strlen(to) + 1);
+    if (r) {
+        memcpy(r, dst, n);
+        strcpy(r + n, to);
+    }
+    return r;
 }
 
 static int cmp_str(const void *a, const void *b) {
@@ -242,9 +250,9 @@ static int cmd_convert(int argc, char **argv) {
         case 'h': fputs(usage_text, stdout); return EXIT_ALL_OK;
         case 4:
         case 5:
-            if (opt.float_type && opt.float_type != (c == 4 ? 10 : 16))
+            if (opt.float_type && opt.float_type != (c == 4 ? MSH_FLOAT_FP16 : MSH_FLOAT_BF16))
                 return usage_error("convert: %s", "--fp16 and --bf16 exclude each other");
-            opt.float_type = c == 4 ? 10 : 16;
+            opt.float_type = c == 4 ? MSH_FLOAT_FP16 : MSH_FLOAT_BF16;
             break;
         case 6:
         case 7: {
@@ -310,9 +318,9 @@ static int cmd_convert(int argc, char **argv) {
         case 25: copy_others = 1; break;
         case 19:
             if (strcmp(optarg, "safetensors") == 0)
-                opt.out_format = 0;
+                opt.out_format = MSH_FORMAT_SAFETENSORS;
             else if (strcmp(optarg, "pth") == 0)
-                opt.out_format = 1;
+                opt.out_format = MSH_FORMAT_PTH;
             else
                 return usage_error("convert: --format '%s': use safetensors or pth", optarg);
             break;

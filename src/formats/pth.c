@@ -7,11 +7,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "common/msh_io.h"
 #include "common/msh_dtype.h"
-#include "passes/inspect.h"
-#include "formats/safetensors.h"
-#include "kernels/msh_cpu.h"
+#include "common/msh_io.h"
 
 #define PTH_MAX_PICKLE ((int64_t)1 << 31)
 #define PTH_MAX_VISITS 10000000
@@ -92,21 +89,74 @@ static msh_status add_tensor(walk *w, const msh_pk *t, const char *path, int cat
         return msh_fail(w->e, MSH_ERR_NOMEM, "out of memory");
     msh_pth_tensor *x = &p->t[p->nt];
     memset(x, 0, sizeof *x);
+    msh_tentry_init(&x->d);
     x->name = msh_strdup(path);
     if (!x->name)
         return msh_fail(w->e, MSH_ERR_NOMEM, "out of memory");
     x->key = sd_path ? x->name + (sd_path - path) : NULL;
-    x->dtype = t->dtype;
-    x->shape = t->shape;
     x->stride = t->stride;
-    x->ndim = t->ndim;
     x->offset = t->offset;
-    x->numel = numel;
-    x->nbytes = numel * msh_dtype_size(t->dtype);
     x->storage = si;
     x->cat = cat;
+    x->d.dtype = t->dtype;
+    x->d.shape = t->shape;
+    x->d.ndim = t->ndim;
+    x->d.numel = numel;
+    x->d.nbytes = numel * msh_dtype_size(t->dtype);
+    x->d.storage = (int64_t)si;
     p->nt++;
     return MSH_OK;
+}
+
+static int contiguous(const msh_pth_tensor *t) {
+    int64_t want = 1;
+    for (size_t d = t->d.ndim; d-- > 0;) {
+        if (t->d.shape[d] != 1 && t->stride[d] != want)
+            return 0;
+        want *= t->d.shape[d];
+    }
+    return 1;
+}
+
+/* BatchNorm statistics and counters: state in the state dict that is not trained. */
+static int is_buffer_name(const char *key) {
+    static const char *suffixes[] = {"running_mean", "running_var", "num_batches_tracked"};
+    size_t n = strlen(key);
+    for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+        size_t k = strlen(suffixes[i]);
+        if (n >= k && strcmp(key + n - k, suffixes[i]) == 0 && (n == k || key[n - k - 1] == '.'))
+            return 1;
+    }
+    return 0;
+}
+
+/* The neutral description: name, role and where the bytes are. */
+static void describe(msh_pth *p, msh_pth_tensor *x) {
+    const msh_pth_storage *s = &p->s[x->storage];
+    int64_t es = msh_dtype_size(x->d.dtype);
+    x->d.name = x->key ? x->key : x->name;
+    x->d.role = x->cat == MSH_PTH_OPTIM   ? MSH_ROLE_OPTIMIZER
+                : x->cat == MSH_PTH_OTHER ? MSH_ROLE_TRAINING
+                : is_buffer_name(x->name) ? MSH_ROLE_BUFFER
+                                          : MSH_ROLE_WEIGHT;
+    msh_src *src = &x->d.src;
+    memset(src, 0, sizeof *src);
+    src->fd = p->fd;
+    src->length = x->d.nbytes;
+    if (x->d.nbytes == 0) {
+        src->kind = MSH_SRC_NONE;
+    } else if (contiguous(x)) {
+        src->kind = MSH_SRC_FILE;
+        src->offset = s->file_offset + x->offset * es;
+    } else {
+        src->kind = MSH_SRC_STRIDED;
+        src->offset = s->file_offset;
+        src->elem_size = es;
+        src->elem_offset = x->offset;
+        src->ndim = x->d.ndim;
+        src->shape = x->d.shape;
+        src->stride = x->stride;
+    }
 }
 
 /* `sd_at`: where the state-dict-relative name starts in `path` (NULL outside the state dict). */
@@ -231,7 +281,23 @@ msh_status msh_pth_open(msh_pth *p, const char *path, const char *key, msh_error
     if (bare)
         for (size_t i = 0; i < p->nt; i++)
             p->t[i].key = p->t[i].name;
+    for (size_t i = 0; st == MSH_OK && i < p->nt; i++)
+        describe(p, &p->t[i]);
     return st;
+}
+
+msh_table msh_pth_table(const msh_pth *p) {
+    msh_table t = {p->t ? &p->t[0].d : NULL, p->nt, sizeof(msh_pth_tensor)};
+    return t;
+}
+
+void msh_pth_top_keys(const msh_pth *p, char *keys, size_t cap) {
+    keys[0] = 0;
+    const msh_pk *r = p->pk.root;
+    for (size_t i = 0; r && r->type == MSH_PK_DICT && i + 1 < r->n; i += 2)
+        if (r->items[i]->type == MSH_PK_STR && strlen(keys) + strlen(r->items[i]->s) + 8 < cap)
+            snprintf(keys + strlen(keys), cap - strlen(keys), "%s%s", *keys ? ", " : "",
+                     r->items[i]->s);
 }
 
 void msh_pth_free(msh_pth *p) {
@@ -246,453 +312,3 @@ void msh_pth_free(msh_pth *p) {
     memset(p, 0, sizeof *p);
 }
 
-/* ---- inspect ---- */
-
-msh_status msh_pth_inspect(const msh_pth *p, cJSON *o, msh_error *e) {
-    (void)e;
-    int64_t cat_bytes[3] = {0, 0, 0}, total = 0;
-    int64_t dt_count[32] = {0}, dt_bytes[32] = {0};
-    for (size_t i = 0; i < p->ns; i++) {
-        cat_bytes[p->s[i].cat] += p->s[i].nbytes;
-        total += p->s[i].nbytes;
-    }
-    for (size_t i = 0; i < p->nt; i++) {
-        int d = p->t[i].dtype >= 0 && p->t[i].dtype < 31 ? p->t[i].dtype : 31;
-        dt_count[d]++;
-        dt_bytes[d] += p->t[i].nbytes;
-    }
-    cJSON_AddStringToObject(o, "format", "pth");
-    cJSON_AddNumberToObject(o, "file_bytes", (double)p->file_size);
-    cJSON_AddNumberToObject(o, "tensor_bytes", (double)total);
-    cJSON_AddNumberToObject(o, "tensor_count", (double)p->nt);
-    cJSON_AddStringToObject(o, "state_dict_key", p->sd_key ? p->sd_key : "");
-    cJSON_AddBoolToObject(o, "state_dict_found", p->sd_key != NULL);
-    cJSON *b = cJSON_AddObjectToObject(o, "breakdown");
-    cJSON_AddNumberToObject(b, "weights", (double)cat_bytes[MSH_PTH_WEIGHTS]);
-    cJSON_AddNumberToObject(b, "optimizer_state", (double)cat_bytes[MSH_PTH_OPTIM]);
-    cJSON_AddNumberToObject(b, "other_tensors", (double)cat_bytes[MSH_PTH_OTHER]);
-    cJSON_AddNumberToObject(b, "metadata", (double)(p->file_size - total));
-    msh_json_by_dtype(o, dt_count, dt_bytes);
-    cJSON *sh = cJSON_AddArrayToObject(o, "shared_storage");
-    for (size_t i = 0; i < p->ns; i++) {
-        if (p->s[i].users < 2)
-            continue;
-        cJSON *x = cJSON_CreateObject();
-        cJSON *names = cJSON_AddArrayToObject(x, "tensors");
-        for (size_t k = 0; k < p->nt; k++)
-            if (p->t[k].storage == i)
-                cJSON_AddItemToArray(names, cJSON_CreateString(p->t[k].name));
-        cJSON_AddNumberToObject(x, "bytes", (double)p->s[i].nbytes);
-        cJSON_AddItemToArray(sh, x);
-    }
-    return MSH_OK;
-}
-
-/* ---- safetensors output ---- */
-
-static int contiguous(const msh_pth_tensor *t) {
-    int64_t want = 1;
-    for (size_t d = t->ndim; d-- > 0;) {
-        if (t->shape[d] != 1 && t->stride[d] != want)
-            return 0;
-        want *= t->shape[d];
-    }
-    return 1;
-}
-
-/* The tensor's elements in row-major order, into `dst` (nbytes): a view or a transposed tensor
- * is gathered from the span of its storage that it touches. */
-static msh_status gather(const msh_pth *p, const msh_pth_tensor *t, uint8_t *dst, msh_error *e) {
-    const msh_pth_storage *s = &p->s[t->storage];
-    int64_t es = msh_dtype_size(t->dtype);
-    int64_t hi = t->offset;
-    for (size_t d = 0; d < t->ndim; d++)
-        hi += (t->shape[d] - 1) * t->stride[d];
-    int64_t span = (hi - t->offset + 1) * es;
-    uint8_t *buf = malloc((size_t)span);
-    if (!buf)
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory gathering '%.200s'", t->name);
-    msh_status st = msh_pread_full(p->fd, buf, (size_t)span, s->file_offset + t->offset * es, e);
-    int64_t idx[64] = {0};
-    for (int64_t k = 0; st == MSH_OK && k < t->numel; k++) {
-        int64_t off = 0;
-        for (size_t d = 0; d < t->ndim; d++)
-            off += idx[d] * t->stride[d];
-        memcpy(dst + k * es, buf + off * es, (size_t)es);
-        for (size_t d = t->ndim; d-- > 0;) {
-            if (++idx[d] < t->shape[d])
-                break;
-            idx[d] = 0;
-        }
-    }
-    free(buf);
-    return st;
-}
-
-typedef struct gather_ctx {
-    const msh_pth *p;
-    const msh_pth_tensor *t;
-} gather_ctx;
-
-static msh_status gather_cb(void *ctx, uint8_t *dst, msh_error *e) {
-    gather_ctx *g = ctx;
-    return gather(g->p, g->t, dst, e);
-}
-
-msh_status msh_pth_write_safetensors(const msh_pth *p, const char *out_path, int float_type,
-                                     uint32_t f16_min_abs, uint32_t f16_max_abs, int64_t *bytes_out,
-                                     int64_t *tensors, uint64_t *clamped, msh_error *e) {
-    if (!p->sd_key) {
-        char keys[512] = "";
-        const msh_pk *r = p->pk.root;
-        for (size_t i = 0; r && r->type == MSH_PK_DICT && i + 1 < r->n; i += 2)
-            if (r->items[i]->type == MSH_PK_STR && strlen(keys) + strlen(r->items[i]->s) < 400)
-                snprintf(keys + strlen(keys), sizeof keys - strlen(keys), "%s%s", *keys ? ", " : "",
-                         r->items[i]->s);
-        return msh_fail(e, MSH_ERR_USAGE,
-                        "no model state dict found (top-level keys: %s); name "
-                        "it with --key",
-                        *keys ? keys : "none");
-    }
-    msh_st_item *items = calloc(p->nt + 1, sizeof *items);
-    gather_ctx *g = calloc(p->nt + 1, sizeof *g);
-    if (!items || !g) {
-        free(items);
-        free(g);
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    }
-    size_t n = 0;
-    for (size_t i = 0; i < p->nt; i++) {
-        const msh_pth_tensor *t = &p->t[i];
-        if (t->cat != MSH_PTH_WEIGHTS || !t->key)
-            continue;
-        msh_st_item *it = &items[n];
-        it->name = t->key;
-        it->dtype_in = t->dtype;
-        it->dtype_out = float_type && t->dtype == 1 ? float_type : t->dtype;
-        it->shape = t->shape;
-        it->ndim = t->ndim;
-        it->numel = t->numel;
-        it->fd = p->fd;
-        it->offset = p->s[t->storage].file_offset + t->offset * msh_dtype_size(t->dtype);
-        if (!contiguous(t)) {
-            g[n] = (gather_ctx){p, t};
-            it->gather = gather_cb;
-            it->ctx = &g[n];
-        }
-        n++;
-    }
-    msh_status st =
-        msh_st_write(out_path, NULL, items, n, f16_min_abs, f16_max_abs, bytes_out, clamped, e);
-    free(items);
-    free(g);
-    if (st == MSH_OK)
-        *tensors = (int64_t)n;
-    return st;
-}
-
-/* ---- weights-only .pth output ---- */
-
-typedef struct pbuf {
-    uint8_t *b;
-    size_t n, cap;
-    int oom;
-} pbuf;
-
-static void put(pbuf *p, const void *d, size_t n) {
-    if (p->oom)
-        return;
-    if (p->n + n > p->cap) {
-        size_t cap = p->cap ? p->cap : 4096;
-        while (cap < p->n + n)
-            cap *= 2;
-        uint8_t *nb = realloc(p->b, cap);
-        if (!nb) {
-            p->oom = 1;
-            return;
-        }
-        p->b = nb;
-        p->cap = cap;
-    }
-    memcpy(p->b + p->n, d, n);
-    p->n += n;
-}
-
-static void put_op(pbuf *p, uint8_t op) {
-    put(p, &op, 1);
-}
-
-static void put_str(pbuf *p, const char *s) { /* BINUNICODE */
-    uint32_t n = (uint32_t)strlen(s);
-    uint8_t h[5] = {'X', (uint8_t)n, (uint8_t)(n >> 8), (uint8_t)(n >> 16), (uint8_t)(n >> 24)};
-    put(p, h, 5);
-    put(p, s, n);
-}
-
-static void put_int(pbuf *p, int64_t v) { /* LONG1, 8 bytes: any int64 */
-    uint8_t h[10] = {0x8a, 8};
-    for (int i = 0; i < 8; i++)
-        h[2 + i] = (uint8_t)((uint64_t)v >> (8 * i));
-    put(p, h, 10);
-}
-
-static void put_global(pbuf *p, const char *mod, const char *name) {
-    put_op(p, 'c');
-    put(p, mod, strlen(mod));
-    put_op(p, '\n');
-    put(p, name, strlen(name));
-    put_op(p, '\n');
-}
-
-static const char *storage_class(int32_t t) {
-    switch (t) {
-    case 1: return "FloatStorage";
-    case 10: return "HalfStorage";
-    case 16: return "BFloat16Storage";
-    case 11: return "DoubleStorage";
-    case 7: return "LongStorage";
-    case 6: return "IntStorage";
-    case 5: return "ShortStorage";
-    case 3: return "CharStorage";
-    case 2: return "ByteStorage";
-    case 9: return "BoolStorage";
-    default: return NULL;
-    }
-}
-
-typedef struct out_storage {
-    const msh_pth_tensor *t; /* the first tensor that is this exact view */
-    int32_t dtype;           /* as written */
-} out_storage;
-
-static int same_view(const msh_pth_tensor *a, const msh_pth_tensor *b) {
-    return a->storage == b->storage && a->offset == b->offset && a->ndim == b->ndim &&
-           a->dtype == b->dtype && memcmp(a->shape, b->shape, a->ndim * sizeof *a->shape) == 0 &&
-           memcmp(a->stride, b->stride, a->ndim * sizeof *a->stride) == 0;
-}
-
-static void zip_local(pbuf *h, const char *name, uint32_t size) {
-    uint8_t z[30] = {0x50, 0x4b, 0x03, 0x04, 20, 0};
-    uint16_t n = (uint16_t)strlen(name);
-    /* crc (14..17) is patched once the data is written; sizes are known */
-    for (int i = 0; i < 4; i++) {
-        z[18 + i] = (uint8_t)(size >> (8 * i));
-        z[22 + i] = (uint8_t)(size >> (8 * i));
-    }
-    z[26] = (uint8_t)n;
-    z[27] = (uint8_t)(n >> 8);
-    put(h, z, 30);
-    put(h, name, n);
-}
-
-static void zip_central(pbuf *cd, const char *name, uint32_t size, uint32_t crc, uint32_t off) {
-    uint8_t z[46] = {0x50, 0x4b, 0x01, 0x02, 20, 0, 20, 0};
-    uint16_t n = (uint16_t)strlen(name);
-    for (int i = 0; i < 4; i++) {
-        z[16 + i] = (uint8_t)(crc >> (8 * i));
-        z[20 + i] = (uint8_t)(size >> (8 * i));
-        z[24 + i] = (uint8_t)(size >> (8 * i));
-        z[42 + i] = (uint8_t)(off >> (8 * i));
-    }
-    z[28] = (uint8_t)n;
-    z[29] = (uint8_t)(n >> 8);
-    put(cd, z, 46);
-    put(cd, name, n);
-}
-
-typedef struct zw {
-    msh_sink *s;
-    pbuf cd;
-    uint16_t entries;
-    msh_error *e;
-} zw;
-
-/* One STORED entry whose bytes come from `fill` in pieces (CRC computed on the way). */
-static msh_status zip_entry(zw *z, const char *name, const uint8_t *mem, int64_t size,
-                            const msh_pth *p, const msh_pth_tensor *t, int32_t out_type,
-                            const msh_f16_bounds *b, uint64_t *clamped) {
-    if (size > 0x7FFFFFFF || z->s->written > 0x7FFFFFFF)
-        return msh_fail(z->e, MSH_ERR_LIMIT,
-                        "--format pth writes files under 2 GiB; use "
-                        "safetensors for larger state dicts");
-    pbuf h = {0};
-    int64_t at = z->s->written;
-    zip_local(&h, name, (uint32_t)size);
-    if (h.oom)
-        return msh_fail(z->e, MSH_ERR_NOMEM, "out of memory");
-    msh_status st = msh_sink_write(z->s, h.b, h.n, z->e);
-    free(h.b);
-    uint32_t crc = 0;
-    if (mem) {
-        crc = msh_crc32(0, mem, (size_t)size);
-        if (st == MSH_OK)
-            st = msh_sink_write(z->s, mem, (size_t)size, z->e);
-    } else if (st == MSH_OK) {
-        /* a tensor: its elements, contiguous, converted when asked */
-        int64_t es = msh_dtype_size(t->dtype);
-        uint8_t *all = NULL, *chunk = malloc((size_t)4 << 20), *conv = malloc((size_t)2 << 20);
-        if (!chunk || !conv)
-            st = msh_fail(z->e, MSH_ERR_NOMEM, "out of memory");
-        if (st == MSH_OK && !contiguous(t) && t->nbytes > 0) {
-            all = malloc((size_t)t->nbytes);
-            st = all ? gather(p, t, all, z->e) : msh_fail(z->e, MSH_ERR_NOMEM, "out of memory");
-        }
-        for (int64_t off = 0; st == MSH_OK && off < t->nbytes;) {
-            size_t len =
-                t->nbytes - off < ((int64_t)4 << 20) ? (size_t)(t->nbytes - off) : (size_t)4 << 20;
-            const uint8_t *src = all ? all + off : chunk;
-            if (!all)
-                st = msh_pread_full(p->fd, chunk, len,
-                                    p->s[t->storage].file_offset + t->offset * es + off, z->e);
-            if (st != MSH_OK)
-                break;
-            size_t wl = len;
-            if (out_type == 10) {
-                *clamped += msh_f32_to_f16_buf(src, conv, len / 4, b);
-                src = conv;
-                wl = len / 2;
-            } else if (out_type == 16) {
-                msh_f32_to_bf16_buf(src, conv, len / 4);
-                src = conv;
-                wl = len / 2;
-            }
-            crc = msh_crc32(crc, src, wl);
-            st = msh_sink_write(z->s, src, wl, z->e);
-            off += (int64_t)len;
-        }
-        free(all);
-        free(chunk);
-        free(conv);
-    }
-    uint8_t c4[4] = {(uint8_t)crc, (uint8_t)(crc >> 8), (uint8_t)(crc >> 16), (uint8_t)(crc >> 24)};
-    if (st == MSH_OK)
-        st = msh_sink_patch(z->s, at + 14, c4, 4, z->e);
-    zip_central(&z->cd, name, (uint32_t)size, crc, (uint32_t)at);
-    z->entries++;
-    return z->cd.oom ? msh_fail(z->e, MSH_ERR_NOMEM, "out of memory") : st;
-}
-
-msh_status msh_pth_write_pth(const msh_pth *p, const char *out_path, int float_type,
-                             uint32_t f16_min_abs, uint32_t f16_max_abs, int64_t *bytes_out,
-                             int64_t *tensors, uint64_t *clamped, msh_error *e) {
-    if (!p->sd_key)
-        return msh_fail(e, MSH_ERR_USAGE, "no model state dict found; name it with --key");
-    out_storage *os = calloc(p->nt + 1, sizeof *os);
-    size_t *which = calloc(p->nt + 1, sizeof *which);
-    if (!os || !which) {
-        free(os);
-        free(which);
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    }
-    /* output storages: identical views share one (tied weights), every other view gets its own
-     * contiguous copy */
-    size_t nos = 0;
-    pbuf pk = {0};
-    put(&pk, "\x80\x02", 2);
-    put_global(&pk, "collections", "OrderedDict");
-    put_op(&pk, ')');
-    put_op(&pk, 'R');
-    put_op(&pk, '(');
-    int64_t n = 0;
-    msh_status st = MSH_OK;
-    for (size_t i = 0; i < p->nt && st == MSH_OK; i++) {
-        const msh_pth_tensor *t = &p->t[i];
-        if (t->cat != MSH_PTH_WEIGHTS || !t->key)
-            continue;
-        size_t k = 0;
-        while (k < nos && !same_view(os[k].t, t))
-            k++;
-        if (k == nos)
-            os[nos++] = (out_storage){t, float_type && t->dtype == 1 ? float_type : t->dtype};
-        const char *cls = storage_class(os[k].dtype);
-        if (!cls) {
-            st = msh_fail(e, MSH_ERR_UNSUPPORTED, "tensor '%.200s': element type %s", t->name,
-                          msh_dtype_name(t->dtype));
-            break;
-        }
-        char key[32];
-        snprintf(key, sizeof key, "%zu", k);
-        put_str(&pk, t->key);
-        put_global(&pk, "torch._utils", "_rebuild_tensor_v2");
-        put_op(&pk, '(');
-        put_op(&pk, '(');
-        put_str(&pk, "storage");
-        put_global(&pk, "torch", cls);
-        put_str(&pk, key);
-        put_str(&pk, "cpu");
-        put_int(&pk, t->numel);
-        put_op(&pk, 't');
-        put_op(&pk, 'Q');
-        put_int(&pk, 0); /* offset */
-        put_op(&pk, '(');
-        for (size_t d = 0; d < t->ndim; d++)
-            put_int(&pk, t->shape[d]);
-        put_op(&pk, 't');
-        put_op(&pk, '(');
-        int64_t stride = 1;
-        int64_t strides[64];
-        for (size_t d = t->ndim; d-- > 0;) {
-            strides[d] = stride;
-            stride *= t->shape[d];
-        }
-        for (size_t d = 0; d < t->ndim; d++)
-            put_int(&pk, strides[d]);
-        put_op(&pk, 't');
-        put_op(&pk, 0x89); /* requires_grad False */
-        put_global(&pk, "collections", "OrderedDict");
-        put_op(&pk, ')');
-        put_op(&pk, 'R');
-        put_op(&pk, 't');
-        put_op(&pk, 'R');
-        n++;
-    }
-    put_op(&pk, 'u');
-    put_op(&pk, '.');
-    if (st == MSH_OK && pk.oom)
-        st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    msh_sink s;
-    int open = 0;
-    if (st == MSH_OK && (st = msh_sink_open(&s, out_path, e)) == MSH_OK)
-        open = 1;
-    zw z = {&s, {0}, 0, e};
-    msh_f16_bounds b = {f16_min_abs, f16_max_abs};
-    if (st == MSH_OK)
-        st = zip_entry(&z, "archive/data.pkl", pk.b, (int64_t)pk.n, NULL, NULL, 0, NULL, NULL);
-    for (size_t k = 0; st == MSH_OK && k < nos; k++) {
-        char name[64];
-        snprintf(name, sizeof name, "archive/data/%zu", k);
-        int64_t size = os[k].t->numel * msh_dtype_size(os[k].dtype);
-        st = zip_entry(&z, name, NULL, size, p, os[k].t,
-                       os[k].dtype != os[k].t->dtype ? os[k].dtype : 0, &b, clamped);
-    }
-    if (st == MSH_OK)
-        st = zip_entry(&z, "archive/version", (const uint8_t *)"3\n", 2, NULL, NULL, 0, NULL, NULL);
-    if (st == MSH_OK) {
-        int64_t cd_at = s.written;
-        uint8_t end[22] = {0x50, 0x4b, 0x05, 0x06};
-        end[8] = end[10] = (uint8_t)z.entries;
-        end[9] = end[11] = (uint8_t)(z.entries >> 8);
-        for (int i = 0; i < 4; i++) {
-            end[12 + i] = (uint8_t)(z.cd.n >> (8 * i));
-            end[16 + i] = (uint8_t)((uint64_t)cd_at >> (8 * i));
-        }
-        st = msh_sink_write(&s, z.cd.b, z.cd.n, e);
-        if (st == MSH_OK)
-            st = msh_sink_write(&s, end, 22, e);
-    }
-    if (st == MSH_OK)
-        st = msh_sink_finish(&s, e);
-    if (st == MSH_OK)
-        st = msh_sink_rename(&s, e);
-    if (st == MSH_OK) {
-        *bytes_out = s.written;
-        *tensors = n;
-    }
-    if (open)
-        msh_sink_abort(&s);
-    free(z.cd.b);
-    free(pk.b);
-    free(os);
-    free(which);
-    return st;
-}

@@ -8,25 +8,28 @@
  * model, module, net or network (or a key the user names); a dict whose values are all tensors
  * is a bare state dict. Tensors under optimizer, optimizer_state_dict, optim or
  * optimizer_state are optimizer state; any other tensor is "other" (EMA copies, scalers).
+ * The reader only describes: it never converts or writes (pth_write.c writes weights-only
+ * archives, pickle_write.c and zip_write.c do their parts).
  */
 #ifndef MSH_PTH_H
 #define MSH_PTH_H
 
-#include <cjson/cJSON.h>
-
+#include "common/msh_table.h"
 #include "formats/pickle.h"
 #include "formats/zip.h"
 
 enum { MSH_PTH_WEIGHTS = 0, MSH_PTH_OPTIM = 1, MSH_PTH_OTHER = 2 };
 
+/* d (first: msh_table views these) describes the tensor as the neutral table does: d.name is
+ * its path from the root, d.src a file span when it is contiguous in its storage and a strided
+ * view otherwise, d.storage its storage, d.role weight or buffer (state dict), optimizer state or
+ * training state. */
 typedef struct msh_pth_tensor {
+    msh_tentry d;
     char *name;      /* path from the root, keys joined with '.' */
     const char *key; /* name inside the state dict (a suffix of `name`), or NULL */
-    int32_t dtype;   /* ONNX element type */
-    const int64_t *shape, *stride;
-    size_t ndim;
+    const int64_t *stride;
     int64_t offset; /* in elements */
-    int64_t numel, nbytes;
     size_t storage;
     int cat;
 } msh_pth_tensor;
@@ -60,17 +63,11 @@ int msh_pth_sniff(const uint8_t *head, size_t n);
 msh_status msh_pth_open(msh_pth *p, const char *path, const char *key, msh_error *e);
 void msh_pth_free(msh_pth *p);
 
-msh_status msh_pth_inspect(const msh_pth *p, cJSON *o, msh_error *e);
+/* The tensor table over p->t. */
+msh_table msh_pth_table(const msh_pth *p);
 
-/* Write the state dict as safetensors (float_type 0, 10 or 16 converts FP32 tensors). */
-msh_status msh_pth_write_safetensors(const msh_pth *p, const char *out_path, int float_type,
-                                     uint32_t f16_min_abs, uint32_t f16_max_abs, int64_t *bytes_out,
-                                     int64_t *tensors, uint64_t *clamped, msh_error *e);
-
-/* Write the state dict as a weights-only torch.save archive (torch.load(weights_only=True)):
- * identical views share one storage; every tensor is contiguous. Under 2 GiB. */
-msh_status msh_pth_write_pth(const msh_pth *p, const char *out_path, int float_type,
-                             uint32_t f16_min_abs, uint32_t f16_max_abs, int64_t *bytes_out,
-                             int64_t *tensors, uint64_t *clamped, msh_error *e);
+/* The top-level keys of the checkpoint (for "no state dict found"), comma-separated into
+ * `buf`. */
+void msh_pth_top_keys(const msh_pth *p, char *buf, size_t cap);
 
 #endif

@@ -7,34 +7,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "common/msh_io.h"
+#include <cjson/cJSON.h>
+
 #include "common/msh_dtype.h"
-#include "passes/inspect.h"
-#include "kernels/msh_cpu.h"
-#include "kernels/msh_hash.h"
+#include "common/msh_io.h"
 
 #define ST_MAX_HEADER 100000000
-
-static const struct {
-    const char *name;
-    int32_t t;
-} st_types[] = {{"F32", 1},  {"F16", 10}, {"BF16", 16},    {"F64", 11},    {"I64", 7}, {"I32", 6},
-                {"I16", 5},  {"I8", 3},   {"U8", 2},       {"BOOL", 9},    {"U16", 4}, {"U32", 12},
-                {"U64", 13}, {"C64", 14}, {"F8_E4M3", 17}, {"F8_E5M2", 19}};
-
-const char *msh_st_dtype_name(int32_t t) {
-    for (size_t i = 0; i < sizeof st_types / sizeof st_types[0]; i++)
-        if (st_types[i].t == t)
-            return st_types[i].name;
-    return NULL;
-}
-
-static int32_t st_type(const char *s) {
-    for (size_t i = 0; i < sizeof st_types / sizeof st_types[0]; i++)
-        if (strcmp(st_types[i].name, s) == 0)
-            return st_types[i].t;
-    return 0;
-}
 
 int msh_st_sniff(const uint8_t *h, size_t n, int64_t file_size) {
     if (n < 9)
@@ -54,8 +32,8 @@ static int cmp_offset(const void *a, const void *b) {
     const msh_st_tensor *x = a, *y = b;
     if (x->offset != y->offset)
         return x->offset < y->offset ? -1 : 1;
-    if (x->nbytes != y->nbytes)
-        return x->nbytes < y->nbytes ? -1 : 1;
+    if (x->d.nbytes != y->d.nbytes)
+        return x->d.nbytes < y->d.nbytes ? -1 : 1;
     return strcmp(x->name, y->name); /* names are unique: a total order, whatever qsort does */
 }
 
@@ -155,6 +133,7 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
             continue;
         }
         msh_st_tensor *t = &f->t[f->n++];
+        msh_tentry_init(&t->d);
         t->name = msh_strdup(it->string);
         const cJSON *dt = cJSON_GetObjectItemCaseSensitive(it, "dtype");
         const cJSON *sh = cJSON_GetObjectItemCaseSensitive(it, "shape");
@@ -167,15 +146,15 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
                           it->string);
             break;
         }
-        t->dtype = st_type(dt->valuestring);
-        if (!t->dtype) {
+        t->d.dtype = msh_dtype_from_st(dt->valuestring);
+        if (!t->d.dtype) {
             st = msh_fail(e, MSH_ERR_UNSUPPORTED,
                           "safetensors: tensor '%.200s': unknown dtype "
                           "'%.20s'",
                           it->string, dt->valuestring);
             break;
         }
-        t->numel = 1;
+        t->d.numel = 1;
         const cJSON *d;
         cJSON_ArrayForEach(d, sh) {
             double v = cJSON_IsNumber(d) ? d->valuedouble : 0.5;
@@ -184,14 +163,14 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
                 why = "is negative";
             else if (v != (double)(int64_t)v || v > 9e15)
                 why = "is not a whole number up to 9e15";
-            else if (!msh_mul_i64(t->numel, (int64_t)v, &t->numel))
+            else if (!msh_mul_i64(t->d.numel, (int64_t)v, &t->d.numel))
                 why = "makes the element count overflow";
             if (why) {
                 st = msh_fail(e, MSH_ERR_FORMAT, "safetensors: tensor '%.200s': shape dim %zu %s",
-                              it->string, t->ndim, why);
+                              it->string, t->d.ndim, why);
                 break;
             }
-            t->shape[t->ndim++] = (int64_t)v;
+            t->shape[t->d.ndim++] = (int64_t)v;
         }
         if (st != MSH_OK)
             break;
@@ -206,12 +185,13 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
                           it->string);
             break;
         }
-        if (!msh_mul_i64(t->numel, msh_dtype_size(t->dtype), &t->nbytes) ||
-            t->nbytes != (int64_t)en - (int64_t)b) {
+        if (!msh_mul_i64(t->d.numel, msh_dtype_size(t->d.dtype), &t->d.nbytes) ||
+            t->d.nbytes != (int64_t)en - (int64_t)b) {
             st = msh_fail(e, MSH_ERR_FORMAT,
                           "safetensors: tensor '%.200s': %lld bytes between "
                           "its offsets, its shape needs %lld",
-                          it->string, (long long)((int64_t)en - (int64_t)b), (long long)t->nbytes);
+                          it->string, (long long)((int64_t)en - (int64_t)b),
+                          (long long)t->d.nbytes);
             break;
         }
         t->offset = (int64_t)b; /* relative for now */
@@ -230,8 +210,19 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
         if (f->t[i].offset != at)
             return msh_fail(e, MSH_ERR_FORMAT, "safetensors: tensor '%.200s' %s the previous one",
                             f->t[i].name, f->t[i].offset < at ? "overlaps" : "leaves a gap after");
-        at += f->t[i].nbytes;
+        at += f->t[i].d.nbytes;
         f->t[i].offset += data_start;
+    }
+    for (size_t i = 0; i < f->n; i++) {
+        /* the neutral description (the array no longer moves) */
+        msh_st_tensor *t = &f->t[i];
+        t->d.name = t->name;
+        t->d.shape = t->shape;
+        t->d.role = MSH_ROLE_WEIGHT;
+        t->d.src.kind = t->d.nbytes > 0 ? MSH_SRC_FILE : MSH_SRC_NONE;
+        t->d.src.fd = f->fd;
+        t->d.src.offset = t->offset;
+        t->d.src.length = t->d.nbytes;
     }
     if (at != data_len)
         return msh_fail(e, MSH_ERR_FORMAT,
@@ -251,201 +242,7 @@ void msh_st_free(msh_st_file *f) {
     memset(f, 0, sizeof *f);
 }
 
-static msh_status digest(const msh_st_file *f, const msh_st_tensor *t, uint64_t *d, uint8_t *buf,
-                         msh_hasher *h, msh_error *e) {
-    msh_hasher_reset(h);
-    for (int64_t off = 0; off < t->nbytes;) {
-        size_t n = t->nbytes - off < ((int64_t)1 << 20) ? (size_t)(t->nbytes - off) : 1u << 20;
-        MSH_FORWARD(msh_pread_full(f->fd, buf, n, t->offset + off, e));
-        msh_hasher_update(h, buf, n);
-        off += (int64_t)n;
-    }
-    *d = msh_hasher_digest(h);
-    return MSH_OK;
-}
-
-static msh_status same(const msh_st_file *f, const msh_st_tensor *a, const msh_st_tensor *b,
-                       uint8_t *x, uint8_t *y, int *eq, msh_error *e) {
-    *eq = 0;
-    for (int64_t off = 0; off < a->nbytes;) {
-        size_t n = a->nbytes - off < ((int64_t)1 << 20) ? (size_t)(a->nbytes - off) : 1u << 20;
-        MSH_FORWARD(msh_pread_full(f->fd, x, n, a->offset + off, e));
-        MSH_FORWARD(msh_pread_full(f->fd, y, n, b->offset + off, e));
-        if (memcmp(x, y, n) != 0)
-            return MSH_OK;
-        off += (int64_t)n;
-    }
-    *eq = 1;
-    return MSH_OK;
-}
-
-msh_status msh_st_inspect(const msh_st_file *f, cJSON *o, msh_error *e) {
-    int64_t total = 0, dt_count[32] = {0}, dt_bytes[32] = {0};
-    for (size_t i = 0; i < f->n; i++) {
-        int d = f->t[i].dtype < 31 ? f->t[i].dtype : 31;
-        dt_count[d]++;
-        dt_bytes[d] += f->t[i].nbytes;
-        total += f->t[i].nbytes;
-    }
-    cJSON_AddStringToObject(o, "format", "safetensors");
-    cJSON_AddNumberToObject(o, "file_bytes", (double)f->file_size);
-    cJSON_AddNumberToObject(o, "header_bytes", (double)f->header_bytes);
-    cJSON_AddNumberToObject(o, "tensor_bytes", (double)total);
-    cJSON_AddNumberToObject(o, "tensor_count", (double)f->n);
-    msh_json_by_dtype(o, dt_count, dt_bytes);
-    /* duplicates: same dtype and shape, same digest, same bytes (quadratic only within a run
-     * of equal digests, which holds identical tensors) */
-    uint64_t *dg = calloc(f->n + 1, sizeof *dg);
-    int *grp = malloc((f->n + 1) * sizeof *grp);
-    uint8_t *x = malloc(1u << 20), *y = malloc(1u << 20);
-    msh_hasher *h = msh_hasher_new();
-    msh_status st = dg && grp && x && y && h ? MSH_OK : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; st == MSH_OK && i < f->n; i++) {
-        grp[i] = -1;
-        st = digest(f, &f->t[i], &dg[i], x, h, e);
-    }
-    cJSON *dup = cJSON_AddObjectToObject(o, "duplicates");
-    cJSON *list = cJSON_AddArrayToObject(dup, "list");
-    int64_t groups = 0, extra = 0, saved = 0;
-    for (size_t i = 0; st == MSH_OK && i < f->n; i++) {
-        if (grp[i] >= 0)
-            continue;
-        cJSON *members = NULL;
-        for (size_t k = i + 1; st == MSH_OK && k < f->n; k++) {
-            const msh_st_tensor *a = &f->t[i], *b = &f->t[k];
-            if (grp[k] >= 0 || dg[k] != dg[i] || a->dtype != b->dtype || a->ndim != b->ndim ||
-                memcmp(a->shape, b->shape, a->ndim * sizeof *a->shape) != 0)
-                continue;
-            int eq;
-            st = same(f, a, b, x, y, &eq, e);
-            if (st != MSH_OK || !eq)
-                continue;
-            if (!members) {
-                cJSON *g = cJSON_CreateObject();
-                cJSON_AddStringToObject(g, "dtype", msh_dtype_name(a->dtype));
-                cJSON_AddNumberToObject(g, "bytes_each", (double)a->nbytes);
-                members = cJSON_AddArrayToObject(g, "members");
-                cJSON_AddItemToArray(members, cJSON_CreateString(a->name));
-                cJSON_AddItemToArray(list, g);
-                groups++;
-                grp[i] = (int)i;
-            }
-            grp[k] = (int)i;
-            cJSON_AddItemToArray(members, cJSON_CreateString(b->name));
-            extra++;
-            saved += b->nbytes;
-        }
-    }
-    cJSON_AddNumberToObject(dup, "groups", (double)groups);
-    cJSON_AddNumberToObject(dup, "tensors", (double)extra);
-    cJSON_AddNumberToObject(dup, "saved_bytes", (double)saved);
-    free(dg);
-    free(grp);
-    free(x);
-    free(y);
-    msh_hasher_free(h);
-    return st;
-}
-
-msh_status msh_st_write(const char *out_path, const char *metadata, const msh_st_item *items,
-                        size_t n, uint32_t f16_min_abs, uint32_t f16_max_abs, int64_t *bytes_out,
-                        uint64_t *clamped, msh_error *e) {
-    cJSON *h = cJSON_CreateObject();
-    cJSON *meta = metadata ? cJSON_Parse(metadata) : NULL;
-    if (!meta) {
-        meta = cJSON_CreateObject();
-        cJSON_AddStringToObject(meta, "format", "pt");
-    }
-    cJSON_AddItemToObject(h, "__metadata__", meta);
-    int64_t at = 0;
-    for (size_t i = 0; i < n; i++) {
-        const msh_st_item *t = &items[i];
-        const char *dn = msh_st_dtype_name(t->dtype_out);
-        if (!dn || cJSON_GetObjectItemCaseSensitive(h, t->name)) {
-            cJSON_Delete(h);
-            return msh_fail(e, dn ? MSH_ERR_FORMAT : MSH_ERR_UNSUPPORTED,
-                            dn ? "tensor name '%.200s' appears twice"
-                               : "tensor '%.200s': element type has no safetensors name",
-                            t->name);
-        }
-        int64_t nb = t->numel * msh_dtype_size(t->dtype_out);
-        cJSON *x = cJSON_AddObjectToObject(h, t->name);
-        cJSON_AddStringToObject(x, "dtype", dn);
-        cJSON *shape = cJSON_AddArrayToObject(x, "shape");
-        for (size_t d = 0; d < t->ndim; d++)
-            cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[d]));
-        cJSON *offs = cJSON_AddArrayToObject(x, "data_offsets");
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)at));
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(at + nb)));
-        at += nb;
-    }
-    char *json = cJSON_PrintUnformatted(h);
-    cJSON_Delete(h);
-    if (!json)
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    size_t hl = strlen(json), padded = (hl + 7) / 8 * 8;
-    msh_sink s;
-    msh_status st = msh_sink_open(&s, out_path, e);
-    if (st != MSH_OK) {
-        free(json);
-        return st;
-    }
-    uint8_t len8[8];
-    msh_store_le64(len8, padded);
-    st = msh_sink_write(&s, len8, 8, e);
-    if (st == MSH_OK)
-        st = msh_sink_write(&s, json, hl, e);
-    free(json);
-    for (size_t k = hl; st == MSH_OK && k < padded; k++)
-        st = msh_sink_write(&s, " ", 1, e);
-    msh_f16_bounds b = {f16_min_abs, f16_max_abs};
-    uint8_t *chunk = malloc((size_t)4 << 20), *conv = malloc((size_t)2 << 20);
-    if (!chunk || !conv)
-        st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; st == MSH_OK && i < n; i++) {
-        const msh_st_item *t = &items[i];
-        int64_t nbytes = t->numel * msh_dtype_size(t->dtype_in);
-        int conv_on = t->dtype_out != t->dtype_in;
-        if (nbytes == 0)
-            continue;
-        if (!t->gather && !conv_on) {
-            st = msh_sink_copy_from(&s, t->fd, t->offset, nbytes, e);
-            continue;
-        }
-        uint8_t *all = NULL;
-        if (t->gather) {
-            all = malloc((size_t)nbytes);
-            st = all ? t->gather(t->ctx, all, e) : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-        }
-        for (int64_t off = 0; st == MSH_OK && off < nbytes;) {
-            size_t len =
-                nbytes - off < ((int64_t)4 << 20) ? (size_t)(nbytes - off) : (size_t)4 << 20;
-            const uint8_t *src = all ? all + off : chunk;
-            if (!all)
-                st = msh_pread_full(t->fd, chunk, len, t->offset + off, e);
-            if (st != MSH_OK)
-                break;
-            if (!conv_on) {
-                st = msh_sink_write(&s, src, len, e);
-            } else if (t->dtype_out == 10) {
-                *clamped += msh_f32_to_f16_buf(src, conv, len / 4, &b);
-                st = msh_sink_write(&s, conv, len / 2, e);
-            } else {
-                msh_f32_to_bf16_buf(src, conv, len / 4);
-                st = msh_sink_write(&s, conv, len / 2, e);
-            }
-            off += (int64_t)len;
-        }
-        free(all);
-    }
-    free(chunk);
-    free(conv);
-    if (st == MSH_OK)
-        st = msh_sink_finish(&s, e);
-    if (st == MSH_OK)
-        st = msh_sink_rename(&s, e);
-    if (st == MSH_OK)
-        *bytes_out = s.written;
-    msh_sink_abort(&s);
-    return st;
+msh_table msh_st_table(const msh_st_file *f) {
+    msh_table t = {f->t ? &f->t[0].d : NULL, f->n, sizeof(msh_st_tensor)};
+    return t;
 }

@@ -7,31 +7,27 @@
  * shape's byte size (checked for overflow); sorted by begin, the tensors cover the data area
  * exactly, with no gap and no overlap, and the data area ends at the end of the file.
  *
- * Writing streams: the header is computed from the sizes, padded with spaces to a multiple of
- * 8, then each tensor's bytes are copied (or converted FP32 -> FP16/BF16, or gathered from a
- * strided view) in header order.
+ * Writing (safetensors_write.c) only serializes: the header is computed from the sizes, padded
+ * with spaces to a multiple of 8, then each tensor's bytes, which the engine makes, are placed in
+ * header order.
  */
 #ifndef MSH_SAFETENSORS_H
 #define MSH_SAFETENSORS_H
 
-#include <cjson/cJSON.h>
-
-#include "common/msh_common.h"
+#include "common/msh_io.h"
+#include "common/msh_table.h"
 
 typedef struct msh_st_tensor {
+    msh_tentry d; /* first: msh_table views these; d.src is the file span */
     char *name;
-    int32_t dtype; /* ONNX element type */
     int64_t shape[64];
-    size_t ndim;
     int64_t offset; /* absolute file offset of the data */
-    int64_t nbytes;
-    int64_t numel;
 } msh_st_tensor;
 
 typedef struct msh_st_file {
     int fd;
     int64_t file_size, header_bytes;
-    msh_st_tensor *t;
+    msh_st_tensor *t; /* in file order */
     size_t n;
     char *metadata; /* the "__metadata__" object as JSON, or NULL */
 } msh_st_file;
@@ -40,26 +36,24 @@ typedef struct msh_st_file {
 int msh_st_sniff(const uint8_t *head, size_t n, int64_t file_size);
 msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e);
 void msh_st_free(msh_st_file *f);
-msh_status msh_st_inspect(const msh_st_file *f, cJSON *o, msh_error *e);
+msh_table msh_st_table(const msh_st_file *f);
 
-/* One tensor to write. Its bytes come from `fd` at `offset` (contiguous), or from `gather`. */
-typedef struct msh_st_item {
+/* ---- the writer (safetensors_write.c) ---- */
+
+/* One tensor to write, in header order; its bytes come from the caller's msh_bytes_fn. */
+typedef struct msh_st_out {
     const char *name;
-    int32_t dtype_in, dtype_out; /* dtype_out differs only for FLOAT -> FLOAT16/BFLOAT16 */
+    int32_t dtype; /* as written */
     const int64_t *shape;
     size_t ndim;
-    int64_t numel;
-    int fd;
-    int64_t offset;
-    msh_status (*gather)(void *ctx, uint8_t *dst, msh_error *e); /* or NULL */
-    void *ctx;
-} msh_st_item;
+    int64_t nbytes; /* as written */
+    size_t index;   /* passed to the bytes function */
+} msh_st_out;
 
-const char *msh_st_dtype_name(int32_t onnx_type);
-
-/* `metadata`: a JSON object for "__metadata__" (NULL: {"format": "pt"}). */
-msh_status msh_st_write(const char *out_path, const char *metadata, const msh_st_item *items,
-                        size_t n, uint32_t f16_min_abs, uint32_t f16_max_abs, int64_t *bytes_out,
-                        uint64_t *clamped, msh_error *e);
+/* `metadata`: a JSON object for "__metadata__" (NULL: {"format": "pt"}). Writes a temporary file,
+ * then renames it. */
+msh_status msh_st_write(const char *out_path, const char *metadata, const msh_st_out *items,
+                        size_t n, msh_bytes_fn bytes, void *ctx, int64_t *bytes_out,
+                        msh_error *e);
 
 #endif

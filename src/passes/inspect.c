@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "common/msh_dtype.h"
+
 #define MSH_TOP_N 10
 
 void msh_json_by_dtype(cJSON *report, const int64_t count[32], const int64_t bytes[32]) {
@@ -208,4 +210,131 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
         cJSON_AddItemToArray(ex, x);
     }
     return MSH_OK;
+}
+
+/* ---- checkpoints ---- */
+
+typedef struct dup_json {
+    const msh_table *tab;
+    cJSON *list;
+    int64_t groups, tensors, saved;
+} dup_json;
+
+static msh_status dup_class(void *arg, const msh_dedup_cand *const *cls, size_t n, msh_error *e) {
+    dup_json *d = arg;
+    (void)e;
+    const msh_tentry *k = msh_table_at(d->tab, (size_t)cls[0]->t);
+    cJSON *g = cJSON_CreateObject();
+    cJSON_AddStringToObject(g, "dtype", msh_dtype_name(k->dtype));
+    cJSON_AddNumberToObject(g, "bytes_each", (double)k->nbytes);
+    cJSON *members = cJSON_AddArrayToObject(g, "members");
+    for (size_t i = 0; i < n; i++)
+        cJSON_AddItemToArray(members,
+                             cJSON_CreateString(msh_table_at(d->tab, (size_t)cls[i]->t)->name));
+    cJSON_AddItemToArray(d->list, g);
+    d->groups++;
+    d->tensors += (int64_t)n - 1;
+    d->saved += ((int64_t)n - 1) * k->nbytes;
+    return MSH_OK;
+}
+
+/* "duplicates": groups of tensors among `sel` (one per storage view) with identical bytes. */
+static msh_status dup_report(const msh_table *tab, msh_dedup_cand *c, size_t nc, msh_engine *eng,
+                             cJSON *o, msh_error *e) {
+    cJSON *dup = cJSON_AddObjectToObject(o, "duplicates");
+    dup_json d = {tab, NULL, 0, 0, 0};
+    d.list = cJSON_CreateArray();
+    msh_status st = nc >= 2 ? msh_dedup_classes(tab, c, nc, eng, dup_class, &d, e) : MSH_OK;
+    cJSON_AddNumberToObject(dup, "groups", (double)d.groups);
+    cJSON_AddNumberToObject(dup, "tensors", (double)d.tensors);
+    cJSON_AddNumberToObject(dup, "saved_bytes", (double)d.saved);
+    cJSON_AddItemToObject(dup, "list", d.list);
+    return st;
+}
+
+msh_status msh_inspect_pth(const msh_pth *p, msh_engine *eng, cJSON *o, msh_error *e) {
+    int64_t cat_bytes[3] = {0, 0, 0}, total = 0;
+    int64_t dt_count[32] = {0}, dt_bytes[32] = {0};
+    for (size_t i = 0; i < p->ns; i++) {
+        cat_bytes[p->s[i].cat] += p->s[i].nbytes;
+        total += p->s[i].nbytes;
+    }
+    for (size_t i = 0; i < p->nt; i++) {
+        int d = p->t[i].d.dtype >= 0 && p->t[i].d.dtype < 31 ? p->t[i].d.dtype : 31;
+        dt_count[d]++;
+        dt_bytes[d] += p->t[i].d.nbytes;
+    }
+    cJSON_AddStringToObject(o, "format", "pth");
+    cJSON_AddNumberToObject(o, "file_bytes", (double)p->file_size);
+    cJSON_AddNumberToObject(o, "tensor_bytes", (double)total);
+    cJSON_AddNumberToObject(o, "tensor_count", (double)p->nt);
+    cJSON_AddStringToObject(o, "state_dict_key", p->sd_key ? p->sd_key : "");
+    cJSON_AddBoolToObject(o, "state_dict_found", p->sd_key != NULL);
+    cJSON *b = cJSON_AddObjectToObject(o, "breakdown");
+    cJSON_AddNumberToObject(b, "weights", (double)cat_bytes[MSH_PTH_WEIGHTS]);
+    cJSON_AddNumberToObject(b, "optimizer_state", (double)cat_bytes[MSH_PTH_OPTIM]);
+    cJSON_AddNumberToObject(b, "other_tensors", (double)cat_bytes[MSH_PTH_OTHER]);
+    cJSON_AddNumberToObject(b, "metadata", (double)(p->file_size - total));
+    msh_json_by_dtype(o, dt_count, dt_bytes);
+    cJSON *sh = cJSON_AddArrayToObject(o, "shared_storage");
+    for (size_t i = 0; i < p->ns; i++) {
+        if (p->s[i].users < 2)
+            continue;
+        cJSON *x = cJSON_CreateObject();
+        cJSON *names = cJSON_AddArrayToObject(x, "tensors");
+        for (size_t k = 0; k < p->nt; k++)
+            if (p->t[k].storage == i)
+                cJSON_AddItemToArray(names, cJSON_CreateString(p->t[k].name));
+        cJSON_AddNumberToObject(x, "bytes", (double)p->s[i].nbytes);
+        cJSON_AddItemToArray(sh, x);
+    }
+    /* state-dict tensors in separate storages with the same bytes: one per storage */
+    msh_table tab = msh_pth_table(p);
+    msh_dedup_cand *c = malloc((p->nt + 1) * sizeof *c);
+    uint8_t *seen = calloc(p->ns + 1, 1);
+    if (!c || !seen) {
+        free(c);
+        free(seen);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    size_t nc = 0;
+    for (size_t i = 0; i < p->nt; i++) {
+        const msh_pth_tensor *t = &p->t[i];
+        if (t->cat != MSH_PTH_WEIGHTS || !t->key || t->d.nbytes <= 0 || seen[t->storage] ||
+            msh_dtype_size(t->d.dtype) <= 0)
+            continue;
+        seen[t->storage] = 1;
+        c[nc++] = (msh_dedup_cand){(int64_t)i, 1, 0};
+    }
+    msh_status st = dup_report(&tab, c, nc, eng, o, e);
+    free(c);
+    free(seen);
+    return st;
+}
+
+msh_status msh_inspect_st(const msh_st_file *f, msh_engine *eng, cJSON *o, msh_error *e) {
+    int64_t total = 0, dt_count[32] = {0}, dt_bytes[32] = {0};
+    for (size_t i = 0; i < f->n; i++) {
+        int d = f->t[i].d.dtype < 31 ? f->t[i].d.dtype : 31;
+        dt_count[d]++;
+        dt_bytes[d] += f->t[i].d.nbytes;
+        total += f->t[i].d.nbytes;
+    }
+    cJSON_AddStringToObject(o, "format", "safetensors");
+    cJSON_AddNumberToObject(o, "file_bytes", (double)f->file_size);
+    cJSON_AddNumberToObject(o, "header_bytes", (double)f->header_bytes);
+    cJSON_AddNumberToObject(o, "tensor_bytes", (double)total);
+    cJSON_AddNumberToObject(o, "tensor_count", (double)f->n);
+    msh_json_by_dtype(o, dt_count, dt_bytes);
+    msh_table tab = msh_st_table(f);
+    msh_dedup_cand *c = malloc((f->n + 1) * sizeof *c);
+    if (!c)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    size_t nc = 0;
+    for (size_t i = 0; i < f->n; i++)
+        if (msh_dtype_size(f->t[i].d.dtype) > 0)
+            c[nc++] = (msh_dedup_cand){(int64_t)i, 1, 0};
+    msh_status st = dup_report(&tab, c, nc, eng, o, e);
+    free(c);
+    return st;
 }

@@ -4,7 +4,10 @@
 
 #include <cjson/cJSON.h>
 
+#include "engine/msh_engine.h"
 #include "formats/onnx_model.h"
+#include "formats/pth.h"
+#include "formats/safetensors.h"
 #include "passes/dedup.h"
 
 /* Fill `obj` with the report of `m`; `plan` is what dedup would merge. */
@@ -14,5 +17,12 @@ void msh_json_by_dtype(cJSON *report, const int64_t count[32], const int64_t byt
 
 msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan, cJSON *obj,
                             msh_error *e);
+
+/* A torch.save checkpoint: sizes by role and type, the state dict, shared storages, and the
+ * duplicates a .pth output would store once (found by the engine). */
+msh_status msh_inspect_pth(const msh_pth *p, msh_engine *eng, cJSON *obj, msh_error *e);
+
+/* A safetensors file: sizes by type and its duplicate tensors (found by the engine). */
+msh_status msh_inspect_st(const msh_st_file *f, msh_engine *eng, cJSON *obj, msh_error *e);
 
 #endif

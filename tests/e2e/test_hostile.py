@@ -2,7 +2,8 @@
 """End-to-end: the catalogue of hostile inputs (tests/fixtures/make_hostile.py) and every fuzz
 regression input (tests/fuzz/regressions/).
 
-For each catalogue input, `convert IN -o OUT/out.EXT` (plain and with --fp16 --int8) must exit 1
+For each catalogue input, `convert IN -o OUT/out.EXT` (plain, and with --fp16 --int8 for ONNX or
+--fp16/--bf16 --format pth for checkpoints) must exit 1
 without a signal, print exactly one stderr line 'modelshrink: IN: ...' that names the input and
 the problem (one of the catalogue's words for it), leave the output folder empty (no output, no
 temporary), write nothing anywhere else (the working folder, the output root, the folder outside
@@ -26,10 +27,17 @@ ROOT = os.path.dirname(os.path.dirname(C.HERE))
 REGRESSIONS = os.path.join(ROOT, "tests", "fuzz", "regressions")
 EXT = {"onnx": ".onnx", "zip": ".pth", "pickle": ".pth", "safetensors": ".safetensors"}
 SANITIZER = ("Sanitizer", "runtime error:", "Segmentation fault", "Aborted")
-# the option sets of tests/fuzz/fuzz_file.h's variants 0..3, as command-line flags
+# the option sets of tests/fuzz/fuzz_file.h's variants 0..3, as command-line flags: ONNX inputs
+# take the ONNX options, checkpoints the checkpoint ones (an option that does not apply to an
+# input's format is a usage error)
 VARIANTS = [[], ["--fp16", "--int8", "--int8-min-elements", "1"],
-            ["--bf16", "--external-data", "--format", "pth"],
+            ["--bf16", "--external-data"],
             ["--int8", "--int8-min-elements", "1", "--int8-gather", "--no-keep-io-types"]]
+CKPT_VARIANTS = [[], ["--fp16"], ["--bf16", "--format", "pth"],
+                 ["--fp16", "--format", "pth", "--no-dedup"]]
+# the second option set of each catalogue input, by kind
+EXTRA = {"onnx": ["--fp16", "--int8"], "zip": ["--fp16", "--format", "pth"],
+         "pickle": ["--fp16", "--format", "pth"], "safetensors": ["--bf16", "--format", "pth"]}
 
 
 def one_line(r):
@@ -54,7 +62,7 @@ def check_catalogue(F, args, cat_dir, cases):
         folder = os.path.join(cat_dir, name)
         before = C.tree_state(folder)
         runs = []
-        for i, extra in enumerate(([], ["--fp16", "--int8"])):
+        for i, extra in enumerate(([], EXTRA[c["kind"]])):
             od = os.path.join(outs, "%s.%d" % (name, i))
             os.makedirs(od)
             made.append(os.path.basename(od))
@@ -160,7 +168,7 @@ def check_regressions(F, args):
         r = C.run(args.bin, "inspect", p, timeout=300)
         F.check(r.rc in (0, 1) and not any(s in r.err for s in SANITIZER),
                 "%s: inspect exits 0 or 1 without a crash" % label, r.describe())
-        for i, flags in enumerate(VARIANTS):
+        for i, flags in enumerate(VARIANTS if ext == ".onnx" else CKPT_VARIANTS):
             od = os.path.join(os.path.dirname(p), "out%d" % i)
             os.makedirs(od)
             out = os.path.join(od, "out" + (".pth" if "pth" in flags else ext))

@@ -85,25 +85,44 @@ static void msh_fuzz_run(const uint8_t *data, size_t size, const char *out_name,
     msh_convert_options opt;
     msh_convert_options_init(&opt);
     opt.device = MSH_DEVICE_CPU;
-    switch (variant & 3) {
-    case 0: /* dedup and clean-up only */ break;
-    case 1:
-        opt.float_type = 10; /* FLOAT16 */
-        opt.int8 = 1;
-        opt.int8_min_elements = 1;
-        break;
-    case 2:
-        opt.float_type = 16; /* BFLOAT16 */
-        opt.external_data = 1;
-        opt.external_threshold = 0;
-        opt.out_format = 1; /* checkpoints: weights-only .pth */
-        break;
-    default:
-        opt.int8 = 1;
-        opt.int8_min_elements = 1;
-        opt.int8_gather = 1;
-        opt.keep_io_types = 0;
-        break;
+    opt.threads = 2;
+    /* the options of the input's own format: others are refused before any work */
+    msh_format kind = MSH_FORMAT_ONNX;
+    (void)msh_probe_file(in, &kind, &err);
+    if (kind != MSH_FORMAT_ONNX) {
+        switch (variant & 3) {
+        case 0: break;
+        case 1: opt.float_type = MSH_FLOAT_FP16; break;
+        case 2:
+            opt.float_type = MSH_FLOAT_BF16;
+            opt.out_format = MSH_FORMAT_PTH; /* weights-only .pth */
+            break;
+        default:
+            opt.float_type = MSH_FLOAT_FP16;
+            opt.out_format = MSH_FORMAT_PTH;
+            opt.dedup = 0;
+            break;
+        }
+    } else {
+        switch (variant & 3) {
+        case 0: /* dedup and clean-up only */ break;
+        case 1:
+            opt.float_type = MSH_FLOAT_FP16;
+            opt.int8 = 1;
+            opt.int8_min_elements = 1;
+            break;
+        case 2:
+            opt.float_type = MSH_FLOAT_BF16;
+            opt.external_data = 1;
+            opt.external_threshold = 0;
+            break;
+        default:
+            opt.int8 = 1;
+            opt.int8_min_elements = 1;
+            opt.int8_gather = 1;
+            opt.keep_io_types = 0;
+            break;
+        }
     }
     msh_convert_result res;
     (void)msh_convert_file(in, out, &opt, &res, &err);
