@@ -171,6 +171,9 @@ typedef struct msh_convert_result {
     int64_t pruned_tensors;    /**< initializers removed */
     int64_t prune_saved_bytes; /**< their data bytes */
     char note[256];            /**< a remark for the user (e.g. why output went external), or "" */
+    int64_t dedup_unshared;       /**< identical tensors the output format cannot share
+                                       (safetensors), kept as copies */
+    int64_t dedup_unshared_bytes; /**< their bytes: what a .pth output would save */
 } msh_convert_result;
 
 /**

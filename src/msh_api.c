@@ -550,11 +550,8 @@ static msh_status convert_ckpt(const char *in_path, const char *out_path, msh_fo
         res->float_saved_bytes = plan.float_saved;
         res->dedup_merged = out_pth ? plan.dup_tensors : 0;
         res->dedup_saved_bytes = out_pth ? plan.dup_bytes : 0;
-        if (!out_pth && plan.dup_tensors)
-            snprintf(res->note, sizeof res->note,
-                     "%lld tensors repeat others' bytes (%lld bytes); safetensors cannot share "
-                     "them, a pth output would store them once",
-                     (long long)plan.dup_tensors, (long long)plan.dup_bytes);
+        res->dedup_unshared = out_pth ? 0 : plan.dup_tensors;
+        res->dedup_unshared_bytes = out_pth ? 0 : plan.dup_bytes;
         if (kind == MSH_FORMAT_PTH)
             res->strip_saved_bytes =
                 res->bytes_in - res->bytes_out - res->float_saved_bytes - res->dedup_saved_bytes;

@@ -52,8 +52,30 @@ int msh_cli_batch_add(msh_cli_batch *b, const char *in, const char *out, const c
     return 1;
 }
 
+void msh_cli_clear_option(msh_convert_options *opt, msh_option o) {
+    msh_convert_options d;
+    msh_convert_options_init(&d);
+    switch (o) {
+    case MSH_OPTION_DEDUP_GRAPH_INPUTS: opt->dedup_graph_inputs = d.dedup_graph_inputs; break;
+    case MSH_OPTION_EXTERNAL_DATA: opt->external_data = d.external_data; break;
+    case MSH_OPTION_EXTERNAL_THRESHOLD: opt->external_threshold = d.external_threshold; break;
+    case MSH_OPTION_KEEP_IO_TYPES: opt->keep_io_types = d.keep_io_types; break;
+    case MSH_OPTION_BLOCK_OPS: opt->block_ops = d.block_ops; break;
+    case MSH_OPTION_BLOCK_NODES: opt->block_nodes = d.block_nodes; break;
+    case MSH_OPTION_INT8: opt->int8 = d.int8; break;
+    case MSH_OPTION_INT8_MIN_ELEMENTS: opt->int8_min_elements = d.int8_min_elements; break;
+    case MSH_OPTION_INT8_GATHER: opt->int8_gather = d.int8_gather; break;
+    case MSH_OPTION_KEY: opt->key = d.key; break;
+    case MSH_OPTION_OUT_FORMAT: opt->out_format = d.out_format; break;
+    case MSH_OPTION_KEEP_OUTPUTS: opt->keep_outputs = d.keep_outputs; break;
+    case MSH_OPTION_DROP_OUTPUTS: opt->drop_outputs = d.drop_outputs; break;
+    case MSH_OPTION_KEEP_INPUTS: opt->keep_inputs = d.keep_inputs; break;
+    case MSH_OPTION_NONE: break;
+    }
+}
+
 void msh_cli_print_line(const char *in, const char *out, const msh_convert_options *opt,
-                        const msh_convert_result *r) {
+                        const msh_convert_result *r, const char *skipped) {
     printf("%s -> %s: %lld -> %lld bytes (%.2fx)", in, out, (long long)r->bytes_in,
            (long long)r->bytes_out,
            r->bytes_out ? (double)r->bytes_in / (double)r->bytes_out : 0.0);
@@ -62,6 +84,9 @@ void msh_cli_print_line(const char *in, const char *out, const msh_convert_optio
                (long long)r->pruned_tensors);
     if (r->dedup_merged)
         printf(", dedup merged %lld tensors", (long long)r->dedup_merged);
+    if (r->dedup_unshared)
+        printf(", %lld identical tensors kept as copies (a .pth output would save %lld bytes)",
+               (long long)r->dedup_unshared, (long long)r->dedup_unshared_bytes);
     if (opt->int8) {
         if (r->int8_opset < 10 && strcmp(r->format, "onnx") == 0)
             printf(", int8: none (opset %lld < 10)", (long long)r->int8_opset);
@@ -76,6 +101,8 @@ void msh_cli_print_line(const char *in, const char *out, const msh_convert_optio
                (long long)r->float_tensors, (unsigned long long)r->float_clamped);
     if (r->external_out)
         printf(", tensors in %s.data", out);
+    if (skipped && *skipped)
+        printf(", not applied to %s: %s", r->format, skipped);
     printf(", on %s%s\n", r->device,
            opt->verify && strcmp(r->device, "cuda") == 0 ? " (verified against the CPU)" : "");
 }
@@ -195,6 +222,14 @@ static int mkdirs_for(const char *file) {
     return ok;
 }
 
+/* The given options that do not apply to job j's format, as "--int8, --keep-outputs". */
+static void skipped_flags(const msh_cli_batch *b, const msh_cli_job *j, char *buf, size_t cap) {
+    buf[0] = 0;
+    for (unsigned o = 0; b->flags && o < 32; o++)
+        if ((j->skip >> o) & 1u && b->flags[o])
+            snprintf(buf + strlen(buf), cap - strlen(buf), "%s%s", *buf ? ", " : "", b->flags[o]);
+}
+
 static void record(run *r, const msh_cli_job *j, msh_status st, const msh_convert_result *res,
                    const char *err, double secs) {
     if (!r->report)
@@ -229,6 +264,10 @@ static void record(run *r, const msh_cli_job *j, msh_status st, const msh_conver
     cJSON_AddNumberToObject(sv, "float", (double)res->float_saved_bytes);
     cJSON_AddNumberToObject(sv, "int8", (double)(res->int8_bytes_before - res->int8_bytes_after));
     cJSON_AddNumberToObject(sv, "prune", (double)res->prune_saved_bytes);
+    cJSON *na = cJSON_AddArrayToObject(o, "not_applied");
+    for (unsigned k = 0; r->b->flags && k < 32; k++)
+        if ((j->skip >> k) & 1u && r->b->flags[k])
+            cJSON_AddItemToArray(na, cJSON_CreateString(r->b->flags[k]));
     /* exact integers (a double would round a nanosecond time) */
     char num[32];
     snprintf(num, sizeof num, "%lld", (long long)j->size);
@@ -277,11 +316,17 @@ static void *worker(void *arg) {
         err.msg[0] = 0;
         double t0 = now_s();
         msh_status st;
+        msh_convert_options opt = *b->opt; /* less the given options this format does not take */
+        for (unsigned o = 0; o < 32; o++)
+            if ((j->skip >> o) & 1u)
+                msh_cli_clear_option(&opt, (msh_option)o);
+        char skipped[256];
+        skipped_flags(b, j, skipped, sizeof skipped);
         if (!mkdirs_for(j->out))
             st = MSH_ERR_IO,
             snprintf(err.msg, sizeof err.msg, "%s: cannot create the folder of %s", j->in, j->out);
         else
-            st = msh_convert_file(j->in, j->out, b->opt, &res, &err);
+            st = msh_convert_file(j->in, j->out, &opt, &res, &err);
         double secs = now_s() - t0;
         pthread_mutex_lock(&r->lock);
         if (st == MSH_ERR_CANCELLED) { /* stopped by a signal: redone by --resume */
@@ -319,7 +364,7 @@ static void *worker(void *arg) {
                 fprintf(stderr, "\r\033[K");
             fprintf(stderr, "modelshrink: %s\n", err.msg);
         } else if (!b->quiet && !r->tty) {
-            msh_cli_print_line(j->in, j->out, b->opt, &res);
+            msh_cli_print_line(j->in, j->out, &opt, &res, skipped);
             fflush(stdout);
         }
         if (res.note[0])

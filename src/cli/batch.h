@@ -14,6 +14,8 @@ typedef struct msh_cli_job {
     int model; /* 0: not a model (copied with --copy-others, else noted) */
     int64_t size;
     int64_t mtime_ns;
+    int explicit;  /* named on the command line (not found in a folder) */
+    unsigned skip; /* bit o: option o was given but does not apply to this model's format */
 } msh_cli_job;
 
 typedef struct msh_cli_batch {
@@ -27,6 +29,7 @@ typedef struct msh_cli_batch {
     int quiet;
     int copy_others;
     int shard_k, shard_n; /* shard_n == 0: no sharding */
+    const char *const *flags; /* flags[o]: the flag that set msh_option o, or NULL */
 } msh_cli_batch;
 
 /* Add a job (strings copied). 0 when out of memory. */
@@ -34,9 +37,12 @@ int msh_cli_batch_add(msh_cli_batch *b, const char *in, const char *out, const c
                       int model);
 /* Run the batch; returns the process exit code (0, 1, 130 or 143). Frees the jobs. */
 int msh_cli_batch_run(msh_cli_batch *b);
-/* Printed per model when output is not a terminal (and after single conversions). */
+/* Printed per model when output is not a terminal (and after single conversions); `skipped`
+ * lists the given options that did not apply to this model ("" when none). */
 void msh_cli_print_line(const char *in, const char *out, const msh_convert_options *opt,
-                        const msh_convert_result *r);
+                        const msh_convert_result *r, const char *skipped);
+/* Reset option `o` of `opt` to its default. */
+void msh_cli_clear_option(msh_convert_options *opt, msh_option o);
 /* `modelshrink report merge REPORT... [-o OUT]`: the exit code. */
 int msh_cli_report_merge(int argc, char **argv);
 

@@ -196,6 +196,55 @@ static int append_list(char **dst, const char *add) {
     return 1;
 }
 
+static const char *kind_phrase(msh_format k) {
+    switch (k) {
+    case MSH_FORMAT_ONNX: return "an ONNX model";
+    case MSH_FORMAT_PTH: return "a PyTorch checkpoint";
+    case MSH_FORMAT_SAFETENSORS: return "a safetensors file";
+    case MSH_FORMAT_AUTO: break;
+    }
+    return "a model";
+}
+
+/* Options given that do not apply to a model's format: a usage error for a file named on the
+ * command line, and for an option that applies to none of the models; in a folder they are left
+ * out for the models that cannot take them, and their lines say so. Nothing is written yet. */
+static int check_applicable(msh_cli_batch *b, const char *const *given) {
+    size_t applies[32] = {0}, models = 0, by_kind[4] = {0};
+    for (size_t i = 0; i < b->n; i++) {
+        msh_cli_job *j = &b->v[i];
+        msh_format k;
+        msh_error e;
+        if (!j->model || msh_probe_file(j->in, &k, &e) != MSH_OK)
+            continue; /* not a model, or unreadable: its conversion says why */
+        models++;
+        by_kind[k & 3]++;
+        for (unsigned o = 1; o < 32; o++) {
+            if (!given[o])
+                continue;
+            if (msh_option_applies((msh_option)o, k)) {
+                applies[o]++;
+            } else if (j->explicit) {
+                fprintf(stderr, "modelshrink: convert: %s does not apply to %s (%s)\n", given[o],
+                        j->in, kind_phrase(k));
+                return EXIT_USAGE;
+            } else {
+                j->skip |= 1u << o;
+            }
+        }
+    }
+    for (unsigned o = 1; models && o < 32; o++)
+        if (given[o] && !applies[o]) {
+            fprintf(stderr,
+                    "modelshrink: convert: %s applies to none of the %zu models found (%zu "
+                    "ONNX, %zu PyTorch, %zu safetensors)\n",
+                    given[o], models, by_kind[MSH_FORMAT_ONNX], by_kind[MSH_FORMAT_PTH],
+                    by_kind[MSH_FORMAT_SAFETENSORS]);
+            return EXIT_USAGE;
+        }
+    return 0;
+}
+
 static int cmd_convert(int argc, char **argv) {
     static const struct option opts[] = {{"output", required_argument, 0, 'o'},
                                          {"no-dedup", no_argument, 0, 1},
@@ -238,14 +287,22 @@ static int cmd_convert(int argc, char **argv) {
     const char *report = NULL;
     /* the lists live as long as the process (static: released at exit) */
     static char *block_ops, *block_nodes, *keep_outs, *drop_outs;
+    /* given[o]: the flag that set msh_option o (options only some formats take) */
+    static const char *given[32];
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "o:qhj:", opts, NULL)) != -1) {
         switch (c) {
         case 'o': output = optarg; break;
         case 1: opt.dedup = 0; break;
-        case 2: opt.dedup_graph_inputs = 1; break;
-        case 3: opt.external_data = 1; break;
+        case 2:
+            opt.dedup_graph_inputs = 1;
+            given[MSH_OPTION_DEDUP_GRAPH_INPUTS] = "--dedup-graph-inputs";
+            break;
+        case 3:
+            opt.external_data = 1;
+            given[MSH_OPTION_EXTERNAL_DATA] = "--external-data";
+            break;
         case 'q': quiet = 1; break;
         case 'h': fputs(usage_text, stdout); return EXIT_ALL_OK;
         case 4:
@@ -266,9 +323,15 @@ static int cmd_convert(int argc, char **argv) {
                 opt.fp16_max = (float)v;
             break;
         }
-        case 8: opt.keep_io_types = 1; break;
-        case 9: opt.keep_io_types = 0; break;
-        case 12: opt.int8 = 1; break;
+        case 8:
+        case 9:
+            opt.keep_io_types = c == 8;
+            given[MSH_OPTION_KEEP_IO_TYPES] = c == 8 ? "--keep-io-types" : "--no-keep-io-types";
+            break;
+        case 12:
+            opt.int8 = 1;
+            given[MSH_OPTION_INT8] = "--int8";
+            break;
         case 13: {
             char *end;
             long long v = strtoll(optarg, &end, 10);
@@ -276,9 +339,13 @@ static int cmd_convert(int argc, char **argv) {
                 return usage_error("convert: bad --int8-min-elements '%s' (a positive integer)",
                                    optarg);
             opt.int8_min_elements = v;
+            given[MSH_OPTION_INT8_MIN_ELEMENTS] = "--int8-min-elements";
             break;
         }
-        case 14: opt.int8_gather = 1; break;
+        case 14:
+            opt.int8_gather = 1;
+            given[MSH_OPTION_INT8_GATHER] = "--int8-gather";
+            break;
         case 15:
             if (strcmp(optarg, "auto") == 0)
                 opt.device = MSH_DEVICE_AUTO;
@@ -290,7 +357,10 @@ static int cmd_convert(int argc, char **argv) {
                 return usage_error("convert: --device '%s': use auto, cpu or cuda", optarg);
             break;
         case 16: opt.verify = 1; break;
-        case 18: opt.key = optarg; break;
+        case 18:
+            opt.key = optarg;
+            given[MSH_OPTION_KEY] = "--key";
+            break;
         case 20: break; /* checkpoints are always stripped to their state dict */
         case 'j': {
             char *end;
@@ -323,6 +393,7 @@ static int cmd_convert(int argc, char **argv) {
                 opt.out_format = MSH_FORMAT_PTH;
             else
                 return usage_error("convert: --format '%s': use safetensors or pth", optarg);
+            given[MSH_OPTION_OUT_FORMAT] = "--format";
             break;
         case 17: {
             char *end;
@@ -336,13 +407,20 @@ static int cmd_convert(int argc, char **argv) {
         case 11:
             if (!append_list(c == 10 ? &block_ops : &block_nodes, optarg))
                 return usage_error("convert: %s", "out of memory");
+            given[c == 10 ? MSH_OPTION_BLOCK_OPS : MSH_OPTION_BLOCK_NODES] =
+                c == 10 ? "--block-op" : "--block-node";
             break;
         case 26:
         case 27:
             if (!append_list(c == 26 ? &keep_outs : &drop_outs, optarg))
                 return usage_error("convert: %s", "out of memory");
+            given[c == 26 ? MSH_OPTION_KEEP_OUTPUTS : MSH_OPTION_DROP_OUTPUTS] =
+                c == 26 ? "--keep-outputs" : "--drop-outputs";
             break;
-        case 28: opt.keep_inputs = 1; break;
+        case 28:
+            opt.keep_inputs = 1;
+            given[MSH_OPTION_KEEP_INPUTS] = "--keep-inputs";
+            break;
         default: return usage_error("convert: unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
@@ -402,25 +480,22 @@ static int cmd_convert(int argc, char **argv) {
     j.copy_others = copy_others;
     j.shard_k = shard_k;
     j.shard_n = shard_n;
-    int failed = 0;
+    int failed = 0, folder_mode = 0;
     char *out_root = NULL;
     if (n_in == 1 && stat(argv[optind], &ist) == 0 && !S_ISDIR(ist.st_mode) && !out_is_dir &&
         !has_suffix(output, "/")) {
         if (out_exists && ist.st_dev == ost.st_dev && ist.st_ino == ost.st_ino)
             return usage_error("convert: output %s is the input file", output);
         const char *base = strrchr(argv[optind], '/');
-        msh_cli_batch_add(&j, argv[optind], output, base ? base + 1 : argv[optind], 1);
+        if (msh_cli_batch_add(&j, argv[optind], output, base ? base + 1 : argv[optind], 1))
+            j.v[j.n - 1].explicit = 1;
         const char *slash = strrchr(output, '/');
         out_root = slash ? strndup(output, (size_t)(slash - output)) : strdup(".");
     } else {
-        if (!out_is_dir && mkdir(output, 0777) != 0 && errno != EEXIST) {
-            fprintf(stderr, "modelshrink: %s: cannot create output folder: %s\n", output,
-                    strerror(errno));
-            return EXIT_SOME_FAILED;
-        }
-        if (stat(output, &ost) != 0 || !S_ISDIR(ost.st_mode))
+        folder_mode = 1;
+        if (out_exists && !out_is_dir)
             return usage_error("convert: output %s is not a folder", output);
-        for (int i = optind; i < argc; i++) /* before any job is made */
+        for (int i = optind; out_is_dir && i < argc; i++) /* before any job is made */
             if (stat(argv[i], &ist) == 0 && S_ISDIR(ist.st_mode) && ist.st_dev == ost.st_dev &&
                 ist.st_ino == ost.st_ino)
                 return usage_error("convert: output folder %s is an input folder", output);
@@ -433,9 +508,7 @@ static int cmd_convert(int argc, char **argv) {
                 continue;
             }
             if (S_ISDIR(ist.st_mode)) {
-                if (ist.st_dev == ost.st_dev && ist.st_ino == ost.st_ino)
-                    return usage_error("convert: output folder %s is an input folder", output);
-                if (!walk_dir(&j, in, output, "", &ost, 0))
+                if (!walk_dir(&j, in, output, "", out_is_dir ? &ost : NULL, 0))
                     failed++;
             } else {
                 const char *base = strrchr(in, '/');
@@ -444,9 +517,25 @@ static int cmd_convert(int argc, char **argv) {
                 char *dst2 = dst ? out_name(dst, g_out_format) : NULL;
                 if (!dst2 || !msh_cli_batch_add(&j, in, dst2, base, 1))
                     failed++;
+                else
+                    j.v[j.n - 1].explicit = 1;
                 free(dst);
                 free(dst2);
             }
+        }
+    }
+    j.flags = given;
+    int uc = check_applicable(&j, given);
+    if (uc) {
+        free(out_root);
+        return uc;
+    }
+    if (folder_mode) {
+        if (!out_is_dir && mkdir(output, 0777) != 0 && errno != EEXIST) {
+            fprintf(stderr, "modelshrink: %s: cannot create output folder: %s\n", output,
+                    strerror(errno));
+            free(out_root);
+            return EXIT_SOME_FAILED;
         }
     }
     j.output_root = out_root;

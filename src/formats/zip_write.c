@@ -22,12 +22,15 @@ static void le64(uint8_t *p, uint64_t v) {
 void msh_zipw_init(msh_zipw *z, msh_sink *s) {
     memset(z, 0, sizeof *z);
     z->s = s;
-    z->limit = ZIP32_MAX;
+    z->limit = z->off_limit = ZIP32_MAX;
     const char *t = getenv("MSH_TEST_ZIP64_THRESHOLD");
     if (t && *t) {
         long long v = strtoll(t, NULL, 10);
         if (v > 0 && v < ZIP32_MAX)
             z->limit = v;
+        const char *o = getenv("MSH_TEST_ZIP64_OFFSETS");
+        if (o && strcmp(o, "1") == 0)
+            z->off_limit = z->limit;
     }
 }
 
@@ -104,7 +107,7 @@ msh_status msh_zipw_finish(msh_zipw *z, msh_error *e) {
     for (size_t i = 0; i < z->n; i++) {
         const msh_zipw_entry *en = &z->v[i];
         size_t nl = strlen(en->name);
-        int big_size = en->size >= z->limit, big_off = en->header >= z->limit;
+        int big_size = en->size >= z->limit, big_off = en->header >= z->off_limit;
         uint8_t c[46] = {0x50, 0x4b, 0x01, 0x02};
         int zip64 = big_size || big_off;
         le16(c + 4, zip64 ? 45 : 20); /* version made by */
@@ -137,9 +140,9 @@ msh_status msh_zipw_finish(msh_zipw *z, msh_error *e) {
             MSH_FORWARD(msh_sink_write(z->s, x, xl, e));
     }
     int64_t cd_size = z->s->written - cd_at;
-    int zip64 = cd_at >= z->limit || cd_size >= z->limit || z->n >= 0xFFFF;
+    int zip64 = cd_at >= z->off_limit || cd_size >= z->limit || z->n >= 0xFFFF;
     for (size_t i = 0; i < z->n && !zip64; i++)
-        zip64 = z->v[i].size >= z->limit || z->v[i].header >= z->limit;
+        zip64 = z->v[i].size >= z->limit || z->v[i].header >= z->off_limit;
     if (zip64) {
         int64_t rec_at = z->s->written;
         uint8_t r[56] = {0x50, 0x4b, 0x06, 0x06};
@@ -162,6 +165,6 @@ msh_status msh_zipw_finish(msh_zipw *z, msh_error *e) {
     le16(end + 8, cnt);
     le16(end + 10, cnt);
     le32(end + 12, zip64 && cd_size >= z->limit ? 0xFFFFFFFFu : (uint32_t)cd_size);
-    le32(end + 16, zip64 && cd_at >= z->limit ? 0xFFFFFFFFu : (uint32_t)cd_at);
+    le32(end + 16, zip64 && cd_at >= z->off_limit ? 0xFFFFFFFFu : (uint32_t)cd_at);
     return msh_sink_write(z->s, end, 22, e);
 }

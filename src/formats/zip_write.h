@@ -21,13 +21,17 @@ typedef struct msh_zipw {
     msh_sink *s;
     msh_zipw_entry *v;
     size_t n, cap;
-    int64_t limit; /* sizes and offsets at or above this use ZIP64 fields */
+    int64_t limit;     /* sizes at or above this use ZIP64 fields */
+    int64_t off_limit; /* local header offsets at or above this use ZIP64 fields */
     int open;      /* an entry is being written */
     int64_t data_at;
 } msh_zipw;
 
-/* Start an archive on an open sink. The ZIP64 limit is 0xFFFFFFFF unless the environment
- * variable MSH_TEST_ZIP64_THRESHOLD (tests only) sets a lower one. */
+/* Start an archive on an open sink. The ZIP64 limit is 0xFFFFFFFF. For tests only, the
+ * environment variable MSH_TEST_ZIP64_THRESHOLD lowers it for sizes (entries, the central
+ * directory: the ZIP64 end records appear), and MSH_TEST_ZIP64_OFFSETS=1 for local header offsets
+ * too (readers such as torch's miniz refuse an offset field of 0xFFFFFFFF in an archive smaller
+ * than 4 GiB, so only Python's zipfile reads that variant). */
 void msh_zipw_init(msh_zipw *z, msh_sink *s);
 /* An entry of `size` bytes: its local header now; the caller then appends exactly `size` bytes
  * to the sink and calls msh_zipw_end. */
