@@ -228,10 +228,9 @@ extern "C" int msh_cuda_be_submit(msh_cuda_be *b, int slot, msh_cuda_piece *p, c
     switch (p->kind) {
     case MSH_CUDA_FP16:
         CUDA_TRY(cudaMemsetAsync(s->d_clamped, 0, sizeof *s->d_clamped, s->st));
-        msh_k_f16<<<grid_for(cnt), MSH_THREADS, 0, s->st>>>((const uint32_t *)s->d_in,
-                                                            (uint16_t *)s->d_out, cnt,
-                                                            p->f16_min_abs, p->f16_max_abs,
-                                                            s->d_clamped);
+        msh_k_f16<<<grid_for(cnt), MSH_THREADS, 0, s->st>>>(
+            (const uint32_t *)s->d_in, (uint16_t *)s->d_out, cnt, p->f16_min_abs, p->f16_max_abs,
+            s->d_clamped);
         CUDA_TRY(cudaGetLastError());
         CUDA_TRY(cudaMemcpyAsync(s->h_clamped, s->d_clamped, sizeof *s->d_clamped,
                                  cudaMemcpyDeviceToHost, s->st));
@@ -272,8 +271,8 @@ extern "C" int msh_cuda_be_submit(msh_cuda_be *b, int slot, msh_cuda_piece *p, c
         break;
     default: {
         size_t nc = (p->n + MSH_HASH_CHUNK - 1) / MSH_HASH_CHUNK;
-        msh_k_digest<<<grid_for(nc), MSH_THREADS, 0, s->st>>>(s->d_in, p->n,
-                                                              (uint64_t *)s->d_out, nc);
+        msh_k_digest<<<grid_for(nc), MSH_THREADS, 0, s->st>>>(s->d_in, p->n, (uint64_t *)s->d_out,
+                                                              nc);
         CUDA_TRY(cudaGetLastError());
         ob = nc * 8;
         break;

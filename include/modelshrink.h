@@ -94,11 +94,11 @@ typedef struct msh_convert_options {
     int external_data;          /**< write tensors to "<output>.data" (default 0; forced on when the
                                      input's tensors are external or the output would pass 2 GiB) */
     int64_t external_threshold; /**< tensors below this many bytes stay inline (default 1024) */
-    int float_type;    /**< MSH_FLOAT_KEEP, MSH_FLOAT_FP16 or MSH_FLOAT_BF16 */
-    int keep_io_types; /**< keep FP32 graph inputs and outputs, with Casts (default 1) */
-    float fp16_min;    /**< non-zero magnitudes below become this (default 2^-24, FP16's smallest
-                            subnormal) */
-    float fp16_max;    /**< finite magnitudes above become this (default 65504) */
+    int float_type;             /**< MSH_FLOAT_KEEP, MSH_FLOAT_FP16 or MSH_FLOAT_BF16 */
+    int keep_io_types;          /**< keep FP32 graph inputs and outputs, with Casts (default 1) */
+    float fp16_min; /**< non-zero magnitudes below become this (default 2^-24, FP16's smallest
+                         subnormal) */
+    float fp16_max; /**< finite magnitudes above become this (default 65504) */
     const char *block_ops;     /**< comma-separated op types kept in FP32, or NULL */
     const char *block_nodes;   /**< comma-separated node names kept in FP32, or NULL */
     int int8;                  /**< quantize weights to INT8 (DequantizeLinear) */
@@ -171,8 +171,8 @@ typedef struct msh_convert_result {
     int64_t pruned_tensors;    /**< initializers removed */
     int64_t prune_saved_bytes; /**< their data bytes */
     char note[256];            /**< a remark for the user (e.g. why output went external), or "" */
-    int64_t dedup_unshared;       /**< identical tensors the output format cannot share
-                                       (safetensors), kept as copies */
+    int64_t dedup_unshared;    /**< identical tensors the output format cannot share
+                                    (safetensors), kept as copies */
     int64_t dedup_unshared_bytes; /**< their bytes: what a .pth output would save */
 } msh_convert_result;
 

@@ -65,7 +65,7 @@ PY="$ROOT/.venv/bin/python"
 [ -x "$PY" ] || "$ROOT/scripts/deps.sh" || exit 1
 
 mkdir -p "$BUILD"
-cmake -S . -B "$BUILD" -DMSH_FUZZ=ON -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+cmake -S . -B "$BUILD" -DMSH_FUZZ=ON -DMSH_WERROR=ON -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     >"$BUILD/configure.log" 2>&1 || {
     cat "$BUILD/configure.log"
     exit 1

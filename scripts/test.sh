@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Everything CI checks, in one script: dependencies, a RelWithDebInfo build with all tests, then an
-# AddressSanitizer + UBSan build (MSH_SANITIZE=ON) with all tests again, the end-to-end tests
-# with every modelshrink command under valgrind memcheck (scripts/valgrind.sh), then every
-# libFuzzer target for 60 seconds (scripts/fuzz.sh).
+# Everything CI checks, in one script: dependencies, Release builds with gcc and with clang
+# (warnings are errors here, MSH_WERROR=ON, as in every CI build; users' builds never fail on a
+# warning), a RelWithDebInfo build with all tests, then an AddressSanitizer + UBSan build
+# (MSH_SANITIZE=ON) with all tests again, the end-to-end tests with every modelshrink command
+# under valgrind memcheck (scripts/valgrind.sh), then every libFuzzer target for 60 seconds
+# (scripts/fuzz.sh).
 #
 #   scripts/test.sh                 all of it
 #   scripts/test.sh --no-asan       skip the sanitizer build (quicker local runs)
@@ -89,7 +91,7 @@ build_and_test() { # build_and_test DIR LABEL CMAKE_ARGS...
     local dir="$1" label="$2"
     shift 2
     step "configure $label" cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-        -DMSH_PYTHON="$PY" "$@" || return 1
+        -DMSH_WERROR=ON -DMSH_PYTHON="$PY" "$@" || return 1
     step "build $label" cmake --build "$dir" -j "$JOBS" || return 1
     step "ctest $label" run_ctest "$dir" || return 1
 }
@@ -131,7 +133,16 @@ if [ -f "$ROOT/.clang-format" ] && command -v clang-format >/dev/null 2>&1 &&
     [ "${MSH_SKIP_FORMAT:-0}" != 1 ]; then
     step "clang-format" format_check
 fi
+release_build() { # release_build COMPILER: what a user's `cmake -DCMAKE_BUILD_TYPE=Release` builds
+    local dir="$ROOT/build-release-$1"
+    cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_COMPILER="$1" -DMSH_WERROR=ON \
+        -DMSH_CUDA=OFF -DMSH_BUILD_TESTS=OFF >/dev/null &&
+        cmake --build "$dir" -j "$JOBS" && "$dir/modelshrink" --version
+}
+
 if step "deps" "$ROOT/scripts/deps.sh"; then
+    step "Release build, gcc (-Werror)" release_build gcc
+    step "Release build, clang (-Werror)" release_build clang
     build_and_test build "build/" -DMSH_CUDA="${MSH_CUDA:-AUTO}"
     if [ "$run_asan" -eq 1 ]; then
         export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"

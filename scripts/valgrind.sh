@@ -31,7 +31,7 @@ JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
 PY="$ROOT/.venv/bin/python"
 [ -x "$PY" ] || "$ROOT/scripts/deps.sh" || exit 1
 BUILD="$ROOT/build-valgrind"
-cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMSH_CUDA=OFF -DMSH_PYTHON="$PY" \
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMSH_WERROR=ON -DMSH_CUDA=OFF -DMSH_PYTHON="$PY" \
     -DMSH_E2E_TIMEOUT="${MSH_VALGRIND_TIMEOUT:-14400}" >/dev/null || exit 1
 cmake --build "$BUILD" -j "$JOBS" >"$BUILD/build.log" 2>&1 || {
     tail -n 40 "$BUILD/build.log"

@@ -5,11 +5,11 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include "engine/msh_engine.h"
 #include "formats/onnx_model.h"
 #include "formats/pth.h"
 #include "formats/pth_write.h"
 #include "formats/safetensors.h"
-#include "engine/msh_engine.h"
 #include "msh_pipeline.h"
 #include "passes/ckpt.h"
 #include "passes/dedup.h"
@@ -104,8 +104,9 @@ typedef struct take_ctx {
 static msh_status take_bytes(void *arg, size_t index, msh_sink *dst, msh_error *e) {
     take_ctx *t = arg;
     if (t->next >= t->n || t->order[t->next] != index)
-        return msh_fail(e, MSH_ERR_FORMAT, "internal error: the writer asked for tensor %zu "
-                                           "out of its layout's order",
+        return msh_fail(e, MSH_ERR_FORMAT,
+                        "internal error: the writer asked for tensor %zu "
+                        "out of its layout's order",
                         index);
     return msh_run_take(t->run, t->next++, dst, e);
 }
@@ -193,8 +194,8 @@ msh_status msh_onnx_save(const msh_onnx_model *m, const char *out_path, int exte
 
 /* One attempt at an ONNX model on one backend. */
 static msh_status convert_onnx(const char *in_path, const char *out_path,
-                               const msh_convert_options *opt, int backend,
-                               msh_convert_result *res, msh_error *err) {
+                               const msh_convert_options *opt, int backend, msh_convert_result *res,
+                               msh_error *err) {
     memset(res, 0, sizeof *res);
     if (err) {
         err->msg[0] = 0;
@@ -240,8 +241,7 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
         res->int8_opset = is.opset;
     }
     if (st == MSH_OK && opt->float_type) {
-        msh_fp16_opts fo = {opt->float_type, opt->keep_io_types, opt->block_ops,
-                            opt->block_nodes};
+        msh_fp16_opts fo = {opt->float_type, opt->keep_io_types, opt->block_ops, opt->block_nodes};
         msh_fp16_stats fs;
         st = msh_fp16_apply(&m, &fo, &fs, err);
         res->float_tensors = fs.tensors;
@@ -453,15 +453,14 @@ static msh_status ckpt_write_st(void *arg, msh_bytes_fn fn, void *fnctx, msh_err
 
 static msh_status ckpt_write_pth(void *arg, msh_bytes_fn fn, void *fnctx, msh_error *e) {
     ckpt_wctx *w = arg;
-    return msh_pth_write(w->out_path, w->pt, w->n_pt, w->ps, w->n_ps, fn, fnctx, &w->bytes_out,
-                         e);
+    return msh_pth_write(w->out_path, w->pt, w->n_pt, w->ps, w->n_ps, fn, fnctx, &w->bytes_out, e);
 }
 
 /* One attempt at a checkpoint on one backend: strip to the state dict, dedup, precision, then
  * the engine makes the bytes that the safetensors or .pth writer places. */
 static msh_status convert_ckpt(const char *in_path, const char *out_path, msh_format kind,
-                               const msh_convert_options *opt, int backend,
-                               msh_convert_result *res, msh_error *err) {
+                               const msh_convert_options *opt, int backend, msh_convert_result *res,
+                               msh_error *err) {
     memset(res, 0, sizeof *res);
     msh_status st = check_paths(NULL, in_path, out_path, err);
     if (st != MSH_OK)
@@ -518,9 +517,12 @@ static msh_status convert_ckpt(const char *in_path, const char *out_path, msh_fo
     if (st == MSH_OK && !out_pth) {
         for (size_t k = 0; k < plan.n; k++) {
             const msh_tentry *t = msh_table_at(&tab, plan.sel[k]);
-            w.items[k] = (msh_st_out){t->name,           t->out_dtype ? t->out_dtype : t->dtype,
-                                      t->shape,          t->ndim,
-                                      msh_tentry_out_bytes(t), plan.sel[k]};
+            w.items[k] = (msh_st_out){t->name,
+                                      t->out_dtype ? t->out_dtype : t->dtype,
+                                      t->shape,
+                                      t->ndim,
+                                      msh_tentry_out_bytes(t),
+                                      plan.sel[k]};
             if (w.items[k].nbytes > 0)
                 order[n_order++] = plan.sel[k];
         }
@@ -626,8 +628,7 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
         st = msh_fail(err, MSH_ERR_USAGE, "FP16 bounds must satisfy 0 < min <= max < inf");
     int backend = MSH_BACKEND_CPU;
     if (st == MSH_OK)
-        st = msh_device_choose(opt->device, opt->verify, work_bytes(in_path, kind), &backend,
-                               err);
+        st = msh_device_choose(opt->device, opt->verify, work_bytes(in_path, kind), &backend, err);
     if (st == MSH_OK) {
         st = convert_on(in_path, out_path, kind, opt, backend, res, err);
         if (st == MSH_ERR_CUDA && backend == MSH_BACKEND_CUDA) {

@@ -81,6 +81,9 @@ def timed_run(tool, inp, out, log_dir, index, timeout_s=1800):
     is removed first so every run writes a fresh file."""
     rm_f(*tool.files(out))
     os.makedirs(log_dir, exist_ok=True)
+    # Write back every dirty page first (not timed): a tool must not pay for the writes of the
+    # run before it, which the kernel flushes lazily (cp never fsyncs; modelshrink does).
+    os.sync()
     tfile = os.path.join(log_dir, "%s.%d.time" % (tool.name, index))
     log = os.path.join(log_dir, "%s.%d.log" % (tool.name, index))
     cmd = [GNU_TIME, "-v", "-o", tfile] + tool.argv(inp, out)

@@ -97,8 +97,9 @@ void msh_cli_print_line(const char *in, const char *out, const msh_convert_optio
         }
     }
     if (opt->float_type)
-        printf(", %s: %lld tensors, %llu values clamped", opt->float_type == MSH_FLOAT_FP16 ? "fp16" : "bf16",
-               (long long)r->float_tensors, (unsigned long long)r->float_clamped);
+        printf(", %s: %lld tensors, %llu values clamped",
+               opt->float_type == MSH_FLOAT_FP16 ? "fp16" : "bf16", (long long)r->float_tensors,
+               (unsigned long long)r->float_clamped);
     if (r->external_out)
         printf(", tensors in %s.data", out);
     if (skipped && *skipped)

@@ -28,7 +28,7 @@ typedef struct msh_cli_batch {
     const char *report;
     int quiet;
     int copy_others;
-    int shard_k, shard_n; /* shard_n == 0: no sharding */
+    int shard_k, shard_n;     /* shard_n == 0: no sharding */
     const char *const *flags; /* flags[o]: the flag that set msh_option o, or NULL */
 } msh_cli_batch;
 

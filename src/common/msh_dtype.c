@@ -99,15 +99,15 @@ int32_t msh_dtype_from_torch_name(const char *name) {
     static const struct {
         const char *n;
         int32_t t;
-    } map[] = {{"float32", MSH_DT_FLOAT},        {"float", MSH_DT_FLOAT},
-               {"float16", MSH_DT_FLOAT16},      {"half", MSH_DT_FLOAT16},
-               {"bfloat16", MSH_DT_BFLOAT16},    {"float64", MSH_DT_DOUBLE},
-               {"double", MSH_DT_DOUBLE},        {"int64", MSH_DT_INT64},
-               {"long", MSH_DT_INT64},           {"int32", MSH_DT_INT32},
-               {"int", MSH_DT_INT32},            {"int16", MSH_DT_INT16},
-               {"short", MSH_DT_INT16},          {"int8", MSH_DT_INT8},
-               {"uint8", MSH_DT_UINT8},          {"bool", MSH_DT_BOOL},
-               {"complex64", MSH_DT_COMPLEX64},  {"complex128", MSH_DT_COMPLEX128}};
+    } map[] = {{"float32", MSH_DT_FLOAT},       {"float", MSH_DT_FLOAT},
+               {"float16", MSH_DT_FLOAT16},     {"half", MSH_DT_FLOAT16},
+               {"bfloat16", MSH_DT_BFLOAT16},   {"float64", MSH_DT_DOUBLE},
+               {"double", MSH_DT_DOUBLE},       {"int64", MSH_DT_INT64},
+               {"long", MSH_DT_INT64},          {"int32", MSH_DT_INT32},
+               {"int", MSH_DT_INT32},           {"int16", MSH_DT_INT16},
+               {"short", MSH_DT_INT16},         {"int8", MSH_DT_INT8},
+               {"uint8", MSH_DT_UINT8},         {"bool", MSH_DT_BOOL},
+               {"complex64", MSH_DT_COMPLEX64}, {"complex128", MSH_DT_COMPLEX128}};
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
         if (strcmp(name, map[i].n) == 0)
             return map[i].t;

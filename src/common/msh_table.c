@@ -97,7 +97,8 @@ static msh_status gather(const msh_src *s, int64_t off, uint8_t *dst, size_t n, 
             run = s->shape[last] - idx[last];
         if (run > cnt - i)
             run = cnt - i;
-        MSH_FORWARD(msh_pread_full(s->fd, dst + i * es, (size_t)(run * es), s->offset + at * es, e));
+        MSH_FORWARD(
+            msh_pread_full(s->fd, dst + i * es, (size_t)(run * es), s->offset + at * es, e));
         i += run;
         for (int64_t r = 0; r < run; r++)
             for (size_t d = s->ndim; d-- > 0;) {

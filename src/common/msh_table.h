@@ -30,12 +30,12 @@ typedef enum msh_role {
 const char *msh_role_name(msh_role r);
 
 typedef enum msh_src_kind {
-    MSH_SRC_NONE = 0,  /* no bytes (empty tensor) */
-    MSH_SRC_FILE,      /* `length` bytes of file `fd` at `offset` */
-    MSH_SRC_MEMORY,    /* `length` bytes at `mem` */
-    MSH_SRC_STRIDED,   /* a view: element k (row-major over shape) is storage element
-                          elem_offset + sum(idx_d * stride_d), the storage starting at `offset` */
-    MSH_SRC_CALLBACK   /* `read` fills any range of the tensor's row-major bytes */
+    MSH_SRC_NONE = 0, /* no bytes (empty tensor) */
+    MSH_SRC_FILE,     /* `length` bytes of file `fd` at `offset` */
+    MSH_SRC_MEMORY,   /* `length` bytes at `mem` */
+    MSH_SRC_STRIDED,  /* a view: element k (row-major over shape) is storage element
+                         elem_offset + sum(idx_d * stride_d), the storage starting at `offset` */
+    MSH_SRC_CALLBACK  /* `read` fills any range of the tensor's row-major bytes */
 } msh_src_kind;
 
 typedef msh_status (*msh_src_read_fn)(const void *ctx, int64_t off, void *dst, size_t n,

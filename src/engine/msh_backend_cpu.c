@@ -29,8 +29,7 @@ size_t msh_piece_out_cap(const msh_job *job, size_t n) {
     return n;
 }
 
-void msh_piece_compute_cpu(msh_piece *p, const msh_f16_bounds *b, const uint8_t *in,
-                           uint8_t *out) {
+void msh_piece_compute_cpu(msh_piece *p, const msh_f16_bounds *b, const uint8_t *in, uint8_t *out) {
     const msh_job *j = p->job;
     size_t n = p->n;
     p->clamped = 0;

@@ -309,8 +309,9 @@ static msh_status verify_piece(msh_run *r, int s, const msh_piece *p, const uint
     msh_piece_compute_cpu(&q, &r->be->f16, r->be->in_buf(r->be, s), r->scratch);
     const char *dev = r->be->name;
     if (q.out_n != p->out_n || q.row0 != p->row0)
-        return msh_fail(e, MSH_ERR_VERIFY, "verify: tensor '%s': the %s made %zu bytes, the CPU %zu",
-                        j->name, dev, p->out_n, q.out_n);
+        return msh_fail(e, MSH_ERR_VERIFY,
+                        "verify: tensor '%s': the %s made %zu bytes, the CPU %zu", j->name, dev,
+                        p->out_n, q.out_n);
     if (j->op == MSH_OP_F16 && q.clamped != p->clamped)
         return msh_fail(e, MSH_ERR_VERIFY,
                         "verify: tensor '%s': %llu values clamped on the %s, %llu on the CPU",
@@ -318,18 +319,20 @@ static msh_status verify_piece(msh_run *r, int s, const msh_piece *p, const uint
                         (unsigned long long)q.clamped);
     if (memcmp(out, r->scratch, p->out_n) == 0)
         return MSH_OK;
-    size_t w = j->op == MSH_OP_INT8 ? 1 : j->op == MSH_OP_DIGEST ? 8 : j->op == MSH_OP_ABSMAX ? 4 : 2;
+    size_t w = j->op == MSH_OP_INT8     ? 1
+               : j->op == MSH_OP_DIGEST ? 8
+               : j->op == MSH_OP_ABSMAX ? 4
+                                        : 2;
     for (size_t i = 0; i + w <= p->out_n; i += w)
         if (memcmp(out + i, r->scratch + i, w) != 0) {
             uint64_t a = 0, b = 0;
             memcpy(&a, out + i, w);
             memcpy(&b, r->scratch + i, w);
             if (j->op == MSH_OP_DIGEST)
-                return msh_fail(e, MSH_ERR_VERIFY,
-                                "verify: tensor '%s': digest of chunk %lld differs on the %s",
-                                j->name,
-                                (long long)(p->first / (int64_t)MSH_HASH_CHUNK + (int64_t)(i / 8)),
-                                dev);
+                return msh_fail(
+                    e, MSH_ERR_VERIFY,
+                    "verify: tensor '%s': digest of chunk %lld differs on the %s", j->name,
+                    (long long)(p->first / (int64_t)MSH_HASH_CHUNK + (int64_t)(i / 8)), dev);
             if (j->op == MSH_OP_ABSMAX)
                 return msh_fail(e, MSH_ERR_VERIFY,
                                 "verify: tensor '%s': channel %lld maximum differs: %s 0x%llx, "

@@ -44,8 +44,8 @@ typedef struct msh_job {
     int64_t inner, channels; /* INT8, ABSMAX: channel of element i is (i / inner) % channels */
     const char *name;        /* for messages */
     /* results */
-    uint64_t digest; /* DIGEST */
-    float *absmax;   /* ABSMAX: `channels` values, raised to the maxima found */
+    uint64_t digest;  /* DIGEST */
+    float *absmax;    /* ABSMAX: `channels` values, raised to the maxima found */
     uint64_t clamped; /* F16: values clamped */
 } msh_job;
 
@@ -58,11 +58,11 @@ int msh_op_for(int32_t in, int32_t out);
 enum { MSH_BACKEND_CPU = 0, MSH_BACKEND_CUDA = 1 };
 
 typedef struct msh_engine_opts {
-    int backend;           /* MSH_BACKEND_CPU or MSH_BACKEND_CUDA */
-    int threads;           /* CPU producer threads (0: one per core) */
-    int verify;            /* recompute every non-CPU piece on the CPU and compare */
-    msh_f16_bounds f16;    /* FP16 clamping bounds */
-    size_t staging;        /* CUDA staging buffer bytes */
+    int backend;        /* MSH_BACKEND_CPU or MSH_BACKEND_CUDA */
+    int threads;        /* CPU producer threads (0: one per core) */
+    int verify;         /* recompute every non-CPU piece on the CPU and compare */
+    msh_f16_bounds f16; /* FP16 clamping bounds */
+    size_t staging;     /* CUDA staging buffer bytes */
 } msh_engine_opts;
 
 typedef struct msh_engine msh_engine;

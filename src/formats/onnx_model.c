@@ -638,8 +638,7 @@ msh_status msh_onnx_tensor_read(const msh_onnx_model *m, const msh_tensor *t, in
                                 void *dst, size_t n, msh_error *e) {
     (void)m;
     int64_t end;
-    if (off < 0 || !msh_add_i64(off, (int64_t)n, &end) || t->d.nbytes < 0 ||
-        end > t->d.src.length)
+    if (off < 0 || !msh_add_i64(off, (int64_t)n, &end) || t->d.nbytes < 0 || end > t->d.src.length)
         return msh_fail(e, MSH_ERR_FORMAT, "read outside tensor '%s'", tname(t->tp));
     return msh_src_read(&t->d.src, off, dst, n, e);
 }

@@ -69,13 +69,12 @@ msh_status msh_pkw_state_dict(const msh_pkw_entry *t, size_t n, uint8_t **out, s
         const char *cls = msh_dtype_torch_storage(t[i].dtype);
         if (!cls) {
             free(pk.b);
-            return msh_fail(e, MSH_ERR_UNSUPPORTED, "tensor '%.200s': element type %s",
-                            t[i].key, msh_dtype_name(t[i].dtype));
+            return msh_fail(e, MSH_ERR_UNSUPPORTED, "tensor '%.200s': element type %s", t[i].key,
+                            msh_dtype_name(t[i].dtype));
         }
         if (t[i].ndim > 64) {
             free(pk.b);
-            return msh_fail(e, MSH_ERR_LIMIT, "tensor '%.200s' has %zu dims", t[i].key,
-                            t[i].ndim);
+            return msh_fail(e, MSH_ERR_LIMIT, "tensor '%.200s' has %zu dims", t[i].key, t[i].ndim);
         }
         put_str(&pk, t[i].key);
         put_global(&pk, "torch._utils", "_rebuild_tensor_v2");

@@ -257,8 +257,8 @@ msh_status msh_pth_open(msh_pth *p, const char *path, const char *key, msh_error
     if (key) {
         w.sd = msh_pk_dict_get(root, key);
         if (!w.sd || w.sd->type != MSH_PK_DICT)
-            return msh_fail(e, MSH_ERR_USAGE, "--key '%s' does not name a dict in the checkpoint",
-                            key);
+            return msh_fail(e, MSH_ERR_USAGE,
+                            "state dict key '%s' does not name a dict in the checkpoint", key);
         p->sd_key = key;
     } else if (all_tensors(root)) {
         p->sd_key = "";
@@ -311,4 +311,3 @@ void msh_pth_free(msh_pth *p) {
         close(p->fd);
     memset(p, 0, sizeof *p);
 }
-

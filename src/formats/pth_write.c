@@ -10,7 +10,7 @@ msh_status msh_pth_write(const char *out_path, const msh_pthw_tensor *t, size_t 
                          const msh_pthw_storage *s, size_t ns, msh_bytes_fn bytes, void *ctx,
                          int64_t *bytes_out, msh_error *e) {
     msh_pkw_entry *pe = calloc(nt + 1, sizeof *pe);
-    char (*keys)[24] = calloc(ns + 1, sizeof *keys);
+    char(*keys)[24] = calloc(ns + 1, sizeof *keys);
     if (!pe || !keys) {
         free(pe);
         free(keys);
@@ -19,8 +19,9 @@ msh_status msh_pth_write(const char *out_path, const msh_pthw_tensor *t, size_t 
     for (size_t k = 0; k < ns; k++)
         snprintf(keys[k], sizeof keys[k], "%zu", k);
     for (size_t i = 0; i < nt; i++)
-        pe[i] = (msh_pkw_entry){t[i].key, keys[t[i].storage], s[t[i].storage].dtype,
-                                s[t[i].storage].numel, 0, t[i].shape, t[i].ndim};
+        pe[i] = (msh_pkw_entry){
+            t[i].key,   keys[t[i].storage], s[t[i].storage].dtype, s[t[i].storage].numel, 0,
+            t[i].shape, t[i].ndim};
     uint8_t *pk = NULL;
     size_t pkn = 0;
     msh_status st = msh_pkw_state_dict(pe, nt, &pk, &pkn, e);

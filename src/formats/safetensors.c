@@ -187,11 +187,11 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
         }
         if (!msh_mul_i64(t->d.numel, msh_dtype_size(t->d.dtype), &t->d.nbytes) ||
             t->d.nbytes != (int64_t)en - (int64_t)b) {
-            st = msh_fail(e, MSH_ERR_FORMAT,
-                          "safetensors: tensor '%.200s': %lld bytes between "
-                          "its offsets, its shape needs %lld",
-                          it->string, (long long)((int64_t)en - (int64_t)b),
-                          (long long)t->d.nbytes);
+            st =
+                msh_fail(e, MSH_ERR_FORMAT,
+                         "safetensors: tensor '%.200s': %lld bytes between "
+                         "its offsets, its shape needs %lld",
+                         it->string, (long long)((int64_t)en - (int64_t)b), (long long)t->d.nbytes);
             break;
         }
         t->offset = (int64_t)b; /* relative for now */

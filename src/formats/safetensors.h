@@ -53,7 +53,6 @@ typedef struct msh_st_out {
 /* `metadata`: a JSON object for "__metadata__" (NULL: {"format": "pt"}). Writes a temporary file,
  * then renames it. */
 msh_status msh_st_write(const char *out_path, const char *metadata, const msh_st_out *items,
-                        size_t n, msh_bytes_fn bytes, void *ctx, int64_t *bytes_out,
-                        msh_error *e);
+                        size_t n, msh_bytes_fn bytes, void *ctx, int64_t *bytes_out, msh_error *e);
 
 #endif

@@ -11,8 +11,7 @@
 #include "formats/safetensors.h"
 
 msh_status msh_st_write(const char *out_path, const char *metadata, const msh_st_out *items,
-                        size_t n, msh_bytes_fn bytes, void *ctx, int64_t *bytes_out,
-                        msh_error *e) {
+                        size_t n, msh_bytes_fn bytes, void *ctx, int64_t *bytes_out, msh_error *e) {
     cJSON *h = cJSON_CreateObject();
     cJSON *meta = metadata ? cJSON_Parse(metadata) : NULL;
     if (!meta) {

@@ -71,7 +71,7 @@ msh_status msh_zipw_begin(msh_zipw *z, const char *name, int64_t size, msh_error
         uint8_t x[20];
         le16(x, 0x0001);
         le16(x + 2, 16);
-        le64(x + 4, (uint64_t)size); /* uncompressed */
+        le64(x + 4, (uint64_t)size);  /* uncompressed */
         le64(x + 12, (uint64_t)size); /* compressed */
         st = msh_sink_write(z->s, x, 20, e);
     }

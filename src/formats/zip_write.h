@@ -23,7 +23,7 @@ typedef struct msh_zipw {
     size_t n, cap;
     int64_t limit;     /* sizes at or above this use ZIP64 fields */
     int64_t off_limit; /* local header offsets at or above this use ZIP64 fields */
-    int open;      /* an entry is being written */
+    int open;          /* an entry is being written */
     int64_t data_at;
 } msh_zipw;
 

@@ -6,8 +6,8 @@
 #include "passes/dedup.h"
 
 static int same_view(const msh_tentry *a, const msh_tentry *b) {
-    if (a->storage < 0 || a->storage != b->storage || a->dtype != b->dtype ||
-        a->ndim != b->ndim || a->src.kind != b->src.kind || a->src.offset != b->src.offset)
+    if (a->storage < 0 || a->storage != b->storage || a->dtype != b->dtype || a->ndim != b->ndim ||
+        a->src.kind != b->src.kind || a->src.offset != b->src.offset)
         return 0;
     if (a->ndim && memcmp(a->shape, b->shape, a->ndim * sizeof *a->shape) != 0)
         return 0;

@@ -3,8 +3,8 @@
  *
  * Tensors: FLOAT initializers, Constant `value` tensors and ConstantOfShape `value` tensors
  * become FLOAT16 (or BFLOAT16): the pass only plans it (msh_tentry.out_dtype) and the engine
- * converts the bytes when the writer asks for them, so this pass never reads weights. Tensors in function bodies are left alone (their types are the
- * function's contract).
+ * converts the bytes when the writer asks for them, so this pass never reads weights. Tensors in
+ * function bodies are left alone (their types are the function's contract).
  *
  * Nodes: a node runs in the target type when its operator schema (op_schemas.c, generated from
  * onnx.defs) allows the target type for a type variable that its FLOAT inputs bind. Inputs on
@@ -26,8 +26,8 @@
 typedef struct msh_fp16_opts {
     int32_t target; /* 10 (FLOAT16) or 16 (BFLOAT16) */
     int keep_io;
-    const char *block_ops;             /* comma-separated op types, or NULL */
-    const char *block_nodes;           /* comma-separated node names, or NULL */
+    const char *block_ops;   /* comma-separated op types, or NULL */
+    const char *block_nodes; /* comma-separated node names, or NULL */
 } msh_fp16_opts;
 
 typedef struct msh_fp16_stats {

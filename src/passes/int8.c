@@ -377,8 +377,7 @@ msh_status msh_int8_apply(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_st
         const msh_tensor *t = &m->tensors[i];
         if (t->loc != MSH_LOC_INITIALIZER || t->d.dropped || t->graph < 0 || t->d.out_dtype ||
             t->tp->data_type != 1 || t->d.numel < o->min_elements || t->d.numel == 0 ||
-            !t->tp->name ||
-            t->tp->n_dims == 0)
+            !t->tp->name || t->tp->n_dims == 0)
             continue;
         int64_t *d = msh_strmap_get(&decl, t->tp->name);
         if (!d || *d != 1)
@@ -426,8 +425,9 @@ msh_status msh_int8_apply(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_st
             break;
         }
         const msh_tensor *w = &m->tensors[c[i].t];
-        jobs[nj++] = (msh_job){&w->d.src, w->d.nbytes, MSH_OP_ABSMAX, NULL, c[i].inner,
-                               c[i].channels, w->d.name, 0, c[i].absmax, 0};
+        jobs[nj++] =
+            (msh_job){&w->d.src, w->d.nbytes, MSH_OP_ABSMAX, NULL, c[i].inner, c[i].channels,
+                      w->d.name, 0,           c[i].absmax,   0};
     }
     if (s == MSH_OK)
         s = msh_engine_scan(o->engine, jobs, nj, e);

@@ -25,7 +25,7 @@ typedef struct msh_int8_opts {
     int gather;
     int32_t scale_round; /* 0, or 10 / 16: round scales to FP16 / BF16 values (still stored as
                             FLOAT) because the float pass that follows will store them so */
-    msh_engine *engine; /* where the channel maxima are found */
+    msh_engine *engine;  /* where the channel maxima are found */
 } msh_int8_opts;
 
 typedef struct msh_int8_stats {
