@@ -47,8 +47,8 @@ import msh_common as C  # noqa: E402
 NAME = "test_batch"
 DATA = os.environ.get("MSH_ONNX_TESTDATA", "/usr/share/libonnx-testdata/data")
 MODEL_FIELDS = {"type", "input", "rel", "output", "format", "status", "error", "bytes_in",
-                "bytes_out", "ratio", "seconds", "device", "savings", "input_size",
-                "input_mtime_ns"}
+                "bytes_out", "ratio", "seconds", "device", "savings", "not_applied",
+                "input_size", "input_mtime_ns"}
 SUMMARY_FIELDS = {"type", "models", "ok", "failed", "resumed", "not_models", "bytes_in",
                   "bytes_out", "seconds", "jobs", "shard", "interrupted"}
 SAVINGS = {"dedup", "strip", "float", "int8", "prune"}
@@ -229,6 +229,9 @@ def check_model_record(F, rec, zoo, out, man, what):
             (ext == ".safetensors" and fmt != "safetensors") or (ext == ".pth" and fmt == "onnx"):
         probs.append("format %r for a %s file%s" % (
             fmt, ext, " (status error)" if rec.get("status") == "error" else ""))
+    if rec.get("not_applied") != []:
+        probs.append("not_applied %r, no option was given that the format refuses"
+                     % rec.get("not_applied"))
     st = os.stat(src)
     if rec.get("input_size") != st.st_size:
         probs.append("input_size %r, file has %d" % (rec.get("input_size"), st.st_size))
