@@ -25,6 +25,17 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+void msh_cli_batch_free(msh_cli_batch *b) {
+    for (size_t i = 0; i < b->n; i++) {
+        free(b->v[i].in);
+        free(b->v[i].out);
+        free(b->v[i].rel);
+    }
+    free(b->v);
+    b->v = NULL;
+    b->n = b->cap = 0;
+}
+
 int msh_cli_batch_add(msh_cli_batch *b, const char *in, const char *out, const char *rel,
                       int model) {
     if (b->n == b->cap) {
@@ -616,12 +627,7 @@ int msh_cli_batch_run(msh_cli_batch *b) {
         free(pv[i].rel);
     free(pv);
     free(r.order);
-    for (size_t i = 0; i < b->n; i++) {
-        free(b->v[i].in);
-        free(b->v[i].out);
-        free(b->v[i].rel);
-    }
-    free(b->v);
+    msh_cli_batch_free(b);
     pthread_mutex_destroy(&r.lock);
     if (g_signal == SIGINT)
         return 130;

@@ -35,6 +35,8 @@ typedef struct msh_cli_batch {
 /* Add a job (strings copied). 0 when out of memory. */
 int msh_cli_batch_add(msh_cli_batch *b, const char *in, const char *out, const char *rel,
                       int model);
+/* Free the jobs (when the batch is not run). */
+void msh_cli_batch_free(msh_cli_batch *b);
 /* Run the batch; returns the process exit code (0, 1, 130 or 143). Frees the jobs. */
 int msh_cli_batch_run(msh_cli_batch *b);
 /* Printed per model when output is not a terminal (and after single conversions); `skipped`

@@ -528,6 +528,7 @@ static int cmd_convert(int argc, char **argv) {
     int uc = check_applicable(&j, given);
     if (uc) {
         free(out_root);
+        msh_cli_batch_free(&j);
         return uc;
     }
     if (folder_mode) {
@@ -535,6 +536,7 @@ static int cmd_convert(int argc, char **argv) {
             fprintf(stderr, "modelshrink: %s: cannot create output folder: %s\n", output,
                     strerror(errno));
             free(out_root);
+            msh_cli_batch_free(&j);
             return EXIT_SOME_FAILED;
         }
     }

@@ -342,8 +342,10 @@ msh_status msh_onnx_layout_make(const msh_onnx_model *m, int external, int64_t t
             st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     }
     if (st == MSH_OK) {
-        memcpy(L->order, ext_order, L->n_external * sizeof *L->order);
-        memcpy(L->order + L->n_external, c.order, c.n_order * sizeof *L->order);
+        if (L->n_external)
+            memcpy(L->order, ext_order, L->n_external * sizeof *L->order);
+        if (c.n_order)
+            memcpy(L->order + L->n_external, c.order, c.n_order * sizeof *L->order);
         L->n_order = L->n_external + c.n_order;
     }
     free(ext_order);
