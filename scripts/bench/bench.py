@@ -116,6 +116,21 @@ def write_summary(out, work, quick, machine):
                   "nd": cell(r["nodedup_wall"], r["nodedup_rss"], r["input_bytes"]),
                   "cp": cell(r["cp_wall"], None, r["input_bytes"])} for r in grow]
         parts += ["### Growth (wall time, seconds per GiB, peak RSS)", report.table(gcols, grows)]
+    fl = res.get("floor")
+    if fl:
+        r = fl.get("ratios", {})
+        fcols = [("what", "conversion", "l"), ("ratio", "wall vs cp", "r"),
+                 ("target", "target", "r")]
+        frows = [{"what": "FP16, 512 MiB single-file model", "ratio": "%.2fx" % r.get(
+                      "modelshrink --fp16", 0), "target": "<= 1.5x"},
+                 {"what": "INT8, same model", "ratio": "%.2fx" % r.get("modelshrink --int8", 0),
+                  "target": "<= 1.5x"},
+                 {"what": "strip + FP16, 485 MiB Adam checkpoint",
+                  "ratio": "%.2fx" % r.get("strip --fp16", 0), "target": "<= 1.5x"},
+                 {"what": "plain convert (dedup finds nothing), same model",
+                  "ratio": "%.2fx" % r.get("modelshrink (dedup)", 0), "target": ""}]
+        parts += ["### The engine at the I/O floor (`floor`; largest peak RSS %.0f MiB)"
+                  % fl.get("rss_mib", 0), report.table(fcols, frows)]
     parts.append("Machine: %s, %d cores, %.1f GiB RAM, %s." % (
         machine["cpu"], machine["cores"], machine["ram_gib"], machine["os"]))
     report.update_section(out, "summary" + ("-quick" if quick else ""), "\n\n".join(parts),

@@ -199,6 +199,7 @@ typedef struct run {
     /* per format (onnx, pth, safetensors): models ok, failed, bytes in and out */
     int64_t fmt_ok[3], fmt_failed[3], fmt_in[3], fmt_out[3];
     double t0;
+    int threads; /* engine threads per model: the cores shared among the parallel models */
 } run;
 
 static msh_cli_job *g_sort_jobs; /* qsort has no context argument */
@@ -329,6 +330,8 @@ static void *worker(void *arg) {
         double t0 = now_s();
         msh_status st;
         msh_convert_options opt = *b->opt; /* less the given options this format does not take */
+        if (!opt.threads)
+            opt.threads = r->threads;
         for (unsigned o = 0; o < 32; o++)
             if ((j->skip >> o) & 1u)
                 msh_cli_clear_option(&opt, (msh_option)o);
@@ -559,6 +562,8 @@ int msh_cli_batch_run(msh_cli_batch *b) {
     pthread_t th[256];
     if (nth > 256)
         nth = 256;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    r.threads = cores > nth ? (int)(cores / nth) : 1;
     int started = 0;
     for (int i = 1; code == 0 && i < nth; i++)
         if (pthread_create(&th[i], NULL, worker, &r) == 0)

@@ -66,7 +66,8 @@ typedef struct msh_tentry {
     msh_src src;
     msh_role role;
     int64_t storage; /* checkpoints: the storage it views (views of one storage share it); -1 */
-    int users;       /* nodes (ONNX) or state-dict keys (checkpoints) that read it */
+    int users;       /* ONNX initializers: node inputs naming it (other ONNX tensors: 1);
+                        checkpoints: the views of its storage */
     /* ---- the plan, written by passes ---- */
     int32_t out_dtype;         /* 0: written as read; FLOAT16/BFLOAT16: converted from FLOAT;
                                   INT8: quantized per channel with qscales */

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "common/msh_io.h"
+#include "common/msh_strmap.h"
 
 msh_status msh_onnx_add_payload(msh_onnx_model *m, int src, int64_t off, int64_t len, size_t *idx,
                                 msh_error *e);
@@ -441,6 +442,37 @@ int64_t msh_onnx_find_tensor(const msh_onnx_model *m, const Onnx__TensorProto *t
 }
 
 /* The graph list and tensor table, walked from the tree. */
+/* What uses each initializer: the node inputs, in any graph, that name it. (A subgraph may
+ * shadow a name; the count is by name.) */
+static msh_status count_users(msh_onnx_model *m, msh_error *e) {
+    msh_strmap uses;
+    msh_strmap_init(&uses);
+    msh_status st = MSH_OK;
+    for (size_t gi = 0; gi < m->n_graphs && st == MSH_OK; gi++) {
+        const Onnx__GraphProto *g = m->graphs[gi].g;
+        for (size_t i = 0; i < g->n_node && st == MSH_OK; i++)
+            for (size_t k = 0; k < g->node[i]->n_input; k++) {
+                const char *nm = g->node[i]->input[k];
+                int64_t *v = nm && *nm ? msh_strmap_upsert(&uses, nm, 0) : NULL;
+                if (nm && *nm && !v) {
+                    st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+                    break;
+                }
+                if (v)
+                    (*v)++;
+            }
+    }
+    for (size_t i = 0; st == MSH_OK && i < m->n_tensors; i++) {
+        msh_tensor *t = &m->tensors[i];
+        int64_t *v = t->loc == MSH_LOC_INITIALIZER && t->tp->name
+                         ? msh_strmap_get(&uses, t->tp->name)
+                         : NULL;
+        t->d.users = v ? (int)*v : t->loc == MSH_LOC_INITIALIZER ? 0 : 1;
+    }
+    msh_strmap_free(&uses);
+    return st;
+}
+
 static msh_status walk_all(msh_onnx_model *m, msh_error *e) {
     MSH_FORWARD(walk_graph(m, m->mp->graph, -1, 1, e));
     for (size_t i = 0; i < m->mp->n_training_info; i++) {
@@ -454,6 +486,7 @@ static msh_status walk_all(msh_onnx_model *m, msh_error *e) {
         Onnx__FunctionProto *f = m->mp->functions[i];
         MSH_FORWARD(walk_nodes(m, f->node, f->n_node, -1, 1, 1, e));
     }
+    MSH_FORWARD(count_users(m, e));
     return tmap_build(m, e);
 }
 

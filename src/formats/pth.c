@@ -281,8 +281,10 @@ msh_status msh_pth_open(msh_pth *p, const char *path, const char *key, msh_error
     if (bare)
         for (size_t i = 0; i < p->nt; i++)
             p->t[i].key = p->t[i].name;
-    for (size_t i = 0; st == MSH_OK && i < p->nt; i++)
+    for (size_t i = 0; st == MSH_OK && i < p->nt; i++) {
         describe(p, &p->t[i]);
+        p->t[i].d.users = p->s[p->t[i].storage].users; /* the views of its storage */
+    }
     return st;
 }
 

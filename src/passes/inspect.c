@@ -139,6 +139,7 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
         cJSON_AddNumberToObject(x, "bytes", (double)(t->d.nbytes > 0 ? t->d.nbytes : 0));
         cJSON_AddStringToObject(x, "location", msh_onnx_loc_name(t->loc));
         cJSON_AddStringToObject(x, "graph", gl);
+        cJSON_AddNumberToObject(x, "users", (double)t->d.users);
         cJSON_AddItemToArray(lg, x);
     }
     free(idx);
