@@ -58,8 +58,9 @@ int msh_cuda_be_submit(msh_cuda_be *b, int slot, msh_cuda_piece *p, char *err, s
 int msh_cuda_be_wait(msh_cuda_be *b, int slot, msh_cuda_piece *p, char *err, size_t err_cap);
 
 /* Benchmark: milliseconds one launch of `kind`'s kernel takes on `bytes` of device-resident
- * input (median of 5), or a negative value on a CUDA error. */
-float msh_cuda_time_kernel(int kind, size_t bytes);
+ * input (median of 5), INT8 and ABSMAX with the channel layout (inner, channels); a negative
+ * value on any CUDA error. */
+float msh_cuda_time_kernel(int kind, size_t bytes, int64_t inner, int64_t channels);
 
 #ifdef __cplusplus
 }

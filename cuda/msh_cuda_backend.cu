@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kernels/msh_index.h"
 #include "kernels/msh_scalar.h"
 #include "msh_cuda.h"
 
@@ -32,39 +33,107 @@ __global__ void msh_k_bf16(const uint32_t *in, uint16_t *out, size_t n) {
         out[i] = msh_f32_to_bf16_ref(in[i]);
 }
 
-__global__ void msh_k_int8(const float *in, int8_t *out, size_t n, int64_t first, int64_t inner,
-                           int64_t channels, const float *scales) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        int64_t ch = ((first + (int64_t)i) / inner) % channels;
-        out[i] = msh_int8_quant_ref(in[i], scales[ch]);
+/* The channel of element i of a piece: (row0 + (off0 + i) / inner) % channels, where row0 and off0
+ * place the piece's first element. With 32-bit arguments (every tensor but the very largest) the
+ * two divisions are multiply-highs by launch-fixed magic numbers; otherwise plain 64-bit
+ * division. */
+typedef struct chan_map {
+    int fast;
+    uint32_t off0, row0;
+    msh_fastdiv inner, channels;
+    int64_t first, inner64, channels64;
+} chan_map;
+
+static chan_map chan_map_make(int64_t first, int64_t inner, int64_t channels, size_t n) {
+    chan_map c;
+    memset(&c, 0, sizeof c);
+    c.first = first;
+    c.inner64 = inner;
+    c.channels64 = channels;
+    int64_t off0 = first % inner, row0 = (first / inner) % channels;
+    c.fast = inner < ((int64_t)1 << 31) && channels < ((int64_t)1 << 31) &&
+             off0 + (int64_t)n < ((int64_t)1 << 32) &&
+             row0 + (off0 + (int64_t)n) / inner < ((int64_t)1 << 32);
+    if (c.fast) {
+        c.off0 = (uint32_t)off0;
+        c.row0 = (uint32_t)row0;
+        c.inner = msh_fastdiv_make((uint32_t)inner);
+        c.channels = msh_fastdiv_make((uint32_t)channels);
     }
+    return c;
 }
 
-/* max|w| per channel: maxima of non-negative floats compare like their bit patterns as ints,
- * so atomicMax on the bits is exact and order-free. */
-/* max|w| per touched channel of one piece: entry k is channel (row0 + k) % channels. Maxima of
- * non-negative floats compare like their bit patterns as ints, so atomicMax on the bits is exact
- * and order-free. */
-__global__ void msh_k_absmax(const float *in, size_t n, int64_t first, int64_t inner, int64_t row0,
-                             int64_t t, int *part_bits) {
+__device__ static inline uint32_t chan_of(const chan_map &c, size_t i) {
+    if (c.fast)
+        return msh_fastdiv_mod(c.row0 + msh_fastdiv_div(c.off0 + (uint32_t)i, c.inner), c.channels);
+    return (uint32_t)(((c.first + (int64_t)i) / c.inner64) % c.channels64);
+}
+
+__global__ void msh_k_int8(const float *in, int8_t *out, size_t n, chan_map cm,
+                           const float *scales) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        float a = msh_absmax_step(0.0f, in[i]);
-        if (a > 0.0f) {
-            int64_t k = ((first + (int64_t)i) / inner - row0) % t;
-            atomicMax(&part_bits[k], __float_as_int(a));
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] = msh_int8_quant_ref(in[i], scales[chan_of(cm, i)]);
+}
+
+/* max|w| per touched channel of one piece: entry k is channel (row0 + k) % channels, k being the
+ * element's row counted from the piece's first row, modulo t. Maxima of non-negative floats
+ * compare like their bit patterns as ints, so atomicMax on the bits is exact and order-free. The
+ * lanes of a warp that share an entry (all of them, for a Conv weight's long rows) reduce first,
+ * so one atomic per entry and warp reaches memory. */
+__global__ void msh_k_absmax(const float *in, size_t n, chan_map rows, int64_t t,
+                             unsigned *part_bits) {
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    size_t rounds = (n + stride - 1) / stride; /* every lane of a warp runs every round */
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    for (size_t r = 0; r < rounds; r++, i += stride) {
+        unsigned bits = 0, k = 0xFFFFFFFFu;
+        if (i < n) {
+            float a = msh_absmax_step(0.0f, in[i]);
+            bits = (unsigned)__float_as_int(a);
+            k = chan_of(rows, i); /* rows' "channels" are t: entries wrap after t rows */
         }
+        unsigned peers = __match_any_sync(0xFFFFFFFFu, k);
+        unsigned mx = __reduce_max_sync(peers, bits);
+        if (k != 0xFFFFFFFFu && mx && (threadIdx.x & 31u) == (unsigned)(__ffs(peers) - 1))
+            atomicMax(&part_bits[k], mx);
+    }
+    (void)t;
+}
+
+/* Leaf digests: one thread per 256-byte leaf, loading it as 16-byte vectors (a leaf starts at a
+ * multiple of 256 of a cudaMalloc'd buffer, so the loads are aligned; adjacent threads read
+ * adjacent leaves). A short last leaf takes the byte-wise path. */
+__global__ void msh_k_leaves(const uint8_t *in, size_t n, uint64_t *leaf, size_t n_leaves) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n_leaves;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t off = i * MSH_HASH_LEAF;
+        size_t len = n - off < MSH_HASH_LEAF ? n - off : MSH_HASH_LEAF;
+        if (len < MSH_HASH_LEAF) {
+            leaf[i] = msh_leaf_hash_ref(in + off, len);
+            continue;
+        }
+        const ulonglong2 *q = (const ulonglong2 *)(in + off);
+        uint64_t v[4];
+        msh_xxh64_init(v, 0);
+#pragma unroll
+        for (int s = 0; s < (int)(MSH_HASH_LEAF / 32); s++) {
+            ulonglong2 a = q[2 * s], b = q[2 * s + 1];
+            msh_xxh64_stripe(v, a.x, a.y, b.x, b.y);
+        }
+        leaf[i] = msh_xxh64_finish(v, 0, in + off + MSH_HASH_LEAF, MSH_HASH_LEAF);
     }
 }
 
-__global__ void msh_k_digest(const uint8_t *in, size_t n, uint64_t *digests, size_t n_chunks) {
-    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= n_chunks)
-        return;
-    size_t off = c * MSH_HASH_CHUNK;
-    size_t len = n - off < MSH_HASH_CHUNK ? n - off : MSH_HASH_CHUNK;
-    digests[c] = msh_chunk_hash_ref(in + off, len);
+/* Chunk digests from the leaf digests (little-endian in device memory): one thread per chunk. */
+__global__ void msh_k_chunks(const uint64_t *leaf, size_t n, uint64_t *digests, size_t n_chunks) {
+    for (size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x; c < n_chunks;
+         c += (size_t)gridDim.x * blockDim.x) {
+        size_t off = c * MSH_HASH_CHUNK;
+        size_t len = n - off < MSH_HASH_CHUNK ? n - off : MSH_HASH_CHUNK;
+        size_t nl = (len + MSH_HASH_LEAF - 1) / MSH_HASH_LEAF;
+        digests[c] = msh_chunk_combine_ref((const uint8_t *)(leaf + c * MSH_HASH_LEAVES), nl, len);
+    }
 }
 
 static unsigned grid_for(size_t n) {
@@ -86,21 +155,29 @@ extern "C" int msh_cuda_probe_count(void) {
 extern "C" int msh_cuda_chunk_digests(const uint8_t *host, size_t n, uint64_t *digests, char *err,
                                       size_t err_cap) {
     size_t n_chunks = (n + MSH_HASH_CHUNK - 1) / MSH_HASH_CHUNK;
+    size_t n_leaves = (n + MSH_HASH_LEAF - 1) / MSH_HASH_LEAF;
     uint8_t *d_data = NULL;
-    uint64_t *d_dig = NULL;
+    uint64_t *d_dig = NULL, *d_leaf = NULL;
     cudaError_t ce = cudaMalloc(&d_data, n ? n : 1);
     if (ce == cudaSuccess)
         ce = cudaMalloc(&d_dig, (n_chunks ? n_chunks : 1) * sizeof(uint64_t));
     if (ce == cudaSuccess)
+        ce = cudaMalloc(&d_leaf, (n_chunks ? n_chunks : 1) * MSH_HASH_LEAVES * sizeof(uint64_t));
+    if (ce == cudaSuccess)
         ce = cudaMemcpy(d_data, host, n, cudaMemcpyHostToDevice);
     if (ce == cudaSuccess && n_chunks) {
-        msh_k_digest<<<grid_for(n_chunks), MSH_THREADS>>>(d_data, n, d_dig, n_chunks);
+        msh_k_leaves<<<grid_for(n_leaves), MSH_THREADS>>>(d_data, n, d_leaf, n_leaves);
         ce = cudaGetLastError();
+        if (ce == cudaSuccess) {
+            msh_k_chunks<<<grid_for(n_chunks), MSH_THREADS>>>(d_leaf, n, d_dig, n_chunks);
+            ce = cudaGetLastError();
+        }
         if (ce == cudaSuccess)
             ce = cudaMemcpy(digests, d_dig, n_chunks * sizeof(uint64_t), cudaMemcpyDeviceToHost);
     }
     cudaFree(d_data);
     cudaFree(d_dig);
+    cudaFree(d_leaf);
     if (ce != cudaSuccess) {
         snprintf(err, err_cap, "CUDA: %s", cudaGetErrorString(ce));
         return -1;
@@ -254,25 +331,34 @@ extern "C" int msh_cuda_be_submit(msh_cuda_be *b, int slot, msh_cuda_piece *p, c
         /* on the slot's own stream: ordered before this piece's kernel, after the last one's */
         CUDA_TRY(cudaMemcpyAsync(s->d_scales, p->scales, (size_t)p->channels * sizeof(float),
                                  cudaMemcpyHostToDevice, s->st));
-        msh_k_int8<<<grid_for(cnt), MSH_THREADS, 0, s->st>>>((const float *)s->d_in,
-                                                             (int8_t *)s->d_out, cnt, p->first,
-                                                             p->inner, p->channels, s->d_scales);
+        msh_k_int8<<<grid_for(cnt), MSH_THREADS, 0, s->st>>>(
+            (const float *)s->d_in, (int8_t *)s->d_out, cnt,
+            chan_map_make(p->first, p->inner, p->channels, cnt), s->d_scales);
         CUDA_TRY(cudaGetLastError());
         ob = cnt;
         break;
     case MSH_CUDA_ABSMAX:
         CUDA_TRY(cudaMemsetAsync(s->d_part, 0, (size_t)p->t * sizeof(int), s->st));
+        /* entry of element i: (first + i) / inner - row0, modulo t (the touched rows) */
         msh_k_absmax<<<grid_for(cnt), MSH_THREADS, 0, s->st>>>(
-            (const float *)s->d_in, cnt, p->first, p->inner, p->row0, p->t, s->d_part);
+            (const float *)s->d_in, cnt,
+            chan_map_make(p->first - p->row0 * p->inner, p->inner, p->t, cnt), p->t,
+            (unsigned *)s->d_part);
         CUDA_TRY(cudaGetLastError());
         CUDA_TRY(cudaMemcpyAsync(s->h_out, s->d_part, (size_t)p->t * sizeof(int),
                                  cudaMemcpyDeviceToHost, s->st));
         p->out_n = (size_t)p->t * 4;
         break;
     default: {
+        /* leaf digests into d_part (a piece of P bytes has P / 256 leaves, 8 bytes each: fits),
+         * then chunk digests into d_out */
         size_t nc = (p->n + MSH_HASH_CHUNK - 1) / MSH_HASH_CHUNK;
-        msh_k_digest<<<grid_for(nc), MSH_THREADS, 0, s->st>>>(s->d_in, p->n, (uint64_t *)s->d_out,
-                                                              nc);
+        size_t nl = (p->n + MSH_HASH_LEAF - 1) / MSH_HASH_LEAF;
+        msh_k_leaves<<<grid_for(nl), MSH_THREADS, 0, s->st>>>(s->d_in, p->n, (uint64_t *)s->d_part,
+                                                              nl);
+        CUDA_TRY(cudaGetLastError());
+        msh_k_chunks<<<grid_for(nc), MSH_THREADS, 0, s->st>>>((const uint64_t *)s->d_part, p->n,
+                                                              (uint64_t *)s->d_out, nc);
         CUDA_TRY(cudaGetLastError());
         ob = nc * 8;
         break;
@@ -303,26 +389,34 @@ cuda_fail:
     return -1;
 }
 
-extern "C" float msh_cuda_time_kernel(int kind, size_t bytes) {
+#define TIME_TRY(call)                                                                             \
+    do {                                                                                           \
+        if ((call) != cudaSuccess)                                                                 \
+            goto done;                                                                             \
+    } while (0)
+
+extern "C" float msh_cuda_time_kernel(int kind, size_t bytes, int64_t inner, int64_t channels) {
     uint8_t *d_in = NULL, *d_out = NULL;
     float *d_scales = NULL;
-    int *d_absmax = NULL;
     unsigned long long *d_c = NULL;
     float best[5];
     cudaEvent_t t0 = NULL, t1 = NULL;
     float r = -1.0f;
     size_t n = bytes / 4;
-    if (cudaMalloc(&d_in, bytes) != cudaSuccess || cudaMalloc(&d_out, bytes) != cudaSuccess ||
-        cudaMalloc(&d_scales, 768 * sizeof(float)) != cudaSuccess ||
-        cudaMalloc(&d_absmax, 768 * sizeof(int)) != cudaSuccess ||
-        cudaMalloc(&d_c, sizeof *d_c) != cudaSuccess || cudaEventCreate(&t0) != cudaSuccess ||
-        cudaEventCreate(&t1) != cudaSuccess)
-        goto done;
-    cudaMemset(d_in, 0x3c, bytes);
-    cudaMemset(d_scales, 0x3c, 768 * sizeof(float));
-    cudaMemset(d_absmax, 0, 768 * sizeof(int));
+    if (inner < 1 || channels < 1)
+        return -1.0f;
+    TIME_TRY(cudaMalloc(&d_in, bytes));
+    TIME_TRY(cudaMalloc(&d_out, bytes));
+    TIME_TRY(cudaMalloc(&d_scales, (size_t)channels * sizeof(float)));
+    TIME_TRY(cudaMalloc(&d_c, sizeof *d_c));
+    TIME_TRY(cudaEventCreate(&t0));
+    TIME_TRY(cudaEventCreate(&t1));
+    TIME_TRY(cudaMemset(d_in, 0x3c, bytes));
+    TIME_TRY(cudaMemset(d_scales, 0x3c, (size_t)channels * sizeof(float)));
+    TIME_TRY(cudaMemset(d_out, 0, bytes));
+    TIME_TRY(cudaMemset(d_c, 0, sizeof *d_c));
     for (int it = 0; it < 5; it++) {
-        cudaEventRecord(t0);
+        TIME_TRY(cudaEventRecord(t0));
         switch (kind) {
         case MSH_CUDA_FP16:
             msh_k_f16<<<grid_for(n), MSH_THREADS>>>((const uint32_t *)d_in, (uint16_t *)d_out, n,
@@ -333,22 +427,28 @@ extern "C" float msh_cuda_time_kernel(int kind, size_t bytes) {
             msh_k_bf16<<<grid_for(n), MSH_THREADS>>>((const uint32_t *)d_in, (uint16_t *)d_out, n);
             break;
         case MSH_CUDA_INT8:
-            msh_k_int8<<<grid_for(n), MSH_THREADS>>>((const float *)d_in, (int8_t *)d_out, n, 0, 1,
-                                                     768, d_scales);
+            msh_k_int8<<<grid_for(n), MSH_THREADS>>>((const float *)d_in, (int8_t *)d_out, n,
+                                                     chan_map_make(0, inner, channels, n),
+                                                     d_scales);
             break;
         case MSH_CUDA_ABSMAX:
-            msh_k_absmax<<<grid_for(n), MSH_THREADS>>>((const float *)d_in, n, 0, 1, 0, 768,
-                                                       d_absmax);
+            msh_k_absmax<<<grid_for(n), MSH_THREADS>>>((const float *)d_in, n,
+                                                       chan_map_make(0, inner, channels, n),
+                                                       channels, (unsigned *)d_out);
             break;
         default: {
             size_t nc = (bytes + MSH_HASH_CHUNK - 1) / MSH_HASH_CHUNK;
-            msh_k_digest<<<grid_for(nc), MSH_THREADS>>>(d_in, bytes, (uint64_t *)d_out, nc);
+            size_t nl = (bytes + MSH_HASH_LEAF - 1) / MSH_HASH_LEAF;
+            msh_k_leaves<<<grid_for(nl), MSH_THREADS>>>(d_in, bytes, (uint64_t *)d_out, nl);
+            TIME_TRY(cudaGetLastError());
+            msh_k_chunks<<<grid_for(nc), MSH_THREADS>>>((const uint64_t *)d_out, bytes,
+                                                        (uint64_t *)d_out + nl, nc);
         }
         }
-        cudaEventRecord(t1);
-        if (cudaEventSynchronize(t1) != cudaSuccess)
-            goto done;
-        cudaEventElapsedTime(&best[it], t0, t1);
+        TIME_TRY(cudaGetLastError());
+        TIME_TRY(cudaEventRecord(t1));
+        TIME_TRY(cudaEventSynchronize(t1));
+        TIME_TRY(cudaEventElapsedTime(&best[it], t0, t1));
     }
     for (int i = 1; i < 5; i++) /* insertion sort: the median of five */
         for (int j = i; j > 0 && best[j] < best[j - 1]; j--) {
@@ -361,7 +461,6 @@ done:
     cudaFree(d_in);
     cudaFree(d_out);
     cudaFree(d_scales);
-    cudaFree(d_absmax);
     cudaFree(d_c);
     if (t0)
         cudaEventDestroy(t0);

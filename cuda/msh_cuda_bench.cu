@@ -59,18 +59,23 @@ int main(int argc, char **argv) {
     CK(cudaEventElapsedTime(&ms, t0, t1));
     double h2d = 5.0 * bytes / (ms / 1e3);
     printf("d2d copy: %.1f GB/s; pinned h2d: %.1f GB/s\n", d2d / 1e9, h2d / 1e9);
-    /* each kernel alone on device memory: input bytes per second against the copy's rate */
+    /* each kernel alone on device memory: input bytes per second against the copy's rate; INT8
+     * and the channel maxima in a MatMul layout (a channel per element, 3072 of them) and a Conv
+     * layout (a channel per 2304-element row, 256 of them: every lane of a warp on one channel) */
     {
-        int ks[5] = {MSH_CUDA_FP16, MSH_CUDA_BF16, MSH_CUDA_INT8, MSH_CUDA_ABSMAX, MSH_CUDA_DIGEST};
-        const char *kn[5] = {"fp16", "bf16", "int8", "absmax", "digest"};
-        for (int k = 0; k < 5; k++) {
-            float kms = msh_cuda_time_kernel(ks[k], bytes);
+        int ks[7] = {MSH_CUDA_FP16,   MSH_CUDA_BF16,   MSH_CUDA_INT8,  MSH_CUDA_INT8,
+                     MSH_CUDA_ABSMAX, MSH_CUDA_ABSMAX, MSH_CUDA_DIGEST};
+        const char *kn[7] = {"fp16",          "bf16",        "int8 matmul", "int8 conv",
+                             "absmax matmul", "absmax conv", "digest"};
+        int64_t inner[7] = {1, 1, 1, 2304, 1, 2304, 1}, chans[7] = {1, 1, 3072, 256, 3072, 256, 1};
+        for (int k = 0; k < 7; k++) {
+            float kms = msh_cuda_time_kernel(ks[k], bytes, inner[k], chans[k]);
             if (kms <= 0) {
                 fprintf(stderr, "kernel %s failed\n", kn[k]);
                 return 1;
             }
             double bps = bytes / (kms / 1e3);
-            printf("kernel %-6s: %.1f GB/s = %.0f%% of d2d copy\n", kn[k], bps / 1e9,
+            printf("kernel %-13s: %.1f GB/s = %.0f%% of d2d copy\n", kn[k], bps / 1e9,
                    100.0 * bps / d2d);
         }
     }

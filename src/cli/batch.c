@@ -116,7 +116,7 @@ void msh_cli_print_line(const char *in, const char *out, const msh_convert_optio
     if (skipped && *skipped)
         printf(", not applied to %s: %s", r->format, skipped);
     printf(", on %s%s\n", r->device,
-           opt->verify && strcmp(r->device, "cuda") == 0 ? " (verified against the CPU)" : "");
+           opt->verify && strcmp(r->device, "cpu") != 0 ? " (verified against the CPU)" : "");
 }
 
 /* ---- resume: the latest record of each input ---- */

@@ -49,4 +49,9 @@ msh_status msh_backend_cpu_open(int threads, const msh_f16_bounds *b, msh_backen
 msh_status msh_backend_cuda_open(size_t staging, const msh_f16_bounds *b, msh_backend **out,
                                  msh_error *e);
 
+/* The test device (msh_backend_test.c): 1 when MSH_TEST_DEVICE switches it on. */
+int msh_test_device_on(void);
+msh_status msh_backend_test_open(size_t staging, const msh_f16_bounds *b, msh_backend **out,
+                                 msh_error *e);
+
 #endif

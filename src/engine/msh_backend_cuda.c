@@ -89,6 +89,8 @@ static void gpu_close(msh_backend *b) {
 msh_status msh_backend_cuda_open(size_t staging, const msh_f16_bounds *f16, msh_backend **out,
                                  msh_error *e) {
     *out = NULL;
+    if (msh_test_device_on())
+        return msh_backend_test_open(staging, f16, out, e);
     msh_backend *b = calloc(1, sizeof *b);
     cuda_glue *g = calloc(1, sizeof *g);
     if (!b || !g) {
@@ -121,8 +123,9 @@ msh_status msh_backend_cuda_open(size_t staging, const msh_f16_bounds *f16, msh_
 
 msh_status msh_backend_cuda_open(size_t staging, const msh_f16_bounds *f16, msh_backend **out,
                                  msh_error *e) {
-    (void)staging, (void)f16;
     *out = NULL;
+    if (msh_test_device_on())
+        return msh_backend_test_open(staging, f16, out, e);
     return msh_fail(e, MSH_ERR_CUDA, "this build has no CUDA support");
 }
 

@@ -5,12 +5,17 @@
  * inline in C. CPU drivers, SIMD paths and CUDA kernels call these bodies; none of them
  * re-derives the math, so both back ends produce the same bits by construction.
  *
- * The tensor digest (used by dedup):
- *   - the tensor's bytes are cut into chunks of MSH_HASH_CHUNK bytes (the last may be shorter);
- *   - chunk i has digest d_i = XXH64(chunk_i, seed 0);
- *   - the tensor digest is XXH64(LE64(d_0) || LE64(d_1) || ..., seed = byte length).
- * Chunks are fixed by offset, so thread count, batch size, launch shape or where a tensor was
- * split for streaming never change a digest. An empty tensor has digest XXH64("", seed 0).
+ * The tensor digest (used by dedup), defined so that a GPU keeps every thread busy with
+ * aligned vector loads while the CPU computes the same value:
+ *   - the tensor's bytes are cut into leaves of MSH_HASH_LEAF (256) bytes, and the leaves into
+ *     chunks of MSH_HASH_CHUNK (64 KiB, 256 leaves); the last leaf and chunk may be shorter;
+ *   - leaf k has digest l_k = XXH64(leaf_k, seed 0): one GPU thread per leaf;
+ *   - chunk i has digest c_i = XXH64(LE64(l_first) || ... || LE64(l_last), seed = the chunk's
+ *     byte length), over its own leaves;
+ *   - the tensor digest is XXH64(LE64(c_0) || LE64(c_1) || ..., seed = the tensor's length).
+ * Leaves and chunks are fixed by offset, so thread count, batch size, launch shape or where a
+ * tensor was split for streaming (always at a chunk boundary) never change a digest. An empty
+ * tensor has digest XXH64("", seed 0).
  */
 #ifndef MSH_SCALAR_H
 #define MSH_SCALAR_H
@@ -24,7 +29,13 @@
 #define MSH_HD
 #endif
 
+#define MSH_HASH_LEAF ((size_t)256)
 #define MSH_HASH_CHUNK ((size_t)65536)
+#define MSH_HASH_LEAVES (MSH_HASH_CHUNK / MSH_HASH_LEAF)
+
+#if defined(__FAST_MATH__) || defined(__USE_FAST_MATH__)
+#error "modelshrink's element math must not be built with fast-math: CPU and GPU must round alike"
+#endif
 
 #define MSH_XXH_P1 0x9E3779B185EBCA87ULL
 #define MSH_XXH_P2 0xC2B2AE3D27D4EB4FULL
@@ -58,30 +69,39 @@ MSH_HD static inline uint64_t msh_xxh64_merge(uint64_t acc, uint64_t val) {
     return acc * MSH_XXH_P1 + MSH_XXH_P4;
 }
 
-/* XXH64 of one buffer: the reference the CPU library (libxxhash) and the GPU must match. */
-MSH_HD static inline uint64_t msh_xxh64_ref(const uint8_t *p, size_t len, uint64_t seed) {
-    const uint8_t *end = p + len;
+/* XXH64 in three steps, so that a kernel can feed stripes it loaded with vector loads:
+ * lanes initialised from the seed; one 32-byte stripe (four little-endian words) at a time;
+ * then the merge of the lanes (when at least one stripe was fed), the tail and the avalanche. */
+MSH_HD static inline void msh_xxh64_init(uint64_t v[4], uint64_t seed) {
+    v[0] = seed + MSH_XXH_P1 + MSH_XXH_P2;
+    v[1] = seed + MSH_XXH_P2;
+    v[2] = seed;
+    v[3] = seed - MSH_XXH_P1;
+}
+
+MSH_HD static inline void msh_xxh64_stripe(uint64_t v[4], uint64_t w0, uint64_t w1, uint64_t w2,
+                                           uint64_t w3) {
+    v[0] = msh_xxh64_round(v[0], w0);
+    v[1] = msh_xxh64_round(v[1], w1);
+    v[2] = msh_xxh64_round(v[2], w2);
+    v[3] = msh_xxh64_round(v[3], w3);
+}
+
+/* `total`: all bytes hashed; `tail`: the last total % 32 of them (fewer than 32). */
+MSH_HD static inline uint64_t msh_xxh64_finish(const uint64_t v[4], uint64_t seed,
+                                               const uint8_t *tail, size_t total) {
     uint64_t h;
-    if (len >= 32) {
-        uint64_t v1 = seed + MSH_XXH_P1 + MSH_XXH_P2, v2 = seed + MSH_XXH_P2, v3 = seed,
-                 v4 = seed - MSH_XXH_P1;
-        const uint8_t *limit = end - 32;
-        do {
-            v1 = msh_xxh64_round(v1, msh_rd64(p));
-            v2 = msh_xxh64_round(v2, msh_rd64(p + 8));
-            v3 = msh_xxh64_round(v3, msh_rd64(p + 16));
-            v4 = msh_xxh64_round(v4, msh_rd64(p + 24));
-            p += 32;
-        } while (p <= limit);
-        h = msh_rotl64(v1, 1) + msh_rotl64(v2, 7) + msh_rotl64(v3, 12) + msh_rotl64(v4, 18);
-        h = msh_xxh64_merge(h, v1);
-        h = msh_xxh64_merge(h, v2);
-        h = msh_xxh64_merge(h, v3);
-        h = msh_xxh64_merge(h, v4);
+    if (total >= 32) {
+        h = msh_rotl64(v[0], 1) + msh_rotl64(v[1], 7) + msh_rotl64(v[2], 12) + msh_rotl64(v[3], 18);
+        h = msh_xxh64_merge(h, v[0]);
+        h = msh_xxh64_merge(h, v[1]);
+        h = msh_xxh64_merge(h, v[2]);
+        h = msh_xxh64_merge(h, v[3]);
     } else {
         h = seed + MSH_XXH_P5;
     }
-    h += (uint64_t)len;
+    h += (uint64_t)total;
+    const uint8_t *p = tail, *end = tail + (total & 31u);
     while (p + 8 <= end) {
         h ^= msh_xxh64_round(0, msh_rd64(p));
         h = msh_rotl64(h, 27) * MSH_XXH_P1 + MSH_XXH_P4;
@@ -103,6 +123,17 @@ MSH_HD static inline uint64_t msh_xxh64_ref(const uint8_t *p, size_t len, uint64
     h *= MSH_XXH_P3;
     h ^= h >> 32;
     return h;
+}
+
+/* XXH64 of one buffer: the reference the CPU library (libxxhash) and the GPU must match. */
+MSH_HD static inline uint64_t msh_xxh64_ref(const uint8_t *p, size_t len, uint64_t seed) {
+    uint64_t v[4];
+    msh_xxh64_init(v, seed);
+    size_t k = 0;
+    for (; k + 32 <= len; k += 32)
+        msh_xxh64_stripe(v, msh_rd64(p + k), msh_rd64(p + k + 8), msh_rd64(p + k + 16),
+                         msh_rd64(p + k + 24));
+    return msh_xxh64_finish(v, seed, p + k, len);
 }
 
 /* ---- FP32 -> FP16 / BF16 ----
@@ -231,9 +262,29 @@ MSH_HD static inline int8_t msh_int8_quant_ref(float w, float scale) {
     return (int8_t)msh_rne_f32(x);
 }
 
-/* Digest of chunk `index` of a tensor: independent of every other chunk. */
+/* Digest of one leaf (at most MSH_HASH_LEAF bytes). */
+MSH_HD static inline uint64_t msh_leaf_hash_ref(const uint8_t *leaf, size_t len) {
+    return msh_xxh64_ref(leaf, len, 0);
+}
+
+/* Digest of a chunk from its leaves' digests (`n` of them, for `len` bytes): XXH64 over their
+ * little-endian bytes, seeded with the chunk's length. `le` holds 8 * n bytes. */
+MSH_HD static inline uint64_t msh_chunk_combine_ref(const uint8_t *le, size_t n, size_t len) {
+    return msh_xxh64_ref(le, 8 * n, (uint64_t)len);
+}
+
+/* Digest of one chunk (at most MSH_HASH_CHUNK bytes) from its bytes: independent of every
+ * other chunk. */
 MSH_HD static inline uint64_t msh_chunk_hash_ref(const uint8_t *chunk, size_t len) {
-    return msh_xxh64_ref(chunk, len, 0);
+    uint8_t le[8 * MSH_HASH_LEAVES];
+    size_t n = 0;
+    for (size_t at = 0; at < len; at += MSH_HASH_LEAF, n++) {
+        size_t k = len - at < MSH_HASH_LEAF ? len - at : MSH_HASH_LEAF;
+        uint64_t d = msh_leaf_hash_ref(chunk + at, k);
+        for (int b = 0; b < 8; b++)
+            le[8 * n + (size_t)b] = (uint8_t)(d >> (8 * b));
+    }
+    return msh_chunk_combine_ref(le, n, len);
 }
 
 #endif
