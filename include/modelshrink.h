@@ -194,6 +194,17 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
  */
 msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err);
 
+/**
+ * Compare two model files tensor by tensor (any two supported formats): tensors are matched by
+ * name; each pair is byte-identical or not, and otherwise gets its largest absolute and relative
+ * difference, largest distance in units in the last place (same float type) and cosine. Both are
+ * read in bounded pieces. `*json_out` receives a malloc'd JSON object: "a", "b", "tensors"
+ * ([{name, status: identical|different|dtype|shape|missing|extra, ...}]), "summary" and
+ * "identical"; `*identical` is 1 when every tensor is in both, byte for byte.
+ */
+msh_status msh_diff_files(const char *path_a, const char *path_b, char **json_out,
+                          int *identical, msh_error *err);
+
 /** Number of usable CUDA devices; 0 when built without CUDA or when none is present. */
 int msh_cuda_device_count(void);
 

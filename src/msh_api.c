@@ -13,6 +13,7 @@
 #include "msh_pipeline.h"
 #include "passes/ckpt.h"
 #include "passes/dedup.h"
+#include "passes/diff.h"
 #include "passes/fp16.h"
 #include "passes/inspect.h"
 #include "passes/int8.h"
@@ -668,6 +669,74 @@ msh_status msh_onnx_external_files(const char *path, char ***locations, size_t *
     msh_onnx_model_free(&m);
     if (st != MSH_OK)
         msh_error_prefix(err, path);
+    return st;
+}
+
+/* Any supported file, opened for reading its tensor table. */
+typedef struct any_model {
+    msh_format kind;
+    msh_onnx_model onnx;
+    msh_pth pth;
+    msh_st_file st;
+    msh_table tab;
+} any_model;
+
+static void any_free(any_model *a) {
+    if (a->kind == MSH_FORMAT_ONNX)
+        msh_onnx_model_free(&a->onnx);
+    else if (a->kind == MSH_FORMAT_PTH)
+        msh_pth_free(&a->pth);
+    else if (a->kind == MSH_FORMAT_SAFETENSORS)
+        msh_st_free(&a->st);
+    a->kind = MSH_FORMAT_AUTO;
+}
+
+static msh_status any_open(any_model *a, const char *path, msh_error *err) {
+    memset(a, 0, sizeof *a);
+    a->kind = sniff(path);
+    msh_status st;
+    if (a->kind == MSH_FORMAT_SAFETENSORS) {
+        st = msh_st_open(&a->st, path, err);
+        a->tab = msh_st_table(&a->st);
+    } else if (a->kind == MSH_FORMAT_PTH) {
+        st = msh_pth_open(&a->pth, path, NULL, err);
+        a->tab = msh_pth_table(&a->pth);
+    } else {
+        st = msh_onnx_model_open(&a->onnx, path, err);
+        a->tab = msh_onnx_table(&a->onnx);
+    }
+    if (st != MSH_OK)
+        msh_error_prefix(err, path);
+    return st;
+}
+
+msh_status msh_diff_files(const char *path_a, const char *path_b, char **json_out,
+                          int *identical, msh_error *err) {
+    *json_out = NULL;
+    *identical = 0;
+    any_model a, b;
+    msh_status st = any_open(&a, path_a, err);
+    if (st == MSH_OK)
+        st = any_open(&b, path_b, err);
+    else
+        memset(&b, 0, sizeof b);
+    cJSON *o = cJSON_CreateObject();
+    if (st == MSH_OK && !o)
+        st = msh_fail(err, MSH_ERR_NOMEM, "out of memory");
+    if (st == MSH_OK) {
+        cJSON_AddStringToObject(o, "a", path_a);
+        cJSON_AddStringToObject(o, "b", path_b);
+        cJSON_AddStringToObject(o, "format_a", msh_format_name(a.kind));
+        cJSON_AddStringToObject(o, "format_b", msh_format_name(b.kind));
+        st = msh_diff_tables(&a.tab, &b.tab, o, identical, err);
+        if (st != MSH_OK)
+            msh_error_prefix(err, path_a);
+    }
+    if (st == MSH_OK && !(*json_out = cJSON_PrintUnformatted(o)))
+        st = msh_fail(err, MSH_ERR_NOMEM, "out of memory");
+    cJSON_Delete(o);
+    any_free(&a);
+    any_free(&b);
     return st;
 }
 

@@ -21,6 +21,7 @@ static const char *usage_text =
     "\n"
     "commands:\n"
     "  inspect [--json] FILE...            explain a model's size\n"
+    "  diff [--json] [--all] A B           compare two model files tensor by tensor\n"
     "  convert [OPTIONS] INPUT... -o OUTPUT shrink models (files, or folders of *.onnx)\n"
     "\n"
     "convert options:\n"
@@ -601,6 +602,127 @@ static int cmd_inspect(int argc, char **argv) {
     return failed ? EXIT_SOME_FAILED : EXIT_ALL_OK;
 }
 
+static const char *diff_usage =
+    "usage: modelshrink diff [--json] [--all] A B\n"
+    "\n"
+    "Compare two model files tensor by tensor, whatever their formats (an ONNX model and its\n"
+    "safetensors export, a checkpoint and its strip, a GPU conversion and a CPU one). Tensors\n"
+    "are matched by name. For each: bytes identical or not; otherwise the largest absolute and\n"
+    "relative difference, the largest ULP distance (same float type) and the cosine; names in\n"
+    "one file only; element type and shape changes. Prints the tensors that differ (--all: every\n"
+    "tensor) and a summary line; --json prints the whole report as JSON.\n"
+    "\n"
+    "exit codes: 0 every tensor byte-identical, 1 a difference (or a file that cannot be read),\n"
+    "2 usage error\n";
+
+static void fmt_shape(const cJSON *a, char *buf, size_t cap) {
+    size_t n = 0;
+    buf[0] = 0;
+    n += (size_t)snprintf(buf + n, cap - n, "[");
+    const cJSON *d;
+    int first = 1;
+    cJSON_ArrayForEach(d, a) {
+        if (n < cap)
+            n += (size_t)snprintf(buf + n, cap - n, "%s%.0f", first ? "" : ",", d->valuedouble);
+        first = 0;
+    }
+    if (n < cap)
+        snprintf(buf + n, cap - n, "]");
+}
+
+static int cmd_diff(int argc, char **argv) {
+    static const struct option opts[] = {{"json", no_argument, 0, 'j'},
+                                         {"all", no_argument, 0, 'a'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int json = 0, all = 0, c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'j': json = 1; break;
+        case 'a': all = 1; break;
+        case 'h': fputs(diff_usage, stdout); return EXIT_ALL_OK;
+        default: return usage_error("diff: unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (argc - optind != 2)
+        return usage_error("diff: %s", "two files are needed: diff A B");
+    char *text = NULL;
+    int identical = 0;
+    msh_error err;
+    if (msh_diff_files(argv[optind], argv[optind + 1], &text, &identical, &err) != MSH_OK) {
+        fprintf(stderr, "modelshrink: %s\n", err.msg);
+        return EXIT_SOME_FAILED;
+    }
+    cJSON *o = cJSON_Parse(text);
+    msh_free(text);
+    if (!o) {
+        fprintf(stderr, "modelshrink: diff: internal error: bad report\n");
+        return EXIT_SOME_FAILED;
+    }
+    if (json) {
+        char *s = cJSON_Print(o);
+        if (s)
+            printf("%s\n", s);
+        free(s);
+    } else {
+        const cJSON *t;
+        int header = 0;
+        cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(o, "tensors")) {
+            const char *status = cJSON_GetObjectItemCaseSensitive(t, "status")->valuestring;
+            if (!all && strcmp(status, "identical") == 0)
+                continue;
+            if (!header) {
+                printf("%-40s %-10s %-20s %12s %12s %10s %10s\n", "tensor", "status",
+                       "dtype (a -> b)", "max abs", "max rel", "max ulp", "cosine");
+                header = 1;
+            }
+            const cJSON *da = cJSON_GetObjectItemCaseSensitive(t, "dtype_a"),
+                        *db = cJSON_GetObjectItemCaseSensitive(t, "dtype_b");
+            char types[64], ma[24] = "", mr[24] = "", mu[24] = "", co[24] = "";
+            snprintf(types, sizeof types, "%s%s%s", da ? da->valuestring : "-",
+                     da && db && strcmp(da->valuestring, db->valuestring) == 0 ? "" : " -> ",
+                     da && db && strcmp(da->valuestring, db->valuestring) == 0
+                         ? ""
+                         : (db ? db->valuestring : "-"));
+            const cJSON *v;
+            if ((v = cJSON_GetObjectItemCaseSensitive(t, "max_abs")))
+                snprintf(ma, sizeof ma, "%.4g", v->valuedouble);
+            if ((v = cJSON_GetObjectItemCaseSensitive(t, "max_rel")))
+                snprintf(mr, sizeof mr, "%.4g", v->valuedouble);
+            if ((v = cJSON_GetObjectItemCaseSensitive(t, "max_ulp")) && cJSON_IsNumber(v))
+                snprintf(mu, sizeof mu, "%.0f", v->valuedouble);
+            if ((v = cJSON_GetObjectItemCaseSensitive(t, "cosine")))
+                snprintf(co, sizeof co, "%.6f", v->valuedouble);
+            printf("%-40s %-10s %-20s %12s %12s %10s %10s", t->child->valuestring, status, types,
+                   ma, mr, mu, co);
+            if (strcmp(status, "shape") == 0) {
+                char sa[128], sb[128];
+                fmt_shape(cJSON_GetObjectItemCaseSensitive(t, "shape_a"), sa, sizeof sa);
+                fmt_shape(cJSON_GetObjectItemCaseSensitive(t, "shape_b"), sb, sizeof sb);
+                printf(" %s -> %s", sa, sb);
+            }
+            printf("\n");
+        }
+        const cJSON *s = cJSON_GetObjectItemCaseSensitive(o, "summary");
+#define NUM(k) cJSON_GetObjectItemCaseSensitive(s, k)->valuedouble
+        printf("%s: %.0f identical, %.0f differ (%.0f in type or shape), %.0f only in %s, %.0f "
+               "only in %s",
+               identical ? "identical" : "different", NUM("identical"), NUM("different"),
+               NUM("type_or_shape_changed"), NUM("missing"), argv[optind], NUM("extra"),
+               argv[optind + 1]);
+        if (NUM("different") > 0)
+            printf("; largest abs difference %.4g, smallest cosine %.6f", NUM("max_abs"),
+                   NUM("min_cosine"));
+        printf("\n");
+#undef NUM
+    }
+    cJSON_Delete(o);
+    fflush(stdout);
+    return identical ? EXIT_ALL_OK : EXIT_SOME_FAILED;
+}
+
 int main(int argc, char **argv) {
     /* Past a file-size limit (ulimit -f) a write must fail with EFBIG, so the temporary file is
      * removed and the error reported, rather than the process dying on SIGXFSZ mid-write. */
@@ -620,6 +742,8 @@ int main(int argc, char **argv) {
         return cmd_convert(argc - 1, argv + 1);
     if (strcmp(cmd, "inspect") == 0)
         return cmd_inspect(argc - 1, argv + 1);
+    if (strcmp(cmd, "diff") == 0)
+        return cmd_diff(argc - 1, argv + 1);
     if (strcmp(cmd, "report") == 0 && argc >= 3 && strcmp(argv[2], "merge") == 0) {
         if (argc < 4)
             return usage_error("%s", "report merge: no report given");

@@ -378,8 +378,13 @@ static msh_status walk_nodes(msh_onnx_model *m, Onnx__NodeProto **nodes, size_t 
             msh_tensor_loc loc = in_function ? MSH_LOC_FUNCTION
                                  : is_const  ? MSH_LOC_CONSTANT
                                              : MSH_LOC_ATTRIBUTE;
-            if (at->t)
+            if (at->t) {
                 MSH_FORWARD(add_tensor(m, at->t, graph, loc, e));
+                /* a Constant's value is known by the node's output name */
+                msh_tentry *d = &m->tensors[m->n_tensors - 1].d;
+                if (is_const && !*d->name && nd->n_output > 0 && nd->output[0])
+                    d->name = nd->output[0];
+            }
             for (size_t k = 0; k < at->n_tensors; k++)
                 MSH_FORWARD(add_tensor(m, at->tensors[k], graph, loc, e));
             if (at->sparse_tensor)
