@@ -42,6 +42,7 @@ typedef struct msh_cuda_piece {
     /* results (after wait) */
     size_t out_n;
     uint64_t clamped;
+    uint64_t range[4]; /* FP16: non-zero, below FP16's normal range, above it, max |x| bits */
 } msh_cuda_piece;
 
 typedef struct msh_cuda_be msh_cuda_be;

@@ -14,17 +14,46 @@
 
 /* ---- kernels ---- */
 
+/* FP16 conversion, and the counts the precision plan reads: stats[0] values clamped, [1]
+ * non-zero finite, [2] below FP16's normal range, [3] above its largest value, [4] the largest
+ * finite magnitude's bits. Counts are summed per thread, then per warp, then one atomic each. */
 __global__ void msh_k_f16(const uint32_t *in, uint16_t *out, size_t n, uint32_t mn, uint32_t mx,
-                          unsigned long long *clamped) {
-    unsigned long long c = 0;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
+                          unsigned long long *stats) {
+    unsigned c = 0, nz = 0, lo = 0, hi = 0, big = 0;
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    size_t rounds = (n + stride - 1) / stride;
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    for (size_t r = 0; r < rounds; r++, i += stride) {
+        if (i >= n)
+            continue;
         int k;
-        out[i] = msh_f32_to_f16_ref(in[i], mn, mx, &k);
-        c += (unsigned long long)k;
+        uint32_t x = in[i];
+        out[i] = msh_f32_to_f16_ref(x, mn, mx, &k);
+        c += (unsigned)k;
+        int rc = msh_f16_range_class(x);
+        nz += rc != 0;
+        lo += rc == 2;
+        hi += rc == 3;
+        if (rc != 0 && (x & 0x7FFFFFFFu) > big)
+            big = x & 0x7FFFFFFFu;
     }
-    if (c)
-        atomicAdd(clamped, c);
+    c = __reduce_add_sync(0xFFFFFFFFu, c);
+    nz = __reduce_add_sync(0xFFFFFFFFu, nz);
+    lo = __reduce_add_sync(0xFFFFFFFFu, lo);
+    hi = __reduce_add_sync(0xFFFFFFFFu, hi);
+    big = __reduce_max_sync(0xFFFFFFFFu, big);
+    if ((threadIdx.x & 31u) == 0) {
+        if (c)
+            atomicAdd(&stats[0], (unsigned long long)c);
+        if (nz)
+            atomicAdd(&stats[1], (unsigned long long)nz);
+        if (lo)
+            atomicAdd(&stats[2], (unsigned long long)lo);
+        if (hi)
+            atomicAdd(&stats[3], (unsigned long long)hi);
+        if (big)
+            atomicMax(&stats[4], (unsigned long long)big);
+    }
 }
 
 __global__ void msh_k_bf16(const uint32_t *in, uint16_t *out, size_t n) {
@@ -193,7 +222,7 @@ typedef struct cuda_slot {
     float *d_scales;
     size_t scales_cap;
     int *d_part;
-    unsigned long long *d_clamped, *h_clamped;
+    unsigned long long *d_clamped, *h_clamped; /* FP16: 5 counters (msh_k_f16) */
     cudaStream_t st;
     cudaEvent_t done;
 } cuda_slot;
@@ -268,11 +297,11 @@ extern "C" int msh_cuda_be_new(size_t staging, msh_cuda_be **out, char *err, siz
         cuda_slot *s = &b->s[i];
         CUDA_TRY(cudaMallocHost((void **)&s->h_in, staging));
         CUDA_TRY(cudaMallocHost((void **)&s->h_out, staging));
-        CUDA_TRY(cudaMallocHost((void **)&s->h_clamped, sizeof *s->h_clamped));
+        CUDA_TRY(cudaMallocHost((void **)&s->h_clamped, 5 * sizeof *s->h_clamped));
         CUDA_TRY(cudaMalloc((void **)&s->d_in, staging));
         CUDA_TRY(cudaMalloc((void **)&s->d_out, staging));
         CUDA_TRY(cudaMalloc((void **)&s->d_part, staging));
-        CUDA_TRY(cudaMalloc((void **)&s->d_clamped, sizeof *s->d_clamped));
+        CUDA_TRY(cudaMalloc((void **)&s->d_clamped, 5 * sizeof *s->d_clamped));
         CUDA_TRY(cudaStreamCreateWithFlags(&s->st, cudaStreamNonBlocking));
         CUDA_TRY(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming));
     }
@@ -304,12 +333,12 @@ extern "C" int msh_cuda_be_submit(msh_cuda_be *b, int slot, msh_cuda_piece *p, c
     CUDA_TRY(cudaMemcpyAsync(s->d_in, s->h_in, p->n, cudaMemcpyHostToDevice, s->st));
     switch (p->kind) {
     case MSH_CUDA_FP16:
-        CUDA_TRY(cudaMemsetAsync(s->d_clamped, 0, sizeof *s->d_clamped, s->st));
+        CUDA_TRY(cudaMemsetAsync(s->d_clamped, 0, 5 * sizeof *s->d_clamped, s->st));
         msh_k_f16<<<grid_for(cnt), MSH_THREADS, 0, s->st>>>(
             (const uint32_t *)s->d_in, (uint16_t *)s->d_out, cnt, p->f16_min_abs, p->f16_max_abs,
             s->d_clamped);
         CUDA_TRY(cudaGetLastError());
-        CUDA_TRY(cudaMemcpyAsync(s->h_clamped, s->d_clamped, sizeof *s->d_clamped,
+        CUDA_TRY(cudaMemcpyAsync(s->h_clamped, s->d_clamped, 5 * sizeof *s->d_clamped,
                                  cudaMemcpyDeviceToHost, s->st));
         ob = cnt * 2;
         break;
@@ -381,7 +410,13 @@ extern "C" int msh_cuda_be_wait(msh_cuda_be *b, int slot, msh_cuda_piece *p, cha
     cuda_slot *s = &b->s[slot];
     range_push(b, "wait");
     CUDA_TRY(cudaEventSynchronize(s->done));
-    p->clamped = p->kind == MSH_CUDA_FP16 ? (uint64_t)*s->h_clamped : 0;
+    p->clamped = 0;
+    memset(p->range, 0, sizeof p->range);
+    if (p->kind == MSH_CUDA_FP16) {
+        p->clamped = (uint64_t)s->h_clamped[0];
+        for (int k = 0; k < 4; k++)
+            p->range[k] = (uint64_t)s->h_clamped[1 + k];
+    }
     range_pop(b);
     return 0;
 cuda_fail:
@@ -408,13 +443,13 @@ extern "C" float msh_cuda_time_kernel(int kind, size_t bytes, int64_t inner, int
     TIME_TRY(cudaMalloc(&d_in, bytes));
     TIME_TRY(cudaMalloc(&d_out, bytes));
     TIME_TRY(cudaMalloc(&d_scales, (size_t)channels * sizeof(float)));
-    TIME_TRY(cudaMalloc(&d_c, sizeof *d_c));
+    TIME_TRY(cudaMalloc(&d_c, 5 * sizeof *d_c));
     TIME_TRY(cudaEventCreate(&t0));
     TIME_TRY(cudaEventCreate(&t1));
     TIME_TRY(cudaMemset(d_in, 0x3c, bytes));
     TIME_TRY(cudaMemset(d_scales, 0x3c, (size_t)channels * sizeof(float)));
     TIME_TRY(cudaMemset(d_out, 0, bytes));
-    TIME_TRY(cudaMemset(d_c, 0, sizeof *d_c));
+    TIME_TRY(cudaMemset(d_c, 0, 5 * sizeof *d_c));
     for (int it = 0; it < 5; it++) {
         TIME_TRY(cudaEventRecord(t0));
         switch (kind) {

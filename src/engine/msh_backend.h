@@ -19,8 +19,9 @@ typedef struct msh_piece {
     size_t n;      /* input bytes */
     /* results */
     size_t out_n;     /* output bytes (converted bytes, chunk digests, or channel maxima) */
-    uint64_t clamped; /* F16 */
-    int64_t row0;     /* ABSMAX: out holds out_n / 4 maxima, for channels (row0 + k) % channels */
+    uint64_t clamped;    /* F16 */
+    msh_f16_range range; /* F16: the range test of the piece's input */
+    int64_t row0;        /* ABSMAX: out holds out_n / 4 maxima, for channels (row0 + k) % channels */
 } msh_piece;
 
 typedef struct msh_backend msh_backend;

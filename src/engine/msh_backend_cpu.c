@@ -34,6 +34,7 @@ void msh_piece_compute_cpu(msh_piece *p, const msh_f16_bounds *b, const uint8_t 
     size_t n = p->n;
     p->clamped = 0;
     p->row0 = 0;
+    memset(&p->range, 0, sizeof p->range);
     switch (j->op) {
     case MSH_OP_COPY:
         memcpy(out, in, n);
@@ -41,6 +42,7 @@ void msh_piece_compute_cpu(msh_piece *p, const msh_f16_bounds *b, const uint8_t 
         break;
     case MSH_OP_F16:
         p->clamped = msh_f32_to_f16_buf(in, out, n / 4, b);
+        msh_f16_range_buf(in, n / 4, &p->range); /* the piece is still in cache */
         p->out_n = n / 2;
         break;
     case MSH_OP_BF16:

@@ -73,6 +73,11 @@ static msh_status gpu_wait(msh_backend *b, int slot, msh_piece *p, msh_error *e)
     if (msh_cuda_be_wait(g->be, slot, c, err, sizeof err) != 0)
         return msh_fail(e, MSH_ERR_CUDA, "tensor '%s': %s", p->job->name, err);
     p->clamped = c->clamped;
+    memset(&p->range, 0, sizeof p->range);
+    p->range.nonzero = c->range[0];
+    p->range.below = c->range[1];
+    p->range.above = c->range[2];
+    p->range.max_bits = (uint32_t)c->range[3];
     return MSH_OK;
 }
 

@@ -186,6 +186,7 @@ static msh_status t_wait(msh_backend *b, int slot, msh_piece *p, msh_error *e) {
     s->state = T_IDLE;
     p->out_n = s->work.out_n;
     p->clamped = s->work.clamped;
+    p->range = s->work.range;
     p->row0 = s->work.row0;
     pthread_mutex_unlock(&d->mu);
     int n = failing(0);

@@ -317,6 +317,17 @@ static msh_status verify_piece(msh_run *r, int s, const msh_piece *p, const uint
                         "verify: tensor '%s': %llu values clamped on the %s, %llu on the CPU",
                         j->name, (unsigned long long)p->clamped, dev,
                         (unsigned long long)q.clamped);
+    if (j->op == MSH_OP_F16 &&
+        (q.range.nonzero != p->range.nonzero || q.range.below != p->range.below ||
+         q.range.above != p->range.above || q.range.max_bits != p->range.max_bits))
+        return msh_fail(e, MSH_ERR_VERIFY,
+                        "verify: tensor '%s': the range test differs on the %s (%llu/%llu/%llu, "
+                        "max 0x%x) and the CPU (%llu/%llu/%llu, max 0x%x)",
+                        j->name, dev, (unsigned long long)p->range.nonzero,
+                        (unsigned long long)p->range.below, (unsigned long long)p->range.above,
+                        p->range.max_bits, (unsigned long long)q.range.nonzero,
+                        (unsigned long long)q.range.below, (unsigned long long)q.range.above,
+                        q.range.max_bits);
     if (memcmp(out, r->scratch, p->out_n) == 0)
         return MSH_OK;
     size_t w = j->op == MSH_OP_INT8     ? 1
@@ -350,6 +361,7 @@ static msh_status verify_piece(msh_run *r, int s, const msh_piece *p, const uint
 
 static msh_status job_begin(msh_run *r, msh_job *j, msh_error *e) {
     j->clamped = 0;
+    memset(&j->range, 0, sizeof j->range);
     if (j->op == MSH_OP_DIGEST) {
         size_t nc = (size_t)((j->nbytes + (int64_t)MSH_HASH_CHUNK - 1) / (int64_t)MSH_HASH_CHUNK);
         if (nc > r->chunks_cap) {
@@ -425,6 +437,11 @@ msh_status msh_run_take(msh_run *r, size_t k, msh_sink *dst, msh_error *e) {
                 st = verify_piece(r, s, p, out, e);
             if (st == MSH_OK) {
                 j->clamped += p->clamped;
+                j->range.nonzero += p->range.nonzero;
+                j->range.below += p->range.below;
+                j->range.above += p->range.above;
+                if (p->range.max_bits > j->range.max_bits)
+                    j->range.max_bits = p->range.max_bits;
                 if (j->op == MSH_OP_DIGEST) {
                     memcpy(r->chunks + p->first / (int64_t)MSH_HASH_CHUNK, out, p->out_n);
                 } else if (j->op == MSH_OP_ABSMAX) {

@@ -46,7 +46,8 @@ typedef struct msh_job {
     /* results */
     uint64_t digest;  /* DIGEST */
     float *absmax;    /* ABSMAX: `channels` values, raised to the maxima found */
-    uint64_t clamped; /* F16: values clamped */
+    uint64_t clamped;    /* F16: values clamped */
+    msh_f16_range range; /* F16: the range test of the input (the precision plan reads it) */
 } msh_job;
 
 /* Output bytes of a job's operation on `nbytes` input bytes (0 for scans). */

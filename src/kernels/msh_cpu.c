@@ -165,6 +165,66 @@ void msh_f32_to_bf16_buf(const uint8_t *src, uint8_t *dst, size_t n) {
     msh_f32_to_bf16_buf_simd(src, dst, n);
 }
 
+static void range_ref(const uint8_t *src, size_t n, msh_f16_range *r) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t x = ld32(src + 4 * i);
+        int c = msh_f16_range_class(x);
+        if (c == 0)
+            continue;
+        r->nonzero++;
+        r->below += c == 2;
+        r->above += c == 3;
+        uint32_t ax = x & 0x7FFFFFFFu;
+        if (ax > r->max_bits)
+            r->max_bits = ax;
+    }
+}
+
+#if defined(MSH_X86_SIMD)
+/* msh_f16_range_class on 8 lanes: magnitudes are < 2^31, so signed compares order them. */
+__attribute__((target("avx2"))) static size_t range_avx2(const uint8_t *src, size_t n,
+                                                         msh_f16_range *r) {
+    const __m256i absmask = _mm256_set1_epi32(0x7FFFFFFF);
+    const __m256i inf = _mm256_set1_epi32(0x7F800000);
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i minn = _mm256_set1_epi32((int)MSH_F16_MIN_NORMAL_BITS);
+    const __m256i maxh = _mm256_set1_epi32((int)MSH_F16_MAX_BITS);
+    __m256i mx = zero;
+    uint64_t nz = 0, below = 0, above = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i ax = _mm256_and_si256(
+            _mm256_loadu_si256((const __m256i *)(const void *)(src + 4 * i)), absmask);
+        __m256i finite_nz = _mm256_andnot_si256(_mm256_cmpeq_epi32(ax, zero),
+                                                _mm256_cmpgt_epi32(inf, ax));
+        __m256i lo = _mm256_and_si256(finite_nz, _mm256_cmpgt_epi32(minn, ax));
+        __m256i hi = _mm256_and_si256(finite_nz, _mm256_cmpgt_epi32(ax, maxh));
+        nz += (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(finite_nz)));
+        below += (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(lo)));
+        above += (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(hi)));
+        mx = _mm256_max_epi32(mx, _mm256_and_si256(ax, finite_nz));
+    }
+    uint32_t lanes[8];
+    _mm256_storeu_si256((__m256i *)(void *)lanes, mx);
+    for (int k = 0; k < 8; k++)
+        if (lanes[k] > r->max_bits)
+            r->max_bits = lanes[k];
+    r->nonzero += nz;
+    r->below += below;
+    r->above += above;
+    return i;
+}
+#endif
+
+void msh_f16_range_buf(const uint8_t *src, size_t n, msh_f16_range *r) {
+    size_t done = 0;
+#if defined(MSH_X86_SIMD)
+    if (msh_cpu_has_simd())
+        done = range_avx2(src, n, r);
+#endif
+    range_ref(src + 4 * done, n - done, r);
+}
+
 static float ldf(const uint8_t *p) {
     float v;
     memcpy(&v, p, 4);

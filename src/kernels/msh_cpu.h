@@ -32,6 +32,16 @@ int msh_cpu_has_simd(void);
 uint64_t msh_f32_to_f16_buf(const uint8_t *src, uint8_t *dst, size_t n, const msh_f16_bounds *b);
 void msh_f32_to_bf16_buf(const uint8_t *src, uint8_t *dst, size_t n);
 
+/* The range test of FP16 conversion over n FP32 values (msh_f16_range_class): how many are
+ * non-zero finite, below FP16's normal range, above its largest value, and the largest finite
+ * magnitude (FP32 bits). Counts add and maxima compare, so pieces combine in any order. */
+typedef struct msh_f16_range {
+    uint64_t nonzero, below, above;
+    uint32_t max_bits;
+} msh_f16_range;
+
+void msh_f16_range_buf(const uint8_t *src, size_t n, msh_f16_range *r);
+
 /* INT8 per channel. Element i of the buffer is element `first + i` of the tensor, whose channel
  * is ((first + i) / inner) % channels. */
 void msh_int8_absmax(const uint8_t *src, size_t n, int64_t first, int64_t inner, int64_t channels,

@@ -166,7 +166,21 @@ MSH_HD static inline uint16_t msh_f32_to_f16_rne(uint32_t x) {
 }
 
 #define MSH_F16_MIN_SUBNORMAL_BITS 0x33800000u /* 2^-24 as FP32 bits */
+#define MSH_F16_MIN_NORMAL_BITS 0x38800000u    /* 2^-14 as FP32 bits */
 #define MSH_F16_MAX_BITS 0x477FE000u           /* 65504 as FP32 bits */
+
+/* Where a FP32 value falls against FP16's range (the precision plan's range test): 0 for zero,
+ * NaN and infinities (they convert exactly), 1 inside FP16's normal range, 2 below it (non-zero
+ * with |x| < 2^-14: it becomes subnormal or zero, losing precision), 3 above it (finite with
+ * |x| > 65504: not representable). */
+MSH_HD static inline int msh_f16_range_class(uint32_t x) {
+    uint32_t ax = x & 0x7FFFFFFFu;
+    if (ax == 0 || ax >= 0x7F800000u)
+        return 0;
+    if (ax < MSH_F16_MIN_NORMAL_BITS)
+        return 2;
+    return ax > MSH_F16_MAX_BITS ? 3 : 1;
+}
 
 /* FP16 for model weights: a finite value whose magnitude is below `min_abs` (FP32 bits, not 0)
  * becomes ±min_abs, above `max_abs` becomes ±max_abs, then it is rounded; a finite non-zero

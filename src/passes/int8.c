@@ -425,9 +425,15 @@ msh_status msh_int8_apply(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_st
             break;
         }
         const msh_tensor *w = &m->tensors[c[i].t];
-        jobs[nj++] =
-            (msh_job){&w->d.src, w->d.nbytes, MSH_OP_ABSMAX, NULL, c[i].inner, c[i].channels,
-                      w->d.name, 0,           c[i].absmax,   0};
+        msh_job *j = &jobs[nj++];
+        memset(j, 0, sizeof *j);
+        j->src = &w->d.src;
+        j->nbytes = w->d.nbytes;
+        j->op = MSH_OP_ABSMAX;
+        j->inner = c[i].inner;
+        j->channels = c[i].channels;
+        j->name = w->d.name;
+        j->absmax = c[i].absmax;
     }
     if (s == MSH_OK)
         s = msh_engine_scan(o->engine, jobs, nj, e);

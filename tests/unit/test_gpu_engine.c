@@ -10,6 +10,21 @@
 #include "modelshrink.h"
 #include "test_check.h"
 
+static msh_job mk(const msh_src *src, int64_t n, msh_op op, const float *scales, int64_t inner,
+                  int64_t channels, const char *name, float *absmax) {
+    msh_job j;
+    memset(&j, 0, sizeof j);
+    j.src = src;
+    j.nbytes = n;
+    j.op = op;
+    j.scales = scales;
+    j.inner = inner;
+    j.channels = channels;
+    j.name = name;
+    j.absmax = absmax;
+    return j;
+}
+
 static uint8_t *slurp(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
     if (!f)
@@ -91,11 +106,11 @@ int main(void) {
             memset(am_c, 0, sizeof am_c);
             memset(am_g, 0, sizeof am_g);
             msh_job base[] = {
-                {&src, (int64_t)(4 * n), MSH_OP_F16, NULL, 0, 0, "f16", 0, NULL, 0},
-                {&src, (int64_t)(4 * n), MSH_OP_BF16, NULL, 0, 0, "bf16", 0, NULL, 0},
-                {&src, (int64_t)(4 * n), MSH_OP_INT8, scales, 1, 640, "int8 rows", 0, NULL, 0},
-                {&src, (int64_t)(4 * n), MSH_OP_INT8, scales, 517, 9, "int8 conv", 0, NULL, 0},
-                {&src, (int64_t)(4 * n), MSH_OP_COPY, NULL, 0, 0, "copy", 0, NULL, 0},
+                mk(&src, (int64_t)(4 * n), MSH_OP_F16, NULL, 0, 0, "f16", NULL),
+                mk(&src, (int64_t)(4 * n), MSH_OP_BF16, NULL, 0, 0, "bf16", NULL),
+                mk(&src, (int64_t)(4 * n), MSH_OP_INT8, scales, 1, 640, "int8 rows", NULL),
+                mk(&src, (int64_t)(4 * n), MSH_OP_INT8, scales, 517, 9, "int8 conv", NULL),
+                mk(&src, (int64_t)(4 * n), MSH_OP_COPY, NULL, 0, 0, "copy", NULL),
             };
             size_t nb = sizeof base / sizeof base[0];
             msh_job jc[5], jg[5];
@@ -108,13 +123,18 @@ int main(void) {
             CHECK(oc && og && nc == ng && memcmp(oc, og, nc) == 0,
                   "converted bytes differ (staging %zu, verify %d)", stagings[si], verify);
             CHECK(jc[0].clamped == jg[0].clamped, "clamp counts differ");
+            CHECK(jc[0].range.nonzero == jg[0].range.nonzero &&
+                      jc[0].range.below == jg[0].range.below &&
+                      jc[0].range.above == jg[0].range.above &&
+                      jc[0].range.max_bits == jg[0].range.max_bits && jc[0].range.above > 0,
+                  "range tests differ (or found nothing above 65504)");
             free(oc);
             free(og);
             /* scans: channel maxima for two layouts, and the digest */
             msh_job sc[] = {
-                {&src, (int64_t)(4 * n), MSH_OP_ABSMAX, NULL, 1, 640, "am", 0, am_c[0], 0},
-                {&src, (int64_t)(4 * n), MSH_OP_ABSMAX, NULL, 517, 9, "am9", 0, am_c[1], 0},
-                {&src, (int64_t)(4 * n), MSH_OP_DIGEST, NULL, 0, 0, "digest", 0, NULL, 0},
+                mk(&src, (int64_t)(4 * n), MSH_OP_ABSMAX, NULL, 1, 640, "am", am_c[0]),
+                mk(&src, (int64_t)(4 * n), MSH_OP_ABSMAX, NULL, 517, 9, "am9", am_c[1]),
+                mk(&src, (int64_t)(4 * n), MSH_OP_DIGEST, NULL, 0, 0, "digest", NULL),
             };
             msh_job sg[3];
             memcpy(sg, sc, sizeof sc);
