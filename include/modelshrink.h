@@ -115,6 +115,14 @@ typedef struct msh_convert_options {
     const char *drop_outputs; /**< remove these graph outputs (comma-separated), or NULL */
     int keep_inputs;          /**< keep graph inputs that pruning leaves unread */
     int threads;              /**< CPU threads of one conversion (0: one per core) */
+    int fp16_clamp; /**< FP16: clamp the values of tensors that FP16 cannot hold (beyond 65504,
+                         or mostly below 2^-14) instead of keeping those tensors FP32 */
+    const char *const *keep_fp32; /**< glob patterns (fnmatch) of tensors kept FP32: ONNX
+                                       initializer and Constant output names, checkpoint keys */
+    size_t n_keep_fp32;
+    int storage_only; /**< ONNX: store FP32 weights as FP16/BF16 and widen them back to FP32
+                           with a Cast once, so that every op still computes in FP32 (checkpoint
+                           conversion always changes storage only) */
 } msh_convert_options;
 
 void msh_convert_options_init(msh_convert_options *opt);
@@ -135,7 +143,10 @@ typedef enum msh_option {
     MSH_OPTION_OUT_FORMAT,         /* checkpoints and safetensors (not ONNX) */
     MSH_OPTION_KEEP_OUTPUTS,       /* ONNX */
     MSH_OPTION_DROP_OUTPUTS,       /* ONNX */
-    MSH_OPTION_KEEP_INPUTS         /* ONNX */
+    MSH_OPTION_KEEP_INPUTS,        /* ONNX */
+    MSH_OPTION_FP16_CLAMP,         /* all formats, with float_type FP16 */
+    MSH_OPTION_KEEP_FP32,          /* all formats, with float_type set */
+    MSH_OPTION_STORAGE_ONLY        /* all formats, with float_type set */
 } msh_option;
 
 /** The option's field name in msh_convert_options ("int8"). */
@@ -156,7 +167,8 @@ typedef struct msh_convert_result {
     int64_t dedup_saved_bytes; /**< tensor bytes removed by dedup */
     int external_out;          /**< 1 when the output's tensors went to "<output>.data" */
     int64_t float_tensors;     /**< tensors converted to FP16/BF16 */
-    uint64_t float_clamped;    /**< FP16 values moved to fp16_min/fp16_max (or kept off 0/inf) */
+    uint64_t float_clamped;    /**< FP16 values too large, moved down to ±fp16_max (or kept
+                                    off infinity): only with fp16_clamp or a lower fp16_max */
     int64_t float_casts;       /**< Cast nodes inserted at FP32 borders */
     int64_t int8_tensors;      /**< weights quantized to INT8 */
     int64_t int8_bytes_before; /**< their FP32 bytes */
@@ -174,6 +186,16 @@ typedef struct msh_convert_result {
     int64_t dedup_unshared;    /**< identical tensors the output format cannot share
                                     (safetensors), kept as copies */
     int64_t dedup_unshared_bytes; /**< their bytes: what a .pth output would save */
+    int64_t float_kept_range;     /**< FP32 tensors kept FP32 because FP16 cannot hold them */
+    int64_t float_kept_above;     /**< of those, tensors with values above 65504 */
+    float float_kept_max;         /**< the largest |x| among the tensors kept for range */
+    int64_t float_kept_user;      /**< FP32 tensors kept by keep_fp32 */
+    uint64_t float_subnormal;     /**< non-zero values of converted tensors with |x| < 2^-14 (FP16's
+                                       smallest normal) as read: they become FP16 subnormals (or
+                                       fp16_min; the few just below 2^-14 round up to it) */
+    char float_why[192];          /**< why FP16/BF16 converted nothing, or was undone; or "" */
+    char int8_why[192];           /**< why INT8 quantized nothing; or "" */
+    int64_t constants_lifted;     /**< Constant nodes made initializers for dedup or INT8 */
 } msh_convert_result;
 
 /**
@@ -202,8 +224,8 @@ msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err);
  * ([{name, status: identical|different|dtype|shape|missing|extra, ...}]), "summary" and
  * "identical"; `*identical` is 1 when every tensor is in both, byte for byte.
  */
-msh_status msh_diff_files(const char *path_a, const char *path_b, char **json_out,
-                          int *identical, msh_error *err);
+msh_status msh_diff_files(const char *path_a, const char *path_b, char **json_out, int *identical,
+                          msh_error *err);
 
 /** Number of usable CUDA devices; 0 when built without CUDA or when none is present. */
 int msh_cuda_device_count(void);

@@ -41,7 +41,7 @@ required_pkgs=(
     build-essential cmake pkg-config
     protobuf-c-compiler libprotobuf-c-dev libonnx-dev
     libxxhash-dev libcjson-dev libonnx-testdata
-    python3-venv time python3-torch
+    python3-venv time python3-torch python3-torchvision
     clang valgrind
 )
 # Optional; their absence is not an error. slurm-wlm munge: the local

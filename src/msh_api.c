@@ -17,7 +17,9 @@
 #include "passes/fp16.h"
 #include "passes/inspect.h"
 #include "passes/int8.h"
+#include "passes/lift.h"
 #include "passes/prune.h"
+#include "passes/storage.h"
 
 #define MSH_PROTOBUF_LIMIT ((int64_t)2147483647 - 65536)
 
@@ -95,11 +97,34 @@ static msh_status engine_for(const msh_convert_options *opt, int backend, msh_en
     return msh_engine_open(&eo, g, e);
 }
 
+/* What an attempt at a model knows from the attempts before it. The first attempt converts to
+ * FP16 and checks each tensor's range as the engine converts it; at the first tensor FP16 cannot
+ * hold, it stops (nothing is renamed into place), one scan finds every such tensor, and the next
+ * attempt keeps them FP32. A float conversion that makes the file larger is left out. */
+typedef struct attempt {
+    int check_range; /* stop with MSH_RETRY_RANGE at a tensor that fails the range test */
+    uint8_t *keep;   /* per origin: why the range test keeps it (MSH_F16_KEEP_*), or 0 */
+    size_t n_keep;
+    int64_t kept_above, kept_below;
+    float kept_max;
+    int no_float;  /* leave the float conversion out */
+    char why[192]; /* why it was left out */
+    int no_int8;   /* leave INT8 out */
+    char why_int8[192];
+} attempt;
+
+typedef struct run_stats {
+    uint64_t clamped, subnormal;
+} run_stats;
+
 /* Writers ask for tensors in the order their layout promised; each becomes one engine job. */
 typedef struct take_ctx {
     msh_run *run;
+    msh_job *jobs;
+    const msh_table *tab;
     const size_t *order;
     size_t n, next;
+    int check_range;
 } take_ctx;
 
 static msh_status take_bytes(void *arg, size_t index, msh_sink *dst, msh_error *e) {
@@ -109,7 +134,16 @@ static msh_status take_bytes(void *arg, size_t index, msh_sink *dst, msh_error *
                         "internal error: the writer asked for tensor %zu "
                         "out of its layout's order",
                         index);
-    return msh_run_take(t->run, t->next++, dst, e);
+    size_t k = t->next++;
+    MSH_FORWARD(msh_run_take(t->run, k, dst, e));
+    const msh_job *j = &t->jobs[k];
+    const msh_tentry *d = msh_table_at(t->tab, index);
+    /* a tensor a pass made (an INT8 scale) cannot be kept by the next attempt: it is converted,
+     * and counted if clamped */
+    if (t->check_range && j->op == MSH_OP_F16 && d->origin >= 0 &&
+        msh_f16_range_keep(&j->range, d->ndim))
+        return msh_fail(e, MSH_RETRY_RANGE, "tensor '%s' does not fit FP16", j->name);
+    return MSH_OK;
 }
 
 /* The job that makes tensor `d`'s output bytes. */
@@ -125,11 +159,59 @@ static void job_for(msh_job *j, const msh_tentry *d) {
     j->name = d->name;
 }
 
+/* The range test over every tensor of `order` that is converted to FP16 (one engine scan, no
+ * output): the attempt's keep list and what it found. */
+static msh_status range_scan(msh_engine *g, const msh_table *tab, const size_t *order, size_t n,
+                             attempt *a, msh_error *e) {
+    msh_job *jobs = calloc(n + 1, sizeof *jobs);
+    size_t *at = calloc(n + 1, sizeof *at);
+    uint8_t *keep = calloc(tab->n + 1, 1);
+    msh_status st = jobs && at && keep ? MSH_OK : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    size_t nj = 0;
+    for (size_t k = 0; st == MSH_OK && k < n; k++) {
+        const msh_tentry *d = msh_table_at(tab, order[k]);
+        if (msh_op_for(d->dtype, d->out_dtype) != MSH_OP_F16)
+            continue;
+        job_for(&jobs[nj], d);
+        at[nj++] = order[k];
+    }
+    if (st == MSH_OK)
+        st = msh_engine_scan(g, jobs, nj, e);
+    for (size_t k = 0; st == MSH_OK && k < nj; k++) {
+        const msh_tentry *d = msh_table_at(tab, at[k]);
+        int why = msh_f16_range_keep(&jobs[k].range, d->ndim);
+        int64_t o = d->origin;
+        if (!why || o < 0 || (size_t)o >= tab->n || keep[o])
+            continue;
+        keep[o] = (uint8_t)why;
+        if (why == MSH_F16_KEEP_ABOVE) {
+            float mx;
+            uint32_t b = jobs[k].range.max_bits;
+            memcpy(&mx, &b, 4);
+            a->kept_above++;
+            if (mx > a->kept_max)
+                a->kept_max = mx;
+        } else {
+            a->kept_below++;
+        }
+    }
+    if (st == MSH_OK) {
+        free(a->keep);
+        a->keep = keep;
+        a->n_keep = tab->n;
+        keep = NULL;
+    }
+    free(keep);
+    free(at);
+    free(jobs);
+    return st;
+}
+
 /* Run the engine over the writer's order and let the writer place the bytes. */
 static msh_status run_jobs(msh_engine *g, const msh_table *tab, const size_t *order, size_t n,
                            msh_status (*write)(void *wctx, msh_bytes_fn fn, void *fnctx,
                                                msh_error *e),
-                           void *wctx, uint64_t *clamped, msh_error *e) {
+                           void *wctx, attempt *a, run_stats *rs, msh_error *e) {
     msh_job *jobs = calloc(n + 1, sizeof *jobs);
     if (!jobs)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
@@ -145,16 +227,24 @@ static msh_status run_jobs(msh_engine *g, const msh_table *tab, const size_t *or
     msh_run *run;
     msh_status st = msh_run_start(g, jobs, n, &run, e);
     if (st == MSH_OK) {
-        take_ctx t = {run, order, n, 0};
+        take_ctx t = {run, jobs, tab, order, n, 0, a && a->check_range};
         st = write(wctx, take_bytes, &t, e);
         if (st == MSH_OK && t.next != n)
             st = msh_fail(e, MSH_ERR_FORMAT, "internal error: the writer took %zu of %zu tensors",
                           t.next, n);
         msh_run_end(run, NULL);
     }
-    for (size_t k = 0; st == MSH_OK && k < n; k++)
-        *clamped += jobs[k].clamped;
+    for (size_t k = 0; st == MSH_OK && k < n; k++) {
+        rs->clamped += jobs[k].clamped;
+        if (jobs[k].op == MSH_OP_F16)
+            rs->subnormal += jobs[k].range.below;
+    }
     free(jobs);
+    if (st == MSH_RETRY_RANGE) {
+        msh_status s2 = range_scan(g, tab, order, n, a, e);
+        if (s2 != MSH_OK)
+            st = s2;
+    }
     return st;
 }
 
@@ -177,26 +267,50 @@ msh_status msh_engine_cpu(int threads, msh_engine **g, msh_error *e) {
     return engine_for(&o, MSH_BACKEND_CPU, g, e);
 }
 
-msh_status msh_onnx_save(const msh_onnx_model *m, const char *out_path, int external,
-                         int64_t threshold, msh_engine *g, msh_onnx_write_result *wr,
-                         uint64_t *clamped, msh_error *e) {
+static msh_status onnx_save(const msh_onnx_model *m, const char *out_path, int external,
+                            int64_t threshold, msh_engine *g, msh_onnx_write_result *wr, attempt *a,
+                            run_stats *rs, msh_error *e) {
     msh_onnx_layout L;
     memset(wr, 0, sizeof *wr);
     MSH_FORWARD(msh_onnx_layout_make(m, external, threshold > 0 ? threshold : 0, &L, e));
     msh_table tab = msh_onnx_table(m);
     onnx_wctx w = {m, &L, out_path, wr};
-    uint64_t c = 0;
-    msh_status st = run_jobs(g, &tab, L.order, L.n_order, onnx_write_cb, &w, &c, e);
-    if (clamped)
-        *clamped += c;
+    msh_status st = run_jobs(g, &tab, L.order, L.n_order, onnx_write_cb, &w, a, rs, e);
     msh_onnx_layout_free(&L);
     return st;
 }
 
+msh_status msh_onnx_save(const msh_onnx_model *m, const char *out_path, int external,
+                         int64_t threshold, msh_engine *g, msh_onnx_write_result *wr,
+                         uint64_t *clamped, msh_error *e) {
+    run_stats rs = {0, 0};
+    msh_status st = onnx_save(m, out_path, external, threshold, g, wr, NULL, &rs, e);
+    if (clamped)
+        *clamped += rs.clamped;
+    return st;
+}
+
 /* One attempt at an ONNX model on one backend. */
+/* Why a float conversion that was asked for converted nothing. */
+static void float_why(const msh_onnx_model *m, const msh_convert_options *opt,
+                      const msh_fp16_stats *fs, char *why, size_t cap) {
+    const char *tn = opt->float_type == MSH_FLOAT_FP16 ? "FP16" : "BF16";
+    if (fs->candidates == 0 && opt->storage_only)
+        snprintf(why, cap, "no FP32 weight has %d elements", MSH_STORAGE_MIN_ELEMENTS);
+    else if (fs->candidates == 0)
+        snprintf(why, cap, "no FP32 weights");
+    else if (fs->kept_range + fs->kept_user >= fs->candidates)
+        snprintf(why, cap, "every FP32 weight is kept FP32");
+    else
+        snprintf(why, cap,
+                 "no op that reads an FP32 weight can run in %s (blocked, or its schema at "
+                 "opset %lld does not allow it)",
+                 tn, (long long)default_opset(m));
+}
+
 static msh_status convert_onnx(const char *in_path, const char *out_path,
-                               const msh_convert_options *opt, int backend, msh_convert_result *res,
-                               msh_error *err) {
+                               const msh_convert_options *opt, int backend, attempt *a,
+                               msh_convert_result *res, msh_error *err) {
     memset(res, 0, sizeof *res);
     if (err) {
         err->msg[0] = 0;
@@ -221,6 +335,15 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
         res->pruned_tensors = ps.tensors;
         res->prune_saved_bytes = ps.bytes;
     }
+    if (st == MSH_OK && (opt->dedup || opt->int8)) {
+        /* weights in Constant nodes, where dedup or INT8 would act on them */
+        msh_lift_opts lo = {opt->dedup, opt->int8,
+                            opt->int8_min_elements > 0 ? opt->int8_min_elements : 1,
+                            opt->int8_gather, eng};
+        int64_t lifted = 0;
+        st = msh_lift_constants(&m, &lo, &lifted, err);
+        res->constants_lifted = lifted;
+    }
     if (st == MSH_OK && opt->dedup) {
         msh_dedup_plan plan;
         st = msh_dedup_find(&m, opt->dedup_graph_inputs, eng, &plan, err);
@@ -230,24 +353,82 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
         res->dedup_saved_bytes = plan.saved_bytes;
         msh_dedup_plan_free(&plan);
     }
-    if (st == MSH_OK && opt->int8) {
+    if (st == MSH_OK && opt->int8 && a->no_int8) {
+        snprintf(res->int8_why, sizeof res->int8_why, "%s", a->why_int8);
+    } else if (st == MSH_OK && opt->int8) {
+        int64_t before = 0, after = 0;
+        st = msh_onnx_inline_size(&m, &before, err);
+        /* the scales are rounded to the half type only where the float pass will run and may
+         * store them in it (storage-only keeps pass-made tensors FP32) */
+        int float_runs = opt->float_type && !opt->storage_only && !a->no_float &&
+                         !(opt->float_type == MSH_FLOAT_BF16 && default_opset(&m) < 13);
         msh_int8_opts io = {opt->int8_min_elements > 0 ? opt->int8_min_elements : 1,
-                            opt->int8_gather, default_opset(&m) >= 19 ? opt->float_type : 0, eng};
+                            opt->int8_gather, float_runs ? opt->float_type : 0, eng};
         msh_int8_stats is;
-        st = msh_int8_apply(&m, &io, &is, err);
+        memset(&is, 0, sizeof is);
+        if (st == MSH_OK)
+            st = msh_int8_apply(&m, &io, &is, err);
+        if (st == MSH_OK)
+            st = msh_onnx_inline_size(&m, &after, err);
+        if (st == MSH_OK && is.tensors > 0 && after >= before) {
+            snprintf(a->why_int8, sizeof a->why_int8,
+                     "quantizing %lld tensors would make the file %lld bytes larger; kept FP32",
+                     (long long)is.tensors, (long long)(after - before));
+            st = MSH_RETRY_INT8;
+        }
         res->int8_tensors = is.tensors;
         res->int8_bytes_before = is.bytes_before;
         res->int8_bytes_after = is.bytes_after;
         res->int8_per_tensor = is.per_tensor;
         res->int8_opset = is.opset;
+        if (is.skipped_opset)
+            snprintf(res->int8_why, sizeof res->int8_why,
+                     "INT8 needs opset 7 and the model has opset %lld", (long long)is.opset);
+        else if (is.tensors == 0 && is.eligible == 0)
+            snprintf(res->int8_why, sizeof res->int8_why,
+                     "no FP32 weight feeds MatMul, Gemm, Conv, ConvTranspose, LSTM, GRU or "
+                     "RNN%s",
+                     opt->int8_gather ? " or Gather" : "");
+        else if (is.tensors == 0 && is.no_gain)
+            snprintf(res->int8_why, sizeof res->int8_why,
+                     "no weight is large enough for INT8 to save bytes (%lld too small)",
+                     (long long)is.no_gain);
+        else if (is.tensors == 0)
+            snprintf(res->int8_why, sizeof res->int8_why,
+                     "no weight has %lld elements (the largest of %lld has %lld)",
+                     (long long)io.min_elements, (long long)is.eligible,
+                     (long long)is.largest_small);
     }
-    if (st == MSH_OK && opt->float_type) {
-        msh_fp16_opts fo = {opt->float_type, opt->keep_io_types, opt->block_ops, opt->block_nodes};
+    if (st == MSH_OK && opt->float_type && a->no_float) {
+        snprintf(res->float_why, sizeof res->float_why, "%s", a->why);
+    } else if (st == MSH_OK && opt->float_type == MSH_FLOAT_BF16 && default_opset(&m) < 13) {
+        snprintf(res->float_why, sizeof res->float_why,
+                 "BF16 needs opset 13 and the model has opset %lld", (long long)default_opset(&m));
+    } else if (st == MSH_OK && opt->float_type) {
+        msh_fp16_opts fo = {opt->float_type, opt->keep_io_types, opt->block_ops, opt->block_nodes,
+                            a->keep,         a->n_keep,          opt->keep_fp32, opt->n_keep_fp32};
         msh_fp16_stats fs;
-        st = msh_fp16_apply(&m, &fo, &fs, err);
+        int64_t before = 0, after = 0;
+        st = msh_onnx_inline_size(&m, &before, err);
+        if (st == MSH_OK)
+            st = opt->storage_only ? msh_storage_apply(&m, &fo, &fs, err)
+                                   : msh_fp16_apply(&m, &fo, &fs, err);
+        if (st == MSH_OK)
+            st = msh_onnx_inline_size(&m, &after, err);
+        if (st == MSH_OK && (fs.tensors > 0 || fs.casts > 0) && after >= before) {
+            snprintf(a->why, sizeof a->why,
+                     "converting %lld tensors would make the file %lld bytes larger (%lld Casts); "
+                     "kept FP32",
+                     (long long)fs.tensors, (long long)(after - before), (long long)fs.casts);
+            st = MSH_RETRY_LARGER;
+        }
         res->float_tensors = fs.tensors;
         res->float_casts = fs.casts;
         res->float_saved_bytes = fs.bytes_saved;
+        res->float_kept_range = fs.kept_range;
+        res->float_kept_user = fs.kept_user;
+        if (st == MSH_OK && fs.tensors == 0)
+            float_why(&m, opt, &fs, res->float_why, sizeof res->float_why);
     }
     int external = opt->external_data || m.n_ext > 0;
     if (st == MSH_OK && !external) {
@@ -262,9 +443,11 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
     }
     msh_onnx_write_result wr;
     memset(&wr, 0, sizeof wr);
+    run_stats rs = {0, 0};
     if (st == MSH_OK)
-        st = msh_onnx_save(&m, out_path, external, opt->external_threshold, eng, &wr,
-                           &res->float_clamped, err);
+        st = onnx_save(&m, out_path, external, opt->external_threshold, eng, &wr, a, &rs, err);
+    res->float_clamped = rs.clamped;
+    res->float_subnormal = rs.subnormal;
     if (st == MSH_OK) {
         res->bytes_in = m.file_size;
         for (size_t i = 0; i < m.n_ext; i++)
@@ -346,6 +529,9 @@ static const char *const option_names[] = {
     [MSH_OPTION_KEEP_OUTPUTS] = "keep_outputs",
     [MSH_OPTION_DROP_OUTPUTS] = "drop_outputs",
     [MSH_OPTION_KEEP_INPUTS] = "keep_inputs",
+    [MSH_OPTION_FP16_CLAMP] = "fp16_clamp",
+    [MSH_OPTION_KEEP_FP32] = "keep_fp32",
+    [MSH_OPTION_STORAGE_ONLY] = "storage_only",
 };
 
 const char *msh_option_name(msh_option o) {
@@ -370,6 +556,9 @@ int msh_option_applies(msh_option o, msh_format input) {
     case MSH_OPTION_KEEP_INPUTS: return input == MSH_FORMAT_ONNX;
     case MSH_OPTION_KEY: return input == MSH_FORMAT_PTH;
     case MSH_OPTION_OUT_FORMAT: return input == MSH_FORMAT_PTH || input == MSH_FORMAT_SAFETENSORS;
+    case MSH_OPTION_FP16_CLAMP:
+    case MSH_OPTION_KEEP_FP32:
+    case MSH_OPTION_STORAGE_ONLY:
     case MSH_OPTION_NONE: break;
     }
     return 1;
@@ -412,6 +601,20 @@ msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, m
         set[n++] = MSH_OPTION_KEEP_INPUTS;
     if (bad)
         *bad = MSH_OPTION_NONE;
+    /* options that refine the float conversion need it */
+    msh_option needs = MSH_OPTION_NONE;
+    if (opt->fp16_clamp && opt->float_type != MSH_FLOAT_FP16)
+        needs = MSH_OPTION_FP16_CLAMP;
+    else if (opt->n_keep_fp32 && !opt->float_type)
+        needs = MSH_OPTION_KEEP_FP32;
+    else if (opt->storage_only && !opt->float_type)
+        needs = MSH_OPTION_STORAGE_ONLY;
+    if (needs != MSH_OPTION_NONE) {
+        if (bad)
+            *bad = needs;
+        return msh_fail(err, MSH_ERR_USAGE, "option %s needs float_type %s", msh_option_name(needs),
+                        needs == MSH_OPTION_FP16_CLAMP ? "FP16" : "FP16 or BF16");
+    }
     for (size_t i = 0; i < n; i++)
         if (!msh_option_applies(set[i], input)) {
             if (bad)
@@ -460,8 +663,8 @@ static msh_status ckpt_write_pth(void *arg, msh_bytes_fn fn, void *fnctx, msh_er
 /* One attempt at a checkpoint on one backend: strip to the state dict, dedup, precision, then
  * the engine makes the bytes that the safetensors or .pth writer places. */
 static msh_status convert_ckpt(const char *in_path, const char *out_path, msh_format kind,
-                               const msh_convert_options *opt, int backend, msh_convert_result *res,
-                               msh_error *err) {
+                               const msh_convert_options *opt, int backend, attempt *a,
+                               msh_convert_result *res, msh_error *err) {
     memset(res, 0, sizeof *res);
     msh_status st = check_paths(NULL, in_path, out_path, err);
     if (st != MSH_OK)
@@ -498,7 +701,8 @@ static msh_status convert_ckpt(const char *in_path, const char *out_path, msh_fo
     msh_ckpt_plan plan;
     memset(&plan, 0, sizeof plan);
     if (st == MSH_OK) {
-        msh_ckpt_opts co = {opt->float_type, opt->dedup, out_pth};
+        msh_ckpt_opts co = {opt->float_type, opt->dedup,     out_pth,         a->keep,
+                            a->n_keep,       opt->keep_fp32, opt->n_keep_fp32};
         st = msh_ckpt_plan_make(&tab, &co, eng, &plan, err);
     }
     ckpt_wctx w;
@@ -543,14 +747,23 @@ static msh_status convert_ckpt(const char *in_path, const char *out_path, msh_fo
         }
         w.n_ps = plan.n_storage;
     }
+    run_stats rs = {0, 0};
     if (st == MSH_OK)
-        st = run_jobs(eng, &tab, order, n_order, out_pth ? ckpt_write_pth : ckpt_write_st, &w,
-                      &res->float_clamped, err);
+        st = run_jobs(eng, &tab, order, n_order, out_pth ? ckpt_write_pth : ckpt_write_st, &w, a,
+                      &rs, err);
+    res->float_clamped = rs.clamped;
+    res->float_subnormal = rs.subnormal;
     if (st == MSH_OK) {
         res->bytes_in = bytes_in;
         res->bytes_out = w.bytes_out;
         res->float_tensors = plan.float_tensors;
         res->float_saved_bytes = plan.float_saved;
+        res->float_kept_range = plan.kept_range;
+        res->float_kept_user = plan.kept_user;
+        if (opt->float_type && plan.float_tensors == 0)
+            snprintf(res->float_why, sizeof res->float_why, "%s",
+                     plan.kept_range + plan.kept_user ? "every FP32 tensor is kept FP32"
+                                                      : "no FP32 tensors");
         res->dedup_merged = out_pth ? plan.dup_tensors : 0;
         res->dedup_saved_bytes = out_pth ? plan.dup_bytes : 0;
         res->dedup_unshared = out_pth ? 0 : plan.dup_tensors;
@@ -600,16 +813,44 @@ static int64_t work_bytes(const char *path, msh_format kind) {
     return n;
 }
 
-static msh_status convert_on(const char *in_path, const char *out_path, msh_format kind,
-                             const msh_convert_options *opt, int backend, msh_convert_result *res,
-                             msh_error *err) {
+static msh_status convert_once(const char *in_path, const char *out_path, msh_format kind,
+                               const msh_convert_options *opt, int backend, attempt *a,
+                               msh_convert_result *res, msh_error *err) {
     if (err) {
         err->msg[0] = 0;
         err->status = MSH_OK;
     }
     if (kind == MSH_FORMAT_ONNX)
-        return convert_onnx(in_path, out_path, opt, backend, res, err);
-    return convert_ckpt(in_path, out_path, kind, opt, backend, res, err);
+        return convert_onnx(in_path, out_path, opt, backend, a, res, err);
+    return convert_ckpt(in_path, out_path, kind, opt, backend, a, res, err);
+}
+
+/* A model on one backend, attempted until the plan holds: after the range test's verdict, and
+ * without INT8 or the float conversion where they made the file larger (at most four). */
+static msh_status convert_on(const char *in_path, const char *out_path, msh_format kind,
+                             const msh_convert_options *opt, int backend, msh_convert_result *res,
+                             msh_error *err) {
+    attempt a;
+    memset(&a, 0, sizeof a);
+    a.check_range = opt->float_type == MSH_FLOAT_FP16 && !opt->fp16_clamp;
+    msh_status st = convert_once(in_path, out_path, kind, opt, backend, &a, res, err);
+    for (int tries = 0; tries < 4; tries++) {
+        if (st == MSH_RETRY_RANGE)
+            a.check_range = 0; /* what the scan could not attribute is clamped, and counted */
+        else if (st == MSH_RETRY_LARGER)
+            a.no_float = 1;
+        else if (st == MSH_RETRY_INT8)
+            a.no_int8 = 1;
+        else
+            break;
+        st = convert_once(in_path, out_path, kind, opt, backend, &a, res, err);
+    }
+    if (st == MSH_OK) {
+        res->float_kept_above = a.kept_above;
+        res->float_kept_max = a.kept_max;
+    }
+    free(a.keep);
+    return st;
 }
 
 msh_status msh_convert_file(const char *in_path, const char *out_path,
@@ -710,8 +951,8 @@ static msh_status any_open(any_model *a, const char *path, msh_error *err) {
     return st;
 }
 
-msh_status msh_diff_files(const char *path_a, const char *path_b, char **json_out,
-                          int *identical, msh_error *err) {
+msh_status msh_diff_files(const char *path_a, const char *path_b, char **json_out, int *identical,
+                          msh_error *err) {
     *json_out = NULL;
     *identical = 0;
     any_model a, b;

@@ -81,6 +81,12 @@ void msh_cli_clear_option(msh_convert_options *opt, msh_option o) {
     case MSH_OPTION_KEEP_OUTPUTS: opt->keep_outputs = d.keep_outputs; break;
     case MSH_OPTION_DROP_OUTPUTS: opt->drop_outputs = d.drop_outputs; break;
     case MSH_OPTION_KEEP_INPUTS: opt->keep_inputs = d.keep_inputs; break;
+    case MSH_OPTION_FP16_CLAMP: opt->fp16_clamp = d.fp16_clamp; break;
+    case MSH_OPTION_KEEP_FP32:
+        opt->keep_fp32 = d.keep_fp32;
+        opt->n_keep_fp32 = d.n_keep_fp32;
+        break;
+    case MSH_OPTION_STORAGE_ONLY: opt->storage_only = d.storage_only; break;
     case MSH_OPTION_NONE: break;
     }
 }
@@ -99,18 +105,35 @@ void msh_cli_print_line(const char *in, const char *out, const msh_convert_optio
         printf(", %lld identical tensors kept as copies (a .pth output would save %lld bytes)",
                (long long)r->dedup_unshared, (long long)r->dedup_unshared_bytes);
     if (opt->int8) {
-        if (r->int8_opset < 10 && strcmp(r->format, "onnx") == 0)
-            printf(", int8: none (opset %lld < 10)", (long long)r->int8_opset);
-        else {
-            printf(", int8: %lld tensors", (long long)r->int8_tensors);
-            if (r->int8_per_tensor)
-                printf(" (per-tensor: opset %lld)", (long long)r->int8_opset);
-        }
+        printf(", int8: %lld tensors", (long long)r->int8_tensors);
+        if (r->int8_why[0])
+            printf(": %s", r->int8_why);
     }
-    if (opt->float_type)
-        printf(", %s: %lld tensors, %llu values clamped",
-               opt->float_type == MSH_FLOAT_FP16 ? "fp16" : "bf16", (long long)r->float_tensors,
-               (unsigned long long)r->float_clamped);
+    if (opt->float_type) {
+        int f16 = opt->float_type == MSH_FLOAT_FP16;
+        printf(", %s%s: %lld tensors", f16 ? "fp16" : "bf16", opt->storage_only ? " storage" : "",
+               (long long)r->float_tensors);
+        if (r->float_why[0])
+            printf(": %s", r->float_why);
+        if (f16 && r->float_subnormal)
+            printf(", %llu values subnormal", (unsigned long long)r->float_subnormal);
+        if (f16 && r->float_clamped)
+            printf(", %llu values clamped", (unsigned long long)r->float_clamped);
+        if (r->float_kept_range) {
+            int64_t below = r->float_kept_range - r->float_kept_above;
+            printf(", kept fp32: %lld tensors", (long long)r->float_kept_range);
+            if (r->float_kept_above && below > 0)
+                printf(" (%lld beyond FP16 range, max |x| %.3g; %lld mostly below FP16's normal "
+                       "range)",
+                       (long long)r->float_kept_above, (double)r->float_kept_max, (long long)below);
+            else if (r->float_kept_above)
+                printf(" beyond FP16 range (max |x| %.3g)", (double)r->float_kept_max);
+            else
+                printf(" mostly below FP16's normal range");
+        }
+        if (r->float_kept_user)
+            printf(", kept fp32 by --keep-fp32: %lld tensors", (long long)r->float_kept_user);
+    }
     if (r->external_out)
         printf(", tensors in %s.data", out);
     if (skipped && *skipped)
@@ -277,6 +300,34 @@ static void record(run *r, const msh_cli_job *j, msh_status st, const msh_conver
     cJSON_AddNumberToObject(sv, "float", (double)res->float_saved_bytes);
     cJSON_AddNumberToObject(sv, "int8", (double)(res->int8_bytes_before - res->int8_bytes_after));
     cJSON_AddNumberToObject(sv, "prune", (double)res->prune_saved_bytes);
+    const msh_convert_options *op = r->b->opt;
+    if (st == MSH_OK && op && op->float_type) {
+        cJSON *f = cJSON_AddObjectToObject(o, "float");
+        cJSON_AddStringToObject(f, "type", op->float_type == MSH_FLOAT_FP16 ? "fp16" : "bf16");
+        cJSON_AddBoolToObject(f, "storage_only", op->storage_only);
+        cJSON_AddNumberToObject(f, "tensors", (double)res->float_tensors);
+        cJSON_AddNumberToObject(f, "casts", (double)res->float_casts);
+        cJSON_AddNumberToObject(f, "values_subnormal", (double)res->float_subnormal);
+        cJSON_AddNumberToObject(f, "values_clamped", (double)res->float_clamped);
+        cJSON_AddNumberToObject(f, "kept_fp32_range", (double)res->float_kept_range);
+        cJSON_AddNumberToObject(f, "kept_fp32_above", (double)res->float_kept_above);
+        cJSON_AddNumberToObject(f, "kept_max_abs", (double)res->float_kept_max);
+        cJSON_AddNumberToObject(f, "kept_fp32_user", (double)res->float_kept_user);
+        if (res->float_why[0])
+            cJSON_AddStringToObject(f, "why", res->float_why);
+        else
+            cJSON_AddNullToObject(f, "why");
+    }
+    if (st == MSH_OK && op && op->int8 && !((j->skip >> MSH_OPTION_INT8) & 1u)) {
+        cJSON *q = cJSON_AddObjectToObject(o, "int8");
+        cJSON_AddNumberToObject(q, "tensors", (double)res->int8_tensors);
+        cJSON_AddNumberToObject(q, "bytes_before", (double)res->int8_bytes_before);
+        cJSON_AddNumberToObject(q, "bytes_after", (double)res->int8_bytes_after);
+        if (res->int8_why[0])
+            cJSON_AddStringToObject(q, "why", res->int8_why);
+        else
+            cJSON_AddNullToObject(q, "why");
+    }
     cJSON *na = cJSON_AddArrayToObject(o, "not_applied");
     for (unsigned k = 0; r->b->flags && k < 32; k++)
         if ((j->skip >> k) & 1u && r->b->flags[k])

@@ -30,6 +30,12 @@ static const char *usage_text =
     "      --dedup-graph-inputs  also merge initializers that are graph inputs\n"
     "      --external-data     write tensors to <output>.data (4096-byte aligned)\n"
     "      --fp16, --bf16      convert FP32 tensors and the ops that allow it to FP16 / BF16\n"
+    "      --storage-only      with --fp16/--bf16: store weights in the half type, widen\n"
+    "                          them to FP32 once (Cast) and compute in FP32 (runs on any CPU)\n"
+    "      --keep-fp32 GLOB    keep matching tensors (names, checkpoint keys) and the ops that\n"
+    "                          read them in FP32 (repeatable)\n"
+    "      --fp16-clamp        clamp tensors FP16 cannot hold (|x| > 65504, or mostly below\n"
+    "                          2^-14) instead of keeping them FP32 (the default)\n"
     "      --fp16-min X        non-zero magnitudes below X become X (default 2^-24)\n"
     "      --fp16-max X        finite magnitudes above X become X (default 65504)\n"
     "      --keep-io-types     keep FP32 graph inputs and outputs (default)\n"
@@ -279,6 +285,9 @@ static int cmd_convert(int argc, char **argv) {
                                          {"keep-outputs", required_argument, 0, 26},
                                          {"drop-outputs", required_argument, 0, 27},
                                          {"keep-inputs", no_argument, 0, 28},
+                                         {"fp16-clamp", no_argument, 0, 29},
+                                         {"keep-fp32", required_argument, 0, 30},
+                                         {"storage-only", no_argument, 0, 31},
                                          {0, 0, 0, 0}};
     msh_convert_options opt;
     msh_convert_options_init(&opt);
@@ -288,6 +297,8 @@ static int cmd_convert(int argc, char **argv) {
     const char *report = NULL;
     /* the lists live as long as the process (static: released at exit) */
     static char *block_ops, *block_nodes, *keep_outs, *drop_outs;
+    static const char **keep_fp32;
+    size_t n_keep_fp32 = 0;
     /* given[o]: the flag that set msh_option o (options only some formats take) */
     static const char *given[32];
     optind = 1;
@@ -422,6 +433,16 @@ static int cmd_convert(int argc, char **argv) {
             opt.keep_inputs = 1;
             given[MSH_OPTION_KEEP_INPUTS] = "--keep-inputs";
             break;
+        case 29: opt.fp16_clamp = 1; break;
+        case 30: {
+            const char **v = realloc(keep_fp32, (n_keep_fp32 + 1) * sizeof *v);
+            if (!v)
+                return usage_error("convert: %s", "out of memory");
+            keep_fp32 = v;
+            keep_fp32[n_keep_fp32++] = optarg;
+            break;
+        }
+        case 31: opt.storage_only = 1; break;
         default: return usage_error("convert: unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
@@ -434,6 +455,14 @@ static int cmd_convert(int argc, char **argv) {
     opt.block_nodes = block_nodes;
     if (opt.fp16_min > opt.fp16_max)
         return usage_error("convert: %s", "--fp16-min is larger than --fp16-max");
+    opt.keep_fp32 = keep_fp32;
+    opt.n_keep_fp32 = n_keep_fp32;
+    if (opt.fp16_clamp && opt.float_type != MSH_FLOAT_FP16)
+        return usage_error("convert: %s", "--fp16-clamp needs --fp16");
+    if (n_keep_fp32 && !opt.float_type)
+        return usage_error("convert: %s", "--keep-fp32 needs --fp16 or --bf16");
+    if (opt.storage_only && !opt.float_type)
+        return usage_error("convert: %s", "--storage-only needs --fp16 or --bf16");
     if (opt.device == MSH_DEVICE_CUDA && msh_cuda_device_count() == 0) {
         fprintf(stderr, "modelshrink: --device cuda: %s\n",
                 msh_cuda_built() ? "no CUDA device is present"

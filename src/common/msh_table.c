@@ -23,6 +23,7 @@ void msh_tentry_init(msh_tentry *t) {
     memset(t, 0, sizeof *t);
     t->storage = -1;
     t->dup_of = -1;
+    t->origin = -1;
 }
 
 int64_t msh_tentry_out_bytes(const msh_tentry *t) {

@@ -68,6 +68,8 @@ typedef struct msh_tentry {
     int64_t storage; /* checkpoints: the storage it views (views of one storage share it); -1 */
     int users;       /* ONNX initializers: node inputs naming it (other ONNX tensors: 1);
                         checkpoints: the views of its storage */
+    int64_t origin;  /* its index in the table as the reader made it (a pass's copy keeps its
+                        original's; a tensor a pass creates has -1): stable across attempts */
     /* ---- the plan, written by passes ---- */
     int32_t out_dtype;         /* 0: written as read; FLOAT16/BFLOAT16: converted from FLOAT;
                                   INT8: quantized per channel with qscales */

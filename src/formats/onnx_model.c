@@ -284,6 +284,7 @@ static msh_status add_tensor(msh_onnx_model *m, Onnx__TensorProto *tp, int graph
     msh_tensor *t = &m->tensors[m->n_tensors];
     memset(t, 0, sizeof *t);
     msh_tentry_init(&t->d);
+    t->d.origin = (int64_t)m->n_tensors;
     t->tp = tp;
     t->graph = graph;
     t->loc = loc;

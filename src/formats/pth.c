@@ -90,6 +90,7 @@ static msh_status add_tensor(walk *w, const msh_pk *t, const char *path, int cat
     msh_pth_tensor *x = &p->t[p->nt];
     memset(x, 0, sizeof *x);
     msh_tentry_init(&x->d);
+    x->d.origin = (int64_t)p->nt;
     x->name = msh_strdup(path);
     if (!x->name)
         return msh_fail(w->e, MSH_ERR_NOMEM, "out of memory");

@@ -216,6 +216,7 @@ msh_status msh_st_open(msh_st_file *f, const char *path, msh_error *e) {
     for (size_t i = 0; i < f->n; i++) {
         /* the neutral description (the array no longer moves) */
         msh_st_tensor *t = &f->t[i];
+        t->d.origin = (int64_t)i;
         t->d.name = t->name;
         t->d.shape = t->shape;
         t->d.role = MSH_ROLE_WEIGHT;

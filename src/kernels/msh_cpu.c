@@ -78,10 +78,9 @@ __attribute__((target("avx2,f16c"))) static uint64_t f16_avx2(const uint8_t *src
         h = _mm_blendv_epi8(h, _mm_or_si128(sgn16, h_one), became0);
         h = _mm_blendv_epi8(h, _mm_or_si128(sgn16, h_max), becameinf);
         _mm_storeu_si128((__m128i *)(void *)(dst + 2 * i), h);
-        __m128i c16 =
-            _mm_or_si128(_mm_packs_epi32(_mm256_castsi256_si128(_mm256_or_si256(small, big)),
-                                         _mm256_extracti128_si256(_mm256_or_si256(small, big), 1)),
-                         _mm_or_si128(became0, becameinf));
+        __m128i c16 = _mm_or_si128(
+            _mm_packs_epi32(_mm256_castsi256_si128(big), _mm256_extracti128_si256(big, 1)),
+            becameinf);
         clamped += (uint64_t)__builtin_popcount((unsigned)_mm_movemask_epi8(c16)) / 2;
     }
     return clamped + msh_f32_to_f16_buf_ref(src + 4 * i, dst + 2 * i, n - i, b);
@@ -195,13 +194,16 @@ __attribute__((target("avx2"))) static size_t range_avx2(const uint8_t *src, siz
     for (; i + 8 <= n; i += 8) {
         __m256i ax = _mm256_and_si256(
             _mm256_loadu_si256((const __m256i *)(const void *)(src + 4 * i)), absmask);
-        __m256i finite_nz = _mm256_andnot_si256(_mm256_cmpeq_epi32(ax, zero),
-                                                _mm256_cmpgt_epi32(inf, ax));
+        __m256i finite_nz =
+            _mm256_andnot_si256(_mm256_cmpeq_epi32(ax, zero), _mm256_cmpgt_epi32(inf, ax));
         __m256i lo = _mm256_and_si256(finite_nz, _mm256_cmpgt_epi32(minn, ax));
         __m256i hi = _mm256_and_si256(finite_nz, _mm256_cmpgt_epi32(ax, maxh));
-        nz += (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(finite_nz)));
-        below += (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(lo)));
-        above += (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(hi)));
+        nz += (uint64_t)__builtin_popcount(
+            (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(finite_nz)));
+        below +=
+            (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(lo)));
+        above +=
+            (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(hi)));
         mx = _mm256_max_epi32(mx, _mm256_and_si256(ax, finite_nz));
     }
     uint32_t lanes[8];

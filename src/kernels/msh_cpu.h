@@ -42,6 +42,27 @@ typedef struct msh_f16_range {
 
 void msh_f16_range_buf(const uint8_t *src, size_t n, msh_f16_range *r);
 
+/* The precision plan's rule: a tensor of rank `ndim` stays FP32 when FP16 cannot hold it, that
+ * is when any finite value is above 65504 (MSH_F16_KEEP_ABOVE), or, for a matrix or kernel (rank
+ * 2 or more) with at least MSH_F16_BELOW_MIN non-zero values, when more than 1 in
+ * MSH_F16_BELOW_DIVISOR of them are below 2^-14, FP16's smallest normal, where they would become
+ * subnormal or zero and lose their relative precision (MSH_F16_KEEP_BELOW): such a weight
+ * multiplies every activation it meets. A vector (a bias, a BatchNorm statistic) or a scalar (an
+ * epsilon) meets one value per channel: FP16's absolute error there (at most 2^-24) is below what
+ * the activations can resolve, and FP16's smallest subnormal keeps an epsilon off zero where a
+ * Cast of an FP32 value would not. 0: convert it. */
+#define MSH_F16_BELOW_DIVISOR 10
+#define MSH_F16_BELOW_MIN 16
+enum { MSH_F16_KEEP_ABOVE = 1, MSH_F16_KEEP_BELOW = 2 };
+static inline int msh_f16_range_keep(const msh_f16_range *r, size_t ndim) {
+    if (r->above)
+        return MSH_F16_KEEP_ABOVE;
+    if (ndim >= 2 && r->nonzero >= MSH_F16_BELOW_MIN &&
+        r->below * MSH_F16_BELOW_DIVISOR > r->nonzero)
+        return MSH_F16_KEEP_BELOW;
+    return 0;
+}
+
 /* INT8 per channel. Element i of the buffer is element `first + i` of the tensor, whose channel
  * is ((first + i) / inner) % channels. */
 void msh_int8_absmax(const uint8_t *src, size_t n, int64_t first, int64_t inner, int64_t channels,

@@ -185,7 +185,9 @@ MSH_HD static inline int msh_f16_range_class(uint32_t x) {
 /* FP16 for model weights: a finite value whose magnitude is below `min_abs` (FP32 bits, not 0)
  * becomes ±min_abs, above `max_abs` becomes ±max_abs, then it is rounded; a finite non-zero
  * value never becomes 0 (smallest subnormal instead) nor infinity (±65504 instead). Returns 1
- * in *clamped when any of these rules changed the value. The defaults, min_abs = 2^-24 and
+ * in *clamped when the value was too large (moved down to ±max_abs, or kept off infinity);
+ * raising a tiny value is not counted here: the range test counts it among the values below
+ * FP16's normal range (msh_f16_range_class). The defaults, min_abs = 2^-24 and
  * max_abs = 65504, keep every value that FP16 can represent; onnxconverter-common uses 1e-7 and
  * 1e4 (same comparisons: strictly below / strictly above). */
 MSH_HD static inline uint16_t msh_f32_to_f16_ref(uint32_t x, uint32_t min_abs, uint32_t max_abs,
@@ -195,7 +197,6 @@ MSH_HD static inline uint16_t msh_f32_to_f16_ref(uint32_t x, uint32_t min_abs, u
     if (ax < 0x7F800000u) {
         if (ax != 0 && ax < min_abs) {
             ax = min_abs;
-            c = 1;
         } else if (ax > max_abs) {
             ax = max_abs;
             c = 1;
@@ -205,7 +206,6 @@ MSH_HD static inline uint16_t msh_f32_to_f16_ref(uint32_t x, uint32_t min_abs, u
     if (ax < 0x7F800000u) {
         if ((h & 0x7FFFu) == 0 && ax != 0) {
             h = (uint16_t)((sign >> 16) | 0x0001u);
-            c = 1;
         } else if ((h & 0x7FFFu) == 0x7C00u) {
             h = (uint16_t)((sign >> 16) | 0x7BFFu);
             c = 1;

@@ -1,5 +1,6 @@
 #include "passes/ckpt.h"
 
+#include <fnmatch.h>
 #include <stdlib.h>
 
 #include "common/msh_dtype.h"
@@ -42,6 +43,18 @@ static msh_status on_class(void *arg, const msh_dedup_cand *const *cls, size_t n
         c->p->dup_bytes += t->nbytes;
     }
     return MSH_OK;
+}
+
+enum { KEEP_USER = 1, KEEP_RANGE = 2 };
+
+/* Why a FLOAT tensor stays FP32: KEEP_RANGE, KEEP_USER or 0. */
+static int keep_reason(const msh_ckpt_opts *o, const msh_tentry *t) {
+    if (o->keep && t->origin >= 0 && (size_t)t->origin < o->n_keep && o->keep[t->origin])
+        return KEEP_RANGE;
+    for (size_t i = 0; i < o->n_keep_globs; i++)
+        if (t->name && fnmatch(o->keep_globs[i], t->name, 0) == 0)
+            return KEEP_USER;
+    return 0;
 }
 
 msh_status msh_ckpt_plan_make(const msh_table *tab, const msh_ckpt_opts *o, msh_engine *eng,
@@ -102,21 +115,43 @@ msh_status msh_ckpt_plan_make(const msh_table *tab, const msh_ckpt_opts *o, msh_
             p->rep[p->n_storage++] = src;
         p->storage_of[k] = s;
     }
-    /* precision */
-    for (size_t k = 0; st == MSH_OK && k < p->n; k++) {
+    /* precision: per output storage, so that the tensors sharing one agree */
+    uint8_t *kept_s = st == MSH_OK ? calloc(p->n_storage + 1, 1) : NULL;
+    if (st == MSH_OK && !kept_s)
+        st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    for (size_t k = 0; st == MSH_OK && o->float_type && k < p->n; k++) {
+        const msh_tentry *t = msh_table_at(tab, p->sel[k]);
+        const msh_tentry *r = msh_table_at(tab, p->rep[p->storage_of[k]]);
+        if (t->dtype != MSH_DT_FLOAT)
+            continue;
+        int why = keep_reason(o, t);
+        if (!why)
+            why = keep_reason(o, r);
+        if (why > (int)kept_s[p->storage_of[k]])
+            kept_s[p->storage_of[k]] = (uint8_t)why;
+    }
+    for (size_t k = 0; st == MSH_OK && o->float_type && k < p->n; k++) {
         msh_tentry *t = msh_table_at(tab, p->sel[k]);
-        if (o->float_type && t->dtype == MSH_DT_FLOAT) {
+        if (t->dtype != MSH_DT_FLOAT)
+            continue;
+        uint8_t why = kept_s[p->storage_of[k]];
+        if (why == KEEP_RANGE) {
+            p->kept_range++;
+        } else if (why == KEEP_USER) {
+            p->kept_user++;
+        } else {
             t->out_dtype = o->float_type;
             p->float_tensors++;
             p->float_saved += t->numel * 2;
         }
     }
     /* a storage's bytes are converted like the tensors that view it */
-    for (size_t s = 0; st == MSH_OK && s < p->n_storage; s++) {
+    for (size_t s = 0; st == MSH_OK && o->float_type && s < p->n_storage; s++) {
         msh_tentry *r = msh_table_at(tab, p->rep[s]);
-        if (o->float_type && r->dtype == MSH_DT_FLOAT)
+        if (r->dtype == MSH_DT_FLOAT && !kept_s[s])
             r->out_dtype = o->float_type;
     }
+    free(kept_s);
     free(view);
     free(c);
     if (st != MSH_OK)

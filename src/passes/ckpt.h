@@ -9,7 +9,9 @@
  * by the engine (dedup.h); a .pth output stores them once, in one storage that all of them view
  * (torch loads them tied); a safetensors output keeps every key and the plan only counts what a
  * .pth output would save.
- * Precision: FLOAT tensors become FLOAT16 or BFLOAT16 when asked; every other type is kept.
+ * Precision: FLOAT tensors become FLOAT16 or BFLOAT16 when asked (storage only: the model that
+ * loads them decides what it computes in); every other type is kept, and so are FLOAT tensors
+ * that the range test or the user keeps FP32.
  */
 #ifndef MSH_CKPT_H
 #define MSH_CKPT_H
@@ -20,6 +22,12 @@ typedef struct msh_ckpt_opts {
     int32_t float_type; /* 0, FLOAT16 or BFLOAT16 */
     int dedup;          /* look for identical tensors */
     int share;          /* the output format can alias: tied and identical tensors share */
+    /* FLOAT tensors kept FP32: by origin (the range test's verdict) or by glob on the key.
+     * Every tensor that shares a kept tensor's output storage is kept with it. */
+    const uint8_t *keep;
+    size_t n_keep;
+    const char *const *keep_globs;
+    size_t n_keep_globs;
 } msh_ckpt_opts;
 
 typedef struct msh_ckpt_plan {
@@ -32,6 +40,8 @@ typedef struct msh_ckpt_plan {
     int64_t dup_bytes;     /* their bytes (saved in a .pth output) */
     int64_t float_tensors; /* tensors converted to FLOAT16/BFLOAT16 */
     int64_t float_saved;   /* bytes that saves, per key */
+    int64_t kept_range;    /* FLOAT tensors kept FP32 by the range test (with their storage) */
+    int64_t kept_user;     /* FLOAT tensors kept FP32 by a glob (with their storage) */
 } msh_ckpt_plan;
 
 /* Plan the output of the tensors in `tab`; writes each selected entry's plan (out_dtype,

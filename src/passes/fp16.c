@@ -1,5 +1,6 @@
 #include "passes/fp16.h"
 
+#include <fnmatch.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -28,6 +29,7 @@ typedef struct val {
     int kind;
     int64_t tensor;         /* VAL_INIT / VAL_CONST: tensor index */
     Onnx__NodeProto *cnode; /* VAL_CONST: the Constant node */
+    int keep;               /* a kept FP32 tensor, or a value that only moves one */
     use *uses;
     size_t n_uses, cap_uses;
 } val;
@@ -99,6 +101,40 @@ static int64_t fresh_index(ctx *c, const char *name) {
 
 static int list_has(const msh_strmap *m, const char *s) {
     return s && msh_strmap_get(m, s) != NULL;
+}
+
+int msh_fp16_kept(const msh_fp16_opts *o, const msh_tensor *t, const char *name) {
+    int64_t org = t->d.origin;
+    if (o->keep && org >= 0 && (size_t)org < o->n_keep && o->keep[org])
+        return MSH_FP16_KEPT_RANGE;
+    for (size_t i = 0; i < o->n_keep_globs; i++)
+        if ((name && fnmatch(o->keep_globs[i], name, 0) == 0) ||
+            (t->tp->name && fnmatch(o->keep_globs[i], t->tp->name, 0) == 0))
+            return MSH_FP16_KEPT_USER;
+    return 0;
+}
+
+/* Tensor `ti` (FLOAT), known in the graph as `name`, stays FP32: counted once per tensor. */
+static int tensor_kept(ctx *c, int64_t ti, const char *name) {
+    int why = msh_fp16_kept(c->o, &c->m->tensors[ti], name);
+    if (why == MSH_FP16_KEPT_RANGE)
+        c->st->kept_range++;
+    else if (why == MSH_FP16_KEPT_USER)
+        c->st->kept_user++;
+    return why != 0;
+}
+
+/* Ops that only move, select or copy values: a kept FP32 value stays FP32 through them, so that
+ * their readers are kept too (a Reshape in front of a BatchNormalization's variance). */
+static int moves_values(const char *op) {
+    static const char *const ops[] = {"Identity",       "Reshape", "Transpose", "Squeeze",
+                                      "Unsqueeze",      "Flatten", "Expand",    "Gather",
+                                      "GatherElements", "Slice",   "Concat",    "Split",
+                                      "Tile",           "Cast",    "CastLike"};
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+        if (strcmp(op, ops[i]) == 0)
+            return 1;
+    return 0;
 }
 
 static msh_status parse_list(ctx *c, const char *csv, msh_strmap *into) {
@@ -206,7 +242,7 @@ static msh_status declare(ctx *c, scope *s, const char *name, int32_t type, int3
         !msh_grow((void **)&s->own, &s->cap_own, s->n_own, sizeof *s->own))
         return nomem(c);
     size_t idx = c->n_vals++;
-    c->vals[idx] = (val){key, type, cur, kind, tensor, cnode, NULL, 0, 0};
+    c->vals[idx] = (val){key, type, cur, kind, tensor, cnode, 0, NULL, 0, 0};
     int64_t *slot = msh_strmap_upsert(&s->names, key, (int64_t)idx);
     if (!slot)
         return nomem(c);
@@ -427,6 +463,16 @@ static msh_status process_constant(ctx *c, scope *s, Onnx__NodeProto *n, int blo
     if ((a = find_attr(n, "value")) && a->t) {
         int64_t ti = msh_onnx_find_tensor(c->m, a->t);
         type = a->t->data_type;
+        if (type == T_FLOAT && ti >= 0)
+            c->st->candidates++;
+        if (type == T_FLOAT && ti >= 0 && tensor_kept(c, ti, out)) {
+            MSH_FORWARD(push_node(c, s, n));
+            MSH_FORWARD(declare(c, s, out, T_FLOAT, T_FLOAT, VAL_PLAIN, -1, NULL));
+            val *v = out && *out ? lookup(c, s, out) : NULL;
+            if (v)
+                v->keep = 1;
+            return MSH_OK;
+        }
         if (type == T_FLOAT && ti >= 0 && !blocked) {
             MSH_FORWARD(push_node(c, s, n));
             return declare(c, s, out, T_FLOAT, T_FLOAT, VAL_CONST, ti, n);
@@ -451,6 +497,13 @@ static msh_status process_node(ctx *c, scope *s, Onnx__NodeProto *n) {
     int32_t target = c->o->target;
     if (dflt && strcmp(op, "Constant") == 0)
         return process_constant(c, s, n, blocked);
+    int reads_kept = 0;
+    for (size_t i = 0; i < n->n_input; i++) {
+        val *v = n->input[i][0] ? lookup(c, s, n->input[i]) : NULL;
+        if (v && v->keep)
+            reads_kept = 1;
+    }
+    blocked |= reads_kept;
 
     int control =
         dflt && (strcmp(op, "If") == 0 || strcmp(op, "Loop") == 0 || strcmp(op, "Scan") == 0);
@@ -593,6 +646,11 @@ static msh_status process_node(ctx *c, scope *s, Onnx__NodeProto *n) {
             }
         }
         MSH_FORWARD(declare(c, s, name, type, cur, VAL_PLAIN, -1, NULL));
+        if (reads_kept && dflt && moves_values(op)) {
+            val *v = lookup(c, s, name);
+            if (v)
+                v->keep = 1;
+        }
     }
     if (converted_here)
         c->st->nodes++;
@@ -855,6 +913,28 @@ static msh_status process_graph(ctx *c, scope *s) {
     for (size_t i = 0; i < g->n_initializer; i++) {
         Onnx__TensorProto *tp = g->initializer[i];
         int64_t ti = msh_onnx_find_tensor(c->m, tp);
+        if (ti >= 0 && tp->data_type == T_FLOAT) {
+            c->st->candidates++;
+            if (tensor_kept(c, ti, tp->name)) {
+                /* stays FP32, and its readers run in FP32 */
+                int64_t *own = tp->name ? msh_strmap_get(&s->names, tp->name) : NULL;
+                if (own) {
+                    val *v = &c->vals[*own];
+                    v->kind = VAL_PLAIN;
+                    v->cur = v->type;
+                    v->keep = 1;
+                    for (size_t k = 0; k < g->n_input; k++) /* undo --no-keep-io-types */
+                        if (g->input[k]->name && strcmp(g->input[k]->name, tp->name) == 0)
+                            vi_set_elem_type(g->input[k], v->type);
+                    continue;
+                }
+                MSH_FORWARD(declare(c, s, tp->name, T_FLOAT, T_FLOAT, VAL_PLAIN, -1, NULL));
+                val *v = tp->name && *tp->name ? lookup(c, s, tp->name) : NULL;
+                if (v)
+                    v->keep = 1;
+                continue;
+            }
+        }
         val *as_input = NULL;
         int64_t *own = tp->name ? msh_strmap_get(&s->names, tp->name) : NULL;
         if (own)

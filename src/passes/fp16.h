@@ -28,6 +28,14 @@ typedef struct msh_fp16_opts {
     int keep_io;
     const char *block_ops;   /* comma-separated op types, or NULL */
     const char *block_nodes; /* comma-separated node names, or NULL */
+    /* Tensors kept FP32, and every node that reads them (as if blocked; so are nodes that only
+     * move such a value, and their readers): by the tensor's origin (msh_tentry.origin), from the
+     * precision plan's range test; and by glob patterns (fnmatch) on initializer names and on
+     * Constant output names. */
+    const uint8_t *keep; /* per origin, or NULL */
+    size_t n_keep;
+    const char *const *keep_globs;
+    size_t n_keep_globs;
 } msh_fp16_opts;
 
 typedef struct msh_fp16_stats {
@@ -36,7 +44,15 @@ typedef struct msh_fp16_stats {
     int64_t nodes_kept;  /* nodes with FLOAT inputs or outputs kept in FP32 */
     int64_t casts;       /* Cast nodes inserted */
     int64_t bytes_saved; /* FP32 bytes minus the bytes written for them (copies count) */
+    int64_t kept_range;  /* FLOAT tensors kept because `keep` names their origin */
+    int64_t kept_user;   /* FLOAT tensors kept because a glob matched */
+    int64_t candidates;  /* FLOAT initializers and Constant values seen (converted or not) */
 } msh_fp16_stats;
+
+/* Whether tensor `t`, known in its graph as `name` (an initializer's or a Constant's output),
+ * stays FP32 under `o`: MSH_FP16_KEPT_RANGE, MSH_FP16_KEPT_USER or 0. */
+enum { MSH_FP16_KEPT_RANGE = 1, MSH_FP16_KEPT_USER = 2 };
+int msh_fp16_kept(const msh_fp16_opts *o, const msh_tensor *t, const char *name);
 
 msh_status msh_fp16_apply(msh_onnx_model *m, const msh_fp16_opts *o, msh_fp16_stats *st,
                           msh_error *e);

@@ -143,7 +143,7 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
         cJSON_AddItemToArray(lg, x);
     }
     free(idx);
-    /* Quantized weights: INT8/UINT8 initializers read by DequantizeLinear nodes. */
+    /* Quantized weights: INT8/UINT8 initializers read by DequantizeLinear nodes... */
     msh_strmap inits;
     msh_strmap_init(&inits);
     for (size_t i = 0; i < m->n_tensors; i++)
@@ -177,6 +177,53 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
             }
         }
     }
+    /* ... and INT8 initializers widened by Cast(to=FLOAT) and scaled by a Mul with a FLOAT
+     * initializer (modelshrink's per-channel form below opset 13 and for recurrent weights) */
+    msh_strmap casts;
+    msh_strmap_init(&casts);
+    for (size_t gi = 0; gi < m->n_graphs; gi++) {
+        const Onnx__GraphProto *g = m->graphs[gi].g;
+        for (size_t k = 0; k < g->n_node; k++) {
+            const Onnx__NodeProto *n = g->node[k];
+            if (!n->op_type || strcmp(n->op_type, "Cast") != 0 || n->n_input != 1 ||
+                n->n_output != 1 || (n->domain && *n->domain))
+                continue;
+            int to = 0;
+            for (size_t a = 0; a < n->n_attribute; a++)
+                if (n->attribute[a]->name && strcmp(n->attribute[a]->name, "to") == 0)
+                    to = (int)n->attribute[a]->i;
+            int64_t *x = msh_strmap_get(&inits, n->input[0]);
+            if (to != 1 || !x || *x < 0 ||
+                (m->tensors[*x].tp->data_type != 3 && m->tensors[*x].tp->data_type != 2))
+                continue;
+            if (!msh_strmap_upsert(&casts, n->output[0], *x)) {
+                msh_strmap_free(&casts);
+                msh_strmap_free(&inits);
+                return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            }
+        }
+    }
+    for (size_t gi = 0; casts.n && gi < m->n_graphs; gi++) {
+        const Onnx__GraphProto *g = m->graphs[gi].g;
+        for (size_t k = 0; k < g->n_node; k++) {
+            const Onnx__NodeProto *n = g->node[k];
+            if (!n->op_type || strcmp(n->op_type, "Mul") != 0 || n->n_input != 2 ||
+                (n->domain && *n->domain))
+                continue;
+            for (int side = 0; side < 2; side++) {
+                int64_t *x = msh_strmap_get(&casts, n->input[side]);
+                int64_t *sc = msh_strmap_get(&inits, n->input[1 - side]);
+                if (!x || *x < 0 || !sc || *sc < 0 || m->tensors[*sc].tp->data_type != 1)
+                    continue;
+                qn++;
+                qbytes += m->tensors[*x].d.nbytes;
+                qscale += m->tensors[*sc].d.nbytes;
+                *x = -1; /* one weight, one count */
+                break;
+            }
+        }
+    }
+    msh_strmap_free(&casts);
     msh_strmap_free(&inits);
     {
         /* what the always-on clean-up of convert would remove */

@@ -19,7 +19,10 @@ typedef struct qcand {
     size_t n, cap;
     int other; /* used somewhere it cannot be replaced (graph output) */
     /* the layout, once its uses are known */
-    int axis; /* -1: no eligible use */
+    int axis;    /* -1: no eligible use */
+    int fold;    /* the channels are dims [0 .. axis] together (recurrent W and R: per direction
+                    and row) */
+    int castmul; /* dequantized by Cast + Mul (opset < 13, or folded channels) */
     int64_t channels, inner;
     float *absmax; /* per channel, found by the engine */
 } qcand;
@@ -47,11 +50,18 @@ static const Onnx__AttributeProto *attr(const Onnx__NodeProto *n, const char *na
     return NULL;
 }
 
-/* The channel axis when input `idx` of `n` is a weight we quantize, else -1. */
-static int eligible_axis(const Onnx__NodeProto *n, size_t idx, size_t rank, int gather) {
+/* Recurrent ops: W [directions, gates x hidden, input] and R [directions, gates x hidden,
+ * hidden] are quantized per direction and row. */
+static int is_recurrent(const char *op) {
+    return strcmp(op, "LSTM") == 0 || strcmp(op, "GRU") == 0 || strcmp(op, "RNN") == 0;
+}
+
+int msh_int8_eligible_axis(const Onnx__NodeProto *n, size_t idx, size_t rank, int gather) {
     if (!is_dflt(n->domain) || !n->op_type)
         return -1;
     const char *op = n->op_type;
+    if (is_recurrent(op) && (idx == 1 || idx == 2) && rank == 3)
+        return 1;
     if (strcmp(op, "MatMul") == 0 && idx == 1 && rank >= 2)
         return (int)rank - 1;
     if (strcmp(op, "Gemm") == 0 && idx == 1 && rank == 2) {
@@ -138,6 +148,59 @@ static msh_status small_tensor(msh_onnx_model *m, const char *name, int32_t type
     return MSH_OK;
 }
 
+/* Index of graph input `name` in `g`, or -1. */
+static ptrdiff_t graph_input_at(const Onnx__GraphProto *g, const char *name) {
+    for (size_t i = 0; i < g->n_input; i++)
+        if (g->input[i]->name && strcmp(g->input[i]->name, name) == 0)
+            return (ptrdiff_t)i;
+    return -1;
+}
+
+/* Before IR 4 an initializer must also be a graph input: declare one for `tp`. */
+static msh_status add_input_for(Onnx__GraphProto *g, const Onnx__TensorProto *tp, msh_error *e) {
+    Onnx__ValueInfoProto *vi = malloc(sizeof *vi);
+    Onnx__TypeProto *ty = malloc(sizeof *ty);
+    Onnx__TypeProto__Tensor *tt = malloc(sizeof *tt);
+    Onnx__TensorShapeProto *sh = malloc(sizeof *sh);
+    Onnx__TensorShapeProto__Dimension **dims = calloc(tp->n_dims + 1, sizeof *dims);
+    Onnx__ValueInfoProto **arr = realloc(g->input, (g->n_input + 1) * sizeof *arr);
+    if (arr)
+        g->input = arr;
+    if (!vi || !ty || !tt || !sh || !dims || !arr) {
+        free(vi);
+        free(ty);
+        free(tt);
+        free(sh);
+        free(dims);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    onnx__value_info_proto__init(vi);
+    onnx__type_proto__init(ty);
+    onnx__type_proto__tensor__init(tt);
+    onnx__tensor_shape_proto__init(sh);
+    vi->type = ty;
+    ty->value_case = ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE;
+    ty->tensor_type = tt;
+    tt->has_elem_type = 1;
+    tt->elem_type = tp->data_type;
+    tt->shape = sh;
+    sh->dim = dims;
+    arr[g->n_input++] = vi; /* owned by the graph from here: freed with it */
+    vi->name = msh_strdup(tp->name);
+    if (!vi->name)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < tp->n_dims; i++) {
+        Onnx__TensorShapeProto__Dimension *d = malloc(sizeof *d);
+        if (!d)
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        onnx__tensor_shape_proto__dimension__init(d);
+        d->value_case = ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_VALUE;
+        d->dim_value = tp->dims[i];
+        dims[sh->n_dim++] = d;
+    }
+    return MSH_OK;
+}
+
 static msh_status add_initializer(Onnx__GraphProto *g, Onnx__TensorProto *tp, msh_error *e) {
     Onnx__TensorProto **arr = realloc(g->initializer, (g->n_initializer + 1) * sizeof *arr);
     if (!arr) {
@@ -183,28 +246,59 @@ static msh_status set_input(Onnx__NodeProto *n, size_t i, const char *name, msh_
 }
 
 /* The quantization layout of a candidate from its uses: the channel axis of its first eligible
- * use (others must agree), and the channel count and run length. */
-static void plan_layout(const msh_onnx_model *m, qcand *q, int per_channel) {
+ * use (others must agree), the channel count and run length, and how it is dequantized:
+ * DequantizeLinear with `axis` from opset 13, else (and for recurrent weights, whose channels
+ * span two dims) Cast to FLOAT and Mul by the scales shaped to broadcast. */
+static void plan_layout(const msh_onnx_model *m, qcand *q, int64_t opset) {
     const msh_tensor *w = &m->tensors[q->t];
     const Onnx__TensorProto *tp = w->tp;
     q->axis = -1;
     for (size_t i = 0; i < q->n && q->axis < 0; i++)
-        q->axis = q->uses[i].axis;
-    if (q->axis < 0)
+        if (q->uses[i].axis >= 0) {
+            q->axis = q->uses[i].axis;
+            q->fold = is_recurrent(q->uses[i].node->op_type);
+        }
+    if (q->axis < 0 || tp->n_dims > 16)
         return;
-    q->channels = per_channel ? tp->dims[q->axis] : 1;
+    q->castmul = q->fold || opset < 13;
+    q->channels = 1;
+    for (int d = q->fold ? 0 : q->axis; d <= q->axis; d++)
+        q->channels *= tp->dims[d];
     q->inner = 1;
-    if (per_channel)
-        for (size_t d = (size_t)q->axis + 1; d < tp->n_dims; d++)
-            q->inner *= tp->dims[d];
-    else
-        q->inner = w->d.numel > 0 ? w->d.numel : 1;
+    for (size_t d = (size_t)q->axis + 1; d < tp->n_dims; d++)
+        q->inner *= tp->dims[d];
     if (q->channels <= 0 || q->inner <= 0)
         q->axis = -1;
 }
 
+/* Cast(q, to=FLOAT) -> Mul(., s). */
+static Onnx__NodeProto *make_castmul(const char *q, const char *s, const char *out,
+                                     const char *name, const char *cast_out, const char *cast_name,
+                                     Onnx__NodeProto **mul) {
+    Onnx__NodeProto *c = msh_onnx_node_new("Cast", cast_name, &q, 1, &cast_out, 1);
+    if (!c || !msh_onnx_node_add_attr(c, msh_onnx_attr_int("to", 1))) {
+        if (c)
+            protobuf_c_message_free_unpacked(&c->base, NULL);
+        return NULL;
+    }
+    const char *in[2] = {cast_out, s};
+    *mul = msh_onnx_node_new("Mul", name, in, 2, &out, 1);
+    if (!*mul) {
+        protobuf_c_message_free_unpacked(&c->base, NULL);
+        return NULL;
+    }
+    return c;
+}
+
+/* A new initializer of `g` (and, before IR 4, the graph input that must declare it). */
+static msh_status add_weight(const msh_onnx_model *m, Onnx__GraphProto *g, Onnx__TensorProto *tp,
+                             msh_error *e) {
+    MSH_FORWARD(add_initializer(g, tp, e));
+    return m->mp->ir_version < 4 ? add_input_for(g, tp, e) : MSH_OK;
+}
+
 static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_stats *st,
-                               msh_names *nm, zcache *zc, qcand *q, int per_channel, msh_error *e) {
+                               msh_names *nm, zcache *zc, qcand *q, msh_error *e) {
     msh_tensor *w = &m->tensors[q->t];
     Onnx__TensorProto *tp = w->tp;
     int axis = q->axis;
@@ -214,15 +308,18 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
     float *scales = q->absmax; /* the maxima become the scales, in place */
     q->absmax = NULL;
     msh_status s = MSH_OK;
+    /* The FP16/BF16 pass stores the scales in that type where the dequantizing op then runs in
+     * it: DequantizeLinear-19 (its output type is the scale's), and the Mul of Cast + Mul. */
+    int32_t round = q->castmul || st->opset >= 19 ? o->scale_round : 0;
     for (int64_t c = 0; c < channels; c++) {
         float sc = msh_int8_scale_ref(scales[c]);
-        if (o->scale_round == 10 || o->scale_round == 16) {
+        if (round == 10 || round == 16) {
             /* The FP16/BF16 pass will store the scale in that type: quantize with the value
              * that will be stored (exactly representable, so that pass converts it exactly). */
             uint32_t b;
             int clamped;
             memcpy(&b, &sc, 4);
-            if (o->scale_round == 10)
+            if (round == 10)
                 b = msh_f16_to_f32_ref(
                     msh_f32_to_f16_ref(b, MSH_F16_MIN_SUBNORMAL_BITS, MSH_F16_MAX_BITS, &clamped));
             else
@@ -236,23 +333,35 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
     const char *qn = msh_names_fresh(nm, tp->name, "_quantized");
     const char *sn = msh_names_fresh(nm, tp->name, "_scale");
     const char *zn = NULL;
-    int zero_new = 1;
-    for (size_t i = 0; i < zc->n; i++)
-        if (zc->v[i].graph == w->graph && zc->v[i].channels == (per_channel ? tp->dims[axis] : 1)) {
+    int zero_new = !q->castmul;
+    for (size_t i = 0; zero_new && i < zc->n; i++)
+        if (zc->v[i].graph == w->graph && zc->v[i].channels == channels) {
             zn = zc->v[i].name;
             zero_new = 0;
         }
-    if (!zn)
+    if (!zn && !q->castmul)
         zn = msh_names_fresh(nm, tp->name, "_zero_point");
     const char *dn = msh_names_fresh(nm, tp->name, "_dequantized");
     const char *nn = msh_names_fresh(nm, tp->name, "_DequantizeLinear");
-    if (!qn || !sn || !zn || !dn || !nn) {
+    const char *cn = q->castmul ? msh_names_fresh(nm, tp->name, "_int8_as_float") : "";
+    const char *cnn = q->castmul ? msh_names_fresh(nm, tp->name, "_Cast") : "";
+    if (!qn || !sn || (!zn && !q->castmul) || !dn || !nn || !cn || !cnn) {
         free(scales);
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     }
-    /* scale and zero point: 1-D [C], or scalars per tensor */
+    /* scale and zero point: 1-D [C] for DequantizeLinear; for Cast + Mul the scales take the
+     * weight's dims up to the channel axis and 1 after it, so that they broadcast */
+    int64_t sshape[16];
+    size_t sdims = 1;
+    sshape[0] = channels;
+    if (q->castmul) {
+        sdims = 0;
+        for (int d = q->fold ? 0 : axis; d <= axis; d++)
+            sshape[sdims++] = tp->dims[d];
+        for (size_t d = (size_t)axis + 1; d < tp->n_dims && sdims < 16; d++)
+            sshape[sdims++] = 1;
+    }
     int64_t cdim = channels;
-    size_t sdims = per_channel ? 1 : 0;
     size_t sbytes = (size_t)channels * 4;
     uint8_t *sb = malloc(sbytes + 1), *zb = calloc((size_t)channels + 1, 1);
     if (!sb || !zb) {
@@ -263,13 +372,13 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
     }
     memcpy(sb, scales, sbytes);
     Onnx__TensorProto *stp, *ztp;
-    s = small_tensor(m, sn, 1, &cdim, sdims, sb, sbytes, graph, &stp, e);
+    s = small_tensor(m, sn, 1, sshape, sdims, sb, sbytes, graph, &stp, e);
     if (s == MSH_OK)
-        s = add_initializer(g, stp, e);
+        s = add_weight(m, g, stp, e);
     if (s == MSH_OK && zero_new) {
-        s = small_tensor(m, zn, 3, &cdim, sdims, zb, (size_t)channels, graph, &ztp, e);
+        s = small_tensor(m, zn, 3, &cdim, 1, zb, (size_t)channels, graph, &ztp, e);
         if (s == MSH_OK)
-            s = add_initializer(g, ztp, e);
+            s = add_weight(m, g, ztp, e);
         if (s == MSH_OK && msh_grow((void **)&zc->v, &zc->cap, zc->n, sizeof *zc->v))
             zc->v[zc->n++] = (zshare){graph, channels, zn};
     } else {
@@ -315,11 +424,24 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
         protobuf_c_message_free_unpacked(&qtp->base, NULL);
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     }
-    MSH_FORWARD(add_initializer(g, qtp, e));
-    Onnx__NodeProto *dq = make_dql(qn, sn, zn, dn, nn, per_channel ? axis : -1);
-    if (!dq)
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    MSH_FORWARD(prepend_node(g, dq, e));
+    MSH_FORWARD(add_weight(m, g, qtp, e));
+    if (q->castmul) {
+        Onnx__NodeProto *mul = NULL;
+        Onnx__NodeProto *cast = make_castmul(qn, sn, dn, nn, cn, cnn, &mul);
+        if (!cast)
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        msh_status s2 = prepend_node(g, mul, e);
+        if (s2 != MSH_OK) {
+            protobuf_c_message_free_unpacked(&cast->base, NULL);
+            return s2;
+        }
+        MSH_FORWARD(prepend_node(g, cast, e));
+    } else {
+        Onnx__NodeProto *dq = make_dql(qn, sn, zn, dn, nn, axis);
+        if (!dq)
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        MSH_FORWARD(prepend_node(g, dq, e));
+    }
     size_t kept = 0;
     for (size_t i = 0; i < q->n; i++) {
         if (q->uses[i].axis == axis)
@@ -329,6 +451,7 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
     }
     w = &m->tensors[q->t];
     st->tensors++;
+    st->castmul += q->castmul;
     st->bytes_before += w->d.nbytes;
     st->bytes_after += w->d.numel + (int64_t)sbytes + (zero_new ? channels : 0);
     if (kept == 0 && !q->other) {
@@ -339,6 +462,13 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
                 memmove(&g->initializer[i], &g->initializer[i + 1],
                         (g->n_initializer - i - 1) * sizeof *g->initializer);
                 g->n_initializer--;
+                ptrdiff_t in = m->mp->ir_version < 4 ? graph_input_at(g, w->tp->name) : -1;
+                if (in >= 0) { /* its declaration as a graph input goes with it */
+                    protobuf_c_message_free_unpacked(&g->input[in]->base, NULL);
+                    memmove(&g->input[in], &g->input[in + 1],
+                            (g->n_input - (size_t)in - 1) * sizeof *g->input);
+                    g->n_input--;
+                }
                 MSH_FORWARD(msh_onnx_adopt_orphan(m, w->tp) == MSH_OK
                                 ? MSH_OK
                                 : msh_fail(e, MSH_ERR_NOMEM, "out of memory"));
@@ -355,12 +485,12 @@ msh_status msh_int8_apply(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_st
     for (size_t i = 0; i < m->mp->n_opset_import; i++)
         if (is_dflt(m->mp->opset_import[i]->domain))
             st->opset = m->mp->opset_import[i]->version;
-    if (st->opset < 10) {
+    /* Mul broadcasts numpy-style from opset 7; Mul-6's broadcast axis would be valid ONNX, but
+     * onnxruntime runs no Mul below opset 7, so the output would not run where the input does */
+    if (st->opset < 7) {
         st->skipped_opset = 1;
         return MSH_OK;
     }
-    int per_channel = st->opset >= 13;
-    st->per_tensor = !per_channel;
     msh_strmap decl, idx;
     msh_strmap_init(&decl);
     msh_strmap_init(&idx);
@@ -376,11 +506,13 @@ msh_status msh_int8_apply(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_st
     for (size_t i = 0; s == MSH_OK && i < m->n_tensors; i++) {
         const msh_tensor *t = &m->tensors[i];
         if (t->loc != MSH_LOC_INITIALIZER || t->d.dropped || t->graph < 0 || t->d.out_dtype ||
-            t->tp->data_type != 1 || t->d.numel < o->min_elements || t->d.numel == 0 ||
-            !t->tp->name || t->tp->n_dims == 0)
+            t->tp->data_type != 1 || t->d.numel == 0 || !t->tp->name || t->tp->n_dims == 0)
             continue;
         int64_t *d = msh_strmap_get(&decl, t->tp->name);
-        if (!d || *d != 1)
+        /* before IR 4 every initializer is also listed as an input of its graph: a weight */
+        int64_t own =
+            m->mp->ir_version < 4 && graph_input_at(m->graphs[t->graph].g, t->tp->name) >= 0;
+        if (!d || *d != 1 + own)
             continue; /* a graph input, or a name declared again somewhere */
         c[nc].t = (int64_t)i;
         if (!msh_strmap_upsert(&idx, t->tp->name, (int64_t)nc))
@@ -402,7 +534,7 @@ msh_status msh_int8_apply(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_st
                     break;
                 }
                 size_t rank = m->tensors[q->t].tp->n_dims;
-                q->uses[q->n++] = (quse){n, k, eligible_axis(n, k, rank, o->gather)};
+                q->uses[q->n++] = (quse){n, k, msh_int8_eligible_axis(n, k, rank, o->gather)};
             }
         }
         for (size_t i = 0; i < g->n_output; i++) {
@@ -417,9 +549,23 @@ msh_status msh_int8_apply(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_st
     if (s == MSH_OK && !jobs)
         s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     for (size_t i = 0; s == MSH_OK && i < nc; i++) {
-        plan_layout(m, &c[i], per_channel);
+        plan_layout(m, &c[i], st->opset);
         if (c[i].axis < 0)
             continue;
+        st->eligible++;
+        int64_t numel = m->tensors[c[i].t].d.numel;
+        if (numel < o->min_elements) {
+            if (numel > st->largest_small)
+                st->largest_small = numel;
+            c[i].axis = -1;
+            continue;
+        }
+        if (3 * numel <=
+            4 * c[i].channels + MSH_INT8_NODE_BYTES * (m->mp->ir_version < 4 ? 2 : 1)) {
+            st->no_gain++; /* its scales and nodes would cost what INT8 saves */
+            c[i].axis = -1;
+            continue;
+        }
         if (!(c[i].absmax = calloc((size_t)c[i].channels, sizeof(float)))) {
             s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
             break;
@@ -440,7 +586,7 @@ msh_status msh_int8_apply(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_st
     free(jobs);
     zcache zc = {NULL, 0, 0};
     for (size_t i = 0; s == MSH_OK && i < nc; i++)
-        s = quantize_one(m, o, st, &nm, &zc, &c[i], per_channel, e);
+        s = quantize_one(m, o, st, &nm, &zc, &c[i], e);
     free(zc.v);
     for (size_t i = 0; c && i < nc; i++) {
         free(c[i].uses);

@@ -61,6 +61,9 @@ class Failures:
         return self.check(False, what, detail)
 
     def finish(self, name):
+        if self.checks == 0:
+            print("FAIL: %s made no checks (a test that checks nothing must not pass)" % name)
+            return 1
         if self.items:
             print("%s: %d of %d checks FAILED:" % (name, len(self.items), self.checks))
             for it in self.items:

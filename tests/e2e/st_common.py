@@ -122,6 +122,22 @@ def f16_reference(np, f32_bytes, min_abs=2.0 ** -24, max_abs=65504.0):
     return h, ~(small | large), small | large
 
 
+def f16_range_keep(np, f32_bytes, ndim):
+    """The precision plan's range rule (README, "FP16 range"), written again from its text:
+    'above' when a finite value's magnitude exceeds 65504; 'below' when the tensor has at least
+    two dimensions, at least 16 finite non-zero values, and more than a tenth of them are smaller
+    than 2**-14; else None (the tensor is converted)."""
+    x = np.frombuffer(f32_bytes, dtype=np.float32).astype(np.float64)
+    ax = np.abs(x)
+    nz = np.isfinite(x) & (ax != 0)
+    if np.any(nz & (ax > 65504.0)):
+        return "above"
+    n = int(nz.sum())
+    if ndim >= 2 and n >= 16 and 10 * int((nz & (ax < 2.0 ** -14)).sum()) > n:
+        return "below"
+    return None
+
+
 def bf16_reference(np, f32_bytes):
     """FP32 bytes -> BF16 bits (round to nearest even, NaN stays NaN)."""
     u = np.frombuffer(f32_bytes, dtype=np.uint32).astype(np.uint64)

@@ -22,8 +22,8 @@ is in ALLOWLIST below, each entry with its reason). Models where both are outsid
 listed (FP16 math itself: huge values, cancellation, ...), not failed.
 
 A per-model report (name, status and worst abs error for both tools) goes to WORK/report.tsv;
-the top offenders are printed. The peer part is skipped (noted) when onnxconverter_common is not
-importable.
+the top offenders are printed. Without onnxconverter_common the test skips (exit 77): it is
+what a model outside the tolerance is judged against.
 
 Data folder: $MSH_ONNX_TESTDATA or /usr/share/libonnx-testdata/data (skip when missing).
 Parallel workers: $MSH_JOBS or the CPU count."""
@@ -296,9 +296,11 @@ def main():
         import onnxconverter_common  # noqa: F401
         peer = True
     except ImportError:
-        peer = False
-        print("NOTE: onnxconverter_common is not importable: the peer comparison is skipped "
-              "(scripts/deps.sh --bench installs it)")
+        # the verdict on a model outside the tolerance depends on the peer's result: without
+        # it nothing could fail, so the test does not pass either
+        C.skip("onnxconverter_common is not importable (scripts/deps.sh installs it from "
+               "scripts/requirements-test.txt): models outside the FP16 tolerance cannot be "
+               "judged without the peer")
 
     models = sorted(glob.glob(os.path.join(DATA, "**", "model.onnx"), recursive=True))
     selected = []

@@ -242,17 +242,25 @@ def main():
             dt, shape, b = tensors[name]
             F.check(shape == t["shape"], "%s: %s: %s shape %s, expected %s" % (
                 group, fx, name, shape, t["shape"]))
-            if transform and t["dtype"] == "F32":
-                want_dt = "F16" if transform == "fp16" else "BF16"
+            src = transform_src.get((fx, name))
+            if transform == "fp16" and t["dtype"] == "F32" and src is not None and \
+                    S.f16_range_keep(np, src, len(t["shape"])):
+                # FP16 cannot hold it: kept FP32, byte for byte (README, "FP16 range")
+                want_data += t["nbytes"]
+                kept_fp32[fx] = kept_fp32.get(fx, 0) + 1
+                F.check(dt == "F32" and b == src, "%s: %s: %s (beyond FP16's range: %s) is %s, "
+                        "expected its F32 bytes" % (group, fx, name,
+                                                    S.f16_range_keep(np, src, len(t["shape"])), dt))
+            elif transform and t["dtype"] == "F32":
+                want_dt = "BF16" if transform == "bf16" else "F16"
                 want_data += t["nbytes"] // 2
                 if F.check(dt == want_dt, "%s: %s: %s is %s, expected %s" % (
                         group, fx, name, dt, want_dt)):
-                    src = transform_src.get((fx, name))
                     if src is None:
                         notes.append("%s: %s: %s: no verified F32 bytes to compare with" % (
                             group, fx, name))
                     else:
-                        cmp = S.compare_f16 if transform == "fp16" else S.compare_bf16
+                        cmp = S.compare_bf16 if transform == "bf16" else S.compare_f16
                         d = cmp(np, b, src, "%s %s" % (fx, name))
                         compared[transform] = compared.get(transform, 0) + len(src) // 4
                         F.check(not d, "%s: %s: %s values are not the RNE reference" % (
@@ -449,15 +457,26 @@ def main():
             "convert: --key no_such_key does not fail with one line and no output", r.describe())
 
     # ---- fp16 / bf16 ---------------------------------------------------------------------
-    for mode in ("fp16", "bf16"):
+    # fp16: tensors FP16 cannot hold stay F32 (the rule, st_common.f16_range_keep); with
+    # --fp16-clamp every F32 tensor becomes F16, clamped
+    kept_fp32 = {}
+    for mode in ("fp16", "fp16-clamp", "bf16"):
+        flags = ["--fp16", "--fp16-clamp"] if mode == "fp16-clamp" else ["--" + mode]
         for fx in ("resnet_adam.pth", "bare_state_dict.pth", "sliced.pth", "tied.pth",
                    "nested.pth"):
             ref = refs["good"][fx]
             out = os.path.join(w, mode, fx.replace(".pth", ".safetensors"))
             os.makedirs(os.path.dirname(out), exist_ok=True)
-            r = C.run(args.bin, "convert", "--" + mode, os.path.join(PTH, fx), "-o", out)
+            r = C.run(args.bin, "convert", *flags, os.path.join(PTH, fx), "-o", out)
             if F.check(r.rc == 0, "%s: %s: exit %d" % (mode, fx, r.rc), r.describe()):
                 check_st_output(mode, fx, out, sd_expected(ref), transform=mode)
+                if mode == "fp16":
+                    m = re.search(r"kept fp32: (\d+) tensors", r.out)
+                    F.check(int(m.group(1) if m else 0) == kept_fp32.get(fx, 0),
+                            "fp16: %s: the line says %s tensors kept FP32, the rule keeps %d" % (
+                                fx, m.group(1) if m else "no", kept_fp32.get(fx, 0)), r.out)
+    F.check(sum(kept_fp32.values()) >= 1, "fp16: the fixtures hold tensors beyond FP16's range "
+            "(kept: %s)" % kept_fp32)
 
     # ---- format pth ----------------------------------------------------------------------
     pth_supported = None

@@ -179,7 +179,8 @@ def main():
             "does not say safetensors", r.describe())
 
     # ---- convert / fp16 / bf16 -----------------------------------------------------------
-    for mode in ("plain", "fp16", "bf16"):
+    kept_fp32 = 0
+    for mode in ("plain", "fp16", "fp16-clamp", "bf16"):
         for name, p in good.items():
             if name not in contents:
                 continue
@@ -187,7 +188,8 @@ def main():
             sha = C.sha256(p)
             out = os.path.join(w, mode, name)
             os.makedirs(os.path.dirname(out), exist_ok=True)
-            flags = [] if mode == "plain" else ["--" + mode]
+            flags = {"plain": [], "fp16-clamp": ["--fp16", "--fp16-clamp"]}.get(
+                mode, ["--" + mode])
             r = C.run(args.bin, "convert", *flags, p, "-o", out)
             F.check(C.sha256(p) == sha, "%s: %s: input changed" % (mode, name))
             if not F.check(r.rc == 0 and os.path.isfile(out), "%s: %s: exit %d" % (
@@ -217,11 +219,16 @@ def main():
                     continue
                 odt, osh, ob = ots[k]
                 F.check(osh == sh, "%s: %s: %s shape %s, expected %s" % (mode, name, k, osh, sh))
-                if mode != "plain" and dt == "F32":
-                    want_dt = "F16" if mode == "fp16" else "BF16"
+                if mode == "fp16" and dt == "F32" and S.f16_range_keep(np, b, len(sh)):
+                    # FP16 cannot hold it: kept F32 byte for byte (README, "FP16 range")
+                    kept_fp32 += 1
+                    F.check(odt == "F32" and ob == b, "fp16: %s: %s (beyond FP16's range: %s) is "
+                            "%s, expected its F32 bytes" % (name, k, S.f16_range_keep(np, b, len(sh)), odt))
+                elif mode != "plain" and dt == "F32":
+                    want_dt = "BF16" if mode == "bf16" else "F16"
                     if F.check(odt == want_dt, "%s: %s: %s is %s, expected %s" % (
                             mode, name, k, odt, want_dt)):
-                        cmp = S.compare_f16 if mode == "fp16" else S.compare_bf16
+                        cmp = S.compare_bf16 if mode == "bf16" else S.compare_f16
                         d = cmp(np, ob, b, "%s %s" % (name, k))
                         F.check(not d, "%s: %s: %s values are not the RNE reference" % (
                             mode, name, k), d)
@@ -234,6 +241,8 @@ def main():
                             name, os.path.getsize(out), os.path.getsize(p)))
             F.check(not [x for x in os.listdir(os.path.dirname(out)) if x.startswith(".")],
                     "%s: %s: a temporary file was left behind" % (mode, name))
+    F.check(kept_fp32 >= 1, "fp16: some fixture tensor is beyond FP16's range (kept %d)"
+            % kept_fp32)
 
     # ---- invalid -------------------------------------------------------------------------
     def hdr_file(h, data=b"", n_override=None, raw_header=None):

@@ -146,9 +146,13 @@ int main(int argc, char **argv) {
     CHECK(st == MSH_OK, "reopen external: %s", e.msg);
     if (st == MSH_OK) {
         CHECK(x.n_ext == 1, "one external file");
+        size_t n_external = 0;
         for (size_t i = 0; i < x.n_tensors; i++)
-            if (x.tensors[i].external_in)
+            if (x.tensors[i].external_in) {
+                n_external++;
                 CHECK(x.payloads[x.tensors[i].payload].offset % 4096 == 0, "alignment");
+            }
+        CHECK(n_external > 0, "the external output holds external tensors (%zu)", n_external);
         expect_same_tensors(&m, &x);
         /* and back to inline: identical to the input again */
         st = msh_onnx_save(&x, path_in("w_back.onnx"), 0, 1024, eng, &wr, NULL, &e);

@@ -1,0 +1,35 @@
+/*
+ * Weights held in Constant nodes (PaddlePaddle exports, some PyTorch exports, If branches) made
+ * initializers, so that the passes that work on initializers see them.
+ *
+ * A Constant node (default domain) whose `value` is a tensor becomes an initializer of the same
+ * graph, named as the node's output, and the node is removed: the graph computes the same values.
+ * Only where a pass needs it:
+ *   for dedup: tensors of at least MSH_LIFT_DEDUP_MIN_BYTES that are identical to another
+ *     Constant value or initializer (found by msh_dedup_classes on the engine);
+ *   for INT8: tensors read as a weight INT8 quantizes (msh_int8_eligible_axis), of at least its
+ *     minimum size.
+ * Never lifted: Constants before IR 4 (an initializer there must be a graph input), Constants
+ * whose output is a graph output or is declared more than once in the model, and Constants in
+ * function bodies.
+ */
+#ifndef MSH_LIFT_H
+#define MSH_LIFT_H
+
+#include "engine/msh_engine.h"
+#include "formats/onnx_model.h"
+
+#define MSH_LIFT_DEDUP_MIN_BYTES 64
+
+typedef struct msh_lift_opts {
+    int dedup;
+    int int8;
+    int64_t int8_min_elements;
+    int int8_gather;
+    msh_engine *engine; /* dedup's digests */
+} msh_lift_opts;
+
+msh_status msh_lift_constants(msh_onnx_model *m, const msh_lift_opts *o, int64_t *lifted,
+                              msh_error *e);
+
+#endif
