@@ -123,6 +123,9 @@ typedef struct msh_convert_options {
     int storage_only; /**< ONNX: store FP32 weights as FP16/BF16 and widen them back to FP32
                            with a Cast once, so that every op still computes in FP32 (checkpoint
                            conversion always changes storage only) */
+    int allow_larger; /**< ONNX: keep the FP16/BF16 conversion even when its Casts make the file
+                           larger (for half-precision compute on a GPU); by default such a
+                           conversion is left out */
 } msh_convert_options;
 
 void msh_convert_options_init(msh_convert_options *opt);
@@ -146,7 +149,8 @@ typedef enum msh_option {
     MSH_OPTION_KEEP_INPUTS,        /* ONNX */
     MSH_OPTION_FP16_CLAMP,         /* all formats, with float_type FP16 */
     MSH_OPTION_KEEP_FP32,          /* all formats, with float_type set */
-    MSH_OPTION_STORAGE_ONLY        /* all formats, with float_type set */
+    MSH_OPTION_STORAGE_ONLY,       /* all formats, with float_type set */
+    MSH_OPTION_ALLOW_LARGER        /* ONNX, with float_type set */
 } msh_option;
 
 /** The option's field name in msh_convert_options ("int8"). */

@@ -415,7 +415,8 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
                                    : msh_fp16_apply(&m, &fo, &fs, err);
         if (st == MSH_OK)
             st = msh_onnx_inline_size(&m, &after, err);
-        if (st == MSH_OK && (fs.tensors > 0 || fs.casts > 0) && after >= before) {
+        if (st == MSH_OK && !opt->allow_larger && (fs.tensors > 0 || fs.casts > 0) &&
+            after >= before) {
             snprintf(a->why, sizeof a->why,
                      "converting %lld tensors would make the file %lld bytes larger (%lld Casts); "
                      "kept FP32",
@@ -532,6 +533,7 @@ static const char *const option_names[] = {
     [MSH_OPTION_FP16_CLAMP] = "fp16_clamp",
     [MSH_OPTION_KEEP_FP32] = "keep_fp32",
     [MSH_OPTION_STORAGE_ONLY] = "storage_only",
+    [MSH_OPTION_ALLOW_LARGER] = "allow_larger",
 };
 
 const char *msh_option_name(msh_option o) {
@@ -553,7 +555,8 @@ int msh_option_applies(msh_option o, msh_format input) {
     case MSH_OPTION_INT8_GATHER:
     case MSH_OPTION_KEEP_OUTPUTS:
     case MSH_OPTION_DROP_OUTPUTS:
-    case MSH_OPTION_KEEP_INPUTS: return input == MSH_FORMAT_ONNX;
+    case MSH_OPTION_KEEP_INPUTS:
+    case MSH_OPTION_ALLOW_LARGER: return input == MSH_FORMAT_ONNX;
     case MSH_OPTION_KEY: return input == MSH_FORMAT_PTH;
     case MSH_OPTION_OUT_FORMAT: return input == MSH_FORMAT_PTH || input == MSH_FORMAT_SAFETENSORS;
     case MSH_OPTION_FP16_CLAMP:
@@ -599,6 +602,8 @@ msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, m
         set[n++] = MSH_OPTION_DROP_OUTPUTS;
     if (opt->keep_inputs)
         set[n++] = MSH_OPTION_KEEP_INPUTS;
+    if (opt->allow_larger)
+        set[n++] = MSH_OPTION_ALLOW_LARGER;
     if (bad)
         *bad = MSH_OPTION_NONE;
     /* options that refine the float conversion need it */
@@ -609,6 +614,8 @@ msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, m
         needs = MSH_OPTION_KEEP_FP32;
     else if (opt->storage_only && !opt->float_type)
         needs = MSH_OPTION_STORAGE_ONLY;
+    else if (opt->allow_larger && !opt->float_type)
+        needs = MSH_OPTION_ALLOW_LARGER;
     if (needs != MSH_OPTION_NONE) {
         if (bad)
             *bad = needs;

@@ -125,3 +125,54 @@ def traps(ctx):
                                        if p.stdout.strip() else "no output")]
     return h.CaseResult(columns, rows, preface="Cosine to the FP32 original (size ratio in "
                         "brackets).", notes="\n".join(n for n in notes if n))
+
+
+@case("range-cost", "What the FP16 range test costs")
+def range_cost(ctx):
+    """The range test runs inside the FP16 conversion kernel (one pass over each 1 MiB piece,
+    counts kept in vector lanes). `scripts/bench/range_probe.c` times the kernel without it
+    (`msh_f32_to_f16_buf`) and with it (`msh_f32_to_f16_range_buf`, what the engine runs) on a
+    piece in cache, the worst case for the test's share: a conversion reads and writes files,
+    which take most of its time. Then the whole `convert --fp16` of the floor case's 512 MiB
+    model, with the test on (the default) and with `--fp16-clamp` (which still computes the
+    counts for the line, but never redoes the model). The range test's end-to-end share is its
+    kernel time on the model's bytes (one thread: an upper bound, the engine converts on all
+    cores) over the conversion's wall time. Target (issue 16): at most 10%."""
+    import statistics
+    exe = os.path.join(ctx.work, "range_probe")
+    build = os.path.join(h.ROOT, "build")
+    subprocess.run(["cc", "-O2", "-std=c11", "-I", os.path.join(h.ROOT, "src"), "-I",
+                    os.path.join(h.ROOT, "include"), os.path.join(h.HERE, "range_probe.c"),
+                    os.path.join(build, "libmsh.a"), "-lpthread", "-lm", "-o", exe], check=True)
+    p = subprocess.run([exe, "800" if ctx.quick else "3000"], stdout=subprocess.PIPE, text=True,
+                       check=True)
+    rounds = [tuple(float(x) for x in line.split()) for line in p.stdout.split("\n") if line]
+    conv = statistics.median(r[0] for r in rounds)
+    both = statistics.median(r[1] for r in rounds)
+    extra = statistics.median(r[2] for r in rounds)
+    rows = [{"what": "kernel, 1 MiB piece in cache: convert", "v": "%.2f GB/s" % conv},
+            {"what": "kernel: convert + range test (the engine's)", "v": "%.2f GB/s" % both},
+            {"what": "kernel: extra time for the range test", "v": "%.0f%%" % extra}]
+    import cases_floor as FL
+    model = FL.gen_mlp(ctx, "floor-quick.onnx" if ctx.quick else "floor-512.onnx",
+                       FL.QUICK if ctx.quick else FL.FULL)
+    tools = [FL.ms(ctx, "modelshrink --fp16", "--fp16"),
+             FL.ms(ctx, "modelshrink --fp16 --fp16-clamp", "--fp16", "--fp16-clamp")]
+    h.warm_read(model)
+    runs = h.round_robin(tools, model, os.path.join(ctx.work, "range-out"),
+                         os.path.join(ctx.work, "range-logs"), ctx.reps)
+    sums = {t.name: h.summarize(t.name, runs[t.name]) for t in tools}
+    for t in tools:
+        rows.append({"what": "end to end: %s (%s MiB)" % (t.name, os.path.getsize(model) >> 20),
+                     "v": "%.3f s median wall" % sums[t.name].wall_median})
+    h.rm_f(*[os.path.join(ctx.work, "range-out", f)
+             for f in os.listdir(os.path.join(ctx.work, "range-out"))])
+    size = os.path.getsize(model)
+    extra_s = size / 1e9 * (1.0 / both - 1.0 / conv)  # one thread's kernel time, an upper bound
+    wall = sums["modelshrink --fp16"].wall_median
+    rows.append({"what": "end to end: the range test's kernel time as a share of --fp16's wall",
+                 "v": "%.1f%% (%.4f s of %.3f s)" % (100.0 * extra_s / wall if wall else 0.0,
+                                                    extra_s, wall)})
+    return h.CaseResult([("what", "measured", "l"), ("v", "value", "r")], rows,
+                        preface="%d kernel rounds of %s pieces; %d end-to-end runs each, "
+                        "round-robin." % (len(rounds), "800" if ctx.quick else "3000", ctx.reps))

@@ -87,6 +87,7 @@ void msh_cli_clear_option(msh_convert_options *opt, msh_option o) {
         opt->n_keep_fp32 = d.n_keep_fp32;
         break;
     case MSH_OPTION_STORAGE_ONLY: opt->storage_only = d.storage_only; break;
+    case MSH_OPTION_ALLOW_LARGER: opt->allow_larger = d.allow_larger; break;
     case MSH_OPTION_NONE: break;
     }
 }

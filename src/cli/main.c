@@ -36,6 +36,8 @@ static const char *usage_text =
     "                          read them in FP32 (repeatable)\n"
     "      --fp16-clamp        clamp tensors FP16 cannot hold (|x| > 65504, or mostly below\n"
     "                          2^-14) instead of keeping them FP32 (the default)\n"
+    "      --allow-larger      keep the FP16/BF16 conversion even when its Casts make the file\n"
+    "                          larger (for half-precision compute); by default it is left out\n"
     "      --fp16-min X        non-zero magnitudes below X become X (default 2^-24)\n"
     "      --fp16-max X        finite magnitudes above X become X (default 65504)\n"
     "      --keep-io-types     keep FP32 graph inputs and outputs (default)\n"
@@ -288,6 +290,7 @@ static int cmd_convert(int argc, char **argv) {
                                          {"fp16-clamp", no_argument, 0, 29},
                                          {"keep-fp32", required_argument, 0, 30},
                                          {"storage-only", no_argument, 0, 31},
+                                         {"allow-larger", no_argument, 0, 32},
                                          {0, 0, 0, 0}};
     msh_convert_options opt;
     msh_convert_options_init(&opt);
@@ -443,6 +446,10 @@ static int cmd_convert(int argc, char **argv) {
             break;
         }
         case 31: opt.storage_only = 1; break;
+        case 32:
+            opt.allow_larger = 1;
+            given[MSH_OPTION_ALLOW_LARGER] = "--allow-larger";
+            break;
         default: return usage_error("convert: unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
@@ -463,6 +470,8 @@ static int cmd_convert(int argc, char **argv) {
         return usage_error("convert: %s", "--keep-fp32 needs --fp16 or --bf16");
     if (opt.storage_only && !opt.float_type)
         return usage_error("convert: %s", "--storage-only needs --fp16 or --bf16");
+    if (opt.allow_larger && !opt.float_type)
+        return usage_error("convert: %s", "--allow-larger needs --fp16 or --bf16");
     if (opt.device == MSH_DEVICE_CUDA && msh_cuda_device_count() == 0) {
         fprintf(stderr, "modelshrink: --device cuda: %s\n",
                 msh_cuda_built() ? "no CUDA device is present"

@@ -41,8 +41,7 @@ void msh_piece_compute_cpu(msh_piece *p, const msh_f16_bounds *b, const uint8_t 
         p->out_n = n;
         break;
     case MSH_OP_F16:
-        p->clamped = msh_f32_to_f16_buf(in, out, n / 4, b);
-        msh_f16_range_buf(in, n / 4, &p->range); /* the piece is still in cache */
+        p->clamped = msh_f32_to_f16_range_buf(in, out, n / 4, b, &p->range);
         p->out_n = n / 2;
         break;
     case MSH_OP_BF16:

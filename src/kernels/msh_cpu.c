@@ -40,50 +40,120 @@ void msh_f32_to_bf16_buf_ref(const uint8_t *src, uint8_t *dst, size_t n) {
 }
 
 #if defined(MSH_X86_SIMD)
-__attribute__((target("avx2,f16c"))) static uint64_t f16_avx2(const uint8_t *src, uint8_t *dst,
-                                                              size_t n, const msh_f16_bounds *b) {
-    const __m256i absmask = _mm256_set1_epi32(0x7FFFFFFF);
-    const __m256i inf = _mm256_set1_epi32(0x7F800000);
-    const __m256i vmin = _mm256_set1_epi32((int)b->min_abs);
-    const __m256i vmax = _mm256_set1_epi32((int)b->max_abs);
-    const __m256i zero = _mm256_setzero_si256();
-    const __m128i h_abs = _mm_set1_epi16(0x7FFF), h_zero = _mm_setzero_si128();
-    const __m128i h_inf = _mm_set1_epi16(0x7C00), h_one = _mm_set1_epi16(1);
-    const __m128i h_max = _mm_set1_epi16(0x7BFF);
-    uint64_t clamped = 0;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(src + 4 * i));
-        __m256i ax = _mm256_and_si256(x, absmask);
-        __m256i sign = _mm256_andnot_si256(absmask, x);
-        /* magnitudes are < 2^31, so signed compares order them */
-        __m256i finite = _mm256_cmpgt_epi32(inf, ax);
-        __m256i nonzero = _mm256_xor_si256(_mm256_cmpeq_epi32(ax, zero), _mm256_set1_epi32(-1));
-        __m256i small =
-            _mm256_and_si256(_mm256_and_si256(finite, nonzero), _mm256_cmpgt_epi32(vmin, ax));
-        __m256i big = _mm256_and_si256(finite, _mm256_cmpgt_epi32(ax, vmax));
-        __m256i ax2 = _mm256_blendv_epi8(ax, vmin, small);
-        ax2 = _mm256_blendv_epi8(ax2, vmax, big);
-        __m256 xf = _mm256_castsi256_ps(_mm256_or_si256(ax2, sign));
-        __m128i h = _mm256_cvtps_ph(xf, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        /* masks to 16-bit lanes: each is 0 or -1, so signed packing keeps them */
-        __m128i fin16 =
-            _mm_packs_epi32(_mm256_castsi256_si128(finite), _mm256_extracti128_si256(finite, 1));
-        __m128i nz16 =
-            _mm_packs_epi32(_mm256_castsi256_si128(nonzero), _mm256_extracti128_si256(nonzero, 1));
-        __m128i sgn16 = _mm_andnot_si128(h_abs, h);
-        __m128i hab = _mm_and_si128(h, h_abs);
-        __m128i became0 = _mm_and_si128(_mm_and_si128(fin16, nz16), _mm_cmpeq_epi16(hab, h_zero));
-        __m128i becameinf = _mm_and_si128(fin16, _mm_cmpeq_epi16(hab, h_inf));
-        h = _mm_blendv_epi8(h, _mm_or_si128(sgn16, h_one), became0);
-        h = _mm_blendv_epi8(h, _mm_or_si128(sgn16, h_max), becameinf);
-        _mm_storeu_si128((__m128i *)(void *)(dst + 2 * i), h);
-        __m128i c16 = _mm_or_si128(
-            _mm_packs_epi32(_mm256_castsi256_si128(big), _mm256_extracti128_si256(big, 1)),
-            becameinf);
-        clamped += (uint64_t)__builtin_popcount((unsigned)_mm_movemask_epi8(c16)) / 2;
+static void range_ref(const uint8_t *src, size_t n, msh_f16_range *r);
+
+#if defined(MSH_X86_SIMD)
+/* The sum of 8 unsigned 32-bit lanes. */
+__attribute__((target("avx2"))) static inline uint64_t hsum32(__m256i v) {
+    uint32_t lanes[8];
+    _mm256_storeu_si256((__m256i *)(void *)lanes, v);
+    uint64_t t = 0;
+    for (int k = 0; k < 8; k++)
+        t += lanes[k];
+    return t;
+}
+#endif
+
+/* Constants and running counts of the FP16 kernel. */
+typedef struct f16_k {
+    __m256i absmask, inf, vmin, vmax, zero, minn, maxh;
+    __m128i h_abs, h_zero, h_inf, h_one, h_max;
+    int hi_is_big; /* the clamp bound is FP16's largest value: "above" is the clamp mask */
+} f16_k;
+
+typedef struct f16_acc {
+    __m256i nz, lo, hi, mx; /* range test: counts in 32-bit lanes (masks are -1: subtract) */
+    uint64_t clamped;
+} f16_acc;
+
+/* 8 values: convert (msh_f32_to_f16_ref) and, when `range` (a constant at each call site),
+ * classify them (msh_f16_range_class). */
+__attribute__((target("avx2,f16c"), always_inline)) static inline void
+f16_step(const uint8_t *src, uint8_t *dst, const f16_k *k, f16_acc *a, const int range) {
+    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)src);
+    __m256i ax = _mm256_and_si256(x, k->absmask);
+    __m256i sign = _mm256_andnot_si256(k->absmask, x);
+    /* magnitudes are < 2^31, so signed compares order them */
+    __m256i finite = _mm256_cmpgt_epi32(k->inf, ax);
+    __m256i iszero = _mm256_cmpeq_epi32(ax, k->zero);
+    __m256i fnz = _mm256_andnot_si256(iszero, finite);
+    __m256i small = _mm256_and_si256(fnz, _mm256_cmpgt_epi32(k->vmin, ax));
+    __m256i big = _mm256_and_si256(finite, _mm256_cmpgt_epi32(ax, k->vmax));
+    if (range) {
+        a->nz = _mm256_sub_epi32(a->nz, fnz);
+        /* infinities and NaN are not below 2^-14: only zeros need taking out */
+        a->lo =
+            _mm256_sub_epi32(a->lo, _mm256_andnot_si256(iszero, _mm256_cmpgt_epi32(k->minn, ax)));
+        a->hi = _mm256_sub_epi32(
+            a->hi, k->hi_is_big ? big : _mm256_and_si256(finite, _mm256_cmpgt_epi32(ax, k->maxh)));
+        a->mx = _mm256_max_epi32(a->mx, _mm256_and_si256(ax, finite));
     }
-    return clamped + msh_f32_to_f16_buf_ref(src + 4 * i, dst + 2 * i, n - i, b);
+    __m256i ax2 = _mm256_blendv_epi8(ax, k->vmin, small);
+    ax2 = _mm256_blendv_epi8(ax2, k->vmax, big);
+    __m256 xf = _mm256_castsi256_ps(_mm256_or_si256(ax2, sign));
+    __m128i h = _mm256_cvtps_ph(xf, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    /* masks to 16-bit lanes: each is 0 or -1, so signed packing keeps them */
+    __m128i fin16 =
+        _mm_packs_epi32(_mm256_castsi256_si128(finite), _mm256_extracti128_si256(finite, 1));
+    __m128i fnz16 = _mm_packs_epi32(_mm256_castsi256_si128(fnz), _mm256_extracti128_si256(fnz, 1));
+    __m128i sgn16 = _mm_andnot_si128(k->h_abs, h);
+    __m128i hab = _mm_and_si128(h, k->h_abs);
+    __m128i became0 = _mm_and_si128(fnz16, _mm_cmpeq_epi16(hab, k->h_zero));
+    __m128i becameinf = _mm_and_si128(fin16, _mm_cmpeq_epi16(hab, k->h_inf));
+    h = _mm_blendv_epi8(h, _mm_or_si128(sgn16, k->h_one), became0);
+    h = _mm_blendv_epi8(h, _mm_or_si128(sgn16, k->h_max), becameinf);
+    _mm_storeu_si128((__m128i *)(void *)dst, h);
+    __m128i c16 = _mm_or_si128(
+        _mm_packs_epi32(_mm256_castsi256_si128(big), _mm256_extracti128_si256(big, 1)), becameinf);
+    a->clamped += (uint64_t)__builtin_popcount((unsigned)_mm_movemask_epi8(c16)) / 2;
+}
+
+/* FP16 conversion; with `r`, the range test of the same values in the same pass. Lane counts
+ * are flushed every 2^20 steps, so they never overflow. */
+__attribute__((target("avx2,f16c"))) static uint64_t
+f16_avx2(const uint8_t *src, uint8_t *dst, size_t n, const msh_f16_bounds *b, msh_f16_range *r) {
+    f16_k k;
+    k.absmask = _mm256_set1_epi32(0x7FFFFFFF);
+    k.inf = _mm256_set1_epi32(0x7F800000);
+    k.vmin = _mm256_set1_epi32((int)b->min_abs);
+    k.vmax = _mm256_set1_epi32((int)b->max_abs);
+    k.zero = _mm256_setzero_si256();
+    k.minn = _mm256_set1_epi32((int)MSH_F16_MIN_NORMAL_BITS);
+    k.maxh = _mm256_set1_epi32((int)MSH_F16_MAX_BITS);
+    k.h_abs = _mm_set1_epi16(0x7FFF);
+    k.h_zero = _mm_setzero_si128();
+    k.h_inf = _mm_set1_epi16(0x7C00);
+    k.h_one = _mm_set1_epi16(1);
+    k.h_max = _mm_set1_epi16(0x7BFF);
+    k.hi_is_big = b->max_abs == MSH_F16_MAX_BITS;
+    f16_acc a;
+    a.clamped = 0;
+    a.mx = k.zero;
+    size_t i = 0;
+    const size_t block = (size_t)8 << 20;
+    while (i + 8 <= n) {
+        size_t end = n - i > block ? i + block : n;
+        a.nz = a.lo = a.hi = k.zero;
+        if (r) {
+            for (; i + 8 <= end; i += 8)
+                f16_step(src + 4 * i, dst + 2 * i, &k, &a, 1);
+            r->nonzero += hsum32(a.nz);
+            r->below += hsum32(a.lo);
+            r->above += hsum32(a.hi);
+        } else {
+            for (; i + 8 <= end; i += 8)
+                f16_step(src + 4 * i, dst + 2 * i, &k, &a, 0);
+        }
+    }
+    if (r) {
+        uint32_t lanes[8];
+        _mm256_storeu_si256((__m256i *)(void *)lanes, a.mx);
+        for (int q = 0; q < 8; q++)
+            if (lanes[q] > r->max_bits)
+                r->max_bits = lanes[q];
+        range_ref(src + 4 * i, n - i, r);
+    }
+    return a.clamped + msh_f32_to_f16_buf_ref(src + 4 * i, dst + 2 * i, n - i, b);
 }
 
 __attribute__((target("avx2"))) static void bf16_avx2(const uint8_t *src, uint8_t *dst, size_t n) {
@@ -141,7 +211,7 @@ uint64_t msh_f32_to_f16_buf_simd(const uint8_t *src, uint8_t *dst, size_t n,
                                  const msh_f16_bounds *b) {
 #if defined(MSH_X86_SIMD)
     if (msh_cpu_has_simd())
-        return f16_avx2(src, dst, n, b);
+        return f16_avx2(src, dst, n, b, NULL);
 #endif
     return msh_f32_to_f16_buf_ref(src, dst, n, b);
 }
@@ -162,6 +232,16 @@ uint64_t msh_f32_to_f16_buf(const uint8_t *src, uint8_t *dst, size_t n, const ms
 
 void msh_f32_to_bf16_buf(const uint8_t *src, uint8_t *dst, size_t n) {
     msh_f32_to_bf16_buf_simd(src, dst, n);
+}
+
+uint64_t msh_f32_to_f16_range_buf(const uint8_t *src, uint8_t *dst, size_t n,
+                                  const msh_f16_bounds *b, msh_f16_range *r) {
+#if defined(MSH_X86_SIMD)
+    if (msh_cpu_has_simd())
+        return f16_avx2(src, dst, n, b, r);
+#endif
+    range_ref(src, n, r);
+    return msh_f32_to_f16_buf_ref(src, dst, n, b);
 }
 
 static void range_ref(const uint8_t *src, size_t n, msh_f16_range *r) {

@@ -42,6 +42,10 @@ typedef struct msh_f16_range {
 
 void msh_f16_range_buf(const uint8_t *src, size_t n, msh_f16_range *r);
 
+/* msh_f32_to_f16_buf and msh_f16_range_buf (into *r) in one pass over the values. */
+uint64_t msh_f32_to_f16_range_buf(const uint8_t *src, uint8_t *dst, size_t n,
+                                  const msh_f16_bounds *b, msh_f16_range *r);
+
 /* The precision plan's rule: a tensor of rank `ndim` stays FP32 when FP16 cannot hold it, that
  * is when any finite value is above 65504 (MSH_F16_KEEP_ABOVE), or, for a matrix or kernel (rank
  * 2 or more) with at least MSH_F16_BELOW_MIN non-zero values, when more than 1 in

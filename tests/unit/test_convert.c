@@ -118,6 +118,14 @@ int main(void) {
         CHECK(ra.nonzero == rb.nonzero && ra.below == rb.below && ra.above == rb.above &&
                   ra.max_bits == rb.max_bits,
               "range test differs near 0x%08llx", (unsigned long long)base);
+        /* the fused pass (what the engine runs): the same bytes, clamps and range test */
+        msh_f16_range rc;
+        memset(&rc, 0, sizeof rc);
+        uint64_t cf = msh_f32_to_f16_range_buf(src, b, N, &def, &rc);
+        uint64_t cr = msh_f32_to_f16_buf_ref(src, a, N, &def);
+        CHECK(memcmp(a, b, 2 * N) == 0 && cf == cr && rc.nonzero == ra.nonzero &&
+                  rc.below == ra.below && rc.above == ra.above && rc.max_bits == ra.max_bits,
+              "fused conversion + range test differs near 0x%08llx", (unsigned long long)base);
         msh_f32_to_bf16_buf_ref(src, a, N);
         msh_f32_to_bf16_buf_simd(src, b, N);
         CHECK(memcmp(a, b, 2 * N) == 0, "bf16 differs near 0x%08llx", (unsigned long long)base);
