@@ -20,14 +20,16 @@ even where only Casts are added) is run too and its cosines are listed, not judg
 arithmetic itself overflows on some tests (softmax of 1e4, a product beyond 65504, tan near
 pi/2); test_fp16_corpus judges those against onnxconverter-common.
 
-Per model and mode the result goes to WORK/report.tsv; a summary per mode (models converted,
+Each mode converts the whole corpus in one batch (`convert --jobs N --report`), so the test
+stays quick under valgrind; the report's `float`/`int8` records say how many tensors each model
+got. Per model and mode the result goes to WORK/report.tsv; a summary per mode (models converted,
 lowest cosine) is printed. Data folder: $MSH_ONNX_TESTDATA or /usr/share/libonnx-testdata/data
 (skip when missing). Parallel workers: $MSH_JOBS or the CPU count."""
 
 import concurrent.futures as cf
 import glob
+import json
 import os
-import re
 import subprocess
 import sys
 
@@ -45,7 +47,6 @@ MODES = {
     "fp16-allow-larger": ["--fp16", "--allow-larger"],
 }
 JUDGED = ("fp16", "fp16-storage", "bf16-storage", "int8")
-COUNT_RE = re.compile(r"(?:fp16|bf16|fp16 storage|bf16 storage|int8): (\d+) tensors")
 
 
 def _inputs(onnx, numpy_helper, d, m):
@@ -120,54 +121,53 @@ def _op13(onnx, m):
     return v
 
 
-def job(arg):
-    path, binary, work = arg
+def make_variant(arg):
+    """Write the opset-13 variant of one corpus model under `root` (same relative path)."""
+    path, root = arg
     import onnx
-    d = os.path.dirname(path)
-    name = os.path.relpath(d, DATA)
-    out = [_judge(path, name, d, binary, work)]
     try:
         v = _op13(onnx, onnx.load(path))
     except Exception:  # noqa: BLE001 (the version converter cannot lift every model)
-        v = None
-    if v is not None and out[0][1] is not None:
-        vp = os.path.join(work, name.replace("/", "__") + ".op13.onnx")
-        onnx.save(v, vp)
-        out.append(_judge(vp, name + " [op13]", d, binary, work))
-    return out
+        return None
+    if v is None:
+        return None
+    rel = os.path.relpath(os.path.dirname(path), DATA)
+    dst = os.path.join(root, rel, "model.onnx")
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    onnx.save(v, dst)
+    return rel
 
 
-def _judge(path, name, d, binary, work):
+def judge(arg):
+    """(name, {mode: (status, cosine, detail, tensors)}) for one model (None: the original does
+    not run in onnxruntime)."""
+    src, name, data_dir, outs = arg
     import numpy as np
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
     try:
-        m = onnx.load(path)
-        ins = _inputs(onnx, numpy_helper, d, m)
-        ref = _run(ort, path, ins)
+        m = onnx.load(src)
+        ins = _inputs(onnx, numpy_helper, data_dir, m)
+        ref = _run(ort, src, ins)
     except Exception:  # noqa: BLE001
         return name, None
     res = {}
-    for mode, flags in MODES.items():
-        dst = os.path.join(work, name.replace("/", "__") + "." + mode + ".onnx")
-        r = subprocess.run([binary, "convert", *flags, path, "-o", dst], capture_output=True,
-                           text=True)
-        if r.returncode != 0:
-            res[mode] = ("convert", 0.0, r.stderr.strip()[-300:], 0)
+    for mode, (dst, rec) in outs.items():
+        n = 0
+        if rec is not None and rec.get("status") == "ok":
+            part = rec.get("int8" if mode == "int8" else "float") or {}
+            n = int(part.get("tensors", 0))
+        if rec is None or rec.get("status") != "ok" or not os.path.exists(dst):
+            res[mode] = ("convert", 0.0, (rec or {}).get("error") or "no output", n)
             continue
-        mc = COUNT_RE.findall(r.stdout)
-        n = int(mc[-1]) if mc else 0
         try:
             got = _run(ort, dst, ins)
         except Exception as e:  # noqa: BLE001
             res[mode] = ("run", 0.0, "%s: %s" % (type(e).__name__, str(e)[:300]), n)
             continue
         c, why = _compare(np, ref, got)
-        res[mode] = ("ok" if not why else "outputs", c, why or r.stdout.strip()[-200:], n)
-        for f in (dst, dst + ".data"):
-            if os.path.exists(f):
-                os.remove(f)
+        res[mode] = ("ok" if not why else "outputs", c, why, n)
     return name, res
 
 
@@ -179,13 +179,42 @@ def main():
                "MSH_ONNX_TESTDATA)" % DATA)
     F = C.Failures()
     models = sorted(glob.glob(os.path.join(DATA, "**", "model.onnx"), recursive=True))
-    out_dir = os.path.join(args.work, "out")
-    os.makedirs(out_dir)
     jobs = int(os.environ.get("MSH_JOBS", os.cpu_count() or 2))
-    results = []
+    op13_root = os.path.join(args.work, "op13")
     with cf.ProcessPoolExecutor(jobs) as ex:
-        for r in ex.map(job, [(p, args.bin, out_dir) for p in models], chunksize=4):
-            results.extend(r)
+        variants = [v for v in ex.map(make_variant, [(p, op13_root) for p in models],
+                                      chunksize=8) if v]
+    # one batch per mode and tree: every model of the corpus in one process
+    recs = {}
+    os.makedirs(os.path.join(args.work, "out"))
+    for mode, flags in MODES.items():
+        for tag, root in (("", DATA), (" [op13]", op13_root)):
+            out = os.path.join(args.work, "out", mode + ("-op13" if tag else ""))
+            report = out + ".jsonl"
+            r = C.run(args.bin, "convert", "-q", "--jobs", str(jobs), "--report", report,
+                      *flags, root, "-o", out, timeout=14400)
+            F.check(r.rc in (0, 1), "%s%s: the batch runs to its end (exit %d)" % (
+                mode, tag, r.rc), r.describe())
+            if not os.path.exists(report):
+                continue
+            with open(report) as f:
+                for line in f:
+                    j = json.loads(line)
+                    if j.get("type") == "model" and j["rel"].endswith("model.onnx"):
+                        name = os.path.dirname(j["rel"]) + tag
+                        recs.setdefault(name, {})[mode] = (j["output"], j)
+    work = []
+    for p in models:
+        rel = os.path.relpath(os.path.dirname(p), DATA)
+        for tag, src in (("", p), (" [op13]", os.path.join(op13_root, rel, "model.onnx"))):
+            if tag and rel not in variants:
+                continue
+            name = rel + tag
+            outs = {mode: recs.get(name, {}).get(
+                mode, (os.path.join(args.work, "missing"), None)) for mode in MODES}
+            work.append((src, name, os.path.dirname(p), outs))
+    with cf.ProcessPoolExecutor(jobs) as ex:
+        results = list(ex.map(judge, work, chunksize=4))
     ran = [(n, r) for n, r in results if r is not None]
     print("%d models (%d of them opset-13 variants), %d run in onnxruntime before conversion "
           "(the others are not judged)" % (len(results), sum(" [op13]" in n for n, _ in results),
