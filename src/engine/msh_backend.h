@@ -18,10 +18,10 @@ typedef struct msh_piece {
     int64_t first; /* byte offset of the piece in its job's input */
     size_t n;      /* input bytes */
     /* results */
-    size_t out_n;     /* output bytes (converted bytes, chunk digests, or channel maxima) */
+    size_t out_n;        /* output bytes (converted bytes, chunk digests, or channel maxima) */
     uint64_t clamped;    /* F16 */
     msh_f16_range range; /* F16: the range test of the piece's input */
-    int64_t row0;        /* ABSMAX: out holds out_n / 4 maxima, for channels (row0 + k) % channels */
+    int64_t row0; /* ABSMAX: out holds out_n / 4 maxima, for channels (row0 + k) % channels */
 } msh_piece;
 
 typedef struct msh_backend msh_backend;

@@ -44,8 +44,8 @@ typedef struct msh_job {
     int64_t inner, channels; /* INT8, ABSMAX: channel of element i is (i / inner) % channels */
     const char *name;        /* for messages */
     /* results */
-    uint64_t digest;  /* DIGEST */
-    float *absmax;    /* ABSMAX: `channels` values, raised to the maxima found */
+    uint64_t digest;     /* DIGEST */
+    float *absmax;       /* ABSMAX: `channels` values, raised to the maxima found */
     uint64_t clamped;    /* F16: values clamped */
     msh_f16_range range; /* F16: the range test of the input (the precision plan reads it) */
 } msh_job;

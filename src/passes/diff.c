@@ -96,9 +96,9 @@ static int64_t ordered(uint64_t v, int bits) {
 }
 
 static int float_bits(int32_t dt) {
-    return dt == MSH_DT_FLOAT     ? 32
-           : dt == MSH_DT_DOUBLE  ? 64
-           : dt == MSH_DT_FLOAT16 ? 16
+    return dt == MSH_DT_FLOAT      ? 32
+           : dt == MSH_DT_DOUBLE   ? 64
+           : dt == MSH_DT_FLOAT16  ? 16
            : dt == MSH_DT_BFLOAT16 ? 16
                                    : 0;
 }
@@ -159,8 +159,8 @@ static int same_shape(const msh_tentry *a, const msh_tentry *b) {
 }
 
 /* One pair: fills `o`; returns 1 in *same when type, shape and bytes are equal. */
-static msh_status compare(const msh_tentry *a, const msh_tentry *b, cJSON *o, int *same,
-                          uint8_t *x, uint8_t *y, msh_error *e) {
+static msh_status compare(const msh_tentry *a, const msh_tentry *b, cJSON *o, int *same, uint8_t *x,
+                          uint8_t *y, msh_error *e) {
     *same = 0;
     int shape_eq = same_shape(a, b);
     if (!shape_eq && a->numel != b->numel) {
@@ -170,7 +170,8 @@ static msh_status compare(const msh_tentry *a, const msh_tentry *b, cJSON *o, in
     if (a->dtype == b->dtype && shape_eq && a->nbytes >= 0 && a->nbytes == b->nbytes) {
         int eq = 1;
         for (int64_t off = 0; eq && off < a->nbytes;) {
-            size_t n = a->nbytes - off < (int64_t)DIFF_CHUNK ? (size_t)(a->nbytes - off) : DIFF_CHUNK;
+            size_t n =
+                a->nbytes - off < (int64_t)DIFF_CHUNK ? (size_t)(a->nbytes - off) : DIFF_CHUNK;
             MSH_FORWARD(msh_src_read(&a->src, off, x, n, e));
             MSH_FORWARD(msh_src_read(&b->src, off, y, n, e));
             eq = memcmp(x, y, n) == 0;

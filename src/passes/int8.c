@@ -371,7 +371,7 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     }
     memcpy(sb, scales, sbytes);
-    Onnx__TensorProto *stp, *ztp;
+    Onnx__TensorProto *stp = NULL, *ztp = NULL;
     s = small_tensor(m, sn, 1, sshape, sdims, sb, sbytes, graph, &stp, e);
     if (s == MSH_OK)
         s = add_weight(m, g, stp, e);
