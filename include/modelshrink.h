@@ -74,18 +74,33 @@ enum { MSH_FLOAT_KEEP = 0, MSH_FLOAT_FP16 = 10, MSH_FLOAT_BF16 = 16 };
 
 /** File formats: what an input is (msh_probe_file) and what an output is written as. */
 typedef enum msh_format {
-    MSH_FORMAT_AUTO = 0,       /**< output: ONNX for ONNX inputs, safetensors for checkpoints */
-    MSH_FORMAT_ONNX = 1,       /**< an ONNX model (.onnx, with or without external data) */
-    MSH_FORMAT_PTH = 2,        /**< a torch.save checkpoint; as output, a weights-only .pth */
-    MSH_FORMAT_SAFETENSORS = 3 /**< a safetensors file */
+    MSH_FORMAT_AUTO = 0,        /**< output: ONNX for ONNX inputs, safetensors for checkpoints
+                                     (or what the output's extension names: msh_convert_check) */
+    MSH_FORMAT_ONNX = 1,        /**< an ONNX model (.onnx, with or without external data) */
+    MSH_FORMAT_PTH = 2,         /**< a torch.save checkpoint; as output, a weights-only .pth */
+    MSH_FORMAT_SAFETENSORS = 3, /**< a safetensors file */
+    MSH_FORMAT_HF_FOLDER = 4    /**< a Hugging Face model folder (a directory holding
+                                     pytorch_model.bin, model.safetensors, or their shards with
+                                     an index): converted as one model into a folder of
+                                     safetensors shards */
 } msh_format;
 
-/** "onnx", "pth", "safetensors" or "auto". */
+/** "onnx", "pth", "safetensors", "hf" or "auto". */
 const char *msh_format_name(msh_format f);
 
 /** What the file at `path` is, from its first bytes (or, when they match no format, its name).
- *  MSH_ERR_IO when it cannot be opened, MSH_ERR_USAGE when it is not a regular file. */
+ *  A directory is MSH_FORMAT_HF_FOLDER when it holds model.safetensors,
+ *  model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json (the index
+ *  and the shards are validated only when the folder is converted or inspected).
+ *  MSH_ERR_IO when it cannot be opened; MSH_ERR_USAGE when it is neither a regular file nor
+ *  such a folder. */
 msh_status msh_probe_file(const char *path, msh_format *kind, msh_error *err);
+
+/** The input bytes of a model and their newest modification time (nanoseconds since the epoch),
+ *  as a resumed batch compares them: a file's own; for a Hugging Face model folder, the sum and
+ *  the newest of its weight files and index (the other files are copied, not converted).
+ *  MSH_ERR_IO when it cannot be read; MSH_ERR_USAGE as msh_probe_file. */
+msh_status msh_input_stat(const char *path, int64_t *bytes, int64_t *mtime_ns, msh_error *err);
 
 /** Options of one conversion. Initialise with msh_convert_options_init. */
 typedef struct msh_convert_options {
@@ -126,6 +141,9 @@ typedef struct msh_convert_options {
     int allow_larger; /**< ONNX: keep the FP16/BF16 conversion even when its Casts make the file
                            larger (for half-precision compute on a GPU); by default such a
                            conversion is left out */
+    int64_t max_shard_bytes; /**< Hugging Face folders: the largest shard, in tensor bytes
+                                  (default 5,000,000,000, Hugging Face's "5GB"); a tensor larger
+                                  than this gets a shard of its own */
 } msh_convert_options;
 
 void msh_convert_options_init(msh_convert_options *opt);
@@ -150,7 +168,8 @@ typedef enum msh_option {
     MSH_OPTION_FP16_CLAMP,         /* all formats, with float_type FP16 */
     MSH_OPTION_KEEP_FP32,          /* all formats, with float_type set */
     MSH_OPTION_STORAGE_ONLY,       /* all formats, with float_type set */
-    MSH_OPTION_ALLOW_LARGER        /* ONNX, with float_type set */
+    MSH_OPTION_ALLOW_LARGER,       /* ONNX, with float_type set */
+    MSH_OPTION_MAX_SHARD_BYTES     /* Hugging Face model folders */
 } msh_option;
 
 /** The option's field name in msh_convert_options ("int8"). */
@@ -158,10 +177,19 @@ const char *msh_option_name(msh_option o);
 /** 1 when the option means something for inputs of that format. */
 int msh_option_applies(msh_option o, msh_format input);
 /** MSH_ERR_USAGE when an option set to other than its default does not apply to inputs of that
- *  format (`*bad`, when not NULL, says which; the message names it); MSH_OK otherwise.
- *  msh_convert_file makes the same check before it touches any output. */
-msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, msh_option *bad,
-                             msh_error *err);
+ *  format (`*bad`, when not NULL, says which; the message names it), or when the output's name
+ *  contradicts the options or the input; MSH_OK otherwise. msh_convert_file makes the same
+ *  check before it touches any output.
+ *
+ *  The output's extension decides its format: `out_path` (NULL: no name rule) ending in
+ *  ".safetensors" is written as safetensors, ".pth", ".pt" or ".bin" as a weights-only .pth,
+ *  ".onnx" as ONNX. An extension that contradicts out_format (".pth" with SAFETENSORS) or the
+ *  input (an ONNX input to ".safetensors" or ".pth"; a checkpoint or safetensors input to
+ *  ".onnx"; a Hugging Face folder, whose output is a folder, to any of them) is MSH_ERR_USAGE
+ *  (`*bad` is MSH_OPTION_OUT_FORMAT). Other names keep the default: ONNX for ONNX inputs,
+ *  safetensors for checkpoints, unless out_format says otherwise. */
+msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, const char *out_path,
+                             msh_option *bad, msh_error *err);
 
 /** What one conversion did. Byte counts include external data files. */
 typedef struct msh_convert_result {
@@ -200,13 +228,29 @@ typedef struct msh_convert_result {
     char float_why[192];          /**< why FP16/BF16 converted nothing, or was undone; or "" */
     char int8_why[192];           /**< why INT8 quantized nothing; or "" */
     int64_t constants_lifted;     /**< Constant nodes made initializers for dedup or INT8 */
+    int64_t shards_in;            /**< Hugging Face folders: weight files read */
+    int64_t shards_out;           /**< Hugging Face folders: safetensors files written */
+    int64_t tied_tensors;         /**< Hugging Face folders: keys that view the same storage as
+                                       an earlier key (tied weights): written once, under the
+                                       first key, and listed in the index's "tied" map */
+    int64_t files_copied;         /**< Hugging Face folders: other files copied as they are */
+    char state_dict[160]; /**< checkpoints holding several state dicts: the one taken and the
+                               others ("model (also in the file: ema)"), or "" */
 } msh_convert_result;
 
 /**
  * Convert the model at `in_path` into `out_path`. The output (and "<out_path>.data" when tensors
  * are written externally) is written under a temporary name in the output's folder, synced and
  * renamed; on failure nothing is left behind. The input is never modified; an output path that
- * names the input (or one of its external data files) is refused with MSH_ERR_USAGE.
+ * names the input (or one of its external data files) is refused with MSH_ERR_USAGE. The
+ * output's extension decides its format (msh_convert_check).
+ *
+ * A Hugging Face model folder (msh_probe_file says MSH_FORMAT_HF_FOLDER) is converted as one
+ * model: `out_path` becomes a folder holding "model.safetensors", or shards
+ * "model-0000k-of-0000n.safetensors" of at most max_shard_bytes tensor bytes each with
+ * "model.safetensors.index.json", plus a copy of every other file of the input folder. It is
+ * written as a temporary sibling folder and renamed into place complete. An existing
+ * `out_path` is replaced only when it is an empty folder or a Hugging Face model folder.
  * Returns MSH_OK, MSH_ERR_IO, MSH_ERR_FORMAT, MSH_ERR_LIMIT, MSH_ERR_UNSAFE, MSH_ERR_NOMEM,
  * MSH_ERR_USAGE or MSH_ERR_UNSUPPORTED.
  */
@@ -241,8 +285,9 @@ int msh_cuda_built(void);
  *  its temporary files. Async-signal-safe: meant for SIGINT/SIGTERM handlers. */
 void msh_cancel_request(void);
 
-/** Remove temporary files left in `dir` (recursively) by modelshrink processes of this host that
- *  are no longer running (a run killed with SIGKILL). Returns how many were removed. */
+/** Remove temporary files and folders left in `dir` (recursively) by modelshrink processes of
+ *  this host that are no longer running (a run killed with SIGKILL). Returns how many were
+ *  removed (a folder counts once). */
 int64_t msh_clean_stale_temps(const char *dir);
 
 /** The external data files of an ONNX model: `*locations` receives `*n` malloc'd strings (paths

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include "engine/msh_engine.h"
+#include "formats/hf_folder.h"
 #include "formats/onnx_model.h"
 #include "formats/pth.h"
 #include "formats/pth_write.h"
@@ -22,6 +23,7 @@
 #include "passes/storage.h"
 
 #define MSH_PROTOBUF_LIMIT ((int64_t)2147483647 - 65536)
+#define MSH_DEFAULT_SHARD_BYTES ((int64_t)5000000000) /* Hugging Face's "5GB" */
 
 void msh_convert_options_init(msh_convert_options *opt) {
     memset(opt, 0, sizeof *opt);
@@ -32,6 +34,7 @@ void msh_convert_options_init(msh_convert_options *opt) {
     opt->fp16_max = 65504.0f;
     opt->int8_min_elements = 4096;
     opt->staging_mib = 64;
+    opt->max_shard_bytes = MSH_DEFAULT_SHARD_BYTES;
 }
 
 static int64_t default_opset(const msh_onnx_model *m) {
@@ -473,13 +476,22 @@ const char *msh_format_name(msh_format f) {
     case MSH_FORMAT_ONNX: return "onnx";
     case MSH_FORMAT_PTH: return "pth";
     case MSH_FORMAT_SAFETENSORS: return "safetensors";
+    case MSH_FORMAT_HF_FOLDER: return "hf";
     case MSH_FORMAT_AUTO: break;
     }
     return "auto";
 }
 
-/* What a file is, from its first bytes; unrecognised bytes go by the name. */
+static int is_dir(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+/* What a file is, from its first bytes; unrecognised bytes go by the name. A folder is a
+ * Hugging Face model folder, or MSH_FORMAT_AUTO. */
 static msh_format sniff(const char *path) {
+    if (is_dir(path))
+        return msh_hf_detect(path) != MSH_FORMAT_AUTO ? MSH_FORMAT_HF_FOLDER : MSH_FORMAT_AUTO;
     uint8_t h[16] = {0};
     FILE *f = fopen(path, "rb");
     if (!f)
@@ -506,9 +518,40 @@ msh_status msh_probe_file(const char *path, msh_format *kind, msh_error *err) {
     *kind = MSH_FORMAT_AUTO;
     if (stat(path, &sb) != 0)
         return msh_fail(err, MSH_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (S_ISDIR(sb.st_mode) && msh_hf_detect(path) != MSH_FORMAT_AUTO) {
+        *kind = MSH_FORMAT_HF_FOLDER;
+        return MSH_OK;
+    }
+    if (S_ISDIR(sb.st_mode))
+        return msh_fail(err, MSH_ERR_USAGE, "%s: a folder, and not a Hugging Face model folder",
+                        path);
     if (!S_ISREG(sb.st_mode))
         return msh_fail(err, MSH_ERR_USAGE, "%s: not a regular file", path);
     *kind = sniff(path);
+    return MSH_OK;
+}
+
+msh_status msh_input_stat(const char *path, int64_t *bytes, int64_t *mtime_ns, msh_error *err) {
+    msh_format kind;
+    *bytes = *mtime_ns = 0;
+    MSH_FORWARD(msh_probe_file(path, &kind, err));
+    if (kind == MSH_FORMAT_HF_FOLDER) {
+        msh_hf h;
+        msh_status st = msh_hf_scan(&h, path, err);
+        if (st == MSH_OK) {
+            *bytes = h.bytes_in;
+            *mtime_ns = h.mtime_ns;
+        } else {
+            msh_error_prefix(err, path);
+        }
+        msh_hf_free(&h);
+        return st;
+    }
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return msh_fail(err, MSH_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    *bytes = (int64_t)sb.st_size;
+    *mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000 + (int64_t)sb.st_mtim.tv_nsec;
     return MSH_OK;
 }
 
@@ -534,6 +577,7 @@ static const char *const option_names[] = {
     [MSH_OPTION_KEEP_FP32] = "keep_fp32",
     [MSH_OPTION_STORAGE_ONLY] = "storage_only",
     [MSH_OPTION_ALLOW_LARGER] = "allow_larger",
+    [MSH_OPTION_MAX_SHARD_BYTES] = "max_shard_bytes",
 };
 
 const char *msh_option_name(msh_option o) {
@@ -559,6 +603,7 @@ int msh_option_applies(msh_option o, msh_format input) {
     case MSH_OPTION_ALLOW_LARGER: return input == MSH_FORMAT_ONNX;
     case MSH_OPTION_KEY: return input == MSH_FORMAT_PTH;
     case MSH_OPTION_OUT_FORMAT: return input == MSH_FORMAT_PTH || input == MSH_FORMAT_SAFETENSORS;
+    case MSH_OPTION_MAX_SHARD_BYTES: return input == MSH_FORMAT_HF_FOLDER;
     case MSH_OPTION_FP16_CLAMP:
     case MSH_OPTION_KEEP_FP32:
     case MSH_OPTION_STORAGE_ONLY:
@@ -567,8 +612,64 @@ int msh_option_applies(msh_option o, msh_format input) {
     return 1;
 }
 
-msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, msh_option *bad,
-                             msh_error *err) {
+/* The format an output's name asks for (its extension), or MSH_FORMAT_AUTO. */
+static msh_format name_format(const char *path) {
+    if (!path)
+        return MSH_FORMAT_AUTO;
+    if (has_suffix(path, ".safetensors"))
+        return MSH_FORMAT_SAFETENSORS;
+    if (has_suffix(path, ".pth") || has_suffix(path, ".pt") || has_suffix(path, ".bin"))
+        return MSH_FORMAT_PTH;
+    if (has_suffix(path, ".onnx"))
+        return MSH_FORMAT_ONNX;
+    return MSH_FORMAT_AUTO;
+}
+
+static const char *format_phrase(msh_format f) {
+    switch (f) {
+    case MSH_FORMAT_ONNX: return "an ONNX model";
+    case MSH_FORMAT_PTH: return "a weights-only .pth";
+    case MSH_FORMAT_SAFETENSORS: return "a safetensors file";
+    case MSH_FORMAT_HF_FOLDER: return "a Hugging Face model folder";
+    case MSH_FORMAT_AUTO: break;
+    }
+    return "a model";
+}
+
+/* The output's name against the options and the input (msh_convert_check). */
+static msh_status check_out_name(const msh_convert_options *opt, msh_format input,
+                                 const char *out_path, msh_option *bad, msh_error *err) {
+    msh_format want = name_format(out_path);
+    if (want == MSH_FORMAT_AUTO || input == MSH_FORMAT_AUTO)
+        return MSH_OK;
+    const char *why = NULL;
+    char buf[160];
+    if (input == MSH_FORMAT_HF_FOLDER && want != MSH_FORMAT_SAFETENSORS) {
+        why = "a Hugging Face model folder is written as a folder of safetensors shards";
+    } else if (opt->out_format != MSH_FORMAT_AUTO && opt->out_format != (int)want) {
+        snprintf(buf, sizeof buf, "out_format (--format) is %s",
+                 msh_format_name((msh_format)opt->out_format));
+        why = buf;
+    } else if (input == MSH_FORMAT_ONNX && want != MSH_FORMAT_ONNX) {
+        why = "the input is an ONNX model, which is written as ONNX";
+    } else if (input != MSH_FORMAT_ONNX && input != MSH_FORMAT_HF_FOLDER &&
+               want == MSH_FORMAT_ONNX) {
+        snprintf(buf, sizeof buf,
+                 "the input is %s, which is written as safetensors or a "
+                 "weights-only .pth",
+                 input == MSH_FORMAT_PTH ? "a PyTorch checkpoint" : "a safetensors file");
+        why = buf;
+    }
+    if (!why)
+        return MSH_OK;
+    if (bad)
+        *bad = MSH_OPTION_OUT_FORMAT;
+    return msh_fail(err, MSH_ERR_USAGE, "output %s names %s, but %s", out_path, format_phrase(want),
+                    why);
+}
+
+msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, const char *out_path,
+                             msh_option *bad, msh_error *err) {
     msh_convert_options d;
     msh_convert_options_init(&d);
     msh_option set[16];
@@ -594,7 +695,8 @@ msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, m
     if (opt->key)
         set[n++] = MSH_OPTION_KEY;
     if (opt->out_format != MSH_FORMAT_AUTO &&
-        !(input == MSH_FORMAT_ONNX && opt->out_format == MSH_FORMAT_ONNX))
+        !(input == MSH_FORMAT_ONNX && opt->out_format == MSH_FORMAT_ONNX) &&
+        !(input == MSH_FORMAT_HF_FOLDER && opt->out_format == MSH_FORMAT_SAFETENSORS))
         set[n++] = MSH_OPTION_OUT_FORMAT;
     if (opt->keep_outputs)
         set[n++] = MSH_OPTION_KEEP_OUTPUTS;
@@ -604,8 +706,15 @@ msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, m
         set[n++] = MSH_OPTION_KEEP_INPUTS;
     if (opt->allow_larger)
         set[n++] = MSH_OPTION_ALLOW_LARGER;
+    if (opt->max_shard_bytes != d.max_shard_bytes)
+        set[n++] = MSH_OPTION_MAX_SHARD_BYTES;
     if (bad)
         *bad = MSH_OPTION_NONE;
+    if (opt->max_shard_bytes <= 0) {
+        if (bad)
+            *bad = MSH_OPTION_MAX_SHARD_BYTES;
+        return msh_fail(err, MSH_ERR_USAGE, "max_shard_bytes must be at least 1");
+    }
     /* options that refine the float conversion need it */
     msh_option needs = MSH_OPTION_NONE;
     if (opt->fp16_clamp && opt->float_type != MSH_FLOAT_FP16)
@@ -639,7 +748,7 @@ msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, m
         return msh_fail(err, MSH_ERR_USAGE, "out_format onnx does not apply to a %s input",
                         msh_format_name(input));
     }
-    return MSH_OK;
+    return check_out_name(opt, input, out_path, bad, err);
 }
 
 /* ---- checkpoints: torch.save archives and safetensors ---- */
@@ -686,12 +795,27 @@ static msh_status convert_ckpt(const char *in_path, const char *out_path, msh_fo
     const char *metadata = NULL;
     if (kind == MSH_FORMAT_PTH) {
         st = msh_pth_open(&p, in_path, opt->key, err);
-        if (st == MSH_OK && !p.sd_key) {
+        if (st == MSH_OK && !p.sd_key && p.n_cand >= 2) {
+            char keys[400];
+            msh_pth_top_keys(&p, keys, sizeof keys);
+            st = msh_fail(err, MSH_ERR_USAGE, "%s; name one with --key", keys);
+        } else if (st == MSH_OK && !p.sd_key) {
             char keys[400];
             msh_pth_top_keys(&p, keys, sizeof keys);
             st = msh_fail(err, MSH_ERR_USAGE,
                           "no model state dict found (top-level keys: %s); name its key",
                           *keys ? keys : "none");
+        }
+        if (st == MSH_OK && p.n_cand >= 2) {
+            size_t w = (size_t)snprintf(res->state_dict, sizeof res->state_dict,
+                                        "%s (also in the file:", p.sd_key);
+            int k = 0;
+            for (size_t i = 0; i < p.n_cand && w < sizeof res->state_dict; i++)
+                if (!p.cand[i].chosen)
+                    w += (size_t)snprintf(res->state_dict + w, sizeof res->state_dict - w, "%s %s",
+                                          k++ ? "," : "", p.cand[i].key);
+            if (w < sizeof res->state_dict)
+                snprintf(res->state_dict + w, sizeof res->state_dict - w, ")");
         }
         tab = msh_pth_table(&p);
         bytes_in = p.file_size;
@@ -708,8 +832,8 @@ static msh_status convert_ckpt(const char *in_path, const char *out_path, msh_fo
     msh_ckpt_plan plan;
     memset(&plan, 0, sizeof plan);
     if (st == MSH_OK) {
-        msh_ckpt_opts co = {opt->float_type, opt->dedup,     out_pth,         a->keep,
-                            a->n_keep,       opt->keep_fp32, opt->n_keep_fp32};
+        msh_ckpt_opts co = {opt->float_type, opt->dedup,     out_pth,          a->keep,
+                            a->n_keep,       opt->keep_fp32, opt->n_keep_fp32, 0};
         st = msh_ckpt_plan_make(&tab, &co, eng, &plan, err);
     }
     ckpt_wctx w;
@@ -792,10 +916,129 @@ static msh_status convert_ckpt(const char *in_path, const char *out_path, msh_fo
     return st;
 }
 
+/* ---- Hugging Face model folders: all shards as one checkpoint ---- */
+
+typedef struct hf_wctx {
+    const char *out_path;
+    const msh_hf *h;
+    const msh_st_out *items;
+    size_t n_items;
+    int64_t max_shard;
+    const char **tied_from, **tied_to;
+    size_t n_tied;
+    msh_hf_write_result wr;
+} hf_wctx;
+
+static msh_status hf_write_cb(void *arg, msh_bytes_fn fn, void *fnctx, msh_error *e) {
+    hf_wctx *w = arg;
+    return msh_hf_write(w->out_path, w->h, w->items, w->n_items, w->max_shard, w->tied_from,
+                        w->tied_to, w->n_tied, fn, fnctx, &w->wr, e);
+}
+
+/* One attempt at a model folder on one backend: the shards' state dicts are one table, planned
+ * like a checkpoint (strip, dedup, precision) with tied keys written once; the engine makes the
+ * bytes that the folder writer places in shards. */
+static msh_status convert_hf(const char *in_path, const char *out_path,
+                             const msh_convert_options *opt, int backend, attempt *a,
+                             msh_convert_result *res, msh_error *err) {
+    memset(res, 0, sizeof *res);
+    msh_hf h;
+    memset(&h, 0, sizeof h);
+    msh_status st = msh_hf_check_output(in_path, out_path, err);
+    if (st == MSH_OK)
+        st = msh_hf_open(&h, in_path, err);
+    msh_table tab = msh_hf_table(&h);
+    msh_engine *eng = NULL;
+    if (st == MSH_OK)
+        st = engine_for(opt, backend, &eng, err);
+    msh_ckpt_plan plan;
+    memset(&plan, 0, sizeof plan);
+    if (st == MSH_OK) {
+        msh_ckpt_opts co = {opt->float_type, opt->dedup,       0, a->keep, a->n_keep,
+                            opt->keep_fp32,  opt->n_keep_fp32, 1};
+        st = msh_ckpt_plan_make(&tab, &co, eng, &plan, err);
+    }
+    hf_wctx w;
+    memset(&w, 0, sizeof w);
+    w.out_path = out_path;
+    w.h = &h;
+    w.max_shard = opt->max_shard_bytes;
+    msh_st_out *items = NULL;
+    size_t *order = NULL, n_order = 0;
+    if (st == MSH_OK) {
+        items = calloc(plan.n + 1, sizeof *items);
+        order = malloc((plan.n + 1) * sizeof *order);
+        w.tied_from = calloc(plan.n + 1, sizeof *w.tied_from);
+        w.tied_to = calloc(plan.n + 1, sizeof *w.tied_to);
+        if (!items || !order || !w.tied_from || !w.tied_to)
+            st = msh_fail(err, MSH_ERR_NOMEM, "out of memory");
+    }
+    for (size_t k = 0; st == MSH_OK && k < plan.n; k++) {
+        const msh_tentry *t = msh_table_at(&tab, plan.sel[k]);
+        if (plan.tied_to[k] != MSH_CKPT_UNTIED) {
+            w.tied_from[w.n_tied] = t->name;
+            w.tied_to[w.n_tied++] = msh_table_at(&tab, plan.sel[plan.tied_to[k]])->name;
+            continue;
+        }
+        items[w.n_items++] = (msh_st_out){t->name,
+                                          t->out_dtype ? t->out_dtype : t->dtype,
+                                          t->shape,
+                                          t->ndim,
+                                          msh_tentry_out_bytes(t),
+                                          plan.sel[k]};
+        if (items[w.n_items - 1].nbytes > 0)
+            order[n_order++] = plan.sel[k];
+    }
+    w.items = items;
+    run_stats rs = {0, 0};
+    if (st == MSH_OK)
+        st = run_jobs(eng, &tab, order, n_order, hf_write_cb, &w, a, &rs, err);
+    res->float_clamped = rs.clamped;
+    res->float_subnormal = rs.subnormal;
+    if (st == MSH_OK) {
+        res->bytes_in = h.bytes_in;
+        res->bytes_out = w.wr.bytes_out;
+        res->float_tensors = plan.float_tensors;
+        res->float_saved_bytes = plan.float_saved;
+        res->float_kept_range = plan.kept_range;
+        res->float_kept_user = plan.kept_user;
+        if (opt->float_type && plan.float_tensors == 0)
+            snprintf(res->float_why, sizeof res->float_why, "%s",
+                     plan.kept_range + plan.kept_user ? "every FP32 tensor is kept FP32"
+                                                      : "no FP32 tensors");
+        res->dedup_unshared = plan.dup_tensors;
+        res->dedup_unshared_bytes = plan.dup_bytes;
+        if (h.weights == MSH_FORMAT_PTH) { /* what torch.save kept besides the tensors */
+            int64_t strip = res->bytes_in - res->bytes_out - res->float_saved_bytes;
+            res->strip_saved_bytes = strip > 0 ? strip : 0;
+        }
+        res->shards_in = (int64_t)h.n_shards;
+        res->shards_out = w.wr.shards;
+        res->tied_tensors = plan.tied;
+        res->files_copied = w.wr.files_copied;
+        snprintf(res->note, sizeof res->note, "%s", h.note);
+        snprintf(res->device, sizeof res->device, "%s", msh_engine_device(eng));
+        snprintf(res->format, sizeof res->format, "%s", msh_format_name(MSH_FORMAT_HF_FOLDER));
+    }
+    free(items);
+    free(order);
+    free(w.tied_from);
+    free(w.tied_to);
+    msh_ckpt_plan_free(&plan);
+    msh_engine_close(eng);
+    msh_hf_free(&h);
+    return st;
+}
+
 /* Tensor bytes of a model (what the GPU would move): the file, and an ONNX model's external
- * data. */
+ * data; a model folder's weight files. */
 static int64_t work_bytes(const char *path, msh_format kind) {
     struct stat sb;
+    if (kind == MSH_FORMAT_HF_FOLDER) {
+        int64_t n = 0, t = 0;
+        msh_error e;
+        return msh_input_stat(path, &n, &t, &e) == MSH_OK ? n : 0;
+    }
     int64_t n = stat(path, &sb) == 0 ? (int64_t)sb.st_size : 0;
     if (kind == MSH_FORMAT_ONNX) {
         char **loc = NULL;
@@ -829,6 +1072,8 @@ static msh_status convert_once(const char *in_path, const char *out_path, msh_fo
     }
     if (kind == MSH_FORMAT_ONNX)
         return convert_onnx(in_path, out_path, opt, backend, a, res, err);
+    if (kind == MSH_FORMAT_HF_FOLDER)
+        return convert_hf(in_path, out_path, opt, backend, a, res, err);
     return convert_ckpt(in_path, out_path, kind, opt, backend, a, res, err);
 }
 
@@ -870,7 +1115,36 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
     }
     memset(res, 0, sizeof *res);
     msh_format kind = sniff(in_path);
-    msh_status st = msh_convert_check(opt, kind, NULL, err);
+    msh_status st = MSH_OK;
+    if (kind == MSH_FORMAT_AUTO) /* a folder that is not a model folder: say why */
+        st = msh_fail(err, MSH_ERR_USAGE,
+                      "a folder, and not a Hugging Face model folder (no model.safetensors, "
+                      "model.safetensors.index.json, pytorch_model.bin or "
+                      "pytorch_model.bin.index.json in it)");
+    if (st == MSH_OK)
+        st = msh_convert_check(opt, kind, out_path, NULL, err);
+    /* the output's extension decides what a checkpoint is written as */
+    msh_convert_options eff = *opt;
+    if (st == MSH_OK && eff.out_format == MSH_FORMAT_AUTO &&
+        (kind == MSH_FORMAT_PTH || kind == MSH_FORMAT_SAFETENSORS))
+        eff.out_format = name_format(out_path);
+    opt = &eff;
+    char *out_dir = NULL; /* a model folder's output, without trailing slashes */
+    if (st == MSH_OK && kind == MSH_FORMAT_HF_FOLDER) {
+        size_t n = strlen(out_path);
+        while (n > 1 && out_path[n - 1] == '/')
+            n--;
+        out_dir = malloc(n + 1);
+        if (!out_dir) {
+            st = msh_fail(err, MSH_ERR_NOMEM, "out of memory");
+        } else {
+            memcpy(out_dir, out_path, n);
+            out_dir[n] = 0;
+            out_path = out_dir;
+        }
+    }
+    if (st == MSH_OK && kind == MSH_FORMAT_HF_FOLDER)
+        st = msh_hf_check_output(in_path, out_path, err);
     if (st == MSH_OK && opt->float_type &&
         (!(opt->fp16_min > 0.0f) || !(opt->fp16_max >= opt->fp16_min) ||
          !(opt->fp16_max <= 3.4028234663852886e+38f)))
@@ -892,6 +1166,7 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
                          "CUDA failed (%.160s); redone on the CPU, which runs the rest", why);
         }
     }
+    free(out_dir);
     if (st != MSH_OK)
         msh_error_prefix(err, in_path);
     return st;
@@ -926,6 +1201,7 @@ typedef struct any_model {
     msh_onnx_model onnx;
     msh_pth pth;
     msh_st_file st;
+    msh_hf hf;
     msh_table tab;
 } any_model;
 
@@ -936,6 +1212,8 @@ static void any_free(any_model *a) {
         msh_pth_free(&a->pth);
     else if (a->kind == MSH_FORMAT_SAFETENSORS)
         msh_st_free(&a->st);
+    else if (a->kind == MSH_FORMAT_HF_FOLDER)
+        msh_hf_free(&a->hf);
     a->kind = MSH_FORMAT_AUTO;
 }
 
@@ -949,6 +1227,10 @@ static msh_status any_open(any_model *a, const char *path, msh_error *err) {
     } else if (a->kind == MSH_FORMAT_PTH) {
         st = msh_pth_open(&a->pth, path, NULL, err);
         a->tab = msh_pth_table(&a->pth);
+    } else if (a->kind == MSH_FORMAT_HF_FOLDER || is_dir(path)) {
+        a->kind = MSH_FORMAT_HF_FOLDER;
+        st = msh_hf_open(&a->hf, path, err);
+        a->tab = msh_hf_table(&a->hf);
     } else {
         st = msh_onnx_model_open(&a->onnx, path, err);
         a->tab = msh_onnx_table(&a->onnx);
@@ -1011,6 +1293,12 @@ msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
         if (st == MSH_OK)
             st = msh_inspect_pth(&p, eng, o, err);
         msh_pth_free(&p);
+    } else if (st == MSH_OK && (kind == MSH_FORMAT_HF_FOLDER || is_dir(path))) {
+        msh_hf h;
+        st = msh_hf_open(&h, path, err); /* a folder that is not a model folder says so */
+        if (st == MSH_OK)
+            st = msh_inspect_hf(&h, eng, o, err);
+        msh_hf_free(&h);
     } else if (st == MSH_OK) {
         msh_onnx_model m;
         msh_dedup_plan plan;

@@ -83,11 +83,17 @@ for _ in range(steps):
     loss.backward()
     opt.step()
 nparams = sum(t.numel() for t in model.parameters())
-torch.save({"epoch": steps, "model_state_dict": model.state_dict(),
-            "optimizer_state_dict": opt.state_dict(), "loss": float(loss.item()),
-            "config": {"arch": "resnet18-style+mlp", "width": width, "hidden": hidden,
-                       "classes": classes, "optimizer": "adam", "lr": 1e-3, "seed": seed}},
-           out)
+ckpt = {"epoch": steps, "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": opt.state_dict(), "loss": float(loss.item()),
+        "config": {"arch": "resnet18-style+mlp", "width": width, "hidden": hidden,
+                   "classes": classes, "optimizer": "adam", "lr": 1e-3, "seed": seed}}
+mode = p.get("mode", "zip")
+if mode == "legacy":  # torch < 1.6's format
+    torch.save(ckpt, out, _use_new_zipfile_serialization=False)
+elif mode == "script":  # a TorchScript archive of the trained model (traced: `python -c` has
+    torch.jit.save(torch.jit.trace(model.eval(), x[:1]), out)  # no source for script())
+else:
+    torch.save(ckpt, out)
 print(nparams)
 """
 
@@ -280,3 +286,218 @@ def pth_strip(ctx):
     return h.CaseResult(columns, rows, preface=preface, notes="\n".join(notes),
                         versions=[("torch (.venv-torch)", torch_v),
                                   ("safetensors (.venv-torch)", st_v)])
+
+
+@case("pth-real", "Legacy and TorchScript checkpoints to safetensors")
+def pth_real(ctx):
+    """The model of the pth-strip case saved the two other ways users' files come: the legacy
+    stream (torch < 1.6, `_use_new_zipfile_serialization=False`: the whole training checkpoint,
+    Adam state included) and a TorchScript archive (`torch.jit.save(torch.jit.trace(model))`:
+    the model alone). `modelshrink convert` to safetensors against PyTorch
+    (`torch.load(...)['model_state_dict']`, or `torch.jit.load(...).state_dict()`, then
+    `safetensors.torch.save_file`) and `cp`. Target (issue 17): modelshrink at most 1.5x `cp`.
+    Check: both safetensors files hold the same tensor names, dtypes, shapes and bytes."""
+    why = torch_venv_problem()
+    if why:
+        raise OSError("pth-real needs the PyTorch peer: " + why)
+    torch_v, st_v = torch_versions()
+    base = CKPT_QUICK if ctx.quick else CKPT_FULL
+    rows, notes = [], []
+    one = lambda o: [o]  # noqa: E731
+    for mode, title in (("legacy", "legacy training checkpoint"), ("script", "TorchScript")):
+        params = dict(base, mode=mode)
+        name = "ckpt-%s%s.%s" % (mode, "-quick" if ctx.quick else "",
+                                 "pt" if mode == "script" else "pth")
+        inp, _ = gen_ckpt(ctx, name, params)
+        in_bytes = os.path.getsize(inp)
+        peer_args = ["--jit"] if mode == "script" else []
+        tools = [(h.Tool("modelshrink (%s)" % mode,
+                         lambda i, o: [ctx.bin, "convert", "-q", i, "-o", o], outputs=one),
+                  ".safetensors"),
+                 (h.Tool("torch+safetensors (%s)" % mode,
+                         lambda i, o, a=peer_args: [TORCH_PY, PEER, i, o] + a, outputs=one),
+                  ".safetensors"),
+                 (h.Tool("cp (%s)" % mode, lambda i, o: ["cp", i, o], outputs=one), ".bin")]
+        out_dir = os.path.join(ctx.work, "pth-real-out")
+        h.warm_read(inp)
+        runs = round_robin(tools, inp, out_dir, os.path.join(ctx.work, "pth-real-logs"),
+                           ctx.reps)
+        sums = {t.name: h.summarize(t.name, runs[t.name]) for t, _ in tools}
+        ms_name, peer_name, cp_name = (t.name for t, _ in tools)
+        check = compare(ctx, os.path.join(out_dir, ms_name + ".safetensors"),
+                        os.path.join(out_dir, peer_name + ".safetensors"))
+        for t, ext in tools:
+            s_ = sums[t.name]
+            same = ("0 (a copy)" if t.name == cp_name else "(the reference)"
+                    if t.name == peer_name else
+                    "yes, %d tensors" % check.get("tensors", 0) if check.get("identical") else
+                    "**no**: %s" % (check.get("error") or "; ".join(check.get("problems", []))))
+            rows.append(h.standard_row(t.name, s_, in_bytes, sums, same, ms=ms_name, cp=cp_name))
+            if not ctx.keep:
+                h.rm_f(os.path.join(out_dir, t.name + ext))
+        cp = sums[cp_name].wall_median
+        r = sums[ms_name].wall_median / cp if cp else 0.0
+        notes.append("- %s (%s bytes): modelshrink %.2fx cp (target <= 1.5x: %s), peak RSS "
+                     "%.0f MiB; torch + safetensors %.2fx cp, %.0f MiB" % (
+                         title, h.fmt_bytes(in_bytes), r, "met" if r and r <= 1.5 else
+                         "**not met**", sums[ms_name].rss_mib,
+                         sums[peer_name].wall_median / cp if cp else 0.0,
+                         sums[peer_name].rss_mib))
+    return h.CaseResult(h.standard_columns("same tensors as the peer's"), rows,
+                        preface="Inputs written by torch %s from the pth-strip model (%s); peer: "
+                        "`scripts/bench/peer_pth.py` under `.venv-torch` with safetensors %s. %d "
+                        "runs each, round-robin, after a warm-up read." % (
+                            torch_v, ", ".join("%s %s" % kv for kv in base.items()), st_v,
+                            ctx.reps),
+                        notes="\n".join(notes))
+
+
+# A GPT-like model saved as Hugging Face does: sharded pytorch_model-0000k-of-0000n.bin with its
+# index, the LM head tied to the embedding. Full: vocab 32000 x hidden 2048 and 9 blocks of
+# 4 x 2048^2 + 2 x 2048 x 8192 FP32 weights: 2.07 GB in 5 shards of at most 500 MB. Quick: 64 MB.
+HF_FULL = dict(vocab=32000, hidden=2048, ffn=8192, layers=9, shard_mb=500)
+HF_QUICK = dict(vocab=8000, hidden=512, ffn=2048, layers=4, shard_mb=20)
+
+_GEN_HF = r"""
+import json, os, sys
+import torch
+out = sys.argv[1]
+p = {k: int(v) for k, v in (a.split("=", 1) for a in sys.argv[2:])}
+torch.manual_seed(0)
+os.makedirs(out, exist_ok=True)
+h, f = p["hidden"], p["ffn"]
+emb = torch.randn(p["vocab"], h) * 0.02
+names = [("model.embed_tokens.weight", lambda: emb)]
+for i in range(p["layers"]):
+    for w, shape in (("q", (h, h)), ("k", (h, h)), ("v", (h, h)), ("o", (h, h)),
+                     ("up", (f, h)), ("down", (h, f))):
+        names.append(("model.layers.%d.%s.weight" % (i, w),
+                      lambda s=shape: torch.randn(*s) * 0.02))
+    names.append(("model.layers.%d.norm.weight" % i, lambda: torch.ones(h)))
+names.append(("lm_head.weight", lambda: emb))  # tied: the embedding's storage
+limit = p["shard_mb"] * 1000 * 1000
+shards, cur, size = [], [], 0
+for n, mk in names:
+    b = 4 * mk().numel() if n != "lm_head.weight" else 0
+    if cur and size + b > limit:
+        shards.append(cur)
+        cur, size = [], 0
+    cur.append((n, mk))
+    size += b
+shards.append(cur)
+weight_map, total = {}, 0
+for k, part in enumerate(shards):
+    fn = "pytorch_model-%05d-of-%05d.bin" % (k + 1, len(shards))
+    sd = {}
+    for n, mk in part:
+        sd[n] = mk()
+        weight_map[n] = fn
+    torch.save(sd, os.path.join(out, fn))
+    total += sum(t.numel() * 4 for n, t in sd.items() if n != "lm_head.weight")
+    del sd
+json.dump({"metadata": {"total_size": total}, "weight_map": weight_map},
+          open(os.path.join(out, "pytorch_model.bin.index.json"), "w"), indent=2)
+json.dump({"model_type": "llama", "hidden_size": h, "tie_word_embeddings": True},
+          open(os.path.join(out, "config.json"), "w"))
+print(total)
+"""
+
+
+def folder_files(d):
+    return [os.path.join(dp, f) for dp, _, fs in os.walk(d) for f in fs]
+
+
+@case("hf-folder", "Hugging Face folder: sharded .bin to sharded safetensors")
+def hf_folder(ctx):
+    """A sharded Hugging Face model folder (pytorch_model-0000k-of-0000n.bin + index, config,
+    the LM head tied to the embedding) converted to sharded safetensors (model-*.safetensors +
+    model.safetensors.index.json, the tied tensor written once), plain and with --fp16, against
+    torch + safetensors shard by shard (`scripts/bench/peer_hf.py`: torch.load each shard, drop
+    tied duplicates, save_file) and `cp -rT` of the folder. Targets (issue 17): bounded peak RSS
+    (at most 64 MiB for modelshrink, whatever the folder's size)."""
+    why = torch_venv_problem()
+    if why:
+        raise OSError("hf-folder needs the PyTorch peer: " + why)
+    torch_v, st_v = torch_versions()
+    params = HF_QUICK if ctx.quick else HF_FULL
+    inp = os.path.join(ctx.work, "hf-quick" if ctx.quick else "hf-2g")
+    stamp = inp + ".params"
+    want = repr(sorted(params.items()))
+    if not (os.path.isdir(inp) and os.path.exists(stamp) and open(stamp).read() == want):
+        import shutil
+        shutil.rmtree(inp, ignore_errors=True)
+        print("  generating %s (%s)" % (os.path.relpath(inp, h.ROOT), want), flush=True)
+        subprocess.run([SYS_PY, "-c", _GEN_HF, inp] + ["%s=%s" % kv for kv in params.items()],
+                       check=True, stdout=subprocess.PIPE)
+        with open(stamp, "w") as f:
+            f.write(want)
+    in_bytes = sum(os.path.getsize(x) for x in folder_files(inp))
+    peer = os.path.join(h.HERE, "peer_hf.py")
+    tools = [h.Tool("modelshrink", lambda i, o: [ctx.bin, "convert", "-q", i, "-o", o],
+                    outputs=folder_files),
+             h.Tool("modelshrink --fp16",
+                    lambda i, o: [ctx.bin, "convert", "-q", "--fp16", i, "-o", o],
+                    outputs=folder_files),
+             h.Tool("torch+safetensors", lambda i, o: [TORCH_PY, peer, i, o],
+                    outputs=folder_files),
+             h.Tool("torch+safetensors --half", lambda i, o: [TORCH_PY, peer, i, o, "--half"],
+                    outputs=folder_files),
+             h.Tool("cp -rT", lambda i, o: ["cp", "-rT", i, o], outputs=folder_files)]
+    out_dir = os.path.join(ctx.work, "hf-out")
+    os.makedirs(out_dir, exist_ok=True)
+    for x in folder_files(inp):
+        h.warm_read(x)
+    runs = round_robin([(t, "") for t in tools], inp, out_dir, os.path.join(ctx.work, "hf-logs"),
+                       ctx.reps)
+    sums = {t.name: h.summarize(t.name, runs[t.name]) for t in tools}
+    check = compare_folders(ctx, os.path.join(out_dir, "modelshrink"),
+                            os.path.join(out_dir, "torch+safetensors"))
+    rows = []
+    for t in tools:
+        same = ("0 (a copy)" if t.name.startswith("cp") else "(the reference)"
+                if t.name == "torch+safetensors" else
+                ("yes, %d tensors" % check["tensors"] if check.get("identical") else
+                 "**no**: %s" % (check.get("error") or check.get("problems")))
+                if t.name == "modelshrink" else "")
+        rows.append(h.standard_row(t.name, sums[t.name], in_bytes, sums, same, cp="cp -rT"))
+    if not ctx.keep:
+        import shutil
+        shutil.rmtree(out_dir, ignore_errors=True)
+    rss = max(sums["modelshrink"].rss_mib, sums["modelshrink --fp16"].rss_mib)
+    notes = "- modelshrink's largest peak RSS: %.0f MiB for a %.2f GB folder (target <= 64 MiB: %s); " \
+            "torch + safetensors: %.0f MiB" % (rss, in_bytes / 1e9, "met" if rss <= 64 else
+                                               "**not met**",
+                                               sums["torch+safetensors"].rss_mib)
+    return h.CaseResult(h.standard_columns("same tensors as the peer's"), rows,
+                        preface="Input: %s bytes in %d files (%s), written by torch %s. Peer "
+                        "under `.venv-torch` with safetensors %s. %d runs each, round-robin."
+                        % (h.fmt_bytes(in_bytes), len(folder_files(inp)),
+                           ", ".join("%s %s" % kv for kv in params.items()), torch_v, st_v,
+                           ctx.reps), notes=notes)
+
+
+_CHECK_FOLDERS = r"""
+import json, os, sys
+from safetensors import safe_open
+def load(d):
+    out = {}
+    for f in sorted(os.listdir(d)):
+        if f.endswith(".safetensors"):
+            with safe_open(os.path.join(d, f), framework="numpy") as g:
+                for k in g.keys():
+                    out[k] = g.get_tensor(k)
+    return out
+a, b = load(sys.argv[1]), load(sys.argv[2])
+bad = [k for k in sorted(set(a) | set(b)) if k not in a or k not in b or a[k].dtype != b[k].dtype
+       or a[k].shape != b[k].shape or a[k].tobytes() != b[k].tobytes()]
+print(json.dumps({"identical": not bad, "tensors": len(a), "problems": bad[:5]}))
+"""
+
+
+def compare_folders(ctx, a, b):
+    p = subprocess.run([ctx.python, "-c", _CHECK_FOLDERS, a, b], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    try:
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"identical": False, "error": ((p.stderr or "").strip().splitlines() or ["?"])[-1]}

@@ -53,10 +53,15 @@ int msh_cli_batch_add(msh_cli_batch *b, const char *in, const char *out, const c
     j->rel = strdup(rel);
     j->model = model;
     struct stat sb;
+    msh_error e;
     if (stat(in, &sb) == 0) {
+        j->folder = S_ISDIR(sb.st_mode);
         j->size = (int64_t)sb.st_size;
         j->mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000 + (int64_t)sb.st_mtim.tv_nsec;
     }
+    /* a model folder: its weight files' bytes and newest time (resume compares them) */
+    if (j->folder && msh_input_stat(in, &j->size, &j->mtime_ns, &e) != MSH_OK)
+        j->size = j->mtime_ns = 0; /* its conversion says what is wrong */
     if (!j->in || !j->out || !j->rel)
         return 0;
     b->n++;
@@ -88,6 +93,7 @@ void msh_cli_clear_option(msh_convert_options *opt, msh_option o) {
         break;
     case MSH_OPTION_STORAGE_ONLY: opt->storage_only = d.storage_only; break;
     case MSH_OPTION_ALLOW_LARGER: opt->allow_larger = d.allow_larger; break;
+    case MSH_OPTION_MAX_SHARD_BYTES: opt->max_shard_bytes = d.max_shard_bytes; break;
     case MSH_OPTION_NONE: break;
     }
 }
@@ -97,12 +103,23 @@ void msh_cli_print_line(const char *in, const char *out, const msh_convert_optio
     printf("%s -> %s: %lld -> %lld bytes (%.2fx)", in, out, (long long)r->bytes_in,
            (long long)r->bytes_out,
            r->bytes_out ? (double)r->bytes_in / (double)r->bytes_out : 0.0);
+    if (strcmp(r->format, "hf") == 0) {
+        printf(", %lld -> %lld shards", (long long)r->shards_in, (long long)r->shards_out);
+        if (r->tied_tensors)
+            printf(", %lld tied tensors written once", (long long)r->tied_tensors);
+    }
+    if (r->state_dict[0])
+        printf(", state dict %s", r->state_dict);
     if (r->pruned_nodes || r->pruned_tensors)
         printf(", pruned %lld nodes, %lld tensors", (long long)r->pruned_nodes,
                (long long)r->pruned_tensors);
     if (r->dedup_merged)
         printf(", dedup merged %lld tensors", (long long)r->dedup_merged);
-    if (r->dedup_unshared)
+    if (r->dedup_unshared && strcmp(r->format, "hf") == 0)
+        printf(", %lld identical tensors kept as copies (%lld bytes; safetensors cannot share "
+               "them)",
+               (long long)r->dedup_unshared, (long long)r->dedup_unshared_bytes);
+    else if (r->dedup_unshared)
         printf(", %lld identical tensors kept as copies (a .pth output would save %lld bytes)",
                (long long)r->dedup_unshared, (long long)r->dedup_unshared_bytes);
     if (opt->int8) {
@@ -220,8 +237,8 @@ typedef struct run {
     int tty;
     size_t done, ok, failed;
     int64_t bytes_in, bytes_out, bytes_done, bytes_total;
-    /* per format (onnx, pth, safetensors): models ok, failed, bytes in and out */
-    int64_t fmt_ok[3], fmt_failed[3], fmt_in[3], fmt_out[3];
+    /* per format (onnx, pth, safetensors, hf): models ok, failed, bytes in and out */
+    int64_t fmt_ok[4], fmt_failed[4], fmt_in[4], fmt_out[4];
     double t0;
     int threads; /* engine threads per model: the cores shared among the parallel models */
 } run;
@@ -279,9 +296,10 @@ static void record(run *r, const msh_cli_job *j, msh_status st, const msh_conver
     const char *fmt = res->format;
     if (!fmt[0]) { /* failed before the content said: go by the name */
         size_t n = strlen(j->in);
-        fmt = n > 12 && strcmp(j->in + n - 12, ".safetensors") == 0 ? "safetensors"
-              : n > 5 && strcmp(j->in + n - 5, ".onnx") == 0        ? "onnx"
-                                                                    : "pth";
+        fmt = j->folder                                               ? "hf"
+              : n > 12 && strcmp(j->in + n - 12, ".safetensors") == 0 ? "safetensors"
+              : n > 5 && strcmp(j->in + n - 5, ".onnx") == 0          ? "onnx"
+                                                                      : "pth";
     }
     cJSON_AddStringToObject(o, "format", fmt);
     cJSON_AddStringToObject(o, "status", st == MSH_OK ? "ok" : "error");
@@ -404,10 +422,12 @@ static void *worker(void *arg) {
         r->bytes_done += j->size;
         int fi = strcmp(res.format, "pth") == 0           ? 1
                  : strcmp(res.format, "safetensors") == 0 ? 2
+                 : strcmp(res.format, "hf") == 0          ? 3
                                                           : 0;
         if (!res.format[0]) {
             size_t ln = strlen(j->in);
-            fi = ln > 5 && strcmp(j->in + ln - 5, ".onnx") == 0            ? 0
+            fi = j->folder                                                 ? 3
+                 : ln > 5 && strcmp(j->in + ln - 5, ".onnx") == 0          ? 0
                  : ln > 12 && strcmp(j->in + ln - 12, ".safetensors") == 0 ? 2
                                                                            : 1;
         }
@@ -661,10 +681,10 @@ int msh_cli_batch_run(msh_cli_batch *b) {
     if (not_models > 10 && !b->copy_others)
         fprintf(stderr, "modelshrink: %zu files skipped (not models)\n", not_models);
     if (!b->quiet && (r.n_order > 1 || resumed || b->n > 1)) {
-        static const char *names[3] = {"onnx", "pth", "safetensors"};
+        static const char *names[4] = {"onnx", "pth", "safetensors", "hf"};
         printf("%-12s %8s %8s %14s %14s %8s\n", "format", "ok", "failed", "bytes in", "bytes out",
                "ratio");
-        for (int f = 0; f < 3; f++)
+        for (int f = 0; f < 4; f++)
             if (r.fmt_ok[f] || r.fmt_failed[f])
                 printf("%-12s %8lld %8lld %14lld %14lld %7.2fx\n", names[f], (long long)r.fmt_ok[f],
                        (long long)r.fmt_failed[f], (long long)r.fmt_in[f], (long long)r.fmt_out[f],

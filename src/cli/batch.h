@@ -15,6 +15,7 @@ typedef struct msh_cli_job {
     int64_t size;
     int64_t mtime_ns;
     int explicit;  /* named on the command line (not found in a folder) */
+    int folder;    /* a Hugging Face model folder */
     unsigned skip; /* bit o: option o was given but does not apply to this model's format */
 } msh_cli_job;
 

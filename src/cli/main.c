@@ -22,10 +22,12 @@ static const char *usage_text =
     "commands:\n"
     "  inspect [--json] FILE...            explain a model's size\n"
     "  diff [--json] [--all] A B           compare two model files tensor by tensor\n"
-    "  convert [OPTIONS] INPUT... -o OUTPUT shrink models (files, or folders of *.onnx)\n"
+    "  convert [OPTIONS] INPUT... -o OUTPUT shrink models (files, Hugging Face model\n"
+    "                                      folders, or folders of models)\n"
     "\n"
     "convert options:\n"
-    "  -o, --output PATH       output file (one input file) or folder\n"
+    "  -o, --output PATH       output file (one input file; its extension .safetensors,\n"
+    "                          .pth/.pt/.bin or .onnx decides the format) or folder\n"
     "      --no-dedup          do not merge identical initializers\n"
     "      --dedup-graph-inputs  also merge initializers that are graph inputs\n"
     "      --external-data     write tensors to <output>.data (4096-byte aligned)\n"
@@ -57,12 +59,21 @@ static const char *usage_text =
     "      --keep-inputs       keep graph inputs that the kept outputs no longer read\n"
     "                          (always: unread nodes and initializers, value_info of removed\n"
     "                          values and opset imports of unused domains are removed)\n"
-    "\n"
+    "\n";
+
+/* The second half (C99 guarantees string literals of only 4095 bytes). */
+static const char *usage_text2 =
     "PyTorch checkpoints (.pth, torch >= 1.6 zip format) are stripped to their state dict:\n"
     "      --strip             keep only the state dict (the default for checkpoints)\n"
     "      --key NAME          the state dict's key (default: model_state_dict, state_dict,\n"
     "                          model, module, net, network; or a bare state dict)\n"
     "      --format F          safetensors (default) or pth (weights-only .pth)\n"
+    "\n"
+    "Hugging Face model folders (pytorch_model.bin, model.safetensors, or their shards with an\n"
+    "index) are converted as one model into a folder of safetensors shards plus an index; the\n"
+    "other files (config.json, tokenizer files, ...) are copied:\n"
+    "      --max-shard-size S  largest shard: bytes, or a number with KB, MB, GB, TB (powers\n"
+    "                          of 1000) or KiB, MiB, GiB, TiB (default 5GB)\n"
     "\n"
     "Batches (several inputs or folders):\n"
     "  -j, --jobs N            models at once (default: the number of cores)\n"
@@ -80,6 +91,11 @@ static const char *usage_text =
     "      --version           print the version\n"
     "\n"
     "exit codes: 0 all converted, 1 at least one input failed, 2 usage error\n";
+
+static void print_usage(void) {
+    fputs(usage_text, stdout);
+    fputs(usage_text2, stdout);
+}
 
 static int usage_error(const char *fmt, const char *arg) {
     fprintf(stderr, "modelshrink: ");
@@ -138,8 +154,15 @@ static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+static int is_model_folder(const char *path) {
+    msh_format k;
+    msh_error e;
+    return msh_probe_file(path, &k, &e) == MSH_OK && k == MSH_FORMAT_HF_FOLDER;
+}
+
 /* Collect the files below `dir` (sorted, recursive), mirrored below `out`; `rel` is the path
- * relative to the input root. Skips hidden files and the output folder when it lies inside. */
+ * relative to the input root. Skips hidden files and the output folder when it lies inside. A
+ * Hugging Face model folder is one model: not entered. */
 static int walk_dir(msh_cli_batch *j, const char *dir, const char *out, const char *rel,
                     const struct stat *out_st, int depth) {
     if (depth > 64)
@@ -174,7 +197,11 @@ static int walk_dir(msh_cli_batch *j, const char *dir, const char *out, const ch
         struct stat sb;
         if (src && dst && r && stat(src, &sb) == 0) {
             if (S_ISDIR(sb.st_mode)) {
-                if (!(out_st && sb.st_dev == out_st->st_dev && sb.st_ino == out_st->st_ino))
+                if (out_st && sb.st_dev == out_st->st_dev && sb.st_ino == out_st->st_ino)
+                    ; /* the output folder itself */
+                else if (is_model_folder(src))
+                    ok &= msh_cli_batch_add(j, src, dst, r, 1);
+                else
                     ok &= walk_dir(j, src, dst, r, out_st, depth + 1);
             } else if (S_ISREG(sb.st_mode)) {
                 int model = is_model_name(names[i]);
@@ -210,16 +237,50 @@ static const char *kind_phrase(msh_format k) {
     case MSH_FORMAT_ONNX: return "an ONNX model";
     case MSH_FORMAT_PTH: return "a PyTorch checkpoint";
     case MSH_FORMAT_SAFETENSORS: return "a safetensors file";
+    case MSH_FORMAT_HF_FOLDER: return "a Hugging Face model folder";
     case MSH_FORMAT_AUTO: break;
     }
     return "a model";
+}
+
+/* "5GB", "500MB", "100KB", "2GiB" or a number of bytes; 0 when it is none of them. */
+static int parse_size(const char *s, int64_t *out) {
+    static const struct {
+        const char *unit;
+        int64_t mul;
+    } units[] = {{"", 1},
+                 {"B", 1},
+                 {"KB", 1000},
+                 {"kB", 1000},
+                 {"MB", 1000000},
+                 {"GB", 1000000000},
+                 {"TB", 1000000000000},
+                 {"KiB", (int64_t)1 << 10},
+                 {"MiB", (int64_t)1 << 20},
+                 {"GiB", (int64_t)1 << 30},
+                 {"TiB", (int64_t)1 << 40}};
+    if (*s < '0' || *s > '9')
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || v < 1)
+        return 0;
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (strcmp(end, units[i].unit) == 0) {
+            if (v > (unsigned long long)(INT64_MAX / units[i].mul))
+                return 0;
+            *out = (int64_t)v * units[i].mul;
+            return 1;
+        }
+    return 0;
 }
 
 /* Options given that do not apply to a model's format: a usage error for a file named on the
  * command line, and for an option that applies to none of the models; in a folder they are left
  * out for the models that cannot take them, and their lines say so. Nothing is written yet. */
 static int check_applicable(msh_cli_batch *b, const char *const *given) {
-    size_t applies[32] = {0}, models = 0, by_kind[4] = {0};
+    size_t applies[32] = {0}, models = 0, by_kind[8] = {0};
     for (size_t i = 0; i < b->n; i++) {
         msh_cli_job *j = &b->v[i];
         msh_format k;
@@ -227,7 +288,7 @@ static int check_applicable(msh_cli_batch *b, const char *const *given) {
         if (!j->model || msh_probe_file(j->in, &k, &e) != MSH_OK)
             continue; /* not a model, or unreadable: its conversion says why */
         models++;
-        by_kind[k & 3]++;
+        by_kind[k & 7]++;
         for (unsigned o = 1; o < 32; o++) {
             if (!given[o])
                 continue;
@@ -241,17 +302,71 @@ static int check_applicable(msh_cli_batch *b, const char *const *given) {
                 j->skip |= 1u << o;
             }
         }
+        if (j->explicit) { /* the output's name against the options and the input */
+            msh_convert_options opt = *b->opt;
+            msh_error ce;
+            if (msh_convert_check(&opt, k, j->out, NULL, &ce) != MSH_OK) {
+                fprintf(stderr, "modelshrink: convert: %s: %s\n", j->in, ce.msg);
+                return EXIT_USAGE;
+            }
+        }
     }
     for (unsigned o = 1; models && o < 32; o++)
         if (given[o] && !applies[o]) {
+            char hf[64] = "";
+            if (by_kind[MSH_FORMAT_HF_FOLDER])
+                snprintf(hf, sizeof hf, ", %zu Hugging Face folders",
+                         by_kind[MSH_FORMAT_HF_FOLDER]);
             fprintf(stderr,
                     "modelshrink: convert: %s applies to none of the %zu models found (%zu "
-                    "ONNX, %zu PyTorch, %zu safetensors)\n",
+                    "ONNX, %zu PyTorch, %zu safetensors%s)\n",
                     given[o], models, by_kind[MSH_FORMAT_ONNX], by_kind[MSH_FORMAT_PTH],
-                    by_kind[MSH_FORMAT_SAFETENSORS]);
+                    by_kind[MSH_FORMAT_SAFETENSORS], hf);
             return EXIT_USAGE;
         }
     return 0;
+}
+
+/* Why `out` cannot receive the model folder `in` (NULL when it can): the library refuses the
+ * same cases, but these are usage errors, found before any work. */
+static const char *folder_output_problem(const char *in, const char *out) {
+    struct stat si, so;
+    if (stat(in, &si) != 0)
+        return NULL; /* the conversion says why */
+    int exists = lstat(out, &so) == 0;
+    if (exists && si.st_dev == so.st_dev && si.st_ino == so.st_ino)
+        return "is the input folder";
+    if (exists && !S_ISDIR(so.st_mode))
+        return "exists and is not a folder";
+    /* where the output is, or would be: its real folder and name */
+    const char *slash = strrchr(out, '/');
+    char *parent = slash ? strndup(out, (size_t)(slash - out)) : strdup(".");
+    char *ri = realpath(in, NULL),
+         *rp = parent && *parent ? realpath(parent, NULL) : realpath("/", NULL);
+    char *ro = rp ? path_join(rp, slash ? slash + 1 : out) : NULL;
+    size_t n = ri ? strlen(ri) : 0;
+    int inside = ri && ro && strncmp(ro, ri, n) == 0 && ro[n] == '/';
+    int holds = exists && ri && ro && strncmp(ri, ro, strlen(ro)) == 0 && ri[strlen(ro)] == '/';
+    free(parent);
+    free(ri);
+    free(rp);
+    free(ro);
+    if (inside)
+        return "is inside the input folder";
+    if (holds)
+        return "holds the input folder";
+    if (!exists)
+        return NULL;
+    DIR *d = opendir(out);
+    int empty = 1;
+    struct dirent *de;
+    while (d && empty && (de = readdir(d)))
+        empty = strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0;
+    if (d)
+        closedir(d);
+    if (!empty && !is_model_folder(out))
+        return "exists and is not a model folder; it is not replaced";
+    return NULL;
 }
 
 static int cmd_convert(int argc, char **argv) {
@@ -291,6 +406,7 @@ static int cmd_convert(int argc, char **argv) {
                                          {"keep-fp32", required_argument, 0, 30},
                                          {"storage-only", no_argument, 0, 31},
                                          {"allow-larger", no_argument, 0, 32},
+                                         {"max-shard-size", required_argument, 0, 33},
                                          {0, 0, 0, 0}};
     msh_convert_options opt;
     msh_convert_options_init(&opt);
@@ -319,7 +435,7 @@ static int cmd_convert(int argc, char **argv) {
             given[MSH_OPTION_EXTERNAL_DATA] = "--external-data";
             break;
         case 'q': quiet = 1; break;
-        case 'h': fputs(usage_text, stdout); return EXIT_ALL_OK;
+        case 'h': print_usage(); return EXIT_ALL_OK;
         case 4:
         case 5:
             if (opt.float_type && opt.float_type != (c == 4 ? MSH_FLOAT_FP16 : MSH_FLOAT_BF16))
@@ -450,6 +566,13 @@ static int cmd_convert(int argc, char **argv) {
             opt.allow_larger = 1;
             given[MSH_OPTION_ALLOW_LARGER] = "--allow-larger";
             break;
+        case 33:
+            if (!parse_size(optarg, &opt.max_shard_bytes))
+                return usage_error("convert: bad --max-shard-size '%s' (bytes, or a whole number "
+                                   "with KB, MB, GB, TB, KiB, MiB, GiB or TiB, e.g. 5GB)",
+                                   optarg);
+            given[MSH_OPTION_MAX_SHARD_BYTES] = "--max-shard-size";
+            break;
         default: return usage_error("convert: unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
@@ -521,8 +644,34 @@ static int cmd_convert(int argc, char **argv) {
     j.shard_n = shard_n;
     int failed = 0, folder_mode = 0;
     char *out_root = NULL;
-    if (n_in == 1 && stat(argv[optind], &ist) == 0 && !S_ISDIR(ist.st_mode) && !out_is_dir &&
-        !has_suffix(output, "/")) {
+    if (n_in == 1 && is_model_folder(argv[optind])) {
+        /* a model folder is one model: -o names the output folder */
+        char *in = strdup(argv[optind]), *out = strdup(output);
+        if (!in || !out) {
+            free(in);
+            free(out);
+            return usage_error("convert: %s", "out of memory");
+        }
+        for (size_t n = strlen(in); n > 1 && in[n - 1] == '/';)
+            in[--n] = 0;
+        for (size_t n = strlen(out); n > 1 && out[n - 1] == '/';)
+            out[--n] = 0;
+        const char *why = folder_output_problem(in, out);
+        if (why) {
+            fprintf(stderr, "modelshrink: convert: output %s %s\n", out, why);
+            free(in);
+            free(out);
+            return EXIT_USAGE;
+        }
+        const char *base = strrchr(in, '/');
+        if (msh_cli_batch_add(&j, in, out, base ? base + 1 : in, 1))
+            j.v[j.n - 1].explicit = 1;
+        const char *slash = strrchr(out, '/');
+        out_root = slash ? strndup(out, (size_t)(slash - out)) : strdup(".");
+        free(in);
+        free(out);
+    } else if (n_in == 1 && stat(argv[optind], &ist) == 0 && !S_ISDIR(ist.st_mode) && !out_is_dir &&
+               !has_suffix(output, "/")) {
         if (out_exists && ist.st_dev == ost.st_dev && ist.st_ino == ost.st_ino)
             return usage_error("convert: output %s is the input file", output);
         const char *base = strrchr(argv[optind], '/');
@@ -546,7 +695,20 @@ static int cmd_convert(int argc, char **argv) {
                 failed++;
                 continue;
             }
-            if (S_ISDIR(ist.st_mode)) {
+            if (S_ISDIR(ist.st_mode) && is_model_folder(in)) {
+                char *tmp = strdup(in);
+                for (size_t n = tmp ? strlen(tmp) : 0; n > 1 && tmp[n - 1] == '/';)
+                    tmp[--n] = 0;
+                const char *base = tmp ? strrchr(tmp, '/') : NULL;
+                base = base ? base + 1 : tmp;
+                char *dst = tmp ? path_join(output, base) : NULL;
+                if (!dst || !msh_cli_batch_add(&j, tmp, dst, base, 1))
+                    failed++;
+                else
+                    j.v[j.n - 1].explicit = 1;
+                free(dst);
+                free(tmp);
+            } else if (S_ISDIR(ist.st_mode)) {
                 if (!walk_dir(&j, in, output, "", out_is_dir ? &ost : NULL, 0))
                     failed++;
             } else {
@@ -596,7 +758,7 @@ static int cmd_inspect(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'j': json = 1; break;
-        case 'h': fputs(usage_text, stdout); return EXIT_ALL_OK;
+        case 'h': print_usage(); return EXIT_ALL_OK;
         default: return usage_error("inspect: unknown option '%s'", argv[optind - 1]);
         }
     }
@@ -769,7 +931,7 @@ int main(int argc, char **argv) {
         return usage_error("%s", "no command given");
     const char *cmd = argv[1];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
-        fputs(usage_text, stdout);
+        print_usage();
         return EXIT_ALL_OK;
     }
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {

@@ -47,18 +47,55 @@ static void print_pth(const cJSON *r, FILE *out) {
     human(num(bd, "optimizer_state"), b, sizeof b);
     human(num(bd, "other_tensors"), c, sizeof c);
     human(num(bd, "metadata"), d, sizeof d);
-    fprintf(out,
-            "%s: PyTorch checkpoint\n  %s = %s weights + %s optimizer state + %s other tensors"
-            " + %s metadata\n",
-            str(r, "path"), f, a, b, c, d);
+    const char *kind = str(r, "container");
+    const cJSON *mc = cJSON_GetObjectItemCaseSensitive(r, "module_class");
+    if (strcmp(kind, "TorchScript") == 0)
+        fprintf(out, "%s: TorchScript module%s%s%s\n", str(r, "path"),
+                cJSON_IsString(mc) ? " (" : "", cJSON_IsString(mc) ? mc->valuestring : "",
+                cJSON_IsString(mc) ? ")" : "");
+    else if (cJSON_IsString(mc))
+        fprintf(out, "%s: PyTorch checkpoint%s, a whole module (%s)\n", str(r, "path"),
+                strcmp(kind, "legacy") == 0 ? " (legacy format)" : "", mc->valuestring);
+    else
+        fprintf(out, "%s: PyTorch checkpoint%s\n", str(r, "path"),
+                strcmp(kind, "legacy") == 0 ? " (legacy format)" : "");
+    fprintf(out, "  %s = %s weights + %s optimizer state + %s other tensors + %s metadata\n", f, a,
+            b, c, d);
     const cJSON *found = cJSON_GetObjectItemCaseSensitive(r, "state_dict_found");
     if (cJSON_IsTrue(found))
         fprintf(out, "  state dict: %s (%.0f tensors in the file)\n",
-                *str(r, "state_dict_key") ? str(r, "state_dict_key") : "the whole file",
+                *str(r, "state_dict_key") ? str(r, "state_dict_key")
+                : cJSON_IsString(mc)      ? "the module's parameters and buffers"
+                                          : "the whole file",
                 num(r, "tensor_count"));
     else
         fprintf(out, "  no model state dict found (name one with convert --key)\n");
     const cJSON *x;
+    const cJSON *cands = cJSON_GetObjectItemCaseSensitive(r, "state_dict_candidates");
+    if (cJSON_GetArraySize(cands) >= 2) {
+        fprintf(out, "  state dicts:");
+        int k = 0;
+        cJSON_ArrayForEach(x, cands) {
+            human(num(x, "bytes"), a, sizeof a);
+            fprintf(out, "%s %s (%.0f tensors, %s)%s", k++ ? "," : "", str(x, "key"),
+                    num(x, "tensors"), a,
+                    cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(x, "chosen")) ? " [chosen]" : "");
+        }
+        fprintf(out, "\n");
+    }
+    const cJSON *objs = cJSON_GetObjectItemCaseSensitive(r, "objects");
+    if (cJSON_GetArraySize(objs) > 0 && strcmp(kind, "TorchScript") != 0) {
+        fprintf(out, "  objects of other classes (metadata, never run):");
+        int k = 0;
+        cJSON_ArrayForEach(x, objs) {
+            if (k == 6) {
+                fprintf(out, ", ... (%d classes)", cJSON_GetArraySize(objs));
+                break;
+            }
+            fprintf(out, "%s %s x%.0f", k++ ? "," : "", str(x, "class"), num(x, "count"));
+        }
+        fprintf(out, "\n");
+    }
     cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "by_dtype")) {
         human(num(x, "bytes"), a, sizeof a);
         fprintf(out, "    %-14s %8.0f tensors %12s\n", str(x, "dtype"), num(x, "count"), a);
@@ -90,8 +127,47 @@ static void print_st(const cJSON *r, FILE *out) {
             num(dup, "tensors"), a);
 }
 
+static void print_hf(const cJSON *r, FILE *out) {
+    char a[32], b[32];
+    const cJSON *x;
+    human(num(r, "file_bytes"), a, sizeof a);
+    double n_sh = num(r, "shard_count");
+    int sharded = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(r, "index"));
+    fprintf(out, "%s: Hugging Face model folder, %s in %.0f %s file%s%s%s%s\n", str(r, "path"), a,
+            n_sh, strcmp(str(r, "weights"), "pth") == 0 ? ".bin" : "safetensors",
+            n_sh == 1 ? "" : "s", sharded ? " (index " : "", sharded ? str(r, "index") : "",
+            sharded ? ")" : "");
+    human(num(r, "tensor_bytes"), a, sizeof a);
+    fprintf(out, "  tensor data %s (%.0f keys; a tied key's bytes counted once)\n", a,
+            num(r, "tensor_count"));
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "by_dtype")) {
+        human(num(x, "bytes"), a, sizeof a);
+        fprintf(out, "    %-14s %8.0f tensors %12s\n", str(x, "dtype"), num(x, "count"), a);
+    }
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "tied")) {
+        human(num(x, "bytes"), a, sizeof a);
+        fprintf(out, "  tied: %s is %s (%s, written once)\n", str(x, "key"), str(x, "to"), a);
+    }
+    const cJSON *dup = cJSON_GetObjectItemCaseSensitive(r, "duplicates");
+    human(num(dup, "saved_bytes"), a, sizeof a);
+    fprintf(out, "  duplicates (not tied): %.0f groups, %.0f redundant tensors, %s\n",
+            num(dup, "groups"), num(dup, "tensors"), a);
+    fprintf(out, "  shards:\n");
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "shards")) {
+        human(num(x, "bytes"), b, sizeof b);
+        fprintf(out, "    %-40s %8.0f tensors %12s\n", str(x, "file"), num(x, "tensors"), b);
+    }
+    fprintf(out, "  other files: %.0f (copied as they are)\n", num(r, "other_files"));
+    if (*str(r, "note"))
+        fprintf(out, "  note: %s\n", str(r, "note"));
+}
+
 void msh_cli_print_table(const cJSON *r, FILE *out) {
     char a[32], b[32], c[32], sh[96];
+    if (strcmp(str(r, "format"), "hf") == 0) {
+        print_hf(r, out);
+        return;
+    }
     if (strcmp(str(r, "format"), "pth") == 0) {
         print_pth(r, out);
         return;

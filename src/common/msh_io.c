@@ -89,11 +89,12 @@ char *msh_path_dir(const char *path) {
     return d;
 }
 
-static mode_t g_mode = 0644;
+static mode_t g_mode = 0644, g_umask = 022;
 static void read_umask(void) {
     /* umask can only be read by setting it: once, before any file is made */
     mode_t m = umask(0);
     umask(m);
+    g_umask = m;
     g_mode = (mode_t)(0666 & ~m);
 }
 
@@ -106,6 +107,10 @@ static mode_t msh_file_mode(void) {
 static volatile sig_atomic_t g_cancel;
 void msh_cancel_request(void) {
     g_cancel = 1;
+}
+
+int msh_cancelled(void) {
+    return g_cancel != 0;
 }
 
 static char g_host[64];
@@ -316,7 +321,12 @@ msh_status msh_sink_rename(msh_sink *s, msh_error *e) {
     free(s->tmp_path);
     s->tmp_path = NULL;
     /* Make the rename itself durable. */
-    char *dir = msh_path_dir(s->final_path);
+    msh_sync_dir_of(s->final_path);
+    return MSH_OK;
+}
+
+void msh_sync_dir_of(const char *path) {
+    char *dir = msh_path_dir(path);
     if (dir) {
         int dfd = open(dir, O_RDONLY | O_DIRECTORY);
         if (dfd >= 0) {
@@ -325,7 +335,82 @@ msh_status msh_sink_rename(msh_sink *s, msh_error *e) {
         }
         free(dir);
     }
+}
+
+msh_status msh_tmpdir_make(const char *final_path, char **tmp_path, msh_error *e) {
+    *tmp_path = NULL;
+    size_t fl = strlen(final_path);
+    while (fl > 1 && final_path[fl - 1] == '/')
+        fl--; /* "out/" names the folder "out" */
+    char *clean = malloc(fl + 1);
+    if (!clean)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    memcpy(clean, final_path, fl);
+    clean[fl] = 0;
+    char *dir = msh_path_dir(clean);
+    const char *base = strrchr(clean, '/');
+    base = base ? base + 1 : clean;
+    size_t n = (dir ? strlen(dir) : 0) + strlen(base) + 128;
+    char *t = malloc(n);
+    if (!dir || !t) {
+        free(dir);
+        free(clean);
+        free(t);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    snprintf(t, n, "%s/.%s.msh-tmp-%s-%ld-XXXXXX", dir, base, host_tag(), (long)getpid());
+    free(dir);
+    free(clean);
+    if (!mkdtemp(t)) {
+        msh_status st = msh_fail(e, MSH_ERR_IO, "cannot create a temporary folder beside %s: %s",
+                                 final_path, strerror(errno));
+        free(t);
+        return st;
+    }
+    /* mkdtemp makes it 0700: the finished folder gets a folder's usual mode */
+    (void)msh_file_mode(); /* reads the umask once */
+    (void)chmod(t, (mode_t)(0777 & ~g_umask));
+    *tmp_path = t;
     return MSH_OK;
+}
+
+static int rmtree_at(const char *path, int depth) {
+    struct stat sb;
+    if (lstat(path, &sb) != 0)
+        return errno == ENOENT ? 0 : -1;
+    if (!S_ISDIR(sb.st_mode))
+        return unlink(path);
+    if (depth > 256) {
+        errno = ELOOP;
+        return -1;
+    }
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    int rc = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        size_t len = strlen(path) + strlen(de->d_name) + 2;
+        char *p = malloc(len);
+        if (!p) {
+            rc = -1;
+            break;
+        }
+        snprintf(p, len, "%s/%s", path, de->d_name);
+        if (rmtree_at(p, depth + 1) != 0)
+            rc = -1;
+        free(p);
+    }
+    closedir(d);
+    if (rc == 0)
+        rc = rmdir(path);
+    return rc;
+}
+
+int msh_rmtree(const char *path) {
+    return rmtree_at(path, 0);
 }
 
 void msh_sink_abort(msh_sink *s) {
@@ -403,7 +488,9 @@ static int64_t clean_dir(const char *dir, int depth) {
         snprintf(p, len, "%s/%s", dir, de->d_name);
         struct stat sb;
         if (lstat(p, &sb) == 0) {
-            if (S_ISDIR(sb.st_mode))
+            if (S_ISDIR(sb.st_mode) && stale(de->d_name))
+                n += msh_rmtree(p) == 0; /* a model folder being written, or a replaced one */
+            else if (S_ISDIR(sb.st_mode))
                 n += clean_dir(p, depth + 1);
             else if (S_ISREG(sb.st_mode) && stale(de->d_name) && unlink(p) == 0)
                 n++;

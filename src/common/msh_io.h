@@ -68,4 +68,19 @@ uint32_t msh_crc32(uint32_t crc, const void *p, size_t n);
 /* The folder part of a path ("." when none); malloc'd. */
 char *msh_path_dir(const char *path);
 
+/* A new empty folder beside `final_path`, named like the temporary files
+ * (".<name>.msh-tmp-<host>-<pid>-XXXXXX"), so that msh_clean_stale_temps removes it when its
+ * process dies. `*tmp_path` is malloc'd. */
+msh_status msh_tmpdir_make(const char *final_path, char **tmp_path, msh_error *e);
+
+/* Remove `path` and, when it is a folder, everything in it, never following a symbolic link
+ * (a link is removed, not its target). 0 on success, -1 otherwise (errno set). */
+int msh_rmtree(const char *path);
+
+/* fsync the folder that holds `path` (makes a rename durable); failures are ignored. */
+void msh_sync_dir_of(const char *path);
+
+/* 1 once msh_cancel_request has been called. */
+int msh_cancelled(void);
+
 #endif

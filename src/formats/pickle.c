@@ -77,8 +77,10 @@ static msh_status add_item(vm *v, msh_pk *c, msh_pk *x) {
 }
 
 static msh_status need(vm *v, size_t n) {
-    if (v->len - v->pos < n)
+    if (v->len - v->pos < n) {
+        v->p->truncated = 1;
         return msh_fail(v->e, MSH_ERR_FORMAT, "pickle truncated at offset %zu", v->pos);
+    }
     return MSH_OK;
 }
 
@@ -183,13 +185,77 @@ static int allowed(const char *mod, const char *name) {
     return 0;
 }
 
+/* 1 when `module name` runs code or reaches the system: refused wherever it appears. */
+static int dangerous(const char *mod, const char *name) {
+    static const char *const mods[] = {"os",
+                                       "posix",
+                                       "nt",
+                                       "subprocess",
+                                       "sys",
+                                       "runpy",
+                                       "shutil",
+                                       "socket",
+                                       "pty",
+                                       "ctypes",
+                                       "pickle",
+                                       "_pickle",
+                                       "marshal",
+                                       "functools",
+                                       "operator",
+                                       "code",
+                                       "codeop",
+                                       "webbrowser",
+                                       "importlib",
+                                       "commands",
+                                       "platform",
+                                       "signal",
+                                       "multiprocessing",
+                                       "asyncio",
+                                       "threading",
+                                       "_thread",
+                                       "io",
+                                       "tempfile"};
+    static const char *const calls[] = {"torch.storage _load_from_bytes",
+                                        "torch._utils _rebuild_device_tensor_from_numpy",
+                                        "torch.serialization load",
+                                        "torch load",
+                                        "torch.hub load",
+                                        "numpy.testing._private.utils runstring",
+                                        "pydoc pipepager",
+                                        "pydoc locate"};
+    /* builtins that run code, reach files or change objects; the rest (getattr, which enums
+     * pickle through, int, list, ...) are inert names like any other */
+    static const char *const builtins[] = {
+        "eval",    "exec",     "compile", "open",    "__import__", "breakpoint", "input",
+        "exit",    "quit",     "help",    "globals", "locals",     "vars",       "setattr",
+        "delattr", "execfile", "reload",  "file",    "memoryview"};
+    if (strcmp(mod, "builtins") == 0 || strcmp(mod, "__builtin__") == 0) {
+        for (size_t i = 0; i < sizeof builtins / sizeof builtins[0]; i++)
+            if (strcmp(name, builtins[i]) == 0)
+                return 1;
+        return 0;
+    }
+    char full[260];
+    snprintf(full, sizeof full, "%s %s", mod, name);
+    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++)
+        if (strcmp(full, calls[i]) == 0)
+            return 1;
+    for (size_t i = 0; i < sizeof mods / sizeof mods[0]; i++) {
+        size_t k = strlen(mods[i]);
+        if (strncmp(mod, mods[i], k) == 0 && (mod[k] == 0 || mod[k] == '.'))
+            return 1;
+    }
+    return 0;
+}
+
 static msh_status global(vm *v, const char *mod, const char *name) {
-    if (!allowed(mod, name))
+    int ok = allowed(mod, name);
+    if (!ok && dangerous(mod, name))
         return msh_fail(v->e, MSH_ERR_UNSAFE,
-                        "refused: pickle calls GLOBAL '%.100s %.100s', "
-                        "which is not on the list of data-only globals",
+                        "refused: pickle calls GLOBAL '%.100s %.100s', which runs code or "
+                        "reaches the system (nothing was run)",
                         mod, name);
-    msh_pk *o = new_obj(v, MSH_PK_GLOBAL);
+    msh_pk *o = new_obj(v, ok ? MSH_PK_GLOBAL : MSH_PK_CLASS);
     size_t n = strlen(mod) + strlen(name) + 2;
     if (!o || !(o->s = malloc(n)))
         return oom(v);
@@ -228,12 +294,31 @@ static msh_status int_list(vm *v, const msh_pk *t, int64_t **out, size_t *n) {
     return ok ? MSH_OK : msh_fail(v->e, MSH_ERR_FORMAT, "pickle: bad tensor size or stride");
 }
 
-/* REDUCE/NEWOBJ of an allowed global: interpret, never call. */
+/* An inert instance of placeholder `cls` (a CLASS, or an OBJECT being called). */
+static msh_status make_object(vm *v, const msh_pk *cls, msh_pk *args) {
+    msh_pk *o = new_obj(v, MSH_PK_OBJECT);
+    msh_pk *none = o ? new_obj(v, MSH_PK_NONE) : NULL;
+    /* getattr(SomeEnum, 'MEMBER'), how enums pickle: named by the class it comes from */
+    if (cls->type == MSH_PK_CLASS &&
+        (strcmp(cls->s, "builtins getattr") == 0 || strcmp(cls->s, "__builtin__ getattr") == 0) &&
+        args->type == MSH_PK_TUPLE && args->n >= 1 && args->items[0]->type == MSH_PK_CLASS)
+        cls = args->items[0];
+    if (!o || !none || !(o->s = msh_strdup(cls->s)))
+        return oom(v);
+    MSH_FORWARD(add_item(v, o, args));
+    MSH_FORWARD(add_item(v, o, none));
+    return push(v, o);
+}
+
+/* REDUCE/NEWOBJ: an allowed global is interpreted, a placeholder makes an inert object; nothing
+ * is ever called. */
 static msh_status apply(vm *v, msh_pk *f, msh_pk *args) {
+    if (f->type == MSH_PK_CLASS || f->type == MSH_PK_OBJECT)
+        return make_object(v, f, args);
     if (f->type != MSH_PK_GLOBAL || args->type != MSH_PK_TUPLE)
         return msh_fail(v->e, MSH_ERR_UNSAFE,
                         "refused: pickle REDUCE on something that is not "
-                        "an allowed global");
+                        "a global");
     if (is(f, "builtins slice") || is(f, "__builtin__ slice") || is(f, "builtins complex") ||
         is(f, "__builtin__ complex")) {
         /* metadata values: kept as their argument tuple */
@@ -279,6 +364,10 @@ static msh_status apply(vm *v, msh_pk *f, msh_pk *args) {
     if (is(f, "torch._utils _rebuild_tensor_v2") || is(f, "torch._utils _rebuild_tensor_v3")) {
         if (args->n < 4 || args->items[0]->type != MSH_PK_STORAGE)
             return msh_fail(v->e, MSH_ERR_FORMAT, "pickle: bad _rebuild_tensor arguments");
+        if (!args->items[0]->dtype)
+            return msh_fail(v->e, MSH_ERR_UNSUPPORTED,
+                            "pickle: a tensor over storage '%.100s' of an unknown storage class",
+                            args->items[0]->s);
         msh_pk *t = new_obj(v, MSH_PK_TENSOR);
         if (!t)
             return oom(v);
@@ -286,6 +375,8 @@ static msh_status apply(vm *v, msh_pk *f, msh_pk *args) {
         t->storage = args->items[0];
         t->dtype = t->storage->dtype;
         t->offset = as_int(args->items[1], &ok);
+        if (!msh_add_i64(t->offset, t->storage->offset, &t->offset)) /* legacy views */
+            ok = 0;
         MSH_FORWARD(int_list(v, args->items[2], &t->shape, &t->ndim));
         size_t ns;
         MSH_FORWARD(int_list(v, args->items[3], &t->stride, &ns));
@@ -305,19 +396,49 @@ static msh_status apply(vm *v, msh_pk *f, msh_pk *args) {
 static msh_status persistent(vm *v, msh_pk *pid) {
     /* ('storage', <storage class>, key, location, numel) */
     if (pid->type != MSH_PK_TUPLE || pid->n < 5 || pid->items[0]->type != MSH_PK_STR ||
-        strcmp(pid->items[0]->s, "storage") != 0 || pid->items[1]->type != MSH_PK_GLOBAL ||
+        strcmp(pid->items[0]->s, "storage") != 0 ||
+        (pid->items[1]->type != MSH_PK_GLOBAL && pid->items[1]->type != MSH_PK_CLASS) ||
         pid->items[2]->type != MSH_PK_STR)
         return msh_fail(v->e, MSH_ERR_FORMAT, "pickle: unsupported persistent id");
     const char *cls = strchr(pid->items[1]->s, ' ');
     msh_pk *s = new_obj(v, MSH_PK_STORAGE);
     if (!s || !(s->s = msh_strdup(pid->items[2]->s)))
         return oom(v);
-    s->dtype = cls ? storage_dtype(cls + 1) : 0;
+    /* a storage class this reader does not know (QUInt8Storage, ...) keeps dtype 0: a tensor
+     * rebuilt over it is refused where it is used */
+    s->dtype = cls && pid->items[1]->type == MSH_PK_GLOBAL ? storage_dtype(cls + 1) : 0;
     int ok = 1;
     s->i = as_int(pid->items[4], &ok);
-    if (!ok || s->i < 0 || !s->dtype)
+    if (!ok || s->i < 0)
         return msh_fail(v->e, MSH_ERR_FORMAT, "pickle: bad storage reference '%.100s'", s->s);
+    /* the legacy format's view_metadata (view_key, offset, size): a view of the root storage */
+    if (pid->n >= 6 && pid->items[5]->type == MSH_PK_TUPLE) {
+        const msh_pk *vm6 = pid->items[5];
+        int64_t off = vm6->n == 3 ? as_int(vm6->items[1], &ok) : -1;
+        int64_t size = vm6->n == 3 ? as_int(vm6->items[2], &ok) : -1;
+        if (!ok || off < 0 || size < 0 || off > s->i || size > s->i - off)
+            return msh_fail(v->e, MSH_ERR_FORMAT, "pickle: bad storage view of '%.100s'", s->s);
+        s->offset = off;
+    }
     return push(v, s);
+}
+
+/* Items added to a placeholder object (a dict or list subclass: omegaconf's containers) go to
+ * its contents, items[2], made on first use. */
+static msh_status contents(vm *v, msh_pk **target, msh_pk_type want) {
+    msh_pk *o = *target;
+    if (o->type != MSH_PK_OBJECT)
+        return MSH_OK;
+    if (o->n == 2) {
+        msh_pk *c = new_obj(v, want);
+        if (!c)
+            return oom(v);
+        MSH_FORWARD(add_item(v, o, c));
+    }
+    if (o->n != 3 || o->items[2]->type != want)
+        return msh_fail(v->e, MSH_ERR_FORMAT, "pickle: an object gets both items and entries");
+    *target = o->items[2];
+    return MSH_OK;
 }
 
 static msh_status collect(vm *v, msh_pk_type t) {
@@ -449,8 +570,10 @@ static msh_status run(vm *v) {
             MSH_FORWARD(need(v, 8));
             uint64_t n = le(v->b + v->pos, 8);
             v->pos += 8;
-            if (n > v->len)
+            if (n > v->len) {
+                v->p->truncated = 1;
                 return msh_fail(v->e, MSH_ERR_FORMAT, "pickle string longer than the pickle");
+            }
             MSH_FORWARD(push_str(v, op == 0x8d ? MSH_PK_STR : MSH_PK_BYTES, (size_t)n));
             break;
         }
@@ -492,6 +615,7 @@ static msh_status run(vm *v) {
         case 'a': /* APPEND */
             MSH_FORWARD(pop(v, &a));
             MSH_FORWARD(top(v, &b));
+            MSH_FORWARD(contents(v, &b, MSH_PK_LIST));
             if (b->type != MSH_PK_LIST)
                 return msh_fail(v->e, MSH_ERR_FORMAT, "pickle: APPEND to a non-list");
             MSH_FORWARD(add_item(v, b, a));
@@ -505,6 +629,7 @@ static msh_status run(vm *v) {
                 return msh_fail(v->e, MSH_ERR_FORMAT, "pickle: nothing to add to");
             c = v->st[m - 1];
             msh_pk_type want = op == 'u' ? MSH_PK_DICT : op == 'e' ? MSH_PK_LIST : MSH_PK_SET;
+            MSH_FORWARD(contents(v, &c, want));
             if (c->type != want)
                 return msh_fail(v->e, MSH_ERR_FORMAT,
                                 "pickle: items added to the wrong type at "
@@ -521,6 +646,7 @@ static msh_status run(vm *v) {
             MSH_FORWARD(pop(v, &a));
             MSH_FORWARD(pop(v, &b));
             MSH_FORWARD(top(v, &c));
+            MSH_FORWARD(contents(v, &c, MSH_PK_DICT));
             if (c->type != MSH_PK_DICT)
                 return msh_fail(v->e, MSH_ERR_FORMAT, "pickle: SETITEM on a non-dict");
             MSH_FORWARD(add_item(v, c, b));
@@ -564,12 +690,27 @@ static msh_status run(vm *v) {
             MSH_FORWARD(pop(v, &b));
             MSH_FORWARD(apply(v, b, a));
             break;
-        case 'b': /* BUILD: state set on a dict (a state_dict's _metadata) is dropped */
+        case 0x92: /* NEWOBJ_EX: cls, args, kwargs; only placeholders are built this way */
+            MSH_FORWARD(pop(v, &c));
+            MSH_FORWARD(pop(v, &a));
+            MSH_FORWARD(pop(v, &b));
+            if (b->type != MSH_PK_CLASS)
+                return msh_fail(v->e, MSH_ERR_UNSAFE, "refused: pickle NEWOBJ_EX on '%.200s'",
+                                b->s ? b->s : "?");
+            MSH_FORWARD(make_object(v, b, a));
+            break;
+        case 'b': /* BUILD: a placeholder object keeps its state; state set on a dict (a
+                     state_dict's _metadata) or a tensor is dropped */
             MSH_FORWARD(pop(v, &a));
             MSH_FORWARD(top(v, &b));
+            if (b->type == MSH_PK_OBJECT && b->n >= 2) {
+                b->items[1] = a;
+                break;
+            }
             if (b->type != MSH_PK_DICT && b->type != MSH_PK_TENSOR)
                 return msh_fail(v->e, MSH_ERR_UNSAFE, "refused: pickle BUILD on a %s object",
-                                b->type == MSH_PK_GLOBAL ? "class" : "non-dict");
+                                b->type == MSH_PK_GLOBAL || b->type == MSH_PK_CLASS ? "class"
+                                                                                    : "non-dict");
             break;
         case '0': MSH_FORWARD(pop(v, &a)); break; /* POP */
         case '1': {                               /* POP_MARK */
@@ -603,7 +744,8 @@ static msh_status depth_ok(msh_pk *o, int depth, msh_error *e) {
     return MSH_OK;
 }
 
-msh_status msh_pickle_load(msh_pickle *p, const uint8_t *buf, size_t len, msh_error *e) {
+msh_status msh_pickle_load_prefix(msh_pickle *p, const uint8_t *buf, size_t len, size_t *used,
+                                  msh_error *e) {
     memset(p, 0, sizeof *p);
     vm v;
     memset(&v, 0, sizeof v);
@@ -616,7 +758,23 @@ msh_status msh_pickle_load(msh_pickle *p, const uint8_t *buf, size_t len, msh_er
     free(v.memo);
     if (st == MSH_OK)
         st = depth_ok(p->root, 0, e);
+    if (used)
+        *used = v.pos;
     return st;
+}
+
+msh_status msh_pickle_load(msh_pickle *p, const uint8_t *buf, size_t len, msh_error *e) {
+    size_t used = 0;
+    MSH_FORWARD(msh_pickle_load_prefix(p, buf, len, &used, e));
+    if (used != len)
+        return msh_fail(e, MSH_ERR_FORMAT, "pickle: %zu bytes after its STOP", len - used);
+    return MSH_OK;
+}
+
+const msh_pk *msh_pk_object_state(const msh_pk *o) {
+    if (!o || o->type != MSH_PK_OBJECT || o->n < 2 || o->items[1]->type == MSH_PK_NONE)
+        return NULL;
+    return o->items[1];
 }
 
 void msh_pickle_free(msh_pickle *p) {
@@ -639,4 +797,22 @@ msh_pk *msh_pk_dict_get(const msh_pk *d, const char *key) {
         if (d->items[i]->type == MSH_PK_STR && strcmp(d->items[i]->s, key) == 0)
             return d->items[i + 1];
     return NULL;
+}
+
+msh_pk *msh_pk_new(msh_pickle *p, msh_pk_type t) {
+    if (!msh_grow((void **)&p->all, &p->cap_all, p->n_all, sizeof *p->all))
+        return NULL;
+    msh_pk *o = calloc(1, sizeof *o);
+    if (!o)
+        return NULL;
+    o->type = t;
+    p->all[p->n_all++] = o;
+    return o;
+}
+
+int msh_pk_append(msh_pk *c, msh_pk *x) {
+    if (!msh_grow((void **)&c->items, &c->cap, c->n, sizeof *c->items))
+        return 0;
+    c->items[c->n++] = x;
+    return 1;
 }

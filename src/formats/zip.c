@@ -3,14 +3,17 @@
  *
  * Accepts: an End of Central Directory record (with its ZIP64 record when the 32-bit fields
  * are saturated, as torch writes them); central directory entries that are STORED (method 0)
- * with equal compressed and uncompressed sizes, taken from the central directory (local headers
+ * with equal compressed and uncompressed sizes, or DEFLATE (method 8: torch.jit.save compresses
+ * code and debug pickles), with sizes and CRC taken from the central directory (local headers
  * may carry zeros); names without "..", a leading '/', or '\\', no duplicates, all under one
  * top-level folder; a local header whose name matches; data that lies inside the file, does not
- * overlap another entry and starts after its own local header.
+ * overlap another entry and starts after its own local header. DEFLATE entries are inflated
+ * only when read (msh_zip_read), in memory, size-limited and CRC-checked.
  */
 #include "formats/zip.h"
 
 #include <stdlib.h>
+#include <zlib.h>
 
 #include "common/msh_io.h"
 
@@ -139,14 +142,14 @@ msh_status msh_zip_open(msh_zip *z, int fd, int64_t size, msh_error *e) {
             st = msh_fail(e, MSH_ERR_UNSAFE, "zip: unsafe entry name '%.200s'", name);
             break;
         }
-        if (method != 0) {
+        if (method != 0 && method != 8) {
             st = msh_fail(e, MSH_ERR_FORMAT,
-                          "zip: entry '%.200s' is compressed (method %u); "
-                          "torch.save writes STORED entries",
+                          "zip: entry '%.200s' is compressed with method %u (only STORED and "
+                          "DEFLATE are read)",
                           name, method);
             break;
         }
-        if (csize != usize) {
+        if (method == 0 && csize != usize) {
             st = msh_fail(e, MSH_ERR_FORMAT, "zip: entry '%.200s': stored sizes differ", name);
             break;
         }
@@ -179,14 +182,21 @@ msh_status msh_zip_open(msh_zip *z, int fd, int64_t size, msh_error *e) {
                 break;
             }
         }
-        if (data > (uint64_t)size || usize > (uint64_t)size - data) {
+        if (data > (uint64_t)size || csize > (uint64_t)size - data) {
             st = msh_fail(e, MSH_ERR_FORMAT, "zip: entry '%.200s' runs past the end of the file",
                           name);
+            break;
+        }
+        if (usize > ((uint64_t)1 << 62)) {
+            st = msh_fail(e, MSH_ERR_LIMIT, "zip: entry '%.200s': implausible size", name);
             break;
         }
         z->entries[z->n - 1].header = (int64_t)loff;
         z->entries[z->n - 1].offset = (int64_t)data;
         z->entries[z->n - 1].size = (int64_t)usize;
+        z->entries[z->n - 1].csize = (int64_t)csize;
+        z->entries[z->n - 1].method = method;
+        z->entries[z->n - 1].crc = rd32(h + 16);
         at += 46u + nlen + xlen + clen;
     }
     free(cd);
@@ -211,7 +221,7 @@ msh_status msh_zip_open(msh_zip *z, int fd, int64_t size, msh_error *e) {
     /* no overlaps: each entry's local header starts after the previous entry's data */
     qsort(z->entries, z->n, sizeof *z->entries, cmp_off);
     for (size_t i = 1; i < z->n; i++)
-        if (z->entries[i].header < z->entries[i - 1].offset + z->entries[i - 1].size)
+        if (z->entries[i].header < z->entries[i - 1].offset + z->entries[i - 1].csize)
             return msh_fail(e, MSH_ERR_FORMAT, "zip: entries '%.200s' and '%.200s' overlap",
                             z->entries[i - 1].name, z->entries[i].name);
     qsort(z->entries, z->n, sizeof *z->entries, cmp_name);
@@ -248,4 +258,84 @@ void msh_zip_free(msh_zip *z) {
     free(z->entries);
     free(z->prefix);
     memset(z, 0, sizeof *z);
+}
+
+#define INFLATE_STEP ((size_t)65536)
+
+/* Inflate a raw DEFLATE entry into buf (room for size + 1 bytes: one more than expected, so a
+ * stream that would go on is caught). */
+static msh_status inflate_entry(const msh_zip *z, const msh_zip_entry *en, uint8_t *buf,
+                                size_t size, msh_error *e) {
+    uint8_t *in = malloc(INFLATE_STEP);
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    if (!in || inflateInit2(&zs, -MAX_WBITS) != Z_OK) { /* zip entries are raw DEFLATE */
+        free(in);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    zs.next_out = buf;
+    zs.avail_out = (uInt)(size + 1);
+    int64_t at = 0;
+    msh_status st = MSH_OK;
+    for (;;) {
+        if (zs.avail_in == 0 && at < en->csize) {
+            size_t k =
+                en->csize - at < (int64_t)INFLATE_STEP ? (size_t)(en->csize - at) : INFLATE_STEP;
+            if ((st = msh_pread_full(z->fd, in, k, en->offset + at, e)) != MSH_OK)
+                break;
+            at += (int64_t)k;
+            zs.next_in = in;
+            zs.avail_in = (uInt)k;
+        }
+        int zr = inflate(&zs, Z_NO_FLUSH);
+        if (zr == Z_STREAM_END)
+            break;
+        if (zr == Z_OK && zs.avail_out > 0)
+            continue;
+        if (zs.avail_out == 0)
+            st =
+                msh_fail(e, MSH_ERR_FORMAT,
+                         "zip: entry '%.200s' inflates to more than its %zu bytes", en->name, size);
+        else if (zr == Z_BUF_ERROR && zs.avail_in == 0 && at >= en->csize)
+            st = msh_fail(e, MSH_ERR_FORMAT, "zip: entry '%.200s': deflate stream cut short",
+                          en->name);
+        else
+            st = msh_fail(e, MSH_ERR_FORMAT, "zip: entry '%.200s': bad deflate data (%s)", en->name,
+                          zs.msg ? zs.msg : "zlib error");
+        break;
+    }
+    if (st == MSH_OK && (size_t)(zs.next_out - buf) != size)
+        st = msh_fail(e, MSH_ERR_FORMAT,
+                      "zip: entry '%.200s' inflates to %zu bytes, the directory says %zu", en->name,
+                      (size_t)(zs.next_out - buf), size);
+    inflateEnd(&zs);
+    free(in);
+    return st;
+}
+
+msh_status msh_zip_read(const msh_zip *z, const msh_zip_entry *en, size_t max, uint8_t **out,
+                        size_t *n, msh_error *e) {
+    *out = NULL;
+    *n = 0;
+    if (max >= UINT32_MAX) /* zlib counts in 32 bits */
+        max = UINT32_MAX - 1;
+    if (en->size < 0 || (uint64_t)en->size > (uint64_t)max)
+        return msh_fail(e, MSH_ERR_LIMIT, "zip: entry '%.200s' holds %lld bytes (limit %zu)",
+                        en->name, (long long)en->size, max);
+    size_t size = (size_t)en->size;
+    uint8_t *buf = malloc(size + 1);
+    if (!buf)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    msh_status st = en->method == 0 ? msh_pread_full(z->fd, buf, size, en->offset, e)
+                                    : inflate_entry(z, en, buf, size, e);
+    if (st == MSH_OK && (uint32_t)crc32(crc32(0L, Z_NULL, 0), buf, (uInt)size) != en->crc)
+        st = msh_fail(e, MSH_ERR_FORMAT, "zip: entry '%.200s': CRC-32 mismatch", en->name);
+    if (st != MSH_OK) {
+        free(buf);
+        return st;
+    }
+    buf[size] = 0;
+    *out = buf;
+    *n = size;
+    return MSH_OK;
 }

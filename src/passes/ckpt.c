@@ -7,8 +7,10 @@
 #include "passes/dedup.h"
 
 static int same_view(const msh_tentry *a, const msh_tentry *b) {
+    /* storages are numbered per file: a table over several files (a sharded model) holds equal
+     * numbers in different files */
     if (a->storage < 0 || a->storage != b->storage || a->dtype != b->dtype || a->ndim != b->ndim ||
-        a->src.kind != b->src.kind || a->src.offset != b->src.offset)
+        a->src.kind != b->src.kind || a->src.fd != b->src.fd || a->src.offset != b->src.offset)
         return 0;
     if (a->ndim && memcmp(a->shape, b->shape, a->ndim * sizeof *a->shape) != 0)
         return 0;
@@ -64,9 +66,10 @@ msh_status msh_ckpt_plan_make(const msh_table *tab, const msh_ckpt_opts *o, msh_
     p->sel = malloc((n + 1) * sizeof *p->sel);
     p->storage_of = malloc((n + 1) * sizeof *p->storage_of);
     p->rep = malloc((n + 1) * sizeof *p->rep);
+    p->tied_to = malloc((n + 1) * sizeof *p->tied_to);
     size_t *view = malloc((n + 1) * sizeof *view); /* per selected: the first selected same view */
     msh_dedup_cand *c = malloc((n + 1) * sizeof *c);
-    if (!p->sel || !p->storage_of || !p->rep || !view || !c) {
+    if (!p->sel || !p->storage_of || !p->rep || !p->tied_to || !view || !c) {
         free(view);
         free(c);
         msh_ckpt_plan_free(p);
@@ -83,14 +86,20 @@ msh_status msh_ckpt_plan_make(const msh_table *tab, const msh_ckpt_opts *o, msh_
     }
     /* views of one storage, then identical bytes among the distinct views */
     size_t nc = 0;
+    int views = o->share || o->tie;
     for (size_t k = 0; k < p->n; k++) {
         const msh_tentry *t = msh_table_at(tab, p->sel[k]);
         view[k] = k;
-        for (size_t j = 0; o->share && j < k; j++)
+        p->tied_to[k] = MSH_CKPT_UNTIED;
+        for (size_t j = 0; views && j < k; j++)
             if (view[j] == j && same_view(msh_table_at(tab, p->sel[j]), t)) {
                 view[k] = j;
                 break;
             }
+        if (!o->share && o->tie && view[k] != k) {
+            p->tied_to[k] = view[k];
+            p->tied++;
+        }
         if (view[k] == k && t->nbytes > 0 && msh_dtype_size(t->dtype) > 0)
             c[nc++] = (msh_dedup_cand){(int64_t)p->sel[k], 1, 0};
     }
@@ -109,6 +118,8 @@ msh_status msh_ckpt_plan_make(const msh_table *tab, const msh_ckpt_opts *o, msh_
         if (o->share)
             while (s < p->n_storage && p->rep[s] != src)
                 s++;
+        else if (p->tied_to[k] != MSH_CKPT_UNTIED)
+            s = p->storage_of[p->tied_to[k]]; /* written once, with its earlier key */
         else
             s = p->n_storage;
         if (s == p->n_storage)
@@ -135,7 +146,10 @@ msh_status msh_ckpt_plan_make(const msh_table *tab, const msh_ckpt_opts *o, msh_
         if (t->dtype != MSH_DT_FLOAT)
             continue;
         uint8_t why = kept_s[p->storage_of[k]];
-        if (why == KEEP_RANGE) {
+        if (p->tied_to[k] != MSH_CKPT_UNTIED) {
+            if (!why)
+                t->out_dtype = o->float_type; /* as its earlier key; not written, not counted */
+        } else if (why == KEEP_RANGE) {
             p->kept_range++;
         } else if (why == KEEP_USER) {
             p->kept_user++;
@@ -163,5 +177,6 @@ void msh_ckpt_plan_free(msh_ckpt_plan *p) {
     free(p->sel);
     free(p->storage_of);
     free(p->rep);
+    free(p->tied_to);
     memset(p, 0, sizeof *p);
 }

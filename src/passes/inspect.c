@@ -1,6 +1,7 @@
 #include "passes/inspect.h"
 
 #include "common/msh_strmap.h"
+#include "passes/ckpt.h"
 #include "passes/prune.h"
 
 #include <stdio.h>
@@ -318,6 +319,27 @@ msh_status msh_inspect_pth(const msh_pth *p, msh_engine *eng, cJSON *o, msh_erro
     cJSON_AddNumberToObject(o, "tensor_count", (double)p->nt);
     cJSON_AddStringToObject(o, "state_dict_key", p->sd_key ? p->sd_key : "");
     cJSON_AddBoolToObject(o, "state_dict_found", p->sd_key != NULL);
+    cJSON_AddStringToObject(o, "container", msh_pth_kind_name(p->kind));
+    if (p->root_class)
+        cJSON_AddStringToObject(o, "module_class", p->root_class);
+    else
+        cJSON_AddNullToObject(o, "module_class");
+    cJSON *cands = cJSON_AddArrayToObject(o, "state_dict_candidates");
+    for (size_t i = 0; i < p->n_cand; i++) {
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "key", p->cand[i].key);
+        cJSON_AddNumberToObject(x, "tensors", (double)p->cand[i].tensors);
+        cJSON_AddNumberToObject(x, "bytes", (double)p->cand[i].bytes);
+        cJSON_AddBoolToObject(x, "chosen", p->cand[i].chosen);
+        cJSON_AddItemToArray(cands, x);
+    }
+    cJSON *objs = cJSON_AddArrayToObject(o, "objects");
+    for (size_t i = 0; i < p->n_classes; i++) {
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "class", p->classes[i]);
+        cJSON_AddNumberToObject(x, "count", (double)p->class_count[i]);
+        cJSON_AddItemToArray(objs, x);
+    }
     cJSON *b = cJSON_AddObjectToObject(o, "breakdown");
     cJSON_AddNumberToObject(b, "weights", (double)cat_bytes[MSH_PTH_WEIGHTS]);
     cJSON_AddNumberToObject(b, "optimizer_state", (double)cat_bytes[MSH_PTH_OPTIM]);
@@ -384,5 +406,71 @@ msh_status msh_inspect_st(const msh_st_file *f, msh_engine *eng, cJSON *o, msh_e
             c[nc++] = (msh_dedup_cand){(int64_t)i, 1, 0};
     msh_status st = dup_report(&tab, c, nc, eng, o, e);
     free(c);
+    return st;
+}
+
+msh_status msh_inspect_hf(msh_hf *h, msh_engine *eng, cJSON *o, msh_error *e) {
+    msh_table tab = msh_hf_table(h);
+    msh_ckpt_plan plan;
+    msh_ckpt_opts co;
+    memset(&co, 0, sizeof co);
+    co.tie = 1;
+    MSH_FORWARD(msh_ckpt_plan_make(&tab, &co, eng, &plan, e));
+    int64_t total = 0, dt_count[32] = {0}, dt_bytes[32] = {0};
+    cJSON_AddStringToObject(o, "format", "hf");
+    cJSON_AddStringToObject(o, "weights",
+                            h->weights == MSH_FORMAT_SAFETENSORS ? "safetensors" : "pth");
+    if (h->index)
+        cJSON_AddStringToObject(o, "index", h->index);
+    else
+        cJSON_AddNullToObject(o, "index");
+    cJSON_AddNumberToObject(o, "file_bytes", (double)h->bytes_in);
+    cJSON *tied = cJSON_CreateArray();
+    msh_dedup_cand *c = malloc((plan.n + 1) * sizeof *c);
+    if (!c) {
+        cJSON_Delete(tied);
+        msh_ckpt_plan_free(&plan);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    size_t nc = 0;
+    for (size_t k = 0; k < plan.n; k++) {
+        const msh_tentry *t = msh_table_at(&tab, plan.sel[k]);
+        if (plan.tied_to[k] != MSH_CKPT_UNTIED) {
+            cJSON *x = cJSON_CreateObject();
+            cJSON_AddStringToObject(x, "key", t->name);
+            cJSON_AddStringToObject(x, "to", msh_table_at(&tab, plan.sel[plan.tied_to[k]])->name);
+            cJSON_AddNumberToObject(x, "bytes", (double)t->nbytes);
+            cJSON_AddItemToArray(tied, x);
+            continue;
+        }
+        int d = t->dtype >= 0 && t->dtype < 31 ? t->dtype : 31;
+        dt_count[d]++;
+        dt_bytes[d] += t->nbytes > 0 ? t->nbytes : 0;
+        total += t->nbytes > 0 ? t->nbytes : 0;
+        if (t->nbytes > 0 && msh_dtype_size(t->dtype) > 0)
+            c[nc++] = (msh_dedup_cand){(int64_t)plan.sel[k], 1, 0};
+    }
+    cJSON_AddNumberToObject(o, "tensor_bytes", (double)total);
+    cJSON_AddNumberToObject(o, "tensor_count", (double)plan.n);
+    cJSON_AddNumberToObject(o, "shard_count", (double)h->n_shards);
+    cJSON *sh = cJSON_AddArrayToObject(o, "shards");
+    for (size_t i = 0; i < h->n_shards; i++) {
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "file", h->shards[i].file);
+        cJSON_AddNumberToObject(x, "bytes", (double)h->shards[i].size);
+        cJSON_AddNumberToObject(x, "tensors", (double)h->shards[i].count);
+        cJSON_AddItemToArray(sh, x);
+    }
+    msh_json_by_dtype(o, dt_count, dt_bytes);
+    cJSON_AddItemToObject(o, "tied", tied);
+    size_t files = 0;
+    for (size_t i = 0; i < h->n_files; i++)
+        files += !h->files[i].is_dir;
+    cJSON_AddNumberToObject(o, "other_files", (double)files);
+    if (h->note[0])
+        cJSON_AddStringToObject(o, "note", h->note);
+    msh_status st = dup_report(&tab, c, nc, eng, o, e);
+    free(c);
+    msh_ckpt_plan_free(&plan);
     return st;
 }

@@ -5,6 +5,7 @@
 #include <cjson/cJSON.h>
 
 #include "engine/msh_engine.h"
+#include "formats/hf_folder.h"
 #include "formats/onnx_model.h"
 #include "formats/pth.h"
 #include "formats/safetensors.h"
@@ -24,5 +25,10 @@ msh_status msh_inspect_pth(const msh_pth *p, msh_engine *eng, cJSON *obj, msh_er
 
 /* A safetensors file: sizes by type and its duplicate tensors (found by the engine). */
 msh_status msh_inspect_st(const msh_st_file *f, msh_engine *eng, cJSON *obj, msh_error *e);
+
+/* A Hugging Face model folder as one model: its shards, tensor bytes by type across them (a key
+ * tied to an earlier one counted once), the tied keys, and identical tensors that are not tied
+ * (found by the engine). */
+msh_status msh_inspect_hf(msh_hf *h, msh_engine *eng, cJSON *obj, msh_error *e);
 
 #endif

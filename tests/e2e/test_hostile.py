@@ -26,6 +26,7 @@ NAME = "test_hostile"
 ROOT = os.path.dirname(os.path.dirname(C.HERE))
 REGRESSIONS = os.path.join(ROOT, "tests", "fuzz", "regressions")
 EXT = {"onnx": ".onnx", "zip": ".pth", "pickle": ".pth", "safetensors": ".safetensors"}
+HF_NAMES = ("model.safetensors", "pytorch_model.bin")
 SANITIZER = ("Sanitizer", "runtime error:", "Segmentation fault", "Aborted")
 # the option sets of tests/fuzz/fuzz_file.h's variants 0..3, as command-line flags: ONNX inputs
 # take the ONNX options, checkpoints the checkpoint ones (an option that does not apply to an
@@ -66,7 +67,9 @@ def check_catalogue(F, args, cat_dir, cases):
             od = os.path.join(outs, "%s.%d" % (name, i))
             os.makedirs(od)
             made.append(os.path.basename(od))
-            r = C.run(args.bin, "convert", inp, "-o", os.path.join(od, "out" + EXT[c["kind"]]),
+            # the output's extension must name the format written (--format pth: .pth)
+            ext = ".pth" if "pth" in extra else EXT[c["kind"]]
+            r = C.run(args.bin, "convert", inp, "-o", os.path.join(od, "out" + ext),
                       *extra, cwd=cwd, timeout=300)
             runs.append(("convert %s" % " ".join(extra), r, od))
         runs.append(("inspect", C.run(args.bin, "inspect", inp, cwd=cwd, timeout=300), None))
@@ -122,7 +125,10 @@ def check_catalogue(F, args, cat_dir, cases):
         recs = []
         F.fail("batch: the report reads as JSON Lines", str(e))
     models = {x["rel"]: x for x in recs if x.get("type") == "model"}
-    want = {c["input"] for c in cases}
+    # a folder holding model.safetensors or pytorch_model.bin is a Hugging Face model folder: one
+    # model, recorded by the folder
+    want = {os.path.dirname(c["input"]) if os.path.basename(c["input"]) in HF_NAMES
+            else c["input"] for c in cases}
     F.check(set(models) == want, "batch: the report has one record per catalogue input",
             "missing %s, extra %s" % (sorted(want - set(models))[:5],
                                       sorted(set(models) - want)[:5]))

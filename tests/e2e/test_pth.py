@@ -1,24 +1,29 @@
 #!/usr/bin/env python3
-"""End-to-end: PyTorch checkpoints (torch.save zip format) in and safetensors out.
+"""End-to-end: PyTorch checkpoints (torch.save zip and legacy formats) in and safetensors out.
 
 Fixtures: tests/fixtures/pth/, written by tests/fixtures/make_checkpoints.py with Debian's
 python3-torch 1.13, with refs.json (every tensor's dtype, shape, storage and sha256 as torch
 loads it), so most checks need no torch. Check groups (each failure names its group):
 
-- fixtures: the committed files match refs.json (sha256), every good one is an all-STORED zip
-  with one prefix, every refused one's pickle parses with pickletools and calls the global
-  refs.json names (found statically; nothing is unpickled).
-- inspect: `inspect --json` on every good checkpoint: format "pth", file_bytes, tensor_count,
-  state_dict_key, the breakdown (weights / optimizer_state / other_tensors / metadata) equal
-  to the reference byte for byte and summing to file_bytes, shared_storage groups, by_dtype
-  counts; resnet_adam's optimizer state is 2x its weights within 2%; the table form prints
-  "X = Y weights + Z optimizer state ...".
+- fixtures: the committed files match refs.json (sha256), every good zip one is an all-STORED
+  zip with one prefix, legacy.pth starts with the legacy magic, every refused one's pickle
+  parses with pickletools and calls the global refs.json names (found statically; nothing is
+  unpickled).
+- inspect: `inspect --json` on every good checkpoint: format "pth", container (zip / legacy),
+  file_bytes, tensor_count, state_dict_key, the breakdown (weights / optimizer_state /
+  other_tensors / metadata) equal to the reference byte for byte and summing to file_bytes,
+  shared_storage groups, by_dtype counts; resnet_adam's optimizer state is 2x its weights within
+  2%; the table form prints "X = Y weights + Z optimizer state ..."; legacy.pth says "(legacy
+  format)"; full_module.pth's module_class is torch.nn.modules.linear Linear;
+  argparse_namespace.pth lists the Namespace among the objects of other classes.
 - convert: `convert X.pth -o Y.safetensors` on every good checkpoint: exit 0, the output is a
   strictly valid safetensors file (own reader + the safetensors package), metadata
   {"format": "pt"}, the names are the state-dict keys (nested dicts joined with '.'), every
   tensor's dtype, shape and bytes equal torch's contiguous tensor (sha256), the data area is
   exactly the tensors' bytes (views and slices contiguous, shared storages copied), the input
-  is unchanged; `--key ema_state_dict` picks that entry.
+  is unchanged; `--key ema_state_dict` picks that entry. The good fixtures include the
+  legacy stream (legacy.pth), a whole nn.Linear (full_module.pth) and a state dict beside an
+  argparse.Namespace (argparse_namespace.pth), which the reader refused before issue 17.
 - fp16 / bf16: `--fp16` and `--bf16`: F32 tensors become F16 / BF16 equal to numpy's
   round-to-nearest-even of the (saturated, for FP16) F32 values bit for bit; other dtypes keep
   their bytes.
@@ -26,18 +31,18 @@ loads it), so most checks need no torch. Check groups (each failure names its gr
   tensors and equals torch.load of the original; the model's load_state_dict(strict=True)
   accepts it.
 - format_pth: `--format pth` (weights-only .pth): torch.load(weights_only=True) loads it,
-  load_state_dict accepts it, values bit-identical, tied weights still share one storage.
+  load_state_dict accepts it, values bit-identical, tied weights still share one storage
+  (also for legacy.pth and full_module.pth).
   When the binary rejects `--format pth` as a usage error these checks are reported as
   NOT SUPPORTED and not counted.
 - refused: hand-written malicious pickles (os.system, posix.system via STACK_GLOBAL,
   builtins.eval, subprocess.Popen after a valid tensor, torch.storage._load_from_bytes,
-  _rebuild_device_tensor_from_numpy, INST os.system) and real files with disallowed globals
-  (argparse.Namespace, a whole nn.Module): exit 1, one stderr line naming the file, saying
-  "refused" and naming the global's module and name; no marker file appears; no output; the
-  input is unchanged.
-- legacy: the pre-1.6 format: exit 1, one line mentioning "legacy" and "1.6".
-- zip: a zip written by the fixture script's own writer converts (control), and each zip
-  problem (../, absolute and backslash names, DEFLATE, duplicate, overlapping entries, two
+  _rebuild_device_tensor_from_numpy, INST os.system): exit 1, one stderr line naming the file,
+  saying "refused" and naming the global's module and name; no marker file appears; no output;
+  the input is unchanged.
+- zip: zips written by the fixture script's own writer convert (control.pth, and
+  deflate_pkl.pth whose data.pkl alone is DEFLATE-compressed), and each zip problem (../,
+  absolute and backslash names, a DEFLATE storage, duplicate, overlapping entries, two
   prefixes, wrong / past-the-end central directory offset, an entry past the end, truncated,
   missing or short storage, central/local name mismatch) exits 1 with one line, no output, and
   the input unchanged; `inspect` also exits 1 with one line.
@@ -105,6 +110,8 @@ for job in json.load(open(sys.argv[1])):
         orig = torch.load(job["fixture"], map_location="cpu")
         key = job["sd_key"]
         sd = orig if key == "" else orig[key]
+        if isinstance(sd, torch.nn.Module):
+            sd = sd.state_dict()
         want = flatten(sd, "", {})
         if job["kind"] == "st":
             got = read_st(job["out"])
@@ -327,6 +334,11 @@ def main():
             continue
         F.check(C.sha256(p) == ref["sha256"], "fixtures: %s differs from refs.json (regenerate "
                 "both with make_checkpoints.py)" % fx)
+        if ref.get("container") == "legacy":
+            with open(p, "rb") as f:
+                F.check(f.read(4) == b"\x80\x02\x8a\x0a", "fixtures: %s lacks the legacy magic"
+                        % fx)
+            continue
         with zipfile.ZipFile(p) as z:
             infos = z.infolist()
             F.check(all(i.compress_type == zipfile.ZIP_STORED for i in infos),
@@ -352,8 +364,12 @@ def main():
             F.check(list(M.first_refused_global(pkl) or []) == info["global"],
                     "fixtures: refused/%s: first refused global is %r, refs say %r" % (
                         fx, M.first_refused_global(pkl), info["global"]))
-    with open(os.path.join(PTH, "legacy.pth"), "rb") as f:
-        F.check(f.read(4) == b"\x80\x02\x8a\x0a", "fixtures: legacy.pth lacks the legacy magic")
+    F.check(refs["good"].get("legacy.pth", {}).get("container") == "legacy",
+            "fixtures: legacy.pth is not a good legacy fixture in refs.json")
+    F.check(not any(os.path.exists(os.path.join(PTH, "refused", fx))
+                    for fx in ("argparse_namespace.pth", "full_module.pth")),
+            "fixtures: refused/ still holds argparse_namespace.pth or full_module.pth (they "
+            "convert now; regenerate with make_checkpoints.py)")
 
     # ---- inspect -------------------------------------------------------------------------
     for fx, ref in refs["good"].items():
@@ -367,6 +383,15 @@ def main():
             F.fail("inspect: %s: output is not the expected JSON" % fx, "%s\n%s" % (e, r.out[:500]))
             continue
         F.check(j.get("format") == "pth", "inspect: %s: format %r" % (fx, j.get("format")))
+        F.check(j.get("container") == ref["container"], "inspect: %s: container %r, expected %r"
+                % (fx, j.get("container"), ref["container"]))
+        if fx == "full_module.pth":
+            F.check(j.get("module_class") == "torch.nn.modules.linear Linear",
+                    "inspect: full_module.pth: module_class %r" % j.get("module_class"))
+        if fx == "argparse_namespace.pth":
+            F.check({"class": "argparse Namespace", "count": 1} in (j.get("objects") or []),
+                    "inspect: argparse_namespace.pth: objects %r lack argparse Namespace x1" % (
+                        j.get("objects"),))
         F.check(j.get("file_bytes") == ref["file_bytes"], "inspect: %s: file_bytes %r, expected "
                 "%d" % (fx, j.get("file_bytes"), ref["file_bytes"]))
         F.check(j.get("tensor_count") == len(ref["tensors"]), "inspect: %s: tensor_count %r, "
@@ -408,6 +433,15 @@ def main():
             ratio = bd.get("optimizer_state", 0) / bd["weights"]
             F.check(abs(ratio - 2) <= 0.04, "inspect: resnet_adam: optimizer/weights = %.4f, "
                     "expected 2 within 2%%" % ratio)
+    r = C.run(args.bin, "inspect", os.path.join(PTH, "legacy.pth"))
+    first = r.out.splitlines()[0] if r.out.strip() else ""
+    F.check(r.rc == 0 and "(legacy format)" in first,
+            "inspect: legacy.pth: the first line lacks '(legacy format)'", r.describe())
+    r = C.run(args.bin, "inspect", os.path.join(PTH, "argparse_namespace.pth"))
+    F.check(r.rc == 0 and re.search(r"objects of other classes \(metadata, never run\):.*"
+                                     r"argparse Namespace", r.out),
+            "inspect: argparse_namespace.pth does not list the Namespace as metadata",
+            r.describe())
     r = C.run(args.bin, "inspect", os.path.join(PTH, "resnet_adam.pth"))
     F.check(r.rc == 0 and re.search(r"=\s*[\d.]+\s*[kMG]?i?B\s+weights\s*\+\s*[\d.]+\s*[kMG]?i?B"
                                      r"\s+optimizer state", r.out),
@@ -481,7 +515,8 @@ def main():
     # ---- format pth ----------------------------------------------------------------------
     pth_supported = None
     for fx in ("tied.pth", "resnet_adam.pth", "sliced.pth", "bare_state_dict.pth",
-               "nested.pth", "proto4.pth"):
+               "nested.pth", "proto4.pth", "legacy.pth", "full_module.pth",
+               "argparse_namespace.pth"):
         ref = refs["good"][fx]
         out = os.path.join(w, "pth", fx)
         os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -533,25 +568,41 @@ def main():
             for root in (w, os.getcwd()):
                 F.check(not os.path.exists(os.path.join(root, info["marker"])),
                         "refused: %s: the payload ran (%s exists)" % (fx, info["marker"]))
-    # ---- legacy --------------------------------------------------------------------------
-    expect_refusal("legacy", os.path.join(PTH, "legacy.pth"), ["legacy", "1.6"])
-
     # ---- zip -----------------------------------------------------------------------------
-    ctl = os.path.join(w, "zip_control.safetensors")
-    r = C.run(args.bin, "convert", os.path.join(PTH, "zip", "control.pth"), "-o", ctl)
-    if F.check(r.rc == 0, "zip: control.pth (valid, own writer) does not convert", r.describe()):
-        try:
-            _n, _m, ts, _d = S.read_st(ctl)
-            wv = np.frombuffer(ts["w"][2], dtype=np.float32)
-            F.check(ts["w"][1] == [4, 4] and np.array_equal(wv, np.arange(16, dtype=np.float32))
-                    and np.array_equal(np.frombuffer(ts["b"][2], np.float32), np.ones(4)),
-                    "zip: control.pth values wrong")
-        except (S.STError, KeyError) as e:
-            F.fail("zip: control.pth output invalid", str(e))
+    valid_zip = sorted(fx for fx, why in refs["zip"].items() if why.startswith("valid"))
+    F.check(valid_zip == ["control.pth", "deflate_pkl.pth"], "zip: the valid zip fixtures are %s"
+            % valid_zip)
+    for fx in valid_zip:
+        ctl = os.path.join(w, "zip_" + fx.replace(".pth", ".safetensors"))
+        r = C.run(args.bin, "convert", os.path.join(PTH, "zip", fx), "-o", ctl)
+        if F.check(r.rc == 0, "zip: %s (valid, own writer) does not convert" % fx, r.describe()):
+            try:
+                _n, _m, ts, _d = S.read_st(ctl)
+                wv = np.frombuffer(ts["w"][2], dtype=np.float32)
+                F.check(sorted(ts) == ["b", "w"] and ts["w"][1] == [4, 4] and
+                        np.array_equal(wv, np.arange(16, dtype=np.float32)) and
+                        np.array_equal(np.frombuffer(ts["b"][2], np.float32), np.ones(4)),
+                        "zip: %s values wrong" % fx)
+            except (S.STError, KeyError) as e:
+                F.fail("zip: %s output invalid" % fx, str(e))
+    with zipfile.ZipFile(os.path.join(PTH, "zip", "deflate_pkl.pth")) as z:
+        methods = {i.filename.split("/", 1)[1]: i.compress_type for i in z.infolist()}
+    F.check(methods.get("data.pkl") == zipfile.ZIP_DEFLATED and
+            all(m == zipfile.ZIP_STORED for n, m in methods.items() if n != "data.pkl"),
+            "zip: deflate_pkl.pth is not 'data.pkl DEFLATE, the rest STORED'", str(methods))
+    with zipfile.ZipFile(os.path.join(PTH, "zip", "deflate.pth")) as z:
+        methods = {i.filename.split("/", 1)[1]: i.compress_type for i in z.infolist()}
+    F.check(methods.get("data/0") == zipfile.ZIP_DEFLATED,
+            "zip: deflate.pth's storage data/0 is not DEFLATE", str(methods))
     for fx in sorted(refs["zip"]):
-        if fx == "control.pth":
+        if fx in valid_zip:
             continue
-        expect_refusal("zip", os.path.join(PTH, "zip", fx), [])
+        r = expect_refusal("zip", os.path.join(PTH, "zip", fx), [])
+        if fx == "deflate.pth" and S.one_line(r):
+            # a compressed storage cannot be mapped: still refused, and said so
+            F.check(re.search(r"compress|deflate|stored", r.err, re.I),
+                    "zip: deflate.pth: the message does not say the storage is compressed",
+                    r.err.strip())
 
     for mode, n in sorted(compared.items()):
         print("%s: %d F32 values compared with the round-to-nearest-even reference" % (mode, n))

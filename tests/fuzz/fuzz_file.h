@@ -124,6 +124,12 @@ static void msh_fuzz_run(const uint8_t *data, size_t size, const char *out_name,
             break;
         }
     }
+    /* the output's extension must agree with the format written (msh_convert_check) */
+    if (kind != MSH_FORMAT_ONNX) {
+        msh_fuzz_path(out, sizeof out,
+                      opt.out_format == MSH_FORMAT_PTH ? "out.pth" : "out.safetensors");
+        snprintf(out_data, sizeof out_data, "%s.data", out);
+    }
     msh_convert_result res;
     (void)msh_convert_file(in, out, &opt, &res, &err);
     unlink(out);

@@ -8,8 +8,11 @@ Writes OUTDIR/{onnx,pth,pickle,safetensors}/ (one file per seed, named by conten
   tests/fixtures/gen_models.py (shrunk ALBERT with shared weights, If-branch copies, a CNN and a
   transformer block for INT8, a CLIP pair) and a model whose weights live in the external file
   "w.data" that the fuzz targets keep beside their input;
-- pth: the committed checkpoints (tests/fixtures/pth, including the refused and broken-zip ones);
-- pickle: the data.pkl of each of those checkpoints;
+- pth: the committed checkpoints (every *.pth, *.pt and *.ckpt under tests/fixtures/pth, to any
+  depth: the refused and broken-zip ones, and real/'s legacy streams, TorchScript archives,
+  whole modules and Lightning checkpoint);
+- pickle: the data.pkl of each zip checkpoint (TorchScript ones included); for a legacy stream
+  the whole file (its first pickle is the magic number) and its object pickle alone;
 - safetensors: small files covering every dtype, metadata, shared bytes and empty tensors.
 Seeds over 256 KiB are skipped (the targets run with -max_len=262144)."""
 
@@ -78,13 +81,31 @@ def onnx_seeds(d):
     return n
 
 
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a"
+
+
+def pth_files():
+    base = os.path.join(ROOT, "tests", "fixtures", "pth")
+    found = set()
+    for ext in ("pth", "pt", "ckpt"):
+        found.update(glob.glob(os.path.join(base, "**", "*." + ext), recursive=True))
+    return sorted(found)
+
+
 def pth_seeds(dpth, dpkl):
+    import make_checkpoints as MC  # its torch-free parts: the legacy stream's layout
     n = k = 0
-    for p in sorted(glob.glob(os.path.join(ROOT, "tests", "fixtures", "pth", "**", "*.pth"),
-                              recursive=True)):
+    for p in pth_files():
         with open(p, "rb") as f:
             data = f.read()
         n += put(dpth, data)
+        if data.startswith(LEGACY_MAGIC):
+            k += put(dpkl, data)
+            try:
+                k += put(dpkl, MC.legacy_parts(data)["object"])
+            except Exception:
+                pass
+            continue
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as z:
                 for name in z.namelist():
