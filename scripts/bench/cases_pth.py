@@ -295,7 +295,9 @@ def pth_real(ctx):
     Adam state included) and a TorchScript archive (`torch.jit.save(torch.jit.trace(model))`:
     the model alone). `modelshrink convert` to safetensors against PyTorch
     (`torch.load(...)['model_state_dict']`, or `torch.jit.load(...).state_dict()`, then
-    `safetensors.torch.save_file`) and `cp`. Target (issue 17): modelshrink at most 1.5x `cp`.
+    `safetensors.torch.save_file`), `cp`, and `cp` followed by `sync -d` (fdatasync) of the copy,
+    the floor for a tool that makes its output durable. Target (issue 17): modelshrink at most
+    1.5x `cp`.
     Check: both safetensors files hold the same tensor names, dtypes, shapes and bytes."""
     why = torch_venv_problem()
     if why:
@@ -317,18 +319,21 @@ def pth_real(ctx):
                  (h.Tool("torch+safetensors (%s)" % mode,
                          lambda i, o, a=peer_args: [TORCH_PY, PEER, i, o] + a, outputs=one),
                   ".safetensors"),
-                 (h.Tool("cp (%s)" % mode, lambda i, o: ["cp", i, o], outputs=one), ".bin")]
+                 (h.Tool("cp (%s)" % mode, lambda i, o: ["cp", i, o], outputs=one), ".bin"),
+                 (h.Tool("cp + fdatasync (%s)" % mode,
+                         lambda i, o: ["sh", "-c", 'cp "$1" "$2" && sync -d "$2"', "sh", i, o],
+                         outputs=one), ".bin")]
         out_dir = os.path.join(ctx.work, "pth-real-out")
         h.warm_read(inp)
         runs = round_robin(tools, inp, out_dir, os.path.join(ctx.work, "pth-real-logs"),
                            ctx.reps)
         sums = {t.name: h.summarize(t.name, runs[t.name]) for t, _ in tools}
-        ms_name, peer_name, cp_name = (t.name for t, _ in tools)
+        ms_name, peer_name, cp_name, cps_name = (t.name for t, _ in tools)
         check = compare(ctx, os.path.join(out_dir, ms_name + ".safetensors"),
                         os.path.join(out_dir, peer_name + ".safetensors"))
         for t, ext in tools:
             s_ = sums[t.name]
-            same = ("0 (a copy)" if t.name == cp_name else "(the reference)"
+            same = ("0 (a copy)" if t.name in (cp_name, cps_name) else "(the reference)"
                     if t.name == peer_name else
                     "yes, %d tensors" % check.get("tensors", 0) if check.get("identical") else
                     "**no**: %s" % (check.get("error") or "; ".join(check.get("problems", []))))
@@ -336,11 +341,15 @@ def pth_real(ctx):
             if not ctx.keep:
                 h.rm_f(os.path.join(out_dir, t.name + ext))
         cp = sums[cp_name].wall_median
+        cps = sums[cps_name].wall_median
         r = sums[ms_name].wall_median / cp if cp else 0.0
-        notes.append("- %s (%s bytes): modelshrink %.2fx cp (target <= 1.5x: %s), peak RSS "
-                     "%.0f MiB; torch + safetensors %.2fx cp, %.0f MiB" % (
+        notes.append("- %s (%s bytes): modelshrink %.2fx cp (target <= 1.5x: %s) and %.2fx "
+                     "`cp && sync -d` (modelshrink fsyncs its output before renaming it; cp "
+                     "leaves it in the page cache), peak RSS %.0f MiB; torch + safetensors %.2fx "
+                     "cp, %.0f MiB" % (
                          title, h.fmt_bytes(in_bytes), r, "met" if r and r <= 1.5 else
-                         "**not met**", sums[ms_name].rss_mib,
+                         "**not met**", sums[ms_name].wall_median / cps if cps else 0.0,
+                         sums[ms_name].rss_mib,
                          sums[peer_name].wall_median / cp if cp else 0.0,
                          sums[peer_name].rss_mib))
     return h.CaseResult(h.standard_columns("same tensors as the peer's"), rows,
