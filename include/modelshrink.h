@@ -114,7 +114,7 @@ typedef struct msh_convert_options {
     float fp16_min; /**< non-zero magnitudes below become this (default 2^-24, FP16's smallest
                          subnormal) */
     float fp16_max; /**< finite magnitudes above become this (default 65504) */
-    const char *block_ops;     /**< comma-separated op types kept in FP32, or NULL */
+    const char *block_ops;     /**< comma-separated ONNX op types kept in FP32, or NULL */
     const char *block_nodes;   /**< comma-separated node names kept in FP32, or NULL */
     int int8;                  /**< quantize weights to INT8 (DequantizeLinear) */
     int64_t int8_min_elements; /**< smallest weight quantized (default 4096 elements) */
@@ -177,9 +177,18 @@ const char *msh_option_name(msh_option o);
 /** 1 when the option means something for inputs of that format. */
 int msh_option_applies(msh_option o, msh_format input);
 /** MSH_ERR_USAGE when an option set to other than its default does not apply to inputs of that
- *  format (`*bad`, when not NULL, says which; the message names it), or when the output's name
- *  contradicts the options or the input; MSH_OK otherwise. msh_convert_file makes the same
- *  check before it touches any output.
+ *  format (`*bad`, when not NULL, says which; the message names it), when the output's name
+ *  contradicts the options or the input, or when an option would change nothing; MSH_OK
+ *  otherwise. msh_convert_file makes the same check before it touches any output.
+ *
+ *  Options that refine another need it: fp16_clamp needs float_type FP16; keep_fp32,
+ *  storage_only, allow_larger, keep_io_types = 0, block_ops and block_nodes need a float_type;
+ *  keep_io_types = 0, block_ops and block_nodes choose what computes in FP32, so they exclude
+ *  storage_only; int8_gather and int8_min_elements need int8; keep_inputs needs keep_outputs or
+ *  drop_outputs; dedup_graph_inputs needs dedup. Each op type in block_ops must be one of an
+ *  ONNX operator schema (any domain and version, spelled as ONNX does: "MatMul"); nodes of
+ *  custom domains always stay FP32, so naming one is refused too (`*bad` is
+ *  MSH_OPTION_BLOCK_OPS).
  *
  *  The output's extension decides its format: `out_path` (NULL: no name rule) ending in
  *  ".safetensors" is written as safetensors, ".pth", ".pt" or ".bin" as a weights-only .pth,

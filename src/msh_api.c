@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include "engine/msh_engine.h"
@@ -19,6 +20,7 @@
 #include "passes/inspect.h"
 #include "passes/int8.h"
 #include "passes/lift.h"
+#include "passes/op_schemas.h"
 #include "passes/prune.h"
 #include "passes/storage.h"
 
@@ -374,9 +376,11 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
         if (st == MSH_OK)
             st = msh_onnx_inline_size(&m, &after, err);
         if (st == MSH_OK && is.tensors > 0 && after >= before) {
+            char grow[32];
             snprintf(a->why_int8, sizeof a->why_int8,
-                     "quantizing %lld tensors would make the file %lld bytes larger; kept FP32",
-                     (long long)is.tensors, (long long)(after - before));
+                     "quantizing %lld %s would make the file %s larger; kept FP32",
+                     (long long)is.tensors, msh_plural(is.tensors, "tensor", "tensors"),
+                     msh_fmt_bytes(after - before, grow, sizeof grow));
             st = MSH_RETRY_INT8;
         }
         res->int8_tensors = is.tensors;
@@ -420,10 +424,12 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
             st = msh_onnx_inline_size(&m, &after, err);
         if (st == MSH_OK && !opt->allow_larger && (fs.tensors > 0 || fs.casts > 0) &&
             after >= before) {
+            char grow[32];
             snprintf(a->why, sizeof a->why,
-                     "converting %lld tensors would make the file %lld bytes larger (%lld Casts); "
-                     "kept FP32",
-                     (long long)fs.tensors, (long long)(after - before), (long long)fs.casts);
+                     "converting %lld %s would make the file %s larger (%lld %s); kept FP32",
+                     (long long)fs.tensors, msh_plural(fs.tensors, "tensor", "tensors"),
+                     msh_fmt_bytes(after - before, grow, sizeof grow), (long long)fs.casts,
+                     msh_plural(fs.casts, "Cast", "Casts"));
             st = MSH_RETRY_LARGER;
         }
         res->float_tensors = fs.tensors;
@@ -668,6 +674,40 @@ static msh_status check_out_name(const msh_convert_options *opt, msh_format inpu
                     why);
 }
 
+/* Every op type of block_ops must be one of an ONNX schema (any domain, any version): a name
+ * that is in none would block nothing, and nodes of custom domains always stay FP32. */
+static msh_status check_block_ops(const char *list, msh_error *err) {
+    size_t n_schemas;
+    const msh_op_schema *t = msh_op_schema_table(&n_schemas);
+    for (const char *p = list; *p;) {
+        size_t n = strcspn(p, ",");
+        const char *close = NULL; /* the same name but for case */
+        int found = n == 0;       /* an empty item blocks nothing and names nothing */
+        for (size_t i = 0; i < n_schemas && !found; i++) {
+            if (strlen(t[i].name) != n)
+                continue;
+            if (strncmp(t[i].name, p, n) == 0)
+                found = 1;
+            else if (!close && strncasecmp(t[i].name, p, n) == 0)
+                close = t[i].name;
+        }
+        if (!found) {
+            char hint[96] = "";
+            if (close)
+                snprintf(hint, sizeof hint, " (did you mean '%s'?)", close);
+            return msh_fail(err, MSH_ERR_USAGE,
+                            "block_ops: op type '%.*s' is in no ONNX operator schema%s; nodes of "
+                            "custom domains always stay FP32, so blocking one would change "
+                            "nothing",
+                            (int)(n < 200 ? n : 200), p, hint);
+        }
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return MSH_OK;
+}
+
 msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, const char *out_path,
                              msh_option *bad, msh_error *err) {
     msh_convert_options d;
@@ -715,21 +755,51 @@ msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, c
             *bad = MSH_OPTION_MAX_SHARD_BYTES;
         return msh_fail(err, MSH_ERR_USAGE, "max_shard_bytes must be at least 1");
     }
-    /* options that refine the float conversion need it */
+    /* options that refine another one need it: without it they would silently do nothing */
     msh_option needs = MSH_OPTION_NONE;
-    if (opt->fp16_clamp && opt->float_type != MSH_FLOAT_FP16)
+    const char *what = "float_type FP16 or BF16";
+    int blocks_ops = opt->block_ops && *opt->block_ops;
+    int blocks_nodes = opt->block_nodes && *opt->block_nodes;
+    msh_option compute = !opt->keep_io_types ? MSH_OPTION_KEEP_IO_TYPES
+                         : blocks_ops        ? MSH_OPTION_BLOCK_OPS
+                         : blocks_nodes      ? MSH_OPTION_BLOCK_NODES
+                                             : MSH_OPTION_NONE; /* what computes in FP32 */
+    if (opt->fp16_clamp && opt->float_type != MSH_FLOAT_FP16) {
         needs = MSH_OPTION_FP16_CLAMP;
-    else if (opt->n_keep_fp32 && !opt->float_type)
+        what = "float_type FP16";
+    } else if (opt->n_keep_fp32 && !opt->float_type) {
         needs = MSH_OPTION_KEEP_FP32;
-    else if (opt->storage_only && !opt->float_type)
+    } else if (opt->storage_only && !opt->float_type) {
         needs = MSH_OPTION_STORAGE_ONLY;
-    else if (opt->allow_larger && !opt->float_type)
+    } else if (opt->allow_larger && !opt->float_type) {
         needs = MSH_OPTION_ALLOW_LARGER;
+    } else if (compute != MSH_OPTION_NONE && !opt->float_type) {
+        needs = compute;
+    } else if (compute != MSH_OPTION_NONE && opt->storage_only) {
+        needs = compute; /* storage-only computes every op in FP32 and keeps the graph's types */
+        what = "FP16/BF16 compute (not storage_only)";
+    } else if ((opt->int8_gather || opt->int8_min_elements != d.int8_min_elements) && !opt->int8) {
+        needs = opt->int8_gather ? MSH_OPTION_INT8_GATHER : MSH_OPTION_INT8_MIN_ELEMENTS;
+        what = "int8";
+    } else if (opt->keep_inputs && !opt->keep_outputs && !opt->drop_outputs) {
+        needs = MSH_OPTION_KEEP_INPUTS;
+        what = "keep_outputs or drop_outputs";
+    } else if (opt->dedup_graph_inputs && !opt->dedup) {
+        needs = MSH_OPTION_DEDUP_GRAPH_INPUTS;
+        what = "dedup";
+    }
     if (needs != MSH_OPTION_NONE) {
         if (bad)
             *bad = needs;
-        return msh_fail(err, MSH_ERR_USAGE, "option %s needs float_type %s", msh_option_name(needs),
-                        needs == MSH_OPTION_FP16_CLAMP ? "FP16" : "FP16 or BF16");
+        return msh_fail(err, MSH_ERR_USAGE, "option %s needs %s", msh_option_name(needs), what);
+    }
+    if (opt->block_ops) {
+        msh_status st = check_block_ops(opt->block_ops, err);
+        if (st != MSH_OK) {
+            if (bad)
+                *bad = MSH_OPTION_BLOCK_OPS;
+            return st;
+        }
     }
     for (size_t i = 0; i < n; i++)
         if (!msh_option_applies(set[i], input)) {
@@ -1277,6 +1347,7 @@ msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
     cJSON *o = cJSON_CreateObject();
     if (!o)
         return msh_fail(err, MSH_ERR_NOMEM, "%s: out of memory", path);
+    cJSON_AddNumberToObject(o, "schema_version", MSH_INSPECT_SCHEMA_VERSION);
     cJSON_AddStringToObject(o, "path", path);
     msh_format kind = sniff(path);
     msh_engine *eng = NULL;

@@ -14,9 +14,12 @@ typedef struct msh_cli_job {
     int model; /* 0: not a model (copied with --copy-others, else noted) */
     int64_t size;
     int64_t mtime_ns;
-    int explicit;  /* named on the command line (not found in a folder) */
-    int folder;    /* a Hugging Face model folder */
-    unsigned skip; /* bit o: option o was given but does not apply to this model's format */
+    int explicit;       /* named on the command line (not found in a folder) */
+    int folder;         /* a Hugging Face model folder */
+    unsigned skip;      /* bit o: option o was given but does not apply to this model's format */
+    int64_t data_bytes; /* its external data files (ONNX), for the progress bar's total */
+    char *opts;         /* the options that change its output, canonical (see batch.c) */
+    int reconvert;      /* --resume: done before, but with other options */
 } msh_cli_job;
 
 typedef struct msh_cli_batch {
@@ -41,7 +44,8 @@ void msh_cli_batch_free(msh_cli_batch *b);
 /* Run the batch; returns the process exit code (0, 1, 130 or 143). Frees the jobs. */
 int msh_cli_batch_run(msh_cli_batch *b);
 /* Printed per model when output is not a terminal (and after single conversions); `skipped`
- * lists the given options that did not apply to this model ("" when none). */
+ * lists the given options that did not apply to this model ("" when none). Byte counts are in
+ * inspect's units (msh_cli_human_bytes); the report has them exact. */
 void msh_cli_print_line(const char *in, const char *out, const msh_convert_options *opt,
                         const msh_convert_result *r, const char *skipped);
 /* Reset option `o` of `opt` to its default. */

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,95 +14,62 @@
 #include "batch.h"
 #include "modelshrink.h"
 #include "table.h"
+#include "usage.h"
 
 enum { EXIT_ALL_OK = 0, EXIT_SOME_FAILED = 1, EXIT_USAGE = 2 };
 
-static const char *usage_text =
-    "usage: modelshrink <command> [options]\n"
-    "\n"
-    "commands:\n"
-    "  inspect [--json] FILE...            explain a model's size\n"
-    "  diff [--json] [--all] A B           compare two model files tensor by tensor\n"
-    "  convert [OPTIONS] INPUT... -o OUTPUT shrink models (files, Hugging Face model\n"
-    "                                      folders, or folders of models)\n"
-    "\n"
-    "convert options:\n"
-    "  -o, --output PATH       output file (one input file; its extension .safetensors,\n"
-    "                          .pth/.pt/.bin or .onnx decides the format) or folder\n"
-    "      --no-dedup          do not merge identical initializers\n"
-    "      --dedup-graph-inputs  also merge initializers that are graph inputs\n"
-    "      --external-data     write tensors to <output>.data (4096-byte aligned)\n"
-    "      --fp16, --bf16      convert FP32 tensors and the ops that allow it to FP16 / BF16\n"
-    "      --storage-only      with --fp16/--bf16: store weights in the half type, widen\n"
-    "                          them to FP32 once (Cast) and compute in FP32 (runs on any CPU)\n"
-    "      --keep-fp32 GLOB    keep matching tensors (names, checkpoint keys) and the ops that\n"
-    "                          read them in FP32 (repeatable)\n"
-    "      --fp16-clamp        clamp tensors FP16 cannot hold (|x| > 65504, or mostly below\n"
-    "                          2^-14) instead of keeping them FP32 (the default)\n"
-    "      --allow-larger      keep the FP16/BF16 conversion even when its Casts make the file\n"
-    "                          larger (for half-precision compute); by default it is left out\n"
-    "      --fp16-min X        non-zero magnitudes below X become X (default 2^-24)\n"
-    "      --fp16-max X        finite magnitudes above X become X (default 65504)\n"
-    "      --keep-io-types     keep FP32 graph inputs and outputs (default)\n"
-    "      --no-keep-io-types  make FP32 graph inputs and outputs FP16/BF16 too\n"
-    "      --block-op OP[,OP]  keep these op types in FP32 (repeatable)\n"
-    "      --block-node N[,N]  keep these nodes (by name) in FP32 (repeatable)\n"
-    "      --int8              quantize MatMul/Gemm/Conv/ConvTranspose weights to INT8\n"
-    "                          (per output channel, DequantizeLinear)\n"
-    "      --int8-min-elements N  smallest weight quantized (default 4096)\n"
-    "      --int8-gather       also quantize embedding tables feeding Gather\n"
-    "      --device D          auto (default: the GPU when present and the model >= 64 MiB),\n"
-    "                          cpu or cuda\n"
-    "      --verify            run GPU and CPU on every piece and compare the bytes\n"
-    "      --staging-mib N     GPU pinned staging buffer size (default 64; two are used)\n"
-    "      --keep-outputs N[,N]  keep only these graph outputs and what they need (repeatable)\n"
-    "      --drop-outputs N[,N]  remove these graph outputs and what only they need\n"
-    "      --keep-inputs       keep graph inputs that the kept outputs no longer read\n"
-    "                          (always: unread nodes and initializers, value_info of removed\n"
-    "                          values and opset imports of unused domains are removed)\n"
-    "\n";
+static const char *g_cmd = ""; /* the command being run ("convert"), for usage errors' hint */
 
-/* The second half (C99 guarantees string literals of only 4095 bytes). */
-static const char *usage_text2 =
-    "PyTorch checkpoints (.pth, torch >= 1.6 zip format) are stripped to their state dict:\n"
-    "      --strip             keep only the state dict (the default for checkpoints)\n"
-    "      --key NAME          the state dict's key (default: model_state_dict, state_dict,\n"
-    "                          model, module, net, network; or a bare state dict)\n"
-    "      --format F          safetensors (default) or pth (weights-only .pth)\n"
-    "\n"
-    "Hugging Face model folders (pytorch_model.bin, model.safetensors, or their shards with an\n"
-    "index) are converted as one model into a folder of safetensors shards plus an index; the\n"
-    "other files (config.json, tokenizer files, ...) are copied:\n"
-    "      --max-shard-size S  largest shard: bytes, or a number with KB, MB, GB, TB (powers\n"
-    "                          of 1000) or KiB, MiB, GiB, TiB (default 5GB)\n"
-    "\n"
-    "Batches (several inputs or folders):\n"
-    "  -j, --jobs N            models at once (default: the number of cores)\n"
-    "      --report FILE       JSON Lines: one record per model, then a summary\n"
-    "      --resume            skip models the report says are done (same size and time)\n"
-    "      --shard K/N         only this share of the inputs (by relative path); default\n"
-    "                          from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, or\n"
-    "                          JOB_COMPLETION_INDEX with --shard-count N\n"
-    "      --copy-others       copy files that are not models into the output tree\n"
-    "\n"
-    "report merge REPORT... [-o OUT]   combine shard reports into one, with totals\n"
-    "  -q, --quiet             no per-model lines\n"
-    "\n"
-    "  -h, --help              this text\n"
-    "      --version           print the version\n"
-    "\n"
-    "exit codes: 0 all converted, 1 at least one input failed, 2 usage error\n";
-
-static void print_usage(void) {
-    fputs(usage_text, stdout);
-    fputs(usage_text2, stdout);
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "modelshrink: ");
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    if (*g_cmd)
+        fprintf(stderr, "\n(run 'modelshrink %s --help' for usage)\n", g_cmd);
+    else
+        fprintf(stderr, "\n(run 'modelshrink --help' for usage)\n");
+    return EXIT_USAGE;
 }
 
-static int usage_error(const char *fmt, const char *arg) {
-    fprintf(stderr, "modelshrink: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n(run 'modelshrink --help' for usage)\n");
-    return EXIT_USAGE;
+/* getopt_long returned '?' or ':' while parsing g_cmd's options (`lo`): the usage error, naming
+ * the option as it was written. */
+static int option_error(int c, char **argv, const struct option *lo) {
+    const char *arg = argv[optind - 1];
+    int is_long = strncmp(arg, "--", 2) == 0;
+    size_t n = is_long ? strcspn(arg + 2, "=") : 0;
+    if (c == ':') {
+        if (is_long)
+            return usage_error("%s: option '--%.*s' needs an argument", g_cmd, (int)n, arg + 2);
+        return usage_error("%s: option '-%c' needs an argument", g_cmd, optopt);
+    }
+    if (optopt && is_long && arg[2 + n] == '=') /* "--fp16=1", or an unknown short option */
+        for (const struct option *o = lo; o->name; o++)
+            if (o->val == optopt && strlen(o->name) == n && strncmp(o->name, arg + 2, n) == 0)
+                return usage_error("%s: option '--%s' takes no argument", g_cmd, o->name);
+    if (optopt)
+        return usage_error("%s: unknown option '-%c'", g_cmd, optopt);
+    if (!is_long)
+        return usage_error("%s: unknown option '%s'", g_cmd, arg);
+    char list[256] = "";
+    int matches = 0;
+    for (const struct option *o = lo; o->name; o++)
+        if (n && strncmp(o->name, arg + 2, n) == 0) {
+            size_t k = strlen(list);
+            snprintf(list + k, sizeof list - k, "%s--%s", matches++ ? ", " : "", o->name);
+        }
+    if (matches > 1)
+        return usage_error("%s: ambiguous option '--%.*s' (%s)", g_cmd, (int)n, arg + 2, list);
+    return usage_error("%s: unknown option '--%.*s'", g_cmd, (int)n, arg + 2);
+}
+
+/* getopt_long's arrays for g_cmd, from the table of options (usage.h). */
+static int getopt_setup(struct option *lo, size_t cap, char *so, size_t scap) {
+    optind = 1;
+    opterr = 0;
+    return msh_cli_getopt(g_cmd, lo, cap, so, scap);
 }
 
 /* ---- inputs to (input, output) pairs ---- */
@@ -188,7 +156,8 @@ static int walk_dir(msh_cli_batch *j, const char *dir, const char *out, const ch
         names[n++] = strdup(de->d_name);
     }
     closedir(d);
-    qsort(names, n, sizeof *names, cmp_str);
+    if (n) /* an empty folder has no array, and qsort must not get NULL */
+        qsort(names, n, sizeof *names, cmp_str);
     int ok = 1;
     for (size_t i = 0; i < n; i++) {
         char *src = path_join(dir, names[i]);
@@ -327,6 +296,93 @@ static int check_applicable(msh_cli_batch *b, const char *const *given) {
     return 0;
 }
 
+/* Move the jobs of `from` to the end of `to`, leaving `from` empty. 0 when out of memory (the
+ * jobs of `from` are then freed). */
+static int move_jobs(msh_cli_batch *to, msh_cli_batch *from) {
+    if (to->n + from->n > to->cap) {
+        msh_cli_job *v = realloc(to->v, (to->n + from->n) * sizeof *v);
+        if (!v) {
+            msh_cli_batch_free(from);
+            return 0;
+        }
+        to->v = v;
+        to->cap = to->n + from->n;
+    }
+    if (from->n)
+        memcpy(to->v + to->n, from->v, from->n * sizeof *from->v);
+    to->n += from->n;
+    free(from->v);
+    from->v = NULL;
+    from->n = from->cap = 0;
+    return 1;
+}
+
+/* Folders that did not exist before a run (each once). */
+typedef struct dirlist {
+    char **v;
+    size_t n, cap;
+} dirlist;
+
+/* Note the folders above `path` that do not exist yet: the run may create them. */
+static void note_missing_dirs(dirlist *d, const char *path) {
+    char *p = strdup(path);
+    for (char *slash; p && (slash = strrchr(p, '/')) && slash != p;) {
+        while (slash > p && slash[-1] == '/') /* "a//b" */
+            slash--;
+        *slash = 0;
+        if (slash == p)
+            break;
+        int known = 0; /* searched from the end: a tree's outputs come folder by folder */
+        for (size_t k = d->n; k-- > 0 && !known;)
+            known = strcmp(d->v[k], p) == 0;
+        struct stat sb;
+        if (known || lstat(p, &sb) == 0 || errno != ENOENT)
+            break;
+        if (d->n == d->cap) {
+            size_t cap = d->cap ? 2 * d->cap : 16;
+            char **v = realloc(d->v, cap * sizeof *v);
+            if (!v)
+                break;
+            d->v = v;
+            d->cap = cap;
+        }
+        if (!(d->v[d->n] = strdup(p)))
+            break;
+        d->n++;
+    }
+    free(p);
+}
+
+static int longer_first(const void *a, const void *b) {
+    size_t x = strlen(*(char *const *)a), y = strlen(*(char *const *)b);
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Remove the noted folders that are empty (no model in them succeeded), deepest first; rmdir
+ * leaves any other alone. Frees the list. */
+static void remove_empty_dirs(dirlist *d) {
+    if (d->n)
+        qsort(d->v, d->n, sizeof *d->v, longer_first);
+    for (size_t k = 0; k < d->n; k++) {
+        rmdir(d->v[k]);
+        free(d->v[k]);
+    }
+    free(d->v);
+    d->v = NULL;
+    d->n = d->cap = 0;
+}
+
+/* Whether `report` is a file directly in folder `dir` (as written: "out/r.jsonl" and "out/"). */
+static int report_in_folder(const char *report, const char *dir) {
+    const char *slash = strrchr(report, '/');
+    size_t n = slash ? (size_t)(slash - report) : 0, m = strlen(dir);
+    while (n > 1 && report[n - 1] == '/')
+        n--;
+    while (m > 1 && dir[m - 1] == '/')
+        m--;
+    return slash && n == m && strncmp(report, dir, n) == 0;
+}
+
 /* Why `out` cannot receive the model folder `in` (NULL when it can): the library refuses the
  * same cases, but these are usage errors, found before any work. */
 static const char *folder_output_problem(const char *in, const char *out) {
@@ -370,44 +426,6 @@ static const char *folder_output_problem(const char *in, const char *out) {
 }
 
 static int cmd_convert(int argc, char **argv) {
-    static const struct option opts[] = {{"output", required_argument, 0, 'o'},
-                                         {"no-dedup", no_argument, 0, 1},
-                                         {"dedup-graph-inputs", no_argument, 0, 2},
-                                         {"external-data", no_argument, 0, 3},
-                                         {"quiet", no_argument, 0, 'q'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {"fp16", no_argument, 0, 4},
-                                         {"bf16", no_argument, 0, 5},
-                                         {"fp16-min", required_argument, 0, 6},
-                                         {"fp16-max", required_argument, 0, 7},
-                                         {"keep-io-types", no_argument, 0, 8},
-                                         {"no-keep-io-types", no_argument, 0, 9},
-                                         {"block-op", required_argument, 0, 10},
-                                         {"block-node", required_argument, 0, 11},
-                                         {"int8", no_argument, 0, 12},
-                                         {"int8-min-elements", required_argument, 0, 13},
-                                         {"int8-gather", no_argument, 0, 14},
-                                         {"device", required_argument, 0, 15},
-                                         {"verify", no_argument, 0, 16},
-                                         {"staging-mib", required_argument, 0, 17},
-                                         {"key", required_argument, 0, 18},
-                                         {"strip", no_argument, 0, 20},
-                                         {"format", required_argument, 0, 19},
-                                         {"jobs", required_argument, 0, 'j'},
-                                         {"report", required_argument, 0, 21},
-                                         {"resume", no_argument, 0, 22},
-                                         {"shard", required_argument, 0, 23},
-                                         {"shard-count", required_argument, 0, 24},
-                                         {"copy-others", no_argument, 0, 25},
-                                         {"keep-outputs", required_argument, 0, 26},
-                                         {"drop-outputs", required_argument, 0, 27},
-                                         {"keep-inputs", no_argument, 0, 28},
-                                         {"fp16-clamp", no_argument, 0, 29},
-                                         {"keep-fp32", required_argument, 0, 30},
-                                         {"storage-only", no_argument, 0, 31},
-                                         {"allow-larger", no_argument, 0, 32},
-                                         {"max-shard-size", required_argument, 0, 33},
-                                         {0, 0, 0, 0}};
     msh_convert_options opt;
     msh_convert_options_init(&opt);
     const char *output = NULL;
@@ -420,50 +438,58 @@ static int cmd_convert(int argc, char **argv) {
     size_t n_keep_fp32 = 0;
     /* given[o]: the flag that set msh_option o (options only some formats take) */
     static const char *given[32];
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "o:qhj:", opts, NULL)) != -1) {
+    struct option lo[64];
+    char so[64];
+    if (!getopt_setup(lo, sizeof lo / sizeof lo[0], so, sizeof so))
+        return usage_error("%s", "convert: internal error: the option table is too large");
+    int fp16_min_given = 0, fp16_max_given = 0, staging_given = 0;
+    while ((c = getopt_long(argc, argv, so, lo, NULL)) != -1) {
         switch (c) {
-        case 'o': output = optarg; break;
-        case 1: opt.dedup = 0; break;
-        case 2:
+        case OPT_OUTPUT: output = optarg; break;
+        case OPT_NO_DEDUP: opt.dedup = 0; break;
+        case OPT_DEDUP_GRAPH_INPUTS:
             opt.dedup_graph_inputs = 1;
             given[MSH_OPTION_DEDUP_GRAPH_INPUTS] = "--dedup-graph-inputs";
             break;
-        case 3:
+        case OPT_EXTERNAL_DATA:
             opt.external_data = 1;
             given[MSH_OPTION_EXTERNAL_DATA] = "--external-data";
             break;
-        case 'q': quiet = 1; break;
-        case 'h': print_usage(); return EXIT_ALL_OK;
-        case 4:
-        case 5:
-            if (opt.float_type && opt.float_type != (c == 4 ? MSH_FLOAT_FP16 : MSH_FLOAT_BF16))
+        case OPT_QUIET: quiet = 1; break;
+        case OPT_HELP: msh_cli_usage(stdout, "convert"); return EXIT_ALL_OK;
+        case OPT_FP16:
+        case OPT_BF16:
+            if (opt.float_type &&
+                opt.float_type != (c == OPT_FP16 ? MSH_FLOAT_FP16 : MSH_FLOAT_BF16))
                 return usage_error("convert: %s", "--fp16 and --bf16 exclude each other");
-            opt.float_type = c == 4 ? MSH_FLOAT_FP16 : MSH_FLOAT_BF16;
+            opt.float_type = c == OPT_FP16 ? MSH_FLOAT_FP16 : MSH_FLOAT_BF16;
             break;
-        case 6:
-        case 7: {
+        case OPT_FP16_MIN:
+        case OPT_FP16_MAX: {
             char *end;
             double v = strtod(optarg, &end);
             if (*end || !(v > 0.0) || v > 3.4e38)
                 return usage_error("convert: bad FP16 bound '%s' (a positive number)", optarg);
-            if (c == 6)
+            if (c == OPT_FP16_MIN) {
                 opt.fp16_min = (float)v;
-            else
+                fp16_min_given = 1;
+            } else {
                 opt.fp16_max = (float)v;
+                fp16_max_given = 1;
+            }
             break;
         }
-        case 8:
-        case 9:
-            opt.keep_io_types = c == 8;
-            given[MSH_OPTION_KEEP_IO_TYPES] = c == 8 ? "--keep-io-types" : "--no-keep-io-types";
+        case OPT_KEEP_IO_TYPES:
+        case OPT_NO_KEEP_IO_TYPES:
+            opt.keep_io_types = c == OPT_KEEP_IO_TYPES;
+            given[MSH_OPTION_KEEP_IO_TYPES] =
+                c == OPT_KEEP_IO_TYPES ? "--keep-io-types" : "--no-keep-io-types";
             break;
-        case 12:
+        case OPT_INT8:
             opt.int8 = 1;
             given[MSH_OPTION_INT8] = "--int8";
             break;
-        case 13: {
+        case OPT_INT8_MIN_ELEMENTS: {
             char *end;
             long long v = strtoll(optarg, &end, 10);
             if (*end || v < 1)
@@ -473,11 +499,11 @@ static int cmd_convert(int argc, char **argv) {
             given[MSH_OPTION_INT8_MIN_ELEMENTS] = "--int8-min-elements";
             break;
         }
-        case 14:
+        case OPT_INT8_GATHER:
             opt.int8_gather = 1;
             given[MSH_OPTION_INT8_GATHER] = "--int8-gather";
             break;
-        case 15:
+        case OPT_DEVICE:
             if (strcmp(optarg, "auto") == 0)
                 opt.device = MSH_DEVICE_AUTO;
             else if (strcmp(optarg, "cpu") == 0)
@@ -487,13 +513,13 @@ static int cmd_convert(int argc, char **argv) {
             else
                 return usage_error("convert: --device '%s': use auto, cpu or cuda", optarg);
             break;
-        case 16: opt.verify = 1; break;
-        case 18:
+        case OPT_VERIFY: opt.verify = 1; break;
+        case OPT_KEY:
             opt.key = optarg;
             given[MSH_OPTION_KEY] = "--key";
             break;
-        case 20: break; /* checkpoints are always stripped to their state dict */
-        case 'j': {
+        case OPT_STRIP: break; /* checkpoints are always stripped to their state dict */
+        case OPT_JOBS: {
             char *end;
             long v = strtol(optarg, &end, 10);
             if (*end || v < 1 || v > 256)
@@ -501,14 +527,14 @@ static int cmd_convert(int argc, char **argv) {
             jobs = (int)v;
             break;
         }
-        case 21: report = optarg; break;
-        case 22: resume = 1; break;
-        case 23:
+        case OPT_REPORT: report = optarg; break;
+        case OPT_RESUME: resume = 1; break;
+        case OPT_SHARD:
             if (sscanf(optarg, "%d/%d", &shard_k, &shard_n) != 2 || shard_n < 1 || shard_k < 0 ||
                 shard_k >= shard_n)
                 return usage_error("convert: bad --shard '%s' (K/N with 0 <= K < N)", optarg);
             break;
-        case 24: {
+        case OPT_SHARD_COUNT: {
             char *end;
             long v = strtol(optarg, &end, 10);
             if (*end || v < 1)
@@ -516,8 +542,8 @@ static int cmd_convert(int argc, char **argv) {
             shard_count = (int)v;
             break;
         }
-        case 25: copy_others = 1; break;
-        case 19:
+        case OPT_COPY_OTHERS: copy_others = 1; break;
+        case OPT_FORMAT:
             if (strcmp(optarg, "safetensors") == 0)
                 opt.out_format = MSH_FORMAT_SAFETENSORS;
             else if (strcmp(optarg, "pth") == 0)
@@ -526,34 +552,35 @@ static int cmd_convert(int argc, char **argv) {
                 return usage_error("convert: --format '%s': use safetensors or pth", optarg);
             given[MSH_OPTION_OUT_FORMAT] = "--format";
             break;
-        case 17: {
+        case OPT_STAGING_MIB: {
             char *end;
             long long v = strtoll(optarg, &end, 10);
             if (*end || v < 1 || v > 65536)
                 return usage_error("convert: bad --staging-mib '%s' (1 to 65536)", optarg);
             opt.staging_mib = v;
+            staging_given = 1;
             break;
         }
-        case 10:
-        case 11:
-            if (!append_list(c == 10 ? &block_ops : &block_nodes, optarg))
+        case OPT_BLOCK_OP:
+        case OPT_BLOCK_NODE:
+            if (!append_list(c == OPT_BLOCK_OP ? &block_ops : &block_nodes, optarg))
                 return usage_error("convert: %s", "out of memory");
-            given[c == 10 ? MSH_OPTION_BLOCK_OPS : MSH_OPTION_BLOCK_NODES] =
-                c == 10 ? "--block-op" : "--block-node";
+            given[c == OPT_BLOCK_OP ? MSH_OPTION_BLOCK_OPS : MSH_OPTION_BLOCK_NODES] =
+                c == OPT_BLOCK_OP ? "--block-op" : "--block-node";
             break;
-        case 26:
-        case 27:
-            if (!append_list(c == 26 ? &keep_outs : &drop_outs, optarg))
+        case OPT_KEEP_OUTPUTS:
+        case OPT_DROP_OUTPUTS:
+            if (!append_list(c == OPT_KEEP_OUTPUTS ? &keep_outs : &drop_outs, optarg))
                 return usage_error("convert: %s", "out of memory");
-            given[c == 26 ? MSH_OPTION_KEEP_OUTPUTS : MSH_OPTION_DROP_OUTPUTS] =
-                c == 26 ? "--keep-outputs" : "--drop-outputs";
+            given[c == OPT_KEEP_OUTPUTS ? MSH_OPTION_KEEP_OUTPUTS : MSH_OPTION_DROP_OUTPUTS] =
+                c == OPT_KEEP_OUTPUTS ? "--keep-outputs" : "--drop-outputs";
             break;
-        case 28:
+        case OPT_KEEP_INPUTS:
             opt.keep_inputs = 1;
             given[MSH_OPTION_KEEP_INPUTS] = "--keep-inputs";
             break;
-        case 29: opt.fp16_clamp = 1; break;
-        case 30: {
+        case OPT_FP16_CLAMP: opt.fp16_clamp = 1; break;
+        case OPT_KEEP_FP32: {
             const char **v = realloc(keep_fp32, (n_keep_fp32 + 1) * sizeof *v);
             if (!v)
                 return usage_error("convert: %s", "out of memory");
@@ -561,19 +588,19 @@ static int cmd_convert(int argc, char **argv) {
             keep_fp32[n_keep_fp32++] = optarg;
             break;
         }
-        case 31: opt.storage_only = 1; break;
-        case 32:
+        case OPT_STORAGE_ONLY: opt.storage_only = 1; break;
+        case OPT_ALLOW_LARGER:
             opt.allow_larger = 1;
             given[MSH_OPTION_ALLOW_LARGER] = "--allow-larger";
             break;
-        case 33:
+        case OPT_MAX_SHARD_SIZE:
             if (!parse_size(optarg, &opt.max_shard_bytes))
                 return usage_error("convert: bad --max-shard-size '%s' (bytes, or a whole number "
                                    "with KB, MB, GB, TB, KiB, MiB, GiB or TiB, e.g. 5GB)",
                                    optarg);
             given[MSH_OPTION_MAX_SHARD_BYTES] = "--max-shard-size";
             break;
-        default: return usage_error("convert: unknown or incomplete option '%s'", argv[optind - 1]);
+        default: return option_error(c, argv, lo);
         }
     }
     g_out_format = opt.out_format;
@@ -583,51 +610,104 @@ static int cmd_convert(int argc, char **argv) {
     opt.keep_outputs = keep_outs;
     opt.drop_outputs = drop_outs;
     opt.block_nodes = block_nodes;
-    if (opt.fp16_min > opt.fp16_max)
-        return usage_error("convert: %s", "--fp16-min is larger than --fp16-max");
     opt.keep_fp32 = keep_fp32;
     opt.n_keep_fp32 = n_keep_fp32;
-    if (opt.fp16_clamp && opt.float_type != MSH_FLOAT_FP16)
-        return usage_error("convert: %s", "--fp16-clamp needs --fp16");
+    /* An option that refines another needs it: alone it would silently do nothing. The library
+     * refuses the same combinations of its fields (msh_convert_check); these messages name the
+     * flags. */
+    const char *half_only = opt.fp16_clamp   ? "--fp16-clamp"
+                            : fp16_min_given ? "--fp16-min"
+                            : fp16_max_given ? "--fp16-max"
+                                             : NULL;
+    const char *compute = given[MSH_OPTION_KEEP_IO_TYPES] ? given[MSH_OPTION_KEEP_IO_TYPES]
+                          : block_ops                     ? "--block-op"
+                          : block_nodes                   ? "--block-node"
+                                                          : NULL; /* what computes in FP32 */
+    if (given[MSH_OPTION_DEDUP_GRAPH_INPUTS] && !opt.dedup)
+        return usage_error("convert: %s", "--dedup-graph-inputs and --no-dedup exclude each other");
+    if (half_only && opt.float_type != MSH_FLOAT_FP16)
+        return usage_error("convert: %s needs --fp16", half_only);
+    if (opt.fp16_min > opt.fp16_max)
+        return usage_error("convert: %s", "--fp16-min is larger than --fp16-max");
     if (n_keep_fp32 && !opt.float_type)
         return usage_error("convert: %s", "--keep-fp32 needs --fp16 or --bf16");
     if (opt.storage_only && !opt.float_type)
         return usage_error("convert: %s", "--storage-only needs --fp16 or --bf16");
     if (opt.allow_larger && !opt.float_type)
         return usage_error("convert: %s", "--allow-larger needs --fp16 or --bf16");
+    if (compute && !opt.float_type)
+        return usage_error("convert: %s needs --fp16 or --bf16", compute);
+    if (compute && opt.storage_only)
+        return usage_error("convert: %s and --storage-only exclude each other (with "
+                           "--storage-only every op computes in FP32, on FP32 inputs and outputs)",
+                           compute);
+    if (!opt.int8 && (given[MSH_OPTION_INT8_MIN_ELEMENTS] || given[MSH_OPTION_INT8_GATHER]))
+        return usage_error("convert: %s needs --int8", given[MSH_OPTION_INT8_MIN_ELEMENTS]
+                                                           ? given[MSH_OPTION_INT8_MIN_ELEMENTS]
+                                                           : given[MSH_OPTION_INT8_GATHER]);
+    if (opt.keep_inputs && !keep_outs && !drop_outs)
+        return usage_error("convert: %s", "--keep-inputs needs --keep-outputs or --drop-outputs");
+    if (resume && !report)
+        return usage_error("convert: %s", "--resume needs --report FILE (it reads what is done)");
+    if (shard_count > 0 && shard_n)
+        return usage_error("convert: %s", "--shard and --shard-count exclude each other");
+    if (block_ops) { /* the op types: the library knows the ONNX schemas */
+        msh_convert_options bo;
+        msh_convert_options_init(&bo);
+        bo.float_type = opt.float_type;
+        bo.block_ops = block_ops;
+        msh_option bad = MSH_OPTION_NONE;
+        msh_error be;
+        if (msh_convert_check(&bo, MSH_FORMAT_ONNX, NULL, &bad, &be) != MSH_OK &&
+            bad == MSH_OPTION_BLOCK_OPS) {
+            const char *m = strncmp(be.msg, "block_ops: ", 11) == 0 ? be.msg + 11 : be.msg;
+            return usage_error("convert: --block-op: %s", m);
+        }
+    }
     if (opt.device == MSH_DEVICE_CUDA && msh_cuda_device_count() == 0) {
         fprintf(stderr, "modelshrink: --device cuda: %s\n",
                 msh_cuda_built() ? "no CUDA device is present"
                                  : "this build has no CUDA support (rebuild with nvcc)");
         return EXIT_USAGE;
     }
-    if (opt.verify && msh_cuda_device_count() == 0)
-        fprintf(stderr, "modelshrink: warning: --verify: no CUDA device, so the CPU path runs "
-                        "alone and there is nothing to compare\n");
     if (!output)
         return usage_error("convert: %s", "missing -o OUTPUT");
-    if (resume && !report)
-        return usage_error("convert: %s", "--resume needs --report FILE (it reads what is done)");
     if (optind >= argc)
         return usage_error("convert: %s", "no input given");
-    /* shards: --shard K/N, else a Slurm job array, else a Kubernetes Indexed Job */
-    if (!shard_n) {
-        const char *id = getenv("SLURM_ARRAY_TASK_ID"), *cnt = getenv("SLURM_ARRAY_TASK_COUNT");
+    /* shards: --shard K/N, else a Kubernetes Indexed Job (--shard-count), else a Slurm array */
+    if (shard_count > 0) {
         const char *ki = getenv("JOB_COMPLETION_INDEX");
+        if (!ki)
+            return usage_error("convert: %s", "--shard-count needs JOB_COMPLETION_INDEX (a "
+                                              "Kubernetes Indexed Job) or use --shard K/N");
+        shard_k = atoi(ki);
+        shard_n = shard_count;
+    } else if (!shard_n) {
+        const char *id = getenv("SLURM_ARRAY_TASK_ID"), *cnt = getenv("SLURM_ARRAY_TASK_COUNT");
         if (id && cnt) {
             shard_k = atoi(id);
             shard_n = atoi(cnt);
-        } else if (ki && shard_count > 0) {
-            shard_k = atoi(ki);
-            shard_n = shard_count;
         }
-        if (shard_count > 0 && !shard_n)
-            return usage_error("convert: %s", "--shard-count needs JOB_COMPLETION_INDEX (a "
-                                              "Kubernetes Indexed Job) or use --shard K/N");
-        if (shard_n && (shard_k < 0 || shard_k >= shard_n))
-            return usage_error("convert: %s", "the shard index from the environment is out of "
-                                              "range");
     }
+    if (shard_n && (shard_k < 0 || shard_k >= shard_n))
+        return usage_error("convert: %s", "the shard index from the environment is out of range");
+    if (copy_others) { /* it copies what input folders hold besides models */
+        struct stat fs;
+        int folders = 0;
+        for (int i = optind; i < argc; i++)
+            folders += stat(argv[i], &fs) == 0 && S_ISDIR(fs.st_mode) && !is_model_folder(argv[i]);
+        if (!folders)
+            return usage_error("convert: %s", "--copy-others needs an input folder (it copies the "
+                                              "files in it that are not models)");
+    }
+    if (opt.verify && (opt.device == MSH_DEVICE_CPU || msh_cuda_device_count() == 0))
+        fprintf(stderr,
+                "modelshrink: warning: --verify: %s, so the CPU path runs alone and there "
+                "is nothing to compare\n",
+                opt.device == MSH_DEVICE_CPU ? "--device cpu" : "no CUDA device");
+    if (staging_given && opt.device == MSH_DEVICE_CPU)
+        fprintf(stderr, "modelshrink: warning: --staging-mib: --device cpu uses no GPU staging "
+                        "buffers\n");
     int n_in = argc - optind;
     struct stat ist, ost;
     int out_exists = stat(output, &ost) == 0;
@@ -670,8 +750,14 @@ static int cmd_convert(int argc, char **argv) {
         out_root = slash ? strndup(out, (size_t)(slash - out)) : strdup(".");
         free(in);
         free(out);
-    } else if (n_in == 1 && stat(argv[optind], &ist) == 0 && !S_ISDIR(ist.st_mode) && !out_is_dir &&
-               !has_suffix(output, "/")) {
+    } else if (n_in == 1 && !out_is_dir && !has_suffix(output, "/") &&
+               !(stat(argv[optind], &ist) == 0 && S_ISDIR(ist.st_mode))) {
+        /* one input file to one output file (an existing folder receives OUTPUT/<input name>,
+         * below, as with cp) */
+        if (stat(argv[optind], &ist) != 0) {
+            fprintf(stderr, "modelshrink: %s: cannot open: %s\n", argv[optind], strerror(errno));
+            return EXIT_SOME_FAILED;
+        }
         if (out_exists && ist.st_dev == ost.st_dev && ist.st_ino == ost.st_ino)
             return usage_error("convert: output %s is the input file", output);
         const char *base = strrchr(argv[optind], '/');
@@ -709,8 +795,20 @@ static int cmd_convert(int argc, char **argv) {
                 free(dst);
                 free(tmp);
             } else if (S_ISDIR(ist.st_mode)) {
-                if (!walk_dir(&j, in, output, "", out_is_dir ? &ost : NULL, 0))
+                msh_cli_batch found = j; /* the folder's files: kept when a model is among them */
+                found.v = NULL;
+                found.n = found.cap = 0;
+                int ok = walk_dir(&found, in, output, "", out_is_dir ? &ost : NULL, 0);
+                size_t models = 0;
+                for (size_t k = 0; k < found.n; k++)
+                    models += found.v[k].model != 0;
+                if (ok && !models) { /* a folder without models fails, its other files too */
+                    fprintf(stderr, "modelshrink: convert: no models found in %s\n", in);
+                    msh_cli_batch_free(&found);
                     failed++;
+                } else if (!move_jobs(&j, &found) || !ok) {
+                    failed++;
+                }
             } else {
                 const char *base = strrchr(in, '/');
                 base = base ? base + 1 : in;
@@ -732,17 +830,25 @@ static int cmd_convert(int argc, char **argv) {
         msh_cli_batch_free(&j);
         return uc;
     }
-    if (folder_mode) {
-        if (!out_is_dir && mkdir(output, 0777) != 0 && errno != EEXIST) {
-            fprintf(stderr, "modelshrink: %s: cannot create output folder: %s\n", output,
-                    strerror(errno));
-            free(out_root);
-            msh_cli_batch_free(&j);
-            return EXIT_SOME_FAILED;
-        }
+    if (j.n == 0) { /* every input failed already: nothing to run, nothing created */
+        free(out_root);
+        msh_cli_batch_free(&j);
+        return failed ? EXIT_SOME_FAILED : EXIT_ALL_OK;
     }
+    /* Folders are created as outputs need them (the batch makes each output's folder before
+     * converting it); those that end up empty, because their models failed, are removed
+     * afterwards, so that a failed run leaves nothing at -o. A sharded run keeps them: another
+     * shard may be about to write into them. */
+    dirlist made = {NULL, 0, 0};
+    if (folder_mode && report && !out_is_dir && report_in_folder(report, output) &&
+        mkdir(output, 0777) != 0 && errno != EEXIST) /* the report is written whatever happens */
+        fprintf(stderr, "modelshrink: %s: cannot create the output folder: %s\n", output,
+                strerror(errno));
+    for (size_t k = 0; !shard_n && k < j.n; k++)
+        note_missing_dirs(&made, j.v[k].out);
     j.output_root = out_root;
     int code = msh_cli_batch_run(&j);
+    remove_empty_dirs(&made);
     free(out_root);
     if (code == 0 && failed)
         code = EXIT_SOME_FAILED;
@@ -750,22 +856,23 @@ static int cmd_convert(int argc, char **argv) {
 }
 
 static int cmd_inspect(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    struct option lo[8];
+    char so[16];
     int json = 0, c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    if (!getopt_setup(lo, sizeof lo / sizeof lo[0], so, sizeof so))
+        return usage_error("%s", "inspect: internal error: the option table is too large");
+    while ((c = getopt_long(argc, argv, so, lo, NULL)) != -1) {
         switch (c) {
-        case 'j': json = 1; break;
-        case 'h': print_usage(); return EXIT_ALL_OK;
-        default: return usage_error("inspect: unknown option '%s'", argv[optind - 1]);
+        case OPT_JSON: json = 1; break;
+        case OPT_HELP: msh_cli_usage(stdout, "inspect"); return EXIT_ALL_OK;
+        default: return option_error(c, argv, lo);
         }
     }
     if (optind >= argc)
         return usage_error("inspect: %s", "no file given");
     int failed = 0;
     cJSON *root = cJSON_CreateObject();
+    cJSON_AddNumberToObject(root, "schema_version", 1);
     cJSON *files = cJSON_AddArrayToObject(root, "files");
     for (int i = optind; i < argc; i++) {
         char *text = NULL;
@@ -802,19 +909,6 @@ static int cmd_inspect(int argc, char **argv) {
     return failed ? EXIT_SOME_FAILED : EXIT_ALL_OK;
 }
 
-static const char *diff_usage =
-    "usage: modelshrink diff [--json] [--all] A B\n"
-    "\n"
-    "Compare two model files tensor by tensor, whatever their formats (an ONNX model and its\n"
-    "safetensors export, a checkpoint and its strip, a GPU conversion and a CPU one). Tensors\n"
-    "are matched by name. For each: bytes identical or not; otherwise the largest absolute and\n"
-    "relative difference, the largest ULP distance (same float type) and the cosine; names in\n"
-    "one file only; element type and shape changes. Prints the tensors that differ (--all: every\n"
-    "tensor) and a summary line; --json prints the whole report as JSON.\n"
-    "\n"
-    "exit codes: 0 every tensor byte-identical, 1 a difference (or a file that cannot be read),\n"
-    "2 usage error\n";
-
 static void fmt_shape(const cJSON *a, char *buf, size_t cap) {
     size_t n = 0;
     buf[0] = 0;
@@ -831,21 +925,22 @@ static void fmt_shape(const cJSON *a, char *buf, size_t cap) {
 }
 
 static int cmd_diff(int argc, char **argv) {
-    static const struct option opts[] = {{"json", no_argument, 0, 'j'},
-                                         {"all", no_argument, 0, 'a'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
+    struct option lo[8];
+    char so[16];
     int json = 0, all = 0, c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    if (!getopt_setup(lo, sizeof lo / sizeof lo[0], so, sizeof so))
+        return usage_error("%s", "diff: internal error: the option table is too large");
+    while ((c = getopt_long(argc, argv, so, lo, NULL)) != -1) {
         switch (c) {
-        case 'j': json = 1; break;
-        case 'a': all = 1; break;
-        case 'h': fputs(diff_usage, stdout); return EXIT_ALL_OK;
-        default: return usage_error("diff: unknown option '%s'", argv[optind - 1]);
+        case OPT_JSON: json = 1; break;
+        case OPT_ALL: all = 1; break;
+        case OPT_HELP: msh_cli_usage(stdout, "diff"); return EXIT_ALL_OK;
+        default: return option_error(c, argv, lo);
         }
     }
+    if (all && json)
+        return usage_error("diff: %s", "--all and --json exclude each other (--json lists every "
+                                       "tensor)");
     if (argc - optind != 2)
         return usage_error("diff: %s", "two files are needed: diff A B");
     char *text = NULL;
@@ -923,6 +1018,66 @@ static int cmd_diff(int argc, char **argv) {
     return identical ? EXIT_ALL_OK : EXIT_SOME_FAILED;
 }
 
+/* `modelshrink report merge REPORT... [-o OUT]`: the options are checked here, before any
+ * report is read; the merge itself is in batch.c. */
+static int cmd_report_merge(int argc, char **argv) {
+    struct option lo[8];
+    char so[16];
+    const char *out = NULL;
+    int c;
+    if (!getopt_setup(lo, sizeof lo / sizeof lo[0], so, sizeof so))
+        return usage_error("%s", "report merge: internal error: the option table is too large");
+    while ((c = getopt_long(argc, argv, so, lo, NULL)) != -1) {
+        switch (c) {
+        case OPT_OUTPUT: out = optarg; break;
+        case OPT_HELP: msh_cli_usage(stdout, "report merge"); return EXIT_ALL_OK;
+        default: return option_error(c, argv, lo);
+        }
+    }
+    if (optind >= argc)
+        return usage_error("report merge: %s", "no report given");
+    /* the merge reads "-o OUT" and report paths; a path that starts with '-' is given as ./-x */
+    int n = argc - optind;
+    char **v = calloc((size_t)n + 2, sizeof *v);
+    char **own = calloc((size_t)n, sizeof *own);
+    int k = 0, code = EXIT_SOME_FAILED;
+    if (v && own) {
+        if (out) {
+            v[k++] = "-o";
+            v[k++] = (char *)out;
+        }
+        for (int i = 0; i < n; i++) {
+            const char *r = argv[optind + i];
+            if (r[0] == '-' && (own[i] = malloc(strlen(r) + 3)))
+                snprintf(own[i], strlen(r) + 3, "./%s", r);
+            v[k++] = own[i] ? own[i] : (char *)r;
+        }
+        code = msh_cli_report_merge(k, v);
+    } else {
+        fprintf(stderr, "modelshrink: report merge: out of memory\n");
+    }
+    for (int i = 0; own && i < n; i++)
+        free(own[i]);
+    free(own);
+    free(v);
+    return code;
+}
+
+/* `modelshrink help [COMMAND]`. */
+static int cmd_help(int argc, char **argv) {
+    char name[64] = "";
+    for (int i = 1; i < argc; i++) { /* "help report merge" names "report merge" */
+        size_t k = strlen(name);
+        snprintf(name + k, sizeof name - k, "%s%s", k ? " " : "", argv[i]);
+    }
+    if (!msh_cli_command_find(name)) {
+        g_cmd = "";
+        return usage_error("help: unknown command '%s'", name);
+    }
+    msh_cli_usage(stdout, name);
+    return EXIT_ALL_OK;
+}
+
 int main(int argc, char **argv) {
     /* Past a file-size limit (ulimit -f) a write must fail with EFBIG, so the temporary file is
      * removed and the error reported, rather than the process dying on SIGXFSZ mid-write. */
@@ -930,24 +1085,42 @@ int main(int argc, char **argv) {
     if (argc < 2)
         return usage_error("%s", "no command given");
     const char *cmd = argv[1];
-    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
-        print_usage();
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        msh_cli_usage(stdout, "");
         return EXIT_ALL_OK;
     }
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
         printf("modelshrink %s (CUDA devices: %d)\n", msh_version(), msh_cuda_device_count());
         return EXIT_ALL_OK;
     }
-    if (strcmp(cmd, "convert") == 0)
-        return cmd_convert(argc - 1, argv + 1);
-    if (strcmp(cmd, "inspect") == 0)
-        return cmd_inspect(argc - 1, argv + 1);
-    if (strcmp(cmd, "diff") == 0)
-        return cmd_diff(argc - 1, argv + 1);
-    if (strcmp(cmd, "report") == 0 && argc >= 3 && strcmp(argv[2], "merge") == 0) {
-        if (argc < 4)
-            return usage_error("%s", "report merge: no report given");
-        return msh_cli_report_merge(argc - 3, argv + 3);
+    if (cmd[0] == '-')
+        return usage_error("unknown option '%s'", cmd);
+    if (strcmp(cmd, "help") == 0)
+        return cmd_help(argc - 1, argv + 1);
+    if (strcmp(cmd, "report") == 0) {
+        g_cmd = "report";
+        if (argc < 3) {
+            fprintf(stderr, "modelshrink: report: no command given\n");
+            msh_cli_usage(stderr, "report");
+            return EXIT_USAGE;
+        }
+        if (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0) {
+            msh_cli_usage(stdout, "report");
+            return EXIT_ALL_OK;
+        }
+        if (strcmp(argv[2], "merge") == 0) {
+            g_cmd = "report merge";
+            return cmd_report_merge(argc - 2, argv + 2);
+        }
+        if (argv[2][0] == '-')
+            return usage_error("report: unknown option '%s'", argv[2]);
+        return usage_error("report: unknown command '%s'", argv[2]);
+    }
+    if (strcmp(cmd, "convert") == 0 || strcmp(cmd, "inspect") == 0 || strcmp(cmd, "diff") == 0) {
+        g_cmd = cmd;
+        return cmd[0] == 'c'   ? cmd_convert(argc - 1, argv + 1)
+               : cmd[0] == 'i' ? cmd_inspect(argc - 1, argv + 1)
+                               : cmd_diff(argc - 1, argv + 1);
     }
     return usage_error("unknown command '%s'", cmd);
 }

@@ -12,10 +12,12 @@ static const char *str(const cJSON *o, const char *k) {
     return cJSON_IsString(x) ? x->valuestring : "";
 }
 
-static void human(double n, char *buf, size_t cap) {
-    const char *u[] = {"B", "kB", "MB", "GB", "TB"};
+void msh_cli_human_bytes(double n, char *buf, size_t cap) {
+    const char *u[] = {"B", "kB", "MB", "GB", "TB", "PB"};
     int i = 0;
-    while (n >= 1000.0 && i < 4) {
+    /* 999,960 bytes is "1.0 MB", not "1000.0 kB": the unit steps up where one decimal would
+     * round to 1000 */
+    while (i < 5 && (i == 0 ? n >= 1000.0 : n >= 999.95)) {
         n /= 1000.0;
         i++;
     }
@@ -23,6 +25,14 @@ static void human(double n, char *buf, size_t cap) {
         snprintf(buf, cap, "%.0f B", n);
     else
         snprintf(buf, cap, "%.1f %s", n, u[i]);
+}
+
+const char *msh_cli_plural(double n, const char *one, const char *many) {
+    return n == 1.0 ? one : many;
+}
+
+static void human(double n, char *buf, size_t cap) {
+    msh_cli_human_bytes(n, buf, cap);
 }
 
 static void shape(const cJSON *o, char *buf, size_t cap) {
@@ -37,6 +47,47 @@ static void shape(const cJSON *o, char *buf, size_t cap) {
         first = 0;
     }
     snprintf(buf + w, cap - w, "]");
+}
+
+/* "  N tensors" (with "in M storages" when views share them), aligned for the type rows. */
+static void dtype_rows(const cJSON *list, FILE *out) {
+    const cJSON *x;
+    char a[32], cnt[64];
+    cJSON_ArrayForEach(x, list) {
+        double n = num(x, "count");
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(x, "storages");
+        if (cJSON_IsNumber(st) && st->valuedouble != n)
+            snprintf(cnt, sizeof cnt, "%.0f %s in %.0f %s", n,
+                     msh_cli_plural(n, "tensor", "tensors"), st->valuedouble,
+                     msh_cli_plural(st->valuedouble, "storage", "storages"));
+        else
+            snprintf(cnt, sizeof cnt, "%.0f %s", n, msh_cli_plural(n, "tensor", "tensors"));
+        human(num(x, "bytes"), a, sizeof a);
+        fprintf(out, "    %-14s %-26s %10s\n", str(x, "dtype"), cnt, a);
+    }
+}
+
+/* "largest tensors:" rows of checkpoints, safetensors and model folders. */
+static void largest_rows(const cJSON *r, FILE *out) {
+    const cJSON *lg = cJSON_GetObjectItemCaseSensitive(r, "largest");
+    if (cJSON_GetArraySize(lg) == 0)
+        return;
+    fprintf(out, "  largest tensors:\n");
+    const cJSON *x;
+    char a[32], sh[96];
+    cJSON_ArrayForEach(x, lg) {
+        human(num(x, "bytes"), a, sizeof a);
+        shape(x, sh, sizeof sh);
+        double views = num(x, "storage_views");
+        const char *role = str(x, "role");
+        fprintf(out, "    %12s  %-8s %-18s %s (%s", a, str(x, "dtype"), sh, str(x, "name"),
+                strcmp(role, "optimizer_state") == 0  ? "optimizer state"
+                : strcmp(role, "training_state") == 0 ? "training state"
+                                                      : role);
+        if (views > 1)
+            fprintf(out, ", its storage viewed by %.0f tensors", views);
+        fprintf(out, ")\n");
+    }
 }
 
 static void print_pth(const cJSON *r, FILE *out) {
@@ -61,24 +112,45 @@ static void print_pth(const cJSON *r, FILE *out) {
                 strcmp(kind, "legacy") == 0 ? " (legacy format)" : "");
     fprintf(out, "  %s = %s weights + %s optimizer state + %s other tensors + %s metadata\n", f, a,
             b, c, d);
-    const cJSON *found = cJSON_GetObjectItemCaseSensitive(r, "state_dict_found");
-    if (cJSON_IsTrue(found))
-        fprintf(out, "  state dict: %s (%.0f tensors in the file)\n",
-                *str(r, "state_dict_key") ? str(r, "state_dict_key")
-                : cJSON_IsString(mc)      ? "the module's parameters and buffers"
-                                          : "the whole file",
-                num(r, "tensor_count"));
-    else
+    /* the state dict's rows, then the whole file's when it holds more than the state dict */
+    const cJSON *sd = cJSON_GetObjectItemCaseSensitive(r, "state_dict");
+    double nt = num(r, "tensor_count"), ns = num(r, "storage_count");
+    if (cJSON_IsObject(sd)) {
+        double st = num(sd, "tensors"), ss = num(sd, "storages");
+        human(num(sd, "bytes"), a, sizeof a);
+        fprintf(out, "  state dict %s: %.0f %s",
+                *str(sd, "key")      ? str(sd, "key")
+                : cJSON_IsString(mc) ? "(the module's parameters and buffers)"
+                                     : "(the whole file)",
+                st, msh_cli_plural(st, "tensor", "tensors"));
+        if (ss != st)
+            fprintf(out, " in %.0f %s", ss, msh_cli_plural(ss, "storage", "storages"));
+        fprintf(out, ", %s\n", a);
+        dtype_rows(cJSON_GetObjectItemCaseSensitive(sd, "by_dtype"), out);
+    } else {
         fprintf(out, "  no model state dict found (name one with convert --key)\n");
+    }
+    if (!cJSON_IsObject(sd) || num(sd, "tensors") != nt || num(sd, "storages") != ns) {
+        human(num(r, "tensor_bytes"), a, sizeof a);
+        fprintf(out, "  whole file: %.0f %s", nt, msh_cli_plural(nt, "tensor", "tensors"));
+        if (ns != nt)
+            fprintf(out, " in %.0f %s", ns, msh_cli_plural(ns, "storage", "storages"));
+        fprintf(out, ", %s\n", a);
+        dtype_rows(cJSON_GetObjectItemCaseSensitive(r, "by_dtype"), out);
+    }
     const cJSON *x;
     const cJSON *cands = cJSON_GetObjectItemCaseSensitive(r, "state_dict_candidates");
     if (cJSON_GetArraySize(cands) >= 2) {
         fprintf(out, "  state dicts:");
         int k = 0;
         cJSON_ArrayForEach(x, cands) {
-            human(num(x, "bytes"), a, sizeof a);
-            fprintf(out, "%s %s (%.0f tensors, %s)%s", k++ ? "," : "", str(x, "key"),
-                    num(x, "tensors"), a,
+            double n = num(x, "tensors"), s = num(x, "storages");
+            human(num(x, "storage_bytes"), a, sizeof a);
+            fprintf(out, "%s %s (%.0f %s, %s", k++ ? "," : "", str(x, "key"), n,
+                    msh_cli_plural(n, "tensor", "tensors"), a);
+            if (s != n)
+                fprintf(out, " in %.0f %s", s, msh_cli_plural(s, "storage", "storages"));
+            fprintf(out, ")%s",
                     cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(x, "chosen")) ? " [chosen]" : "");
         }
         fprintf(out, "\n");
@@ -96,35 +168,32 @@ static void print_pth(const cJSON *r, FILE *out) {
         }
         fprintf(out, "\n");
     }
-    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "by_dtype")) {
-        human(num(x, "bytes"), a, sizeof a);
-        fprintf(out, "    %-14s %8.0f tensors %12s\n", str(x, "dtype"), num(x, "count"), a);
-    }
     cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "shared_storage")) {
         const cJSON *names = cJSON_GetObjectItemCaseSensitive(x, "tensors");
+        int n = cJSON_GetArraySize(names);
         human(num(x, "bytes"), a, sizeof a);
-        fprintf(out, "  shared storage (%s): %s, %s%s\n", a,
-                cJSON_GetArrayItem(names, 0)->valuestring,
-                cJSON_GetArraySize(names) > 1 ? cJSON_GetArrayItem(names, 1)->valuestring : "",
-                cJSON_GetArraySize(names) > 2 ? ", ..." : "");
+        fprintf(out, "  shared storage (%s, stored once), viewed by %d %s: %s%s%s%s\n", a, n,
+                msh_cli_plural(n, "tensor", "tensors"), cJSON_GetArrayItem(names, 0)->valuestring,
+                n > 1 ? ", " : "", n > 1 ? cJSON_GetArrayItem(names, 1)->valuestring : "",
+                n > 2 ? ", ..." : "");
     }
+    largest_rows(r, out);
 }
 
 static void print_st(const cJSON *r, FILE *out) {
     char a[32], b[32];
     human(num(r, "file_bytes"), a, sizeof a);
     human(num(r, "header_bytes"), b, sizeof b);
-    fprintf(out, "%s: safetensors, %s: %.0f tensors, %s header\n", str(r, "path"), a,
-            num(r, "tensor_count"), b);
-    const cJSON *x;
-    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "by_dtype")) {
-        human(num(x, "bytes"), a, sizeof a);
-        fprintf(out, "    %-14s %8.0f tensors %12s\n", str(x, "dtype"), num(x, "count"), a);
-    }
+    double n = num(r, "tensor_count");
+    fprintf(out, "%s: safetensors, %s: %.0f %s, %s header\n", str(r, "path"), a, n,
+            msh_cli_plural(n, "tensor", "tensors"), b);
+    dtype_rows(cJSON_GetObjectItemCaseSensitive(r, "by_dtype"), out);
     const cJSON *dup = cJSON_GetObjectItemCaseSensitive(r, "duplicates");
+    double g = num(dup, "groups"), t = num(dup, "tensors");
     human(num(dup, "saved_bytes"), a, sizeof a);
-    fprintf(out, "  duplicates: %.0f groups, %.0f redundant tensors, %s\n", num(dup, "groups"),
-            num(dup, "tensors"), a);
+    fprintf(out, "  duplicates: %.0f %s, %.0f redundant %s, %s\n", g,
+            msh_cli_plural(g, "group", "groups"), t, msh_cli_plural(t, "tensor", "tensors"), a);
+    largest_rows(r, out);
 }
 
 static void print_hf(const cJSON *r, FILE *out) {
@@ -138,26 +207,29 @@ static void print_hf(const cJSON *r, FILE *out) {
             n_sh == 1 ? "" : "s", sharded ? " (index " : "", sharded ? str(r, "index") : "",
             sharded ? ")" : "");
     human(num(r, "tensor_bytes"), a, sizeof a);
-    fprintf(out, "  tensor data %s (%.0f keys; a tied key's bytes counted once)\n", a,
-            num(r, "tensor_count"));
-    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "by_dtype")) {
-        human(num(x, "bytes"), a, sizeof a);
-        fprintf(out, "    %-14s %8.0f tensors %12s\n", str(x, "dtype"), num(x, "count"), a);
-    }
+    double keys = num(r, "tensor_count");
+    fprintf(out, "  tensor data %s (%.0f %s; a tied key's bytes counted once)\n", a, keys,
+            msh_cli_plural(keys, "key", "keys"));
+    dtype_rows(cJSON_GetObjectItemCaseSensitive(r, "by_dtype"), out);
     cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "tied")) {
         human(num(x, "bytes"), a, sizeof a);
         fprintf(out, "  tied: %s is %s (%s, written once)\n", str(x, "key"), str(x, "to"), a);
     }
     const cJSON *dup = cJSON_GetObjectItemCaseSensitive(r, "duplicates");
+    double g = num(dup, "groups"), t = num(dup, "tensors");
     human(num(dup, "saved_bytes"), a, sizeof a);
-    fprintf(out, "  duplicates (not tied): %.0f groups, %.0f redundant tensors, %s\n",
-            num(dup, "groups"), num(dup, "tensors"), a);
+    fprintf(out, "  duplicates (not tied): %.0f %s, %.0f redundant %s, %s\n", g,
+            msh_cli_plural(g, "group", "groups"), t, msh_cli_plural(t, "tensor", "tensors"), a);
     fprintf(out, "  shards:\n");
     cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "shards")) {
+        double k = num(x, "tensors");
         human(num(x, "bytes"), b, sizeof b);
-        fprintf(out, "    %-40s %8.0f tensors %12s\n", str(x, "file"), num(x, "tensors"), b);
+        fprintf(out, "    %-40s %8.0f %-7s %12s\n", str(x, "file"), k,
+                msh_cli_plural(k, "tensor", "tensors"), b);
     }
-    fprintf(out, "  other files: %.0f (copied as they are)\n", num(r, "other_files"));
+    double of = num(r, "other_files");
+    fprintf(out, "  other files: %.0f (copied as they are)\n", of);
+    largest_rows(r, out);
     if (*str(r, "note"))
         fprintf(out, "  note: %s\n", str(r, "note"));
 }
@@ -190,27 +262,28 @@ void msh_cli_print_table(const cJSON *r, FILE *out) {
     human(num(r, "overhead_bytes"), b, sizeof b);
     human(ext, c, sizeof c);
     double total = file + ext;
-    fprintf(out, "  %-22s %12s  %5.1f%%  (%.0f tensors)\n", "tensor data", a,
-            total > 0 ? 100.0 * tb / total : 0.0, num(r, "tensor_count"));
+    double nt = num(r, "tensor_count");
+    fprintf(out, "  %-22s %12s  %5.1f%%  (%.0f %s)\n", "tensor data", a,
+            total > 0 ? 100.0 * tb / total : 0.0, nt, msh_cli_plural(nt, "tensor", "tensors"));
     fprintf(out, "  %-22s %12s  %5.1f%%\n", "graph + metadata", b,
             total > 0 ? 100.0 * num(r, "overhead_bytes") / total : 0.0);
     if (ext > 0)
         fprintf(out, "  %-22s %12s  (part of tensor data)\n", "in external files", c);
     fprintf(out, "  by element type:\n");
-    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "by_dtype")) {
-        human(num(x, "bytes"), a, sizeof a);
-        fprintf(out, "    %-14s %8.0f tensors %12s\n", str(x, "dtype"), num(x, "count"), a);
-    }
+    dtype_rows(cJSON_GetObjectItemCaseSensitive(r, "by_dtype"), out);
     const cJSON *dup = cJSON_GetObjectItemCaseSensitive(r, "duplicates");
+    double g = num(dup, "groups"), t = num(dup, "tensors");
     human(num(dup, "saved_bytes"), a, sizeof a);
-    fprintf(out, "  duplicates: %.0f groups, %.0f redundant tensors, dedup saves %s (%.1f%%)\n",
-            num(dup, "groups"), num(dup, "tensors"), a,
+    fprintf(out, "  duplicates: %.0f %s, %.0f redundant %s, dedup saves %s (%.1f%%)\n", g,
+            msh_cli_plural(g, "group", "groups"), t, msh_cli_plural(t, "tensor", "tensors"), a,
             total > 0 ? 100.0 * num(dup, "saved_bytes") / total : 0.0);
     const cJSON *un = cJSON_GetObjectItemCaseSensitive(r, "unused");
     if (un && (num(un, "initializers") > 0 || num(un, "nodes") > 0)) {
+        double ui = num(un, "initializers"), un_n = num(un, "nodes");
         human(num(un, "bytes"), a, sizeof a);
-        fprintf(out, "  unused: %.0f initializers (%s), %.0f nodes (removed by convert)\n",
-                num(un, "initializers"), a, num(un, "nodes"));
+        fprintf(out, "  unused: %.0f %s (%s), %.0f %s (removed by convert)\n", ui,
+                msh_cli_plural(ui, "initializer", "initializers"), a, un_n,
+                msh_cli_plural(un_n, "node", "nodes"));
     }
     int shown = 0;
     cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(dup, "list")) {
@@ -231,9 +304,9 @@ void msh_cli_print_table(const cJSON *r, FILE *out) {
         human(num(q, "bytes"), a, sizeof a);
         human(num(q, "scale_bytes"), b, sizeof b);
         human(num(q, "zero_point_bytes"), c, sizeof c);
-        fprintf(out,
-                "  quantized: %.0f INT8 weights, %s, with %s of scales and %s of zero points\n",
-                num(q, "tensors"), a, b, c);
+        double qn = num(q, "tensors");
+        fprintf(out, "  quantized: %.0f INT8 %s, %s, with %s of scales and %s of zero points\n", qn,
+                msh_cli_plural(qn, "weight", "weights"), a, b, c);
     }
     fprintf(out, "  largest tensors:\n");
     cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "largest")) {
@@ -244,7 +317,8 @@ void msh_cli_print_table(const cJSON *r, FILE *out) {
     }
     cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "external")) {
         human(num(x, "bytes"), a, sizeof a);
-        fprintf(out, "  external file %s: %.0f tensors, %s\n", str(x, "location"),
-                num(x, "tensors"), a);
+        double et = num(x, "tensors");
+        fprintf(out, "  external file %s: %.0f %s, %s\n", str(x, "location"), et,
+                msh_cli_plural(et, "tensor", "tensors"), a);
     }
 }

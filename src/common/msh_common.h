@@ -20,6 +20,14 @@ msh_status msh_fail(msh_error *e, msh_status s, const char *fmt, ...) MSH_PRINTF
 /* Prefix an existing message with "what: " (used to add the file name once, at the top). */
 void msh_error_prefix(msh_error *e, const char *what);
 
+/* A byte count as the CLI shows it: "512 B", "46.8 kB", "1.2 GB" (powers of 1000, one decimal),
+ * into buf. Returns buf. */
+const char *msh_fmt_bytes(int64_t n, char *buf, size_t cap);
+/* `one` when n == 1, else `many` (messages say "1 tensor", "2 tensors"). */
+static inline const char *msh_plural(int64_t n, const char *one, const char *many) {
+    return n == 1 ? one : many;
+}
+
 #define MSH_FORWARD(expr)                                                                          \
     do {                                                                                           \
         msh_status msh_fwd_s_ = (expr);                                                            \

@@ -104,3 +104,19 @@ void msh_format_bytes(int64_t n, char *buf, size_t cap) {
     else
         snprintf(buf, cap, "%.1f %s", v, units[u]);
 }
+
+const char *msh_fmt_bytes(int64_t n, char *buf, size_t cap) {
+    static const char *const u[] = {"B", "kB", "MB", "GB", "TB", "PB"};
+    double v = (double)n;
+    int i = 0;
+    /* the unit steps up where one decimal would round to 1000 (as the CLI's tables do) */
+    while (i < 5 && (i == 0 ? v >= 1000.0 : v >= 999.95)) {
+        v /= 1000.0;
+        i++;
+    }
+    if (i == 0)
+        snprintf(buf, cap, "%lld B", (long long)n);
+    else
+        snprintf(buf, cap, "%.1f %s", v, u[i]);
+    return buf;
+}

@@ -701,7 +701,19 @@ static msh_status legacy_open(msh_pth *p, msh_error *e) {
 
 /* ---- choosing the state dict ---- */
 
-static void count_sd(const msh_pk *d, int64_t *tensors, int64_t *bytes, int depth) {
+/* Storages by key: each tensor's reference is an object of its own, the key names the storage */
+static int cmp_storage_key(const void *a, const void *b) {
+    const msh_pk *x = *(const msh_pk *const *)a, *y = *(const msh_pk *const *)b;
+    return strcmp(x->s ? x->s : "", y->s ? y->s : "");
+}
+
+/* The storages a candidate's tensors view, each once (tied weights view one). */
+typedef struct sd_storages {
+    const msh_pk **v;
+    size_t n, cap;
+} sd_storages;
+
+static void count_sd(const msh_pk *d, msh_pth_cand *c, sd_storages *ss, int depth) {
     if (!d || depth > 64)
         return;
     if (d->type == MSH_PK_TENSOR) {
@@ -709,14 +721,25 @@ static void count_sd(const msh_pk *d, int64_t *tensors, int64_t *bytes, int dept
         for (size_t i = 0; i < d->ndim; i++)
             if (!msh_mul_i64(n, d->shape[i], &n))
                 return;
-        (*tensors)++;
-        *bytes += n * msh_dtype_size(d->dtype);
+        c->tensors++;
+        c->bytes += n * msh_dtype_size(d->dtype);
+        if (!d->storage)
+            return;
+        if (ss->n == ss->cap) {
+            size_t cap = ss->cap ? 2 * ss->cap : 64;
+            const msh_pk **nv = realloc((void *)ss->v, cap * sizeof *nv);
+            if (!nv)
+                return; /* a count for inspect only: short of memory it stays low */
+            ss->v = nv;
+            ss->cap = cap;
+        }
+        ss->v[ss->n++] = d->storage;
         return;
     }
     if (d->type != MSH_PK_DICT)
         return;
     for (size_t i = 1; i < d->n; i += 2)
-        count_sd(d->items[i], tensors, bytes, depth + 1);
+        count_sd(d->items[i], c, ss, depth + 1);
 }
 
 static void add_cand(msh_pth *p, const char *key, const msh_pk *sd, int chosen) {
@@ -726,7 +749,19 @@ static void add_cand(msh_pth *p, const char *key, const msh_pk *sd, int chosen) 
     memset(c, 0, sizeof *c);
     c->key = key;
     c->chosen = chosen;
-    count_sd(sd, &c->tensors, &c->bytes, 0);
+    sd_storages ss = {NULL, 0, 0};
+    count_sd(sd, c, &ss, 0);
+    if (ss.n)
+        qsort((void *)ss.v, ss.n, sizeof *ss.v, cmp_storage_key);
+    for (size_t i = 0; i < ss.n; i++) {
+        if (i && cmp_storage_key(&ss.v[i], &ss.v[i - 1]) == 0)
+            continue;
+        int64_t sb;
+        c->storages++;
+        if (ss.v[i]->i > 0 && msh_mul_i64(ss.v[i]->i, msh_dtype_size(ss.v[i]->dtype), &sb))
+            c->storage_bytes += sb;
+    }
+    free((void *)ss.v);
 }
 
 static const char *const known_keys[] = {"model_state_dict", "state_dict", "model_state", "model",
@@ -934,12 +969,13 @@ void msh_pth_top_keys(const msh_pth *p, char *keys, size_t cap) {
     keys[0] = 0;
     if (p->n_cand >= 2) {
         snprintf(keys, cap, "several state dicts:");
-        for (size_t i = 0; i < p->n_cand && strlen(keys) + 80 < cap; i++)
-            snprintf(keys + strlen(keys), cap - strlen(keys),
-                     "%s '%.40s' (%lld tensors, %lld "
-                     "bytes)",
+        for (size_t i = 0; i < p->n_cand && strlen(keys) + 80 < cap; i++) {
+            char b[32];
+            snprintf(keys + strlen(keys), cap - strlen(keys), "%s '%.40s' (%lld %s, %s)",
                      i ? "," : "", p->cand[i].key, (long long)p->cand[i].tensors,
-                     (long long)p->cand[i].bytes);
+                     msh_plural(p->cand[i].tensors, "tensor", "tensors"),
+                     msh_fmt_bytes(p->cand[i].bytes, b, sizeof b));
+        }
         return;
     }
     const msh_pk *r = p->pk.root;

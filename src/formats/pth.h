@@ -71,8 +71,9 @@ typedef struct msh_pth_blob {
 
 /* A value that could be the state dict. */
 typedef struct msh_pth_cand {
-    const char *key; /* "" for the root */
-    int64_t tensors, bytes;
+    const char *key;        /* "" for the root */
+    int64_t tensors, bytes; /* bytes: the tensors' own, a view of a shared storage each time */
+    int64_t storages, storage_bytes; /* the storages they view, each counted once */
     int chosen;
 } msh_pth_cand;
 

@@ -227,6 +227,7 @@ msh_status msh_diff_tables(const msh_table *a, const msh_table *b, cJSON *out, i
     uint8_t *x = malloc(DIFF_CHUNK), *y = malloc(DIFF_CHUNK), *used = calloc(b->n + 1, 1);
     if (st == MSH_OK && (!x || !y || !used))
         st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    cJSON_AddNumberToObject(out, "schema_version", MSH_DIFF_SCHEMA_VERSION);
     cJSON *list = cJSON_AddArrayToObject(out, "tensors");
     int64_t n_same = 0, n_diff = 0, n_missing = 0, n_extra = 0, n_changed = 0;
     double worst_cos = 1.0, worst_abs = 0.0;

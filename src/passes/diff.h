@@ -18,9 +18,13 @@
 
 #include "common/msh_table.h"
 
-/* Compare tables `a` and `b`, adding "tensors" (one object per name, in `a`'s order then `b`'s
- * extra names), "summary" and "identical" to `out`. `*identical` is 1 when every tensor of
- * either is in both with the same type, shape and bytes. */
+/* The version of diff's JSON (include/schema/diff.schema.json): fields may be added within a
+ * version; a field renamed, removed or changed in meaning makes the next one. */
+#define MSH_DIFF_SCHEMA_VERSION 1
+
+/* Compare tables `a` and `b`, adding "schema_version", "tensors" (one object per name, in `a`'s
+ * order then `b`'s extra names), "summary" and "identical" to `out`. `*identical` is 1 when every
+ * tensor of either is in both with the same type, shape and bytes. */
 msh_status msh_diff_tables(const msh_table *a, const msh_table *b, cJSON *out, int *identical,
                            msh_error *e);
 

@@ -263,6 +263,13 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
 
 /* ---- checkpoints ---- */
 
+static cJSON *tentry_shape(const msh_tentry *t) {
+    cJSON *a = cJSON_CreateArray();
+    for (size_t i = 0; a && i < t->ndim; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateNumber((double)t->shape[i]));
+    return a;
+}
+
 typedef struct dup_json {
     const msh_table *tab;
     cJSON *list;
@@ -275,6 +282,7 @@ static msh_status dup_class(void *arg, const msh_dedup_cand *const *cls, size_t 
     const msh_tentry *k = msh_table_at(d->tab, (size_t)cls[0]->t);
     cJSON *g = cJSON_CreateObject();
     cJSON_AddStringToObject(g, "dtype", msh_dtype_name(k->dtype));
+    cJSON_AddItemToObject(g, "shape", tentry_shape(k));
     cJSON_AddNumberToObject(g, "bytes_each", (double)k->nbytes);
     cJSON *members = cJSON_AddArrayToObject(g, "members");
     for (size_t i = 0; i < n; i++)
@@ -301,18 +309,109 @@ static msh_status dup_report(const msh_table *tab, msh_dedup_cand *c, size_t nc,
     return st;
 }
 
+static int dt_index(int32_t dtype) {
+    return dtype >= 0 && dtype < 31 ? dtype : 31;
+}
+
+/* "by_dtype" of checkpoint tensors: per element type, the tensors, the storages they view and
+ * those storages' bytes, each storage counted once (tied weights and views share one). */
+static void json_by_dtype_storages(cJSON *o, const int64_t count[32], const int64_t storages[32],
+                                   const int64_t bytes[32]) {
+    cJSON *bd = cJSON_AddArrayToObject(o, "by_dtype");
+    for (int d = 0; d < 32; d++) {
+        if (!count[d] && !storages[d])
+            continue;
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "dtype", msh_dtype_name(d == 31 ? -1 : d));
+        cJSON_AddNumberToObject(x, "count", (double)count[d]);
+        cJSON_AddNumberToObject(x, "storages", (double)storages[d]);
+        cJSON_AddNumberToObject(x, "bytes", (double)bytes[d]);
+        cJSON_AddItemToArray(bd, x);
+    }
+}
+
+static _Thread_local const msh_table *g_tab;
+static int entry_size_desc(const void *a, const void *b) {
+    size_t i = *(const size_t *)a, k = *(const size_t *)b;
+    int64_t x = msh_table_at(g_tab, i)->nbytes, y = msh_table_at(g_tab, k)->nbytes;
+    if (x != y)
+        return x > y ? -1 : 1;
+    return i < k ? -1 : 1;
+}
+
+/* "largest": the MSH_TOP_N largest of the `n` table entries `idx` (sorted in place), by their
+ * own bytes; `views`, when given, adds how many tensors view each one's storage. */
+static msh_status json_largest(cJSON *o, const msh_table *tab, size_t *idx, size_t n,
+                               const msh_pth *views, msh_error *e) {
+    cJSON *lg = cJSON_AddArrayToObject(o, "largest");
+    if (!lg)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    g_tab = tab;
+    if (n)
+        qsort(idx, n, sizeof *idx, entry_size_desc);
+    for (size_t i = 0; i < n && i < MSH_TOP_N; i++) {
+        const msh_tentry *t = msh_table_at(tab, idx[i]);
+        cJSON *x = cJSON_CreateObject();
+        /* a checkpoint's tensor by its path from the root ("optimizer.state.0.exp_avg") */
+        const char *name = views ? views->t[idx[i]].name : t->name;
+        cJSON_AddStringToObject(x, "name", name ? name : "");
+        cJSON_AddStringToObject(x, "dtype", msh_dtype_name(t->dtype));
+        cJSON_AddItemToObject(x, "shape", tentry_shape(t));
+        cJSON_AddNumberToObject(x, "bytes", (double)(t->nbytes > 0 ? t->nbytes : 0));
+        cJSON_AddStringToObject(x, "role", msh_role_name(t->role));
+        if (views) {
+            const msh_pth_tensor *pt = &views->t[idx[i]];
+            cJSON_AddBoolToObject(x, "state_dict", pt->key != NULL);
+            cJSON_AddNumberToObject(x, "storage_views", (double)views->s[pt->storage].users);
+        }
+        cJSON_AddItemToArray(lg, x);
+    }
+    return MSH_OK;
+}
+
 msh_status msh_inspect_pth(const msh_pth *p, msh_engine *eng, cJSON *o, msh_error *e) {
     int64_t cat_bytes[3] = {0, 0, 0}, total = 0;
-    int64_t dt_count[32] = {0}, dt_bytes[32] = {0};
+    /* the whole file, and the state dict; a storage's bytes once, under its element type */
+    int64_t dt_count[32] = {0}, dt_st[32] = {0}, dt_bytes[32] = {0};
+    int64_t sd_count[32] = {0}, sd_st[32] = {0}, sd_bytes[32] = {0};
+    int64_t sd_tensors = 0, sd_storages = 0, sd_total = 0;
+    uint8_t *in_sd = calloc(p->ns + 1, 1);
+    int32_t *sdt = malloc((p->ns + 1) * sizeof *sdt);
+    if (!in_sd || !sdt) {
+        free(in_sd);
+        free(sdt);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    /* a storage counts under the type of its first tensor (an UntypedStorage says bytes) */
+    for (size_t i = 0; i < p->ns; i++)
+        sdt[i] = -1;
+    for (size_t i = 0; i < p->nt; i++)
+        if (sdt[p->t[i].storage] < 0)
+            sdt[p->t[i].storage] = p->t[i].d.dtype;
     for (size_t i = 0; i < p->ns; i++) {
+        int d = dt_index(sdt[i] >= 0 ? sdt[i] : p->s[i].dtype);
         cat_bytes[p->s[i].cat] += p->s[i].nbytes;
         total += p->s[i].nbytes;
+        dt_st[d]++;
+        dt_bytes[d] += p->s[i].nbytes;
     }
     for (size_t i = 0; i < p->nt; i++) {
-        int d = p->t[i].d.dtype >= 0 && p->t[i].d.dtype < 31 ? p->t[i].d.dtype : 31;
-        dt_count[d]++;
-        dt_bytes[d] += p->t[i].d.nbytes;
+        const msh_pth_tensor *t = &p->t[i];
+        dt_count[dt_index(t->d.dtype)]++;
+        if (!t->key)
+            continue;
+        sd_tensors++;
+        sd_count[dt_index(t->d.dtype)]++;
+        if (in_sd[t->storage])
+            continue;
+        in_sd[t->storage] = 1;
+        sd_storages++;
+        sd_total += p->s[t->storage].nbytes;
+        sd_st[dt_index(sdt[t->storage])]++;
+        sd_bytes[dt_index(sdt[t->storage])] += p->s[t->storage].nbytes;
     }
+    free(in_sd);
+    free(sdt);
     cJSON_AddStringToObject(o, "format", "pth");
     cJSON_AddNumberToObject(o, "file_bytes", (double)p->file_size);
     cJSON_AddNumberToObject(o, "tensor_bytes", (double)total);
@@ -330,6 +429,8 @@ msh_status msh_inspect_pth(const msh_pth *p, msh_engine *eng, cJSON *o, msh_erro
         cJSON_AddStringToObject(x, "key", p->cand[i].key);
         cJSON_AddNumberToObject(x, "tensors", (double)p->cand[i].tensors);
         cJSON_AddNumberToObject(x, "bytes", (double)p->cand[i].bytes);
+        cJSON_AddNumberToObject(x, "storages", (double)p->cand[i].storages);
+        cJSON_AddNumberToObject(x, "storage_bytes", (double)p->cand[i].storage_bytes);
         cJSON_AddBoolToObject(x, "chosen", p->cand[i].chosen);
         cJSON_AddItemToArray(cands, x);
     }
@@ -345,7 +446,18 @@ msh_status msh_inspect_pth(const msh_pth *p, msh_engine *eng, cJSON *o, msh_erro
     cJSON_AddNumberToObject(b, "optimizer_state", (double)cat_bytes[MSH_PTH_OPTIM]);
     cJSON_AddNumberToObject(b, "other_tensors", (double)cat_bytes[MSH_PTH_OTHER]);
     cJSON_AddNumberToObject(b, "metadata", (double)(p->file_size - total));
-    msh_json_by_dtype(o, dt_count, dt_bytes);
+    cJSON_AddNumberToObject(o, "storage_count", (double)p->ns);
+    json_by_dtype_storages(o, dt_count, dt_st, dt_bytes);
+    if (p->sd_key) {
+        cJSON *sd = cJSON_AddObjectToObject(o, "state_dict");
+        cJSON_AddStringToObject(sd, "key", p->sd_key);
+        cJSON_AddNumberToObject(sd, "tensors", (double)sd_tensors);
+        cJSON_AddNumberToObject(sd, "storages", (double)sd_storages);
+        cJSON_AddNumberToObject(sd, "bytes", (double)sd_total);
+        json_by_dtype_storages(sd, sd_count, sd_st, sd_bytes);
+    } else {
+        cJSON_AddNullToObject(o, "state_dict");
+    }
     cJSON *sh = cJSON_AddArrayToObject(o, "shared_storage");
     for (size_t i = 0; i < p->ns; i++) {
         if (p->s[i].users < 2)
@@ -362,10 +474,21 @@ msh_status msh_inspect_pth(const msh_pth *p, msh_engine *eng, cJSON *o, msh_erro
     msh_table tab = msh_pth_table(p);
     msh_dedup_cand *c = malloc((p->nt + 1) * sizeof *c);
     uint8_t *seen = calloc(p->ns + 1, 1);
-    if (!c || !seen) {
+    size_t *idx = malloc((p->nt + 1) * sizeof *idx);
+    if (!c || !seen || !idx) {
         free(c);
         free(seen);
+        free(idx);
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < p->nt; i++)
+        idx[i] = i;
+    msh_status lst = json_largest(o, &tab, idx, p->nt, p, e);
+    free(idx);
+    if (lst != MSH_OK) {
+        free(c);
+        free(seen);
+        return lst;
     }
     size_t nc = 0;
     for (size_t i = 0; i < p->nt; i++) {
@@ -398,8 +521,20 @@ msh_status msh_inspect_st(const msh_st_file *f, msh_engine *eng, cJSON *o, msh_e
     msh_json_by_dtype(o, dt_count, dt_bytes);
     msh_table tab = msh_st_table(f);
     msh_dedup_cand *c = malloc((f->n + 1) * sizeof *c);
-    if (!c)
+    size_t *idx = malloc((f->n + 1) * sizeof *idx);
+    if (!c || !idx) {
+        free(c);
+        free(idx);
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < f->n; i++)
+        idx[i] = i;
+    msh_status lst = json_largest(o, &tab, idx, f->n, NULL, e);
+    free(idx);
+    if (lst != MSH_OK) {
+        free(c);
+        return lst;
+    }
     size_t nc = 0;
     for (size_t i = 0; i < f->n; i++)
         if (msh_dtype_size(f->t[i].d.dtype) > 0)
@@ -427,12 +562,15 @@ msh_status msh_inspect_hf(msh_hf *h, msh_engine *eng, cJSON *o, msh_error *e) {
     cJSON_AddNumberToObject(o, "file_bytes", (double)h->bytes_in);
     cJSON *tied = cJSON_CreateArray();
     msh_dedup_cand *c = malloc((plan.n + 1) * sizeof *c);
-    if (!c) {
+    size_t *idx = malloc((plan.n + 1) * sizeof *idx);
+    if (!c || !idx) {
         cJSON_Delete(tied);
+        free(c);
+        free(idx);
         msh_ckpt_plan_free(&plan);
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     }
-    size_t nc = 0;
+    size_t nc = 0, ni = 0;
     for (size_t k = 0; k < plan.n; k++) {
         const msh_tentry *t = msh_table_at(&tab, plan.sel[k]);
         if (plan.tied_to[k] != MSH_CKPT_UNTIED) {
@@ -447,8 +585,17 @@ msh_status msh_inspect_hf(msh_hf *h, msh_engine *eng, cJSON *o, msh_error *e) {
         dt_count[d]++;
         dt_bytes[d] += t->nbytes > 0 ? t->nbytes : 0;
         total += t->nbytes > 0 ? t->nbytes : 0;
+        idx[ni++] = plan.sel[k];
         if (t->nbytes > 0 && msh_dtype_size(t->dtype) > 0)
             c[nc++] = (msh_dedup_cand){(int64_t)plan.sel[k], 1, 0};
+    }
+    msh_status lst = json_largest(o, &tab, idx, ni, NULL, e); /* a tied key's bytes once */
+    free(idx);
+    if (lst != MSH_OK) {
+        cJSON_Delete(tied);
+        free(c);
+        msh_ckpt_plan_free(&plan);
+        return lst;
     }
     cJSON_AddNumberToObject(o, "tensor_bytes", (double)total);
     cJSON_AddNumberToObject(o, "tensor_count", (double)plan.n);

@@ -11,11 +11,15 @@
 #include "formats/safetensors.h"
 #include "passes/dedup.h"
 
-/* Fill `obj` with the report of `m`; `plan` is what dedup would merge. */
+/* The version of inspect's JSON (include/schema/inspect*.schema.json): fields may be added
+ * within a version; a field renamed, removed or changed in meaning makes the next one. */
+#define MSH_INSPECT_SCHEMA_VERSION 1
+
 /* Add "by_dtype": [{"dtype", "count", "bytes"}] to a report object from per-type tallies
  * indexed by element type (index 31: unknown types). */
 void msh_json_by_dtype(cJSON *report, const int64_t count[32], const int64_t bytes[32]);
 
+/* Fill `obj` with the report of `m`; `plan` is what dedup would merge. */
 msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan, cJSON *obj,
                             msh_error *e);
 

@@ -7,6 +7,7 @@ exits 0 (pass), 1 (fail) or 77 (skip: a Python module or a data folder is missin
 import argparse
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -73,12 +74,15 @@ class Failures:
         return 0
 
 
-def parse_args(desc):
+def parse_args(desc, add_arguments=None):
+    """The common command line; ``add_arguments(parser)`` adds a test's own options."""
     ap = argparse.ArgumentParser(description=desc)
     ap.add_argument("--bin", required=True, help="path to the modelshrink binary")
     ap.add_argument("--work", required=True, help="scratch folder (created; contents replaced)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder afterwards")
     ap.add_argument("-v", "--verbose", action="store_true")
+    if add_arguments:
+        add_arguments(ap)
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
     if not (os.path.isfile(args.bin) and os.access(args.bin, os.X_OK)):
@@ -246,3 +250,108 @@ def all_graphs(graph):
 
 def count_initializers(model):
     return sum(len(g.initializer) for g in all_graphs(model.graph))
+
+
+# ---------------------------------------------------------------------------------------------
+# what modelshrink prints: byte counts, convert lines
+# ---------------------------------------------------------------------------------------------
+
+def human_bytes(n):
+    """A byte count as convert's lines and inspect's tables print it (src/cli/table.c,
+    msh_cli_human_bytes): "512 B", then powers of 1000 with one decimal ("198.6 kB"); the unit
+    steps up where one decimal would round to 1000. Exact counts are in the JSON."""
+    units = ["B", "kB", "MB", "GB", "TB", "PB"]
+    x, i = float(n), 0
+    while i < 5 and (x >= 1000.0 if i == 0 else x >= 999.95):
+        x /= 1000.0
+        i += 1
+    return "%.0f B" % x if i == 0 else "%.1f %s" % (x, units[i])
+
+
+SIZE = r"\d+(?:\.\d)? (?:B|kB|MB|GB|TB|PB)"
+# "IN -> OUT: 198.6 kB -> 132.5 kB (1.50x)[, details]": one line per model
+CONVERT_LINE_RE = re.compile(r"^(?P<inp>.+) -> (?P<out>.+): (?P<a>%s) -> (?P<b>%s) "
+                             r"\((?P<ratio>[0-9.]+)x\)" % (SIZE, SIZE))
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON Schemas of inspect --json and diff --json (include/schema/)
+# ---------------------------------------------------------------------------------------------
+
+SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "include", "schema")
+_validators = {}
+
+
+def require_jsonschema():
+    """Skip (exit 77) when the jsonschema package is missing: a test that validates its JSON
+    must never pass without validating it. Call it before the test's work starts."""
+    try:
+        import jsonschema  # noqa: F401
+        import referencing  # noqa: F401
+    except ImportError as e:
+        skip("Python module 'jsonschema' is not available (%s): inspect --json and diff --json "
+             "outputs cannot be validated against include/schema/ (scripts/deps.sh installs "
+             "it at its pin in scripts/requirements-test.txt)" % e)
+
+
+def _strict(node):
+    """A copy of a schema in which every object schema ("type": "object" with "properties")
+    refuses other fields: the tests hold the schema to every field the output has, while users'
+    validators accept added fields, as the stability rule allows. (Conditions, the "if" parts,
+    name no type and stay as they are.)"""
+    if isinstance(node, list):
+        return [_strict(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _strict(v) for k, v in node.items()}
+    if out.get("type") == "object" and "properties" in out and \
+            "additionalProperties" not in out and "patternProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def schema_validator(name):
+    """A draft 2020-12 validator for include/schema/NAME (its relative $refs resolve to the other
+    files of the folder), strict as _strict says."""
+    require_jsonschema()
+    if name not in _validators:
+        import json
+        import jsonschema
+        from referencing import Registry, Resource
+        resources = []
+        for fn in sorted(os.listdir(SCHEMA_DIR)):
+            if fn.endswith(".schema.json"):
+                with open(os.path.join(SCHEMA_DIR, fn), encoding="utf-8") as f:
+                    resources.append((fn, Resource.from_contents(_strict(json.load(f)))))
+        reg = Registry().with_resources(resources)
+        schema = reg.contents(name)
+        jsonschema.Draft202012Validator.check_schema(schema)
+        _validators[name] = jsonschema.Draft202012Validator(schema, registry=reg)
+    return _validators[name]
+
+
+def check_schema(F, doc, name, what):
+    """One check: `doc` (parsed JSON, or the text of it) is valid against include/schema/NAME.
+    Returns whether it is."""
+    import json
+    if isinstance(doc, (str, bytes)):
+        try:
+            doc = json.loads(doc)
+        except ValueError as e:
+            return F.fail("%s: output is JSON (for %s)" % (what, name), str(e))
+    v = schema_validator(name)
+    errs = sorted(v.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    return F.check(not errs, "%s: output is valid against include/schema/%s" % (what, name),
+                   "\n".join("%s: %s" % ("/".join(str(p) for p in e.absolute_path) or "(root)",
+                                         e.message[:300]) for e in errs[:6]))
+
+
+def check_inspect_json(F, doc, what):
+    """inspect --json's output against include/schema/inspect.schema.json (each file entry by
+    its format's schema)."""
+    return check_schema(F, doc, "inspect.schema.json", what)
+
+
+def check_diff_json(F, doc, what):
+    """diff --json's output against include/schema/diff.schema.json."""
+    return check_schema(F, doc, "diff.schema.json", what)

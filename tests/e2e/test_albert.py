@@ -14,14 +14,15 @@ import msh_common as C  # noqa: E402
 
 NAME = "test_albert"
 SHAPE = dict(layers=12, hidden=256, embed=64, ffn=1024, vocab=4000, heads=4)
-LINE_RE = re.compile(r"^(?P<inp>.+) -> (?P<out>.+): (?P<a>\d+) -> (?P<b>\d+) bytes "
-                     r"\((?P<r>[0-9.]+)x\)(?:, dedup merged (?P<n>\d+) tensors)?"
-                     r", on (?:cpu|cuda)(?: \(verified against the CPU\))?$")
+LINE_RE = re.compile((r"^(?P<inp>.+) -> (?P<out>.+): (?P<a>%s) -> (?P<b>%s) "
+                      r"\((?P<r>[0-9.]+)x\)(?:, dedup merged (?P<n>\d+) tensors?)?"
+                      r", on (?:cpu|cuda)(?: \(verified against the CPU\))?$") % (C.SIZE, C.SIZE))
 
 
 def main():
     np, onnx, _ = C.import_deps("numpy", "onnx", "onnxruntime")
     args = C.parse_args(__doc__)
+    C.require_jsonschema()
     G = C.gen_models()
     F = C.Failures()
     w = args.work
@@ -72,11 +73,17 @@ def main():
                 "in %d bytes, out %d bytes (%.2fx)" % (in_size, out_size, in_size / out_size))
         lines = [l for l in r.out.splitlines() if l.strip()]
         m = LINE_RE.match(lines[0]) if len(lines) == 1 else None
-        if F.check(m is not None, "convert prints one line 'IN -> OUT: A -> B bytes (R.RRx), "
+        if F.check(m is not None, "convert prints one line 'IN -> OUT: A kB -> B kB (R.RRx), "
                    "dedup merged N tensors'", "stdout was: %r" % r.out):
-            F.check(int(m.group("a")) == in_size and int(m.group("b")) == out_size,
-                    "convert's byte counts are the file sizes",
+            F.check(m.group("a") == C.human_bytes(in_size) and
+                    m.group("b") == C.human_bytes(out_size),
+                    "convert's byte counts are the file sizes (in inspect's units)",
                     "line %r; in %d out %d" % (lines[0], in_size, out_size))
+            t = C.run(args.bin, "inspect", src)
+            first = t.out.splitlines()[0] if t.out.strip() else ""
+            F.check(first.startswith("%s: %s," % (src, m.group("a"))),
+                    "inspect's table gives the input's size in the same units as convert's line",
+                    "inspect: %r\nconvert: %r" % (first, lines[0]))
             F.check(m.group("n") is not None and int(m.group("n")) > 0,
                     "convert reports 'dedup merged N tensors' with N > 0", "line %r" % lines[0])
         F.check(r.err.strip() == "", "convert prints nothing on stderr", r.err)
@@ -93,6 +100,7 @@ def main():
 
     # ---- inspect --json --------------------------------------------------------------------
     r = C.run(args.bin, "inspect", "--json", src)
+    C.check_inspect_json(F, r.out, "inspect --json in.onnx")
     try:
         js = json.loads(r.out)
     except ValueError as e:
@@ -127,6 +135,7 @@ def main():
             F.fail("inspect --json has the contract's fields", "missing %r in %s" % (e, r.out[:800]))
     if os.path.isfile(out):
         r = C.run(args.bin, "inspect", "--json", out)
+        C.check_inspect_json(F, r.out, "inspect --json out.onnx")
         try:
             dup = json.loads(r.out)["files"][0]["duplicates"]
             F.check(dup["groups"] == 0 and dup["saved_bytes"] == 0,

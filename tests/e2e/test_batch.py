@@ -48,11 +48,12 @@ NAME = "test_batch"
 DATA = os.environ.get("MSH_ONNX_TESTDATA", "/usr/share/libonnx-testdata/data")
 MODEL_FIELDS = {"type", "input", "rel", "output", "format", "status", "error", "bytes_in",
                 "bytes_out", "ratio", "seconds", "device", "savings", "not_applied",
-                "input_size", "input_mtime_ns"}
-SUMMARY_FIELDS = {"type", "models", "ok", "failed", "resumed", "not_models", "bytes_in",
-                  "bytes_out", "seconds", "jobs", "shard", "interrupted"}
+                "input_size", "input_mtime_ns", "options", "options_hash"}
+SUMMARY_FIELDS = {"type", "models", "ok", "converted", "failed", "resumed", "reconverted_options",
+                  "not_models", "bytes_in", "bytes_out", "seconds", "jobs", "shard",
+                  "interrupted"}
 SAVINGS = {"dedup", "strip", "float", "int8", "prune"}
-LINE_RE = re.compile(r"^.+ -> .+: \d+ -> \d+ bytes \([0-9.]+x\)")
+LINE_RE = C.CONVERT_LINE_RE
 SKIP_RE = re.compile(r"^modelshrink: (.+): skipped \(not a model\)$")
 NEGATIVE_SAVINGS = set()  # reported as a note: a stage that grew the file (tied weights)
 SHARD_ENV = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN",
@@ -314,7 +315,8 @@ def check_report(F, path, zoo, out, man, what, jobs, shard=None, expect_rels=Non
             "missing %s" % sorted(SUMMARY_FIELDS - set(s)))
     nok = sum(1 for m in models if m.get("status") == "ok")
     nfail = sum(1 for m in models if m.get("status") == "error")
-    exp = {"models": len(want), "ok": nok, "failed": nfail, "resumed": 0,
+    exp = {"models": len(want), "ok": nok, "converted": nok, "failed": nfail, "resumed": 0,
+           "reconverted_options": 0,
            "bytes_in": sum(m.get("bytes_in") or 0 for m in models),
            "bytes_out": sum(m.get("bytes_out") or 0 for m in models if m.get("status") == "ok"),
            "jobs": jobs, "shard": shard, "interrupted": False}
@@ -350,9 +352,9 @@ def main():
     def log(msg):
         print("[%6.1f s] %s" % (time.perf_counter() - t_start, msg), flush=True)
 
-    h = B.run("--help")
+    h = B.run("convert", "--help")
     if not F.check("--jobs" in h.out + h.err and "--report" in h.out + h.err,
-                   "modelshrink --help lists the batch options (--jobs, --report)",
+                   "modelshrink convert --help lists the batch options (--jobs, --report)",
                    h.describe()):
         return F.finish(NAME)
 
@@ -675,6 +677,14 @@ def main():
     F.check(s is not None and s.get("resumed") == N and s.get("models") == N and
             s.get("failed") == 0, "--resume after a full run: resumed == models (%d)" % N,
             json.dumps(s))
+    full = split_report(read_report(os.path.join(R, "j2.jsonl"))[0][:len(before_lines)])[0]
+    want_tot = {"ok": N, "converted": 0, "reconverted_options": 0, "jobs": 0,
+                "bytes_in": sum(m["bytes_in"] for m in full if m.get("status") == "ok"),
+                "bytes_out": sum(m["bytes_out"] for m in full if m.get("status") == "ok")}
+    got_tot = {k: (s or {}).get(k) for k in want_tot}
+    F.check(got_tot == want_tot, "--resume after a full run: the summary's totals include the "
+            "resumed models (ok, bytes in and out); nothing converted, no job ran",
+            "got %s\nexpected %s" % (json.dumps(got_tot), json.dumps(want_tot)))
     F.check(lines[:len(before_lines)] == before_lines and len(lines) > len(before_lines),
             "--resume appends to the report")
     mt2 = mtimes(out2)

@@ -24,7 +24,7 @@ import msh_common as C  # noqa: E402
 
 NAME = "test_bf16"
 RTOL, ATOL = 2e-2, 2e-2
-BF16_RE = re.compile(r"bf16: (\d+) tensors")
+BF16_RE = re.compile(r"bf16: (\d+) tensors?")
 
 
 def bf16_bits(np, a):

@@ -203,7 +203,7 @@ print(net.load_state_dict(sd, strict=True))
     onnx_path = os.path.join(w, "mlp.onnx")
     onnx.save(g.make_mlp_dup(seed=1, width=64), onnx_path)
     cases = [(["--int8"], train, "--int8"), (["--keep-outputs", "y"], train, "--keep-outputs"),
-             (["--block-op", "Conv"], bare, "--block-op"),
+             (["--fp16", "--block-op", "Conv"], bare, "--block-op"),
              (["--external-data"], bare, "--external-data"),
              (["--format", "pth"], onnx_path, "--format"), (["--key", "model"], onnx_path, "--key")]
     for extra, inp, flag in cases:

@@ -34,6 +34,7 @@ def main():
     except ImportError as e:
         C.skip("safetensors is not available (%s)" % e)
     args = C.parse_args(__doc__.split("\n")[0])
+    C.require_jsonschema()
     G = C.gen_models()
     F = C.Failures()
     w = args.work
@@ -46,7 +47,10 @@ def main():
     def diff(*xs, env=None):
         argv = [args.bin, "diff"] + [str(x) for x in xs]
         p = subprocess.run(argv, capture_output=True, text=True, env=env)
-        return C.Result(argv, p.returncode, p.stdout, p.stderr)
+        r = C.Result(argv, p.returncode, p.stdout, p.stderr)
+        if "--json" in argv and p.stdout.strip():
+            C.check_diff_json(F, p.stdout, "diff %s" % " ".join(str(x) for x in xs))
+        return r
 
     r = diff(src, copy)
     F.check(r.rc == 0 and r.out.startswith("identical"), "a byte copy is identical (exit 0)",

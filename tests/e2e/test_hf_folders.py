@@ -326,11 +326,13 @@ def check_output(F, np, what, src, out, ref, order, tied, limit, fp16, r, src_st
         want_files.add("model.safetensors.index.json")
     F.check(weight_files(names) == want_files, "%s: the output holds %s" % (what, sorted(
         want_files)), "found %s" % names)
-    F.check(re.search(r": \d+ -> \d+ bytes \([0-9.]+x\), %d -> %d shards" % (
+    F.check(re.search(r": %s -> %s \([0-9.]+x\), %d -> %d shards?" % (
+        C.SIZE, C.SIZE,
         len([f for f in os.listdir(src) if f.endswith(".bin") or f.endswith(".safetensors")]),
         n), r.out) is not None, "%s: the line says the shard counts" % what, r.out)
     if tied:
-        F.check("%d tied tensors written once" % len(tied) in r.out,
+        F.check("%d tied %s written once" % (len(tied), "tensor" if len(tied) == 1 else "tensors")
+                in r.out,
                 "%s: the line counts the tied tensor" % what, r.out)
     # shards: safe_open, metadata, contents in the expected partition
     got, where, data_bytes = {}, {}, 0
@@ -447,6 +449,7 @@ def check_fixture(F, args, np, fx, tag):
             r.describe())
     # inspect
     r = C.run(args.bin, "inspect", "--json", src)
+    C.check_inspect_json(F, r.out, "%s: inspect --json" % tag)
     try:
         rep = json.loads(r.out)["files"][0]
     except (ValueError, KeyError, IndexError):
@@ -458,6 +461,11 @@ def check_fixture(F, args, np, fx, tag):
             [(t.get("key"), t.get("to")) for t in rep.get("tied", [])] == list(tied.items()),
             "%s: inspect --json explains the folder as one model" % tag,
             r.describe() + "\nexpected %d shards, %d bytes" % (nfiles, total))
+    want_big = sorted((len(ref[k][2]) for k in order if k not in tied), reverse=True)[:10]
+    got_big = [x.get("bytes") for x in rep.get("largest", [])]
+    F.check(got_big == want_big and not set(x.get("name") for x in rep.get("largest", [])) &
+            set(tied), "%s: inspect --json lists the ten largest tensors (tied keys once)" % tag,
+            "got %s\nexpected %s" % (got_big, want_big))
     r = C.run(args.bin, "inspect", src)
     F.check(r.rc == 0 and "Hugging Face model folder" in r.out and
             (not tied or "tied: lm_head.weight" in r.out), "%s: inspect prints the folder" % tag,
@@ -640,8 +648,10 @@ def check_batch(F, args, fx):
               "--max-shard-size", "8KB")
     recs = [json.loads(l) for l in open(rep) if l.strip()]
     summ = [x for x in recs if x.get("type") == "summary"]
-    F.check(r.rc == 0 and summ and summ[-1].get("resumed") == 3 and summ[-1].get("ok") == 0,
-            "batch --resume: the three models are skipped", r.describe() + "\n" + str(summ))
+    F.check(r.rc == 0 and summ and summ[-1].get("resumed") == 3 and summ[-1].get("ok") == 3 and
+            summ[-1].get("converted") == 0 and summ[-1].get("bytes_in") == summ[0].get("bytes_in"),
+            "batch --resume: the three models are skipped, and counted in the totals",
+            r.describe() + "\n" + str(summ))
     after = {p: os.stat(os.path.join(out, p)).st_mtime_ns for p in before}
     F.check(after == before, "batch --resume: nothing is rewritten")
     # a changed weight file makes its folder redo
@@ -650,7 +660,8 @@ def check_batch(F, args, fx):
               "--max-shard-size", "8KB")
     recs = [json.loads(l) for l in open(rep) if l.strip()]
     summ = [x for x in recs if x.get("type") == "summary"]
-    F.check(r.rc == 0 and summ and summ[-1].get("resumed") == 2 and summ[-1].get("ok") == 1 and
+    F.check(r.rc == 0 and summ and summ[-1].get("resumed") == 2 and summ[-1].get("ok") == 3 and
+            summ[-1].get("converted") == 1 and summ[-1].get("reconverted_options") == 0 and
             recs[-2].get("rel") == "a",
             "batch --resume: a folder whose weight file changed is converted again",
             r.describe() + "\n" + str(summ))
@@ -759,6 +770,7 @@ def check_extensions(F, args, fx, np):
 def main():
     args = C.parse_args(__doc__)
     np, = C.import_deps("numpy")
+    C.require_jsonschema()
     try:
         import safetensors  # noqa: F401
         from safetensors import safe_open  # noqa: F401

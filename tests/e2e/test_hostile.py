@@ -33,7 +33,7 @@ SANITIZER = ("Sanitizer", "runtime error:", "Segmentation fault", "Aborted")
 # input's format is a usage error)
 VARIANTS = [[], ["--fp16", "--int8", "--int8-min-elements", "1"],
             ["--bf16", "--external-data"],
-            ["--int8", "--int8-min-elements", "1", "--int8-gather", "--no-keep-io-types"]]
+            ["--int8", "--int8-min-elements", "1", "--int8-gather"]]
 CKPT_VARIANTS = [[], ["--fp16"], ["--bf16", "--format", "pth"],
                  ["--fp16", "--format", "pth", "--no-dedup"]]
 # the second option set of each catalogue input, by kind
@@ -90,6 +90,7 @@ def check_catalogue(F, args, cat_dir, cases):
                 F.check(not listing(od), "%s: %s leaves the output folder empty" % (name, what),
                         "found %s" % listing(od))
         r = C.run(args.bin, "inspect", "--json", inp, cwd=cwd, timeout=300)
+        C.check_inspect_json(F, r.out, "%s: inspect --json" % name)
         try:
             entry = json.loads(r.out)["files"][0]
             ok = r.rc == 1 and isinstance(entry.get("error"), str) and c["input"] in entry["path"]
@@ -193,6 +194,7 @@ def check_regressions(F, args):
 def main():
     C.import_deps("numpy", "onnx")
     args = C.parse_args(__doc__)
+    C.require_jsonschema()
     sys.path.insert(0, C.FIXTURES)
     import make_hostile as MH
     F = C.Failures()

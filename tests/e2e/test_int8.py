@@ -79,7 +79,7 @@ MIN_COSINE = 0.999
 MAX_WEIGHT_RATIO = 0.27
 # `int8: N tensors` and, when nothing was quantized, `: why` (which may hold commas) up to the
 # next field of the line
-INT8_RE = re.compile(r"int8: (\d+) tensors(?:: (.*?))?(?=, (?:fp16|bf16)(?: storage)?: |"
+INT8_RE = re.compile(r"int8: (\d+) tensors?(?:: (.*?))?(?=, (?:fp16|bf16)(?: storage)?: |"
                      r", tensors in |, not applied to |, on \S+|$)", re.M)
 RECURRENT = {"LSTM", "GRU", "RNN"}
 ELIGIBLE = {"MatMul", "Gemm", "Conv", "ConvTranspose"} | RECURRENT
@@ -656,6 +656,7 @@ def main():
     np, onnx = C.import_deps("numpy", "onnx")
     C.import_deps("onnxruntime")
     args = C.parse_args(__doc__)
+    C.require_jsonschema()
     from onnx import TensorProto, helper, numpy_helper
     g = C.gen_models()
     F = C.Failures()
@@ -730,17 +731,17 @@ def main():
         if kept:
             F.check(E.k > 0, "%s: the oracle has weights to quantize (the case is built so)" %
                     tag, "why %r" % E.why)
-            mk = re.fullmatch(r"quantizing (\d+) tensors would make the file (\d+) bytes "
-                              r"larger; kept FP32", why_got or "")
+            mk = re.fullmatch(r"quantizing (\d+) tensors? would make the file (%s) "
+                              r"larger; kept FP32" % C.SIZE, why_got or "")
             F.check(k_got == 0 and mk is not None and int(mk.group(1)) == E.k,
                     "%s: reports 'int8: 0 tensors: quantizing %d tensors would make the file M "
-                    "bytes larger; kept FP32'" % (what, E.k), r.describe())
+                    "larger; kept FP32'" % (what, E.k), r.describe())
             # M: the contract's quantized model against the FP32 file the tool wrote
             Eo = expected_quant(np, out, min_elements, gather)
             grow = quantize_like_contract(np, onnx, out, Eo).ByteSize() - out.ByteSize()
-            F.check(grow > 0 and mk is not None and int(mk.group(2)) == grow,
-                    "%s: M is what the quantized model would add (%d bytes)" % (tag, grow),
-                    r.describe())
+            F.check(grow > 0 and mk is not None and mk.group(2) == C.human_bytes(grow),
+                    "%s: M is what the quantized model would add (%d bytes: %s)" % (
+                        tag, grow, C.human_bytes(grow)), r.describe())
             check_nothing_quantized(np, F, tag, orig, out, "quantizing would grow the file")
         elif E.k == 0:
             F.check(k_got == 0 and why_got == E.why,
@@ -1142,7 +1143,7 @@ def main():
 
     def fp16_applied(tag):
         def chk(orig, out, r):
-            F.check(re.search(r"fp16: [1-9]\d* tensors", r.out) is not None,
+            F.check(re.search(r"fp16: [1-9]\d* tensors?", r.out) is not None,
                     "%s: the FP16 pass ran (the scales are FLOAT16 because of it)" % tag,
                     r.describe())
         return chk
@@ -1167,6 +1168,7 @@ def main():
                 "scale_bytes": sum(numpy_helper.to_array(inits[s]).nbytes for s in scales),
                 "zero_point_bytes": sum(numpy_helper.to_array(inits[z]).nbytes for z in zps)}
         r = C.run(args.bin, "inspect", "--json", p)
+        C.check_inspect_json(F, r.out, "inspect --json %s" % os.path.basename(p))
         try:
             j = json.loads(r.out)["files"][0]
         except Exception as e:  # noqa: BLE001
@@ -1177,7 +1179,7 @@ def main():
                 "%s: inspect --json reports quantized %s (DequantizeLinear and Cast+Mul)" % (
                     tag, want), "%s\ngot %s" % (r.cmd(), got))
         r = C.run(args.bin, "inspect", p)
-        F.check(r.rc == 0 and re.search(r"quantized: %d INT8 weights" % len(xs), r.out)
+        F.check(r.rc == 0 and re.search(r"quantized: %d INT8 weights?" % len(xs), r.out)
                 is not None, "%s: inspect's table says 'quantized: %d INT8 weights'" % (
                     tag, len(xs)), r.describe())
 

@@ -212,7 +212,7 @@ def main():
         # what each fixture is there to show
         if "fp16" in outs:
             line = outs["fp16"][1]
-            m = re.search(r"kept fp32: \d+ tensors (?:\((\d+) beyond FP16 range, max \|x\| "
+            m = re.search(r"kept fp32: \d+ tensors? (?:\((\d+) beyond FP16 range, max \|x\| "
                           r"([0-9.e+]+);|beyond FP16 range \(max \|x\| ([0-9.e+]+)\))", line)
             above = 0 if not m else int(m.group(1)) if m.group(1) else \
                 int(re.search(r"kept fp32: (\d+)", line).group(1))
@@ -233,7 +233,7 @@ def main():
                     outs["bf16-storage"][1])
         if "int8" in outs:
             dst, line = outs["int8"]
-            m = re.search(r"int8: (\d+) tensors", line)
+            m = re.search(r"int8: (\d+) tensors?", line)
             n = int(m.group(1)) if m else 0
             om = onnx.load(dst)
             if name.startswith("gated"):
@@ -328,7 +328,7 @@ def main():
                 F.check(c < TRAP_COS, "%s: the trap is real (cosine %.6f < %g)" % (
                     tag, c, TRAP_COS), line)
             if mode == "fp16":
-                F.check(re.search(r"kept fp32: \d+ tensors beyond FP16 range", line) is not None,
+                F.check(re.search(r"kept fp32: \d+ tensors? beyond FP16 range", line) is not None,
                         tag + ": the line says which tensors were kept FP32", line)
             if mode == "fp16-clamp+keep":
                 F.check("kept fp32 by --keep-fp32" in line, tag + ": the line counts the "

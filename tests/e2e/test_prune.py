@@ -35,7 +35,7 @@ import msh_common as C  # noqa: E402
 NAME = "test_prune"
 OUTPUTS = ["image_embeds", "text_embeds", "logits_per_image"]
 GRAPH_SLACK = 8192   # bytes of graph (nodes, names, tensor headers) a prune may remove on top
-PRUNED_RE = re.compile(r"pruned (\d+) nodes, (\d+) tensors")
+PRUNED_RE = re.compile(r"pruned (\d+) nodes?, (\d+) tensors?")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,6 +87,7 @@ def tensor_bytes(t):
 def main():
     np, onnx, _ = C.import_deps("numpy", "onnx", "onnxruntime")
     args = C.parse_args(__doc__)
+    C.require_jsonschema()
     G = C.gen_models()
     F = C.Failures()
     w = args.work
@@ -142,6 +143,7 @@ def main():
 
     def inspect_unused(path):
         r = C.run(args.bin, "inspect", "--json", path)
+        C.check_inspect_json(F, r.out, "inspect --json %s" % os.path.basename(path))
         try:
             return json.loads(r.out)["files"][0].get("unused"), r
         except (ValueError, KeyError, IndexError):

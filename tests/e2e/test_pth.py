@@ -184,9 +184,40 @@ def name_matches(reported, expected):
             reported.endswith("/" + expected))
 
 
+def check_storages_once(F, fx, ref, j):
+    """inspect --json of a checkpoint counts each storage once (tied weights, views), for the
+    whole file and for the state dict, and lists the largest tensors like ONNX's inspect."""
+    sto = ref["storages"]
+    got = sum(x.get("bytes", 0) for x in j.get("by_dtype") or [])
+    F.check(got == ref["tensor_bytes_storage"] and j.get("storage_count") == len(sto),
+            "inspect: %s: by_dtype's bytes are the %d storages' (%d), each counted once" % (
+                fx, len(sto), ref["tensor_bytes_storage"]),
+            "by_dtype sums to %r, storage_count %r" % (got, j.get("storage_count")))
+    sd = [t for t in ref["tensors"] if t.get("sd_name") is not None]
+    ids = {t["storage"] for t in sd}
+    want = {"tensors": len(sd), "storages": len(ids), "bytes": sum(sto[i]["nbytes"] for i in ids)}
+    js = j.get("state_dict") or {}
+    gotsd = {k: js.get(k) for k in want}
+    F.check(gotsd == want and sum(x.get("bytes", 0) for x in js.get("by_dtype") or []) ==
+            want["bytes"] and sum(x.get("count", 0) for x in js.get("by_dtype") or []) ==
+            len(sd), "inspect: %s: state_dict counts its tensors and storages, each storage "
+            "once" % fx, "got %s\nexpected %s" % (json.dumps(js)[:400], want))
+    users = {}
+    for t in ref["tensors"]:
+        users[t["storage"]] = users.get(t["storage"], 0) + 1
+    big = sorted(ref["tensors"], key=lambda t: -t["nbytes"])[:10]
+    lg = j.get("largest") or []
+    F.check([x.get("bytes") for x in lg] == [t["nbytes"] for t in big] and
+            sorted(x.get("storage_views") for x in lg) == sorted(users[t["storage"]] for t in big)
+            and all(x.get("name") and x.get("shape") is not None and x.get("role") for x in lg),
+            "inspect: %s: largest lists the 10 largest tensors with type, shape, role and their "
+            "storage's views" % fx, json.dumps(lg)[:600])
+
+
 def main():
     np, = C.import_deps("numpy")
     C.import_deps("safetensors")
+    C.require_jsonschema()
     from safetensors import safe_open
     args = C.parse_args(__doc__)
     F = C.Failures()
@@ -377,6 +408,7 @@ def main():
         r = C.run(args.bin, "inspect", "--json", src)
         if not F.check(r.rc == 0, "inspect: %s: exit %d" % (fx, r.rc), r.describe()):
             continue
+        C.check_inspect_json(F, r.out, "inspect: %s" % fx)
         try:
             j = json.loads(r.out)["files"][0]
         except (ValueError, KeyError, IndexError) as e:
@@ -429,10 +461,27 @@ def main():
             got_dt[S.canon_dtype(x.get("dtype"))] = x.get("count")
         F.check(got_dt == want_dt, "inspect: %s: by_dtype counts %r, expected %r" % (
             fx, got_dt, want_dt))
+        check_storages_once(F, fx, ref, j)
         if fx == "resnet_adam.pth" and isinstance(bd.get("weights"), int) and bd["weights"]:
             ratio = bd.get("optimizer_state", 0) / bd["weights"]
             F.check(abs(ratio - 2) <= 0.04, "inspect: resnet_adam: optimizer/weights = %.4f, "
                     "expected 2 within 2%%" % ratio)
+    # tied.pth: emb.weight and lm_head.weight view one 12.8 kB storage, stored once
+    r = C.run(args.bin, "inspect", os.path.join(PTH, "tied.pth"))
+    tied = refs["good"]["tied.pth"]
+    F.check(r.rc == 0 and re.search(r"^  state dict model: 4 tensors in 3 storages, %s$" %
+                                     re.escape(C.human_bytes(tied["tensor_bytes_storage"])),
+                                     r.out, re.M) is not None and
+            C.human_bytes(tied["tensor_bytes_views"]) not in r.out,
+            "inspect: tied.pth: the state dict's line counts its 3 storages once (%d bytes, not "
+            "the views' %d)" % (tied["tensor_bytes_storage"], tied["tensor_bytes_views"]),
+            r.describe())
+    F.check(re.search(r"^    FLOAT +4 tensors in 3 storages +%s$" % re.escape(
+        C.human_bytes(tied["tensor_bytes_storage"])), r.out, re.M) is not None and
+            re.search(r"^  largest tensors:\n +12\.8 kB +FLOAT +\[100,32\] +model\.emb\.weight "
+                      r"\(weight, its storage viewed by 2 tensors\)$", r.out, re.M) is not None,
+            "inspect: tied.pth: the state dict's type row and the largest tensors say which "
+            "storage is shared", r.out)
     r = C.run(args.bin, "inspect", os.path.join(PTH, "legacy.pth"))
     first = r.out.splitlines()[0] if r.out.strip() else ""
     F.check(r.rc == 0 and "(legacy format)" in first,
@@ -505,7 +554,7 @@ def main():
             if F.check(r.rc == 0, "%s: %s: exit %d" % (mode, fx, r.rc), r.describe()):
                 check_st_output(mode, fx, out, sd_expected(ref), transform=mode)
                 if mode == "fp16":
-                    m = re.search(r"kept fp32: (\d+) tensors", r.out)
+                    m = re.search(r"kept fp32: (\d+) tensors?", r.out)
                     F.check(int(m.group(1) if m else 0) == kept_fp32.get(fx, 0),
                             "fp16: %s: the line says %s tensors kept FP32, the rule keeps %d" % (
                                 fx, m.group(1) if m else "no", kept_fp32.get(fx, 0)), r.out)

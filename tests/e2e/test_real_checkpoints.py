@@ -225,6 +225,7 @@ def main():
     C.import_deps("safetensors")
     from safetensors import safe_open
     args = C.parse_args(__doc__)
+    C.require_jsonschema()
     F = C.Failures()
     w = args.work
     refs_path = os.path.join(REAL, "refs.json")
@@ -382,6 +383,7 @@ def main():
         r = C.run(args.bin, "inspect", "--json", p)
         if not F.check(r.rc == 0, "inspect: %s: exit %d" % (fx, r.rc), r.describe()):
             continue
+        C.check_inspect_json(F, r.out, "inspect: %s" % fx)
         try:
             j = json.loads(r.out)["files"][0]
         except (ValueError, KeyError, IndexError) as e:
@@ -489,7 +491,7 @@ def main():
                 F.check(f.read(4) == b"PK\x03\x04", "format_pth: %s: output is not a zip" % fx)
             r2 = C.run(args.bin, "inspect", "--json", out)
             if F.check(r2.rc == 0, "format_pth: %s: inspect of the output fails" % fx,
-                       r2.describe()):
+                       r2.describe()) and C.check_inspect_json(F, r2.out, "format_pth: %s" % fx):
                 j2 = json.loads(r2.out)["files"][0]
                 F.check(j2.get("tensor_count") == len(ref["tensors"]) and
                         j2.get("container") == "zip",
@@ -536,7 +538,7 @@ def main():
         if kept is None:
             continue
         kept_total += len(kept)
-        m = re.search(r"kept fp32: (\d+) tensors", r.out)
+        m = re.search(r"kept fp32: (\d+) tensors?", r.out)
         F.check(int(m.group(1) if m else 0) == len(kept), "fp16: %s: the line says %s tensors "
                 "kept FP32, the rule keeps %d (%s)" % (fx, m.group(1) if m else "no",
                                                        len(kept), kept), r.out)
@@ -613,6 +615,8 @@ def main():
             if fx != "two_dicts.pth":
                 for flag in ([], ["--json"]):
                     r = C.run(args.bin, "inspect", *flag, src, cwd=d)
+                    if flag:
+                        C.check_inspect_json(F, r.out, "%s: inspect --json" % what)
                     F.check(r.rc == 1 and S.one_line(r) and
                             all(wd in r.err for wd in info["words"]),
                             "%s: inspect%s does not exit 1 with one line holding %s" % (
@@ -624,6 +628,7 @@ def main():
                         "%s: the payload ran (%s exists in %s)" % (what, marker, root))
     # two_dicts.pth: inspect describes the file and names both candidates, choosing none
     r = C.run(args.bin, "inspect", "--json", os.path.join(REAL, "two_dicts.pth"))
+    C.check_inspect_json(F, r.out, "refused: two_dicts.pth: inspect --json")
     if F.check(r.rc == 0, "refused: two_dicts.pth: inspect --json exits %d" % r.rc,
                r.describe()):
         j = json.loads(r.out)["files"][0]

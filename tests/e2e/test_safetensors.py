@@ -44,6 +44,7 @@ def main():
     import safetensors.numpy as stnp
     from safetensors import safe_open
     args = C.parse_args(__doc__)
+    C.require_jsonschema()
     F = C.Failures()
     w = args.work
     notes = []
@@ -138,6 +139,7 @@ def main():
         r = C.run(args.bin, "inspect", "--json", p)
         if not F.check(r.rc == 0, "inspect: %s: exit %d" % (name, r.rc), r.describe()):
             continue
+        C.check_inspect_json(F, r.out, "inspect: %s" % name)
         try:
             j = json.loads(r.out)["files"][0]
         except (ValueError, KeyError, IndexError) as e:
@@ -327,6 +329,7 @@ def main():
             k, os.listdir(outdir)))
         F.check(C.sha256(p) == sha, "invalid: %s: input changed" % k)
         r2 = C.run(args.bin, "inspect", "--json", p)
+        C.check_inspect_json(F, r2.out, "invalid: %s: inspect --json" % k)
         F.check(r2.rc == 1 and S.one_line(r2), "invalid: %s: inspect does not exit 1 with one "
                 "line" % k, r2.describe())
     os.remove(paths["header_over_cap"])

@@ -72,6 +72,7 @@ def build(np, onnx):
 def main():
     np, onnx, _ = C.import_deps("numpy", "onnx", "onnxruntime")
     args = C.parse_args(__doc__)
+    C.require_jsonschema()
     F = C.Failures()
     src = os.path.join(args.work, "places.onnx")
     onnx.save(build(np, onnx), src)
@@ -106,6 +107,7 @@ def main():
             F.check(not d, "%s: outputs bit-identical (cond=%s)" % (label, feeds["cond"]), d)
 
     r = C.run(args.bin, "inspect", "--json", src)
+    C.check_inspect_json(F, r.out, "inspect --json")
     if F.check(r.rc == 0, "inspect --json exits 0", r.describe()):
         import json
         rep = json.loads(r.out)["files"][0]

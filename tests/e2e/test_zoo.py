@@ -12,10 +12,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import msh_common as C  # noqa: E402
 
 NAME = "test_zoo"
-LINE_RE = re.compile(r"^(?P<inp>.+) -> (?P<out>.+): (?P<a>\d+) -> (?P<b>\d+) bytes "
-                     r"\((?P<r>[0-9.]+)x\)(?:, dedup merged (?P<n>\d+) tensors)?"
-                     r"(?:, tensors in (?P<data>.+\.data))?"
-                     r", on (?P<dev>cpu|cuda)(?: \(verified against the CPU\))?$")
+LINE_RE = re.compile((r"^(?P<inp>.+) -> (?P<out>.+): (?P<a>%s) -> (?P<b>%s) "
+                      r"\((?P<r>[0-9.]+)x\)(?:, dedup merged (?P<n>\d+) tensors?)?"
+                      r"(?:, tensors in (?P<data>.+\.data))?"
+                      r", on (?P<dev>cpu|cuda)(?: \(verified against the CPU\))?$")
+                     % (C.SIZE, C.SIZE))
+
+
+def with_data(path):
+    """A model's bytes with its external data file, as convert counts them."""
+    return os.path.getsize(path) + (os.path.getsize(path + ".data")
+                                    if os.path.exists(path + ".data") else 0)
 
 
 def feeds_for(np, path):
@@ -52,9 +59,15 @@ def main():
              if l.strip() and not l.startswith("total:") and not table.match(l)]
     bad = [l for l in lines if not LINE_RE.match(l)]
     F.check(len(lines) == len(models) and not bad,
-            "one line per model on stdout: 'IN -> OUT: A -> B bytes (R.RRx)[, dedup merged N "
+            "one line per model on stdout: 'IN -> OUT: A kB -> B kB (R.RRx)[, dedup merged N "
             "tensors]'", "%d model lines for %d models; not in that format:\n%s"
             % (len(lines), len(models), "\n".join(bad)))
+    sizes = [(l, C.human_bytes(with_data(m.group("inp"))),
+              C.human_bytes(with_data(m.group("out"))))
+             for l in lines for m in [LINE_RE.match(l)] if m and os.path.isfile(m.group("out"))]
+    F.check(sizes and all("%s -> %s (" % (a, b) in l for l, a, b in sizes),
+            "each line's byte counts are its files' (external data included), in inspect's units",
+            "\n".join("%s  (files: %s -> %s)" % x for x in sizes))
     F.check(C.tree_state(zoo) == before, "zoo folder unchanged")
     written = sorted(os.path.relpath(os.path.join(d, f), out)
                      for d, _, fs in os.walk(out) for f in fs) if os.path.isdir(out) else []

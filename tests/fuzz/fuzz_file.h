@@ -120,7 +120,6 @@ static void msh_fuzz_run(const uint8_t *data, size_t size, const char *out_name,
             opt.int8 = 1;
             opt.int8_min_elements = 1;
             opt.int8_gather = 1;
-            opt.keep_io_types = 0;
             break;
         }
     }
