@@ -40,7 +40,7 @@ if command -v flock >/dev/null 2>&1; then flock 9; fi
 required_pkgs=(
     build-essential cmake pkg-config
     protobuf-c-compiler libprotobuf-c-dev libonnx-dev
-    libxxhash-dev libcjson-dev libonnx-testdata
+    libxxhash-dev libcjson-dev zlib1g-dev libonnx-testdata
     python3-venv time python3-torch python3-torchvision
     clang valgrind
 )
