@@ -33,6 +33,16 @@
 extern "C" {
 #endif
 
+/* The functions of the public API; everything else in the library is hidden (the shared
+ * library is built with -fvisibility=hidden). */
+#ifndef MSH_API
+#if defined(__GNUC__) || defined(__clang__)
+#define MSH_API __attribute__((visibility("default")))
+#else
+#define MSH_API
+#endif
+#endif
+
 #define MSH_VERSION_MAJOR 0
 #define MSH_VERSION_MINOR 1
 #define MSH_VERSION_PATCH 0
@@ -53,7 +63,7 @@ typedef enum msh_status {
 } msh_status;
 
 /** A short stable name for a status ("MSH_ERR_FORMAT"). Never NULL. */
-const char *msh_status_name(msh_status s);
+MSH_API const char *msh_status_name(msh_status s);
 
 /** The detail of a failure: one line, naming the file and the problem. */
 typedef struct msh_error {
@@ -62,7 +72,7 @@ typedef struct msh_error {
 } msh_error;
 
 /** Library version as "MAJOR.MINOR.PATCH". */
-const char *msh_version(void);
+MSH_API const char *msh_version(void);
 
 /** Where the element work runs. AUTO: the GPU when one is present and the model's tensor data
  *  (external data included) is at least 64 MiB, else the CPU. */
@@ -86,7 +96,7 @@ typedef enum msh_format {
 } msh_format;
 
 /** "onnx", "pth", "safetensors", "hf" or "auto". */
-const char *msh_format_name(msh_format f);
+MSH_API const char *msh_format_name(msh_format f);
 
 /** What the file at `path` is, from its first bytes (or, when they match no format, its name).
  *  A directory is MSH_FORMAT_HF_FOLDER when it holds model.safetensors,
@@ -94,13 +104,14 @@ const char *msh_format_name(msh_format f);
  *  and the shards are validated only when the folder is converted or inspected).
  *  MSH_ERR_IO when it cannot be opened; MSH_ERR_USAGE when it is neither a regular file nor
  *  such a folder. */
-msh_status msh_probe_file(const char *path, msh_format *kind, msh_error *err);
+MSH_API msh_status msh_probe_file(const char *path, msh_format *kind, msh_error *err);
 
 /** The input bytes of a model and their newest modification time (nanoseconds since the epoch),
  *  as a resumed batch compares them: a file's own; for a Hugging Face model folder, the sum and
  *  the newest of its weight files and index (the other files are copied, not converted).
  *  MSH_ERR_IO when it cannot be read; MSH_ERR_USAGE as msh_probe_file. */
-msh_status msh_input_stat(const char *path, int64_t *bytes, int64_t *mtime_ns, msh_error *err);
+MSH_API msh_status msh_input_stat(const char *path, int64_t *bytes, int64_t *mtime_ns,
+                                  msh_error *err);
 
 /** Options of one conversion. Initialise with msh_convert_options_init. */
 typedef struct msh_convert_options {
@@ -146,7 +157,7 @@ typedef struct msh_convert_options {
                                   than this gets a shard of its own */
 } msh_convert_options;
 
-void msh_convert_options_init(msh_convert_options *opt);
+MSH_API void msh_convert_options_init(msh_convert_options *opt);
 
 /** The options that only some input formats take. */
 typedef enum msh_option {
@@ -173,9 +184,9 @@ typedef enum msh_option {
 } msh_option;
 
 /** The option's field name in msh_convert_options ("int8"). */
-const char *msh_option_name(msh_option o);
+MSH_API const char *msh_option_name(msh_option o);
 /** 1 when the option means something for inputs of that format. */
-int msh_option_applies(msh_option o, msh_format input);
+MSH_API int msh_option_applies(msh_option o, msh_format input);
 /** MSH_ERR_USAGE when an option set to other than its default does not apply to inputs of that
  *  format (`*bad`, when not NULL, says which; the message names it), when the output's name
  *  contradicts the options or the input, or when an option would change nothing; MSH_OK
@@ -197,8 +208,8 @@ int msh_option_applies(msh_option o, msh_format input);
  *  ".onnx"; a Hugging Face folder, whose output is a folder, to any of them) is MSH_ERR_USAGE
  *  (`*bad` is MSH_OPTION_OUT_FORMAT). Other names keep the default: ONNX for ONNX inputs,
  *  safetensors for checkpoints, unless out_format says otherwise. */
-msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, const char *out_path,
-                             msh_option *bad, msh_error *err);
+MSH_API msh_status msh_convert_check(const msh_convert_options *opt, msh_format input,
+                                     const char *out_path, msh_option *bad, msh_error *err);
 
 /** What one conversion did. Byte counts include external data files. */
 typedef struct msh_convert_result {
@@ -263,15 +274,15 @@ typedef struct msh_convert_result {
  * Returns MSH_OK, MSH_ERR_IO, MSH_ERR_FORMAT, MSH_ERR_LIMIT, MSH_ERR_UNSAFE, MSH_ERR_NOMEM,
  * MSH_ERR_USAGE or MSH_ERR_UNSUPPORTED.
  */
-msh_status msh_convert_file(const char *in_path, const char *out_path,
-                            const msh_convert_options *opt, msh_convert_result *res,
-                            msh_error *err);
+MSH_API msh_status msh_convert_file(const char *in_path, const char *out_path,
+                                    const msh_convert_options *opt, msh_convert_result *res,
+                                    msh_error *err);
 
 /**
  * Explain the size of the model at `path` as a JSON object (schema in README.md, "inspect
  * --json"). `*json_out` receives a malloc'd NUL-terminated string owned by the caller.
  */
-msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err);
+MSH_API msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err);
 
 /**
  * Compare two model files tensor by tensor (any two supported formats): tensors are matched by
@@ -281,31 +292,32 @@ msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err);
  * ([{name, status: identical|different|dtype|shape|missing|extra, ...}]), "summary" and
  * "identical"; `*identical` is 1 when every tensor is in both, byte for byte.
  */
-msh_status msh_diff_files(const char *path_a, const char *path_b, char **json_out, int *identical,
-                          msh_error *err);
+MSH_API msh_status msh_diff_files(const char *path_a, const char *path_b, char **json_out,
+                                  int *identical, msh_error *err);
 
 /** Number of usable CUDA devices; 0 when built without CUDA or when none is present. */
-int msh_cuda_device_count(void);
+MSH_API int msh_cuda_device_count(void);
 
 /** 1 when this build includes the CUDA back end. */
-int msh_cuda_built(void);
+MSH_API int msh_cuda_built(void);
 
 /** Ask every conversion in progress (all threads) to stop soon with MSH_ERR_CANCELLED, removing
  *  its temporary files. Async-signal-safe: meant for SIGINT/SIGTERM handlers. */
-void msh_cancel_request(void);
+MSH_API void msh_cancel_request(void);
 
 /** Remove temporary files and folders left in `dir` (recursively) by modelshrink processes of
  *  this host that are no longer running (a run killed with SIGKILL). Returns how many were
  *  removed (a folder counts once). */
-int64_t msh_clean_stale_temps(const char *dir);
+MSH_API int64_t msh_clean_stale_temps(const char *dir);
 
 /** The external data files of an ONNX model: `*locations` receives `*n` malloc'd strings (paths
  *  relative to the model's folder, as the model names them), released with msh_free each and
  *  msh_free on the array. A file that is not ONNX has none (MSH_OK, *n = 0). */
-msh_status msh_onnx_external_files(const char *path, char ***locations, size_t *n, msh_error *err);
+MSH_API msh_status msh_onnx_external_files(const char *path, char ***locations, size_t *n,
+                                           msh_error *err);
 
 /** Release memory returned by the library. NULL is fine. */
-void msh_free(void *p);
+MSH_API void msh_free(void *p);
 
 #ifdef __cplusplus
 }
