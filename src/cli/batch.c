@@ -1297,6 +1297,13 @@ int msh_cli_report_merge(int argc, char **argv) {
         FILE *f = fopen(argv[i], "r");
         if (!f) {
             fprintf(stderr, "modelshrink: %s: cannot read: %s\n", argv[i], strerror(errno));
+            for (size_t k = 0; k < n; k++) {
+                free(v[k].rel);
+                free(v[k].line);
+                cJSON_Delete(v[k].j);
+            }
+            free(v);
+            cJSON_Delete(shards);
             return 2;
         }
         char *line = NULL;
