@@ -1,23 +1,94 @@
 /*
  * modelshrink — shrink neural-network model files without breaking them.
  *
- * This is the only header the CLI and users include. The library reads a model, runs the
- * requested passes (deduplication today; FP16/BF16 and INT8 conversion, checkpoint stripping
- * and pruning in later versions) and writes the result by streaming tensor payloads, so
- * memory stays bounded whatever the model's size.
+ * This is the only header the CLI and users include. The library reads a model (ONNX, a
+ * torch.save checkpoint, safetensors, a Hugging Face model folder), runs the requested passes
+ * (dedup, FP16/BF16, INT8, pruning, checkpoint stripping) and writes the result by streaming
+ * tensor payloads in bounded pieces, so memory stays bounded whatever the model's size.
  *
- * Minimal use:
+ * Minimal example (tests/api/readme_example.c, built and run by ctest; README.md's "Library"
+ * section holds the same program):
  *
- *     msh_convert_options opt;
- *     msh_convert_options_init(&opt);
- *     msh_convert_result res;
- *     msh_error err;
- *     if (msh_convert_file("in.onnx", "out.onnx", &opt, &res, &err) != MSH_OK)
- *         fprintf(stderr, "%s\n", err.msg);
+ *     #include <modelshrink.h>
+ *     #include <stdio.h>
  *
- * Ownership: strings returned through `char **` out-parameters are malloc'd and owned by the
- * caller (release with msh_free). Threading: every call is independent and re-entrant; calls on
- * different files may run in parallel threads.
+ *     // Called on this thread every 16 MiB or so; returning non-zero cancels the conversion.
+ *     static int on_progress(void *user, const msh_progress *p) {
+ *         (void)user;
+ *         if (p->phase == MSH_PHASE_WRITE)
+ *             fprintf(stderr, "\r%s: %lld of %lld MiB", p->path, (long long)(p->bytes_done >> 20),
+ *                     (long long)(p->bytes_total >> 20));
+ *         return 0;
+ *     }
+ *
+ *     int main(int argc, char **argv) {
+ *         if (argc != 3) {
+ *             fprintf(stderr, "usage: %s IN OUT\n", argv[0]);
+ *             return 2;
+ *         }
+ *         msh_error err;
+ *         msh_inspect_info *info;
+ *         if (msh_inspect(argv[1], &info, &err) != MSH_OK) {
+ *             fprintf(stderr, "%s\n", err.msg); // "in.onnx: ..."
+ *             return 1;
+ *         }
+ *         printf("%s: %s, %lld tensors, %lld bytes, %lld of them duplicates\n", argv[1],
+ *                msh_format_name(info->format), (long long)info->tensor_count,
+ *                (long long)info->tensor_bytes, (long long)info->dup_saved_bytes);
+ *         for (size_t i = 0; i < info->n_largest && i < 3; i++)
+ *             printf("  %s %s %lld bytes\n", info->largest[i].name, info->largest[i].dtype,
+ *                    (long long)info->largest[i].bytes);
+ *         msh_inspect_info_free(info);
+ *
+ *         msh_convert_options opt;
+ *         msh_convert_options_init(&opt); // every field at its default: dedup on
+ *         opt.float_type = MSH_FLOAT_FP16;
+ *         opt.progress = on_progress;
+ *         msh_convert_result res;
+ *         if (msh_convert_file(argv[1], argv[2], &opt, &res, &err) != MSH_OK) {
+ *             fprintf(stderr, "\n%s\n", err.msg);
+ *             return 1;
+ *         }
+ *         printf("\n%s: %lld -> %lld bytes on the %s\n", argv[2], (long long)res.bytes_in,
+ *                (long long)res.bytes_out, res.device);
+ *         return 0;
+ *     }
+ *
+ * Ownership: the caller owns what it passes in (paths, options and the strings and arrays they
+ * point to) and keeps it valid for the duration of the call; the library keeps no pointer to
+ * it after returning. What the library returns through an out-parameter is the caller's to
+ * release: strings and arrays with msh_free, an msh_inspect_info with msh_inspect_info_free, a
+ * cancel token with msh_cancel_token_free. Strings from msh_status_name, msh_format_name,
+ * msh_option_name and msh_version are static.
+ *
+ * Growing structs: msh_convert_options and msh_convert_result begin with `struct_size`, and
+ * msh_convert_options_init records the caller's sizes of both (a macro: sizeof is taken where
+ * the caller is compiled). A program built against an older header passes smaller structs:
+ * the library reads only the option fields that it knows, giving the others their defaults,
+ * and writes only the result bytes that it has. The structs the library allocates or hands to
+ * a callback (msh_inspect_info, msh_progress) carry the library's size in `struct_size`;
+ * MSH_STRUCT_HAS says whether a field is there. Fields are only ever appended.
+ *
+ * Threading:
+ *   - Every function may be called from any thread. Calls are independent: conversions,
+ *     inspections and diffs of different files may run at the same time in different threads
+ *     (the same input may be read by several at once; two calls must not write the same
+ *     output). One conversion also runs worker threads of its own (`threads`), joined before
+ *     it returns.
+ *   - An msh_convert_options may be shared by concurrent calls: the library only reads it (and
+ *     what it points to, which must not change while they run). Each call needs its own
+ *     msh_convert_result and msh_error.
+ *   - The progress callback runs on the thread that called msh_convert_file, between two
+ *     pieces of tensor data, never in a worker thread; calls in different threads each call
+ *     it from their own thread, so a callback shared by concurrent calls guards its state.
+ *   - msh_cancel_request and msh_cancel_token_request are async-signal-safe and may be called
+ *     from any thread or a signal handler.
+ *   - Process-wide state is guarded: the CPU's features, the umask and the host name are read
+ *     once (pthread_once), the environment (MSH_FORCE_SCALAR, test switches) with getenv, so
+ *     do not setenv while calls run; the pool of CUDA staging buffers is under a lock.
+ *   - GPUs are shared: each conversion running on the GPU has its own streams and pinned
+ *     buffers, and a CUDA error in one turns the GPU off for the rest of the process (that
+ *     conversion and every later one run on the CPU, with the same bytes).
  *
  * Errors: functions return msh_status (MSH_OK == 0). On failure `err->msg` holds one line that
  * names the file and what is wrong, e.g. "m.onnx: initializer 'w1': dim 2 is negative". The
@@ -59,8 +130,14 @@ typedef enum msh_status {
     MSH_ERR_UNSUPPORTED = 7, /**< valid input that this version does not handle */
     MSH_ERR_CUDA = 8,        /**< a CUDA call failed, or no CUDA device for --device cuda */
     MSH_ERR_VERIFY = 9,      /**< --verify: the GPU's bytes differ from the CPU's */
-    MSH_ERR_CANCELLED = 10   /**< msh_cancel_request() stopped the work; nothing was written */
+    MSH_ERR_CANCELLED = 10   /**< msh_cancel_request, the call's cancel token or its progress
+                                  callback stopped the work; nothing was written */
 } msh_status;
+
+/** 1 when `p`, a struct of the library that begins with `size_t struct_size` (msh_inspect_info,
+ *  msh_progress), holds `field`: a library older than this header may not have it. */
+#define MSH_STRUCT_HAS(p, type, field)                                                             \
+    ((p)->struct_size >= offsetof(type, field) + sizeof(((type *)0)->field))
 
 /** A short stable name for a status ("MSH_ERR_FORMAT"). Never NULL. */
 MSH_API const char *msh_status_name(msh_status s);
@@ -113,12 +190,65 @@ MSH_API msh_status msh_probe_file(const char *path, msh_format *kind, msh_error 
 MSH_API msh_status msh_input_stat(const char *path, int64_t *bytes, int64_t *mtime_ns,
                                   msh_error *err);
 
-/** Options of one conversion. Initialise with msh_convert_options_init. */
+/** A cancellation handle for the conversions that name it in msh_convert_options.cancel. */
+typedef struct msh_cancel_token msh_cancel_token;
+
+/** A new token, not requested. MSH_ERR_NOMEM when out of memory (`*token` is then NULL). */
+MSH_API msh_status msh_cancel_token_create(msh_cancel_token **token, msh_error *err);
+/** Ask every conversion that uses `token` to stop with MSH_ERR_CANCELLED, now or when it next
+ *  checks (before each piece of tensor data: at most 1 MiB on the CPU, the staging buffer on a
+ *  GPU, 16 MiB of a file-to-file copy), removing its temporary files. A conversion started
+ *  with a requested token stops before it writes anything. Async-signal-safe; any thread. */
+MSH_API void msh_cancel_token_request(msh_cancel_token *token);
+/** 1 once msh_cancel_token_request was called (and not undone by msh_cancel_token_reset). */
+MSH_API int msh_cancel_token_requested(const msh_cancel_token *token);
+/** Make the token unrequested again, for the next conversions. Not while one uses it. */
+MSH_API void msh_cancel_token_reset(msh_cancel_token *token);
+/** Release a token once no running call uses it. NULL is fine. */
+MSH_API void msh_cancel_token_free(msh_cancel_token *token);
+
+/** What msh_convert_options.progress is told. The phases of one conversion: scans that read
+ *  tensors to plan it (dedup digests and byte comparisons, INT8 channel ranges, the FP16 range
+ *  test; a scan that reads less than 16 MiB is not reported), then the write of the output's
+ *  tensor bytes (always reported). A phase may come again: a conversion whose plan changes
+ *  half-way (a tensor that FP16 cannot hold) scans and writes again. */
+typedef enum msh_phase {
+    MSH_PHASE_SCAN = 1, /**< reading tensors to plan the conversion */
+    MSH_PHASE_WRITE = 2 /**< making and writing the output's tensor bytes */
+} msh_phase;
+
+/** Progress of the current phase of one conversion. Made by the library: `struct_size` is its
+ *  sizeof(msh_progress) (MSH_STRUCT_HAS). Valid during the callback only. */
+typedef struct msh_progress {
+    size_t struct_size;
+    const char *path;      /**< the input, as given to msh_convert_file */
+    int phase;             /**< an msh_phase */
+    int64_t bytes_done;    /**< input tensor bytes of this phase done so far */
+    int64_t bytes_total;   /**< input tensor bytes of this phase */
+    int64_t tensors_done;  /**< tensors of this phase done */
+    int64_t tensors_total; /**< tensors of this phase */
+} msh_progress;
+
+/** Called on the thread of msh_convert_file, between pieces of tensor data: at the start of each
+ *  phase (bytes_done == 0), whenever 16 MiB more of it is done (on a GPU, whose pieces are its
+ *  staging buffer, after every piece), and at its end (bytes_done == bytes_total, tensors_done
+ *  == tensors_total); `user` is progress_user. Returning non-zero cancels the conversion
+ *  (MSH_ERR_CANCELLED, nothing left behind). */
+typedef int (*msh_progress_fn)(void *user, const msh_progress *p);
+
+/** Options of one conversion. Initialise with msh_convert_options_init, then set fields. */
 typedef struct msh_convert_options {
-    int dedup;                  /**< merge identical initializers (default 1) */
-    int dedup_graph_inputs;     /**< also merge initializers that are graph inputs (default 0) */
-    int external_data;          /**< write tensors to "<output>.data" (default 0; forced on when the
-                                     input's tensors are external or the output would pass 2 GiB) */
+    size_t struct_size;     /**< sizeof(msh_convert_options) where the caller was compiled: set by
+                                 msh_convert_options_init. Fields that end past it take their
+                                 defaults; 0, a size inside a field, or a size larger than this
+                                 library's struct is MSH_ERR_USAGE. */
+    size_t result_size;     /**< sizeof(msh_convert_result) where the caller was compiled: set by
+                                 msh_convert_options_init; msh_convert_file writes no byte past it
+                                 (at least sizeof(size_t), else MSH_ERR_USAGE) */
+    int dedup;              /**< merge identical initializers (default 1) */
+    int dedup_graph_inputs; /**< also merge initializers that are graph inputs (default 0) */
+    int external_data;      /**< write tensors to "<output>.data" (default 0; forced on when the
+                                 input's tensors are external or the output would pass 2 GiB) */
     int64_t external_threshold; /**< tensors below this many bytes stay inline (default 1024) */
     int float_type;             /**< MSH_FLOAT_KEEP, MSH_FLOAT_FP16 or MSH_FLOAT_BF16 */
     int keep_io_types;          /**< keep FP32 graph inputs and outputs, with Casts (default 1) */
@@ -152,12 +282,25 @@ typedef struct msh_convert_options {
     int allow_larger; /**< ONNX: keep the FP16/BF16 conversion even when its Casts make the file
                            larger (for half-precision compute on a GPU); by default such a
                            conversion is left out */
-    int64_t max_shard_bytes; /**< Hugging Face folders: the largest shard, in tensor bytes
-                                  (default 5,000,000,000, Hugging Face's "5GB"); a tensor larger
-                                  than this gets a shard of its own */
+    int64_t max_shard_bytes;  /**< Hugging Face folders: the largest shard, in tensor bytes
+                                   (default 5,000,000,000, Hugging Face's "5GB"); a tensor larger
+                                   than this gets a shard of its own */
+    msh_progress_fn progress; /**< called as the conversion goes (NULL: none) */
+    void *progress_user;      /**< passed to progress */
+    msh_cancel_token *cancel; /**< stops the conversion when requested (NULL: none) */
 } msh_convert_options;
 
-MSH_API void msh_convert_options_init(msh_convert_options *opt);
+/** Set every field of the `struct_size`-byte options at `opt` to its default and record
+ *  `struct_size` and `result_size`; fields that end past `struct_size` are not touched. Call
+ *  it through msh_convert_options_init, which passes the sizes of the caller's header (from
+ *  other languages, pass the sizes of the structs as you declare them). */
+MSH_API void msh_convert_options_init_sized(msh_convert_options *opt, size_t struct_size,
+                                            size_t result_size);
+
+/* msh_convert_result is declared below; the macro expands where the caller uses it. */
+/** Set `*opt` to the defaults, recording the caller's struct sizes. */
+#define msh_convert_options_init(opt)                                                              \
+    msh_convert_options_init_sized((opt), sizeof(msh_convert_options), sizeof(msh_convert_result))
 
 /** The options that only some input formats take. */
 typedef enum msh_option {
@@ -213,6 +356,8 @@ MSH_API msh_status msh_convert_check(const msh_convert_options *opt, msh_format 
 
 /** What one conversion did. Byte counts include external data files. */
 typedef struct msh_convert_result {
+    size_t struct_size; /**< set by msh_convert_file: the bytes of this struct it wrote
+                             (opt->result_size, or fewer for a library older than the caller) */
     int64_t bytes_in;
     int64_t bytes_out;
     int64_t dedup_merged;      /**< tensors removed by dedup */
@@ -271,8 +416,17 @@ typedef struct msh_convert_result {
  * "model.safetensors.index.json", plus a copy of every other file of the input folder. It is
  * written as a temporary sibling folder and renamed into place complete. An existing
  * `out_path` is replaced only when it is an empty folder or a Hugging Face model folder.
+ *
+ * `opt` NULL converts with the defaults and then writes the first (this header's)
+ * msh_convert_result fields only. `res` receives opt->result_size bytes whatever the outcome
+ * (zeros and what was found before a failure). With `opt->progress` set, it is called on this
+ * thread as described at msh_progress_fn. The conversion stops with MSH_ERR_CANCELLED, removing
+ * its temporary files, when msh_cancel_request or msh_cancel_token_request(opt->cancel) is
+ * called or the progress callback returns non-zero; the checks come before each piece of tensor
+ * data, so it stops within one piece (opening and planning a model are not interrupted).
  * Returns MSH_OK, MSH_ERR_IO, MSH_ERR_FORMAT, MSH_ERR_LIMIT, MSH_ERR_UNSAFE, MSH_ERR_NOMEM,
- * MSH_ERR_USAGE or MSH_ERR_UNSUPPORTED.
+ * MSH_ERR_USAGE (also for a bad struct_size or result_size), MSH_ERR_UNSUPPORTED, MSH_ERR_CUDA
+ * (device CUDA without one), MSH_ERR_VERIFY or MSH_ERR_CANCELLED.
  */
 MSH_API msh_status msh_convert_file(const char *in_path, const char *out_path,
                                     const msh_convert_options *opt, msh_convert_result *res,
@@ -283,6 +437,76 @@ MSH_API msh_status msh_convert_file(const char *in_path, const char *out_path,
  * --json"). `*json_out` receives a malloc'd NUL-terminated string owned by the caller.
  */
 MSH_API msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err);
+
+/** One element type's share of a model (msh_inspect_info.by_dtype). Never grows: a new fact per
+ *  type would come as a new array of msh_inspect_info. */
+typedef struct msh_inspect_dtype {
+    const char *dtype; /**< "FLOAT", "FLOAT16", "BFLOAT16", "INT8", ... ("UNKNOWN" for others) */
+    int32_t code;      /**< its ONNX TensorProto.DataType code (-1: unknown) */
+    int64_t count;     /**< tensors of this type */
+    int64_t bytes;     /**< their bytes (checkpoints: each storage once) */
+} msh_inspect_dtype;
+
+/** One tensor (msh_inspect_info.largest). Never grows, like msh_inspect_dtype. */
+typedef struct msh_inspect_tensor {
+    const char *name;     /**< ONNX: its name; checkpoints: its path from the root
+                               ("optimizer.state.0.exp_avg"); model folders: its key */
+    const char *dtype;    /**< as msh_inspect_dtype.dtype */
+    int32_t code;         /**< as msh_inspect_dtype.code */
+    const int64_t *shape; /**< `ndim` dimensions */
+    size_t ndim;
+    int64_t bytes;
+} msh_inspect_tensor;
+
+#define MSH_INSPECT_LARGEST 10 /**< how many of the largest tensors msh_inspect_info lists */
+
+/** What msh_inspect found: the figures of `inspect --json` (msh_inspect_file), the same values
+ *  from the same pass. Made by the library and read-only: `struct_size` is the library's
+ *  sizeof(msh_inspect_info) (MSH_STRUCT_HAS). Figures that a format does not have are -1. */
+typedef struct msh_inspect_info {
+    size_t struct_size;
+    msh_format format;    /**< ONNX, PTH, SAFETENSORS or HF_FOLDER */
+    int64_t file_bytes;   /**< the file's bytes (ONNX: without external data; a model folder: its
+                               weight files and index) */
+    int64_t tensor_bytes; /**< tensor data bytes (checkpoints: each storage once; a model
+                               folder: a tied key once) */
+    int64_t tensor_count;
+    const msh_inspect_dtype *by_dtype; /**< tensor bytes by element type, by ascending code
+                                            (unknown types last) */
+    size_t n_by_dtype;
+    /* where the bytes are: a torch.save checkpoint ("breakdown") */
+    int64_t weights_bytes;         /**< storages of model weights */
+    int64_t optimizer_state_bytes; /**< storages of optimizer state */
+    int64_t other_tensor_bytes;    /**< other storages (buffers, training state) */
+    int64_t metadata_bytes;        /**< everything else: pickle, zip structure */
+    /* ... an ONNX model */
+    int64_t overhead_bytes; /**< the graph and everything but inline tensor data */
+    int64_t external_bytes; /**< external data files */
+    /* ... a safetensors file */
+    int64_t header_bytes; /**< its JSON header */
+    /* identical tensors ("duplicates"): what dedup would merge */
+    int64_t dup_groups;         /**< sets of identical tensors */
+    int64_t dup_tensors;        /**< tensors beyond the first of each set */
+    int64_t dup_saved_bytes;    /**< their bytes: what storing each set once saves */
+    const char *state_dict_key; /**< a checkpoint's state dict: its key from the root ("" when the
+                                     checkpoint is the state dict or a module); NULL when none
+                                     was found or the input is not a torch.save checkpoint */
+    const msh_inspect_tensor *largest; /**< the largest tensors, largest first (at most
+                                            MSH_INSPECT_LARGEST) */
+    size_t n_largest;
+} msh_inspect_info;
+
+/**
+ * Inspect the model at `path` into `*info` (allocated; release it with msh_inspect_info_free;
+ * NULL on failure). Reads the tensor data once, in bounded pieces, to find duplicates. Returns
+ * MSH_OK, MSH_ERR_IO, MSH_ERR_FORMAT, MSH_ERR_LIMIT, MSH_ERR_UNSAFE, MSH_ERR_NOMEM,
+ * MSH_ERR_USAGE (a folder that is not a model folder), MSH_ERR_UNSUPPORTED or
+ * MSH_ERR_CANCELLED (msh_cancel_request).
+ */
+MSH_API msh_status msh_inspect(const char *path, msh_inspect_info **info, msh_error *err);
+
+/** Release what msh_inspect made. NULL is fine. */
+MSH_API void msh_inspect_info_free(msh_inspect_info *info);
 
 /**
  * Compare two model files tensor by tensor (any two supported formats): tensors are matched by
@@ -302,7 +526,9 @@ MSH_API int msh_cuda_device_count(void);
 MSH_API int msh_cuda_built(void);
 
 /** Ask every conversion in progress (all threads) to stop soon with MSH_ERR_CANCELLED, removing
- *  its temporary files. Async-signal-safe: meant for SIGINT/SIGTERM handlers. */
+ *  its temporary files, and every later one to stop before it writes: the request holds for the
+ *  rest of the process (for one call, use a cancel token). Async-signal-safe: meant for
+ *  SIGINT/SIGTERM handlers. */
 MSH_API void msh_cancel_request(void);
 
 /** Remove temporary files and folders left in `dir` (recursively) by modelshrink processes of

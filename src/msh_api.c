@@ -1,11 +1,13 @@
 /* The public entry points: one model in, one model out (or a report). */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "common/msh_dtype.h"
 #include "engine/msh_engine.h"
 #include "formats/hf_folder.h"
 #include "formats/onnx_model.h"
@@ -27,16 +29,92 @@
 #define MSH_PROTOBUF_LIMIT ((int64_t)2147483647 - 65536)
 #define MSH_DEFAULT_SHARD_BYTES ((int64_t)5000000000) /* Hugging Face's "5GB" */
 
-void msh_convert_options_init(msh_convert_options *opt) {
-    memset(opt, 0, sizeof *opt);
-    opt->dedup = 1;
-    opt->external_threshold = 1024;
-    opt->keep_io_types = 1;
-    opt->fp16_min = 5.9604644775390625e-08f; /* 2^-24 */
-    opt->fp16_max = 65504.0f;
-    opt->int8_min_elements = 4096;
-    opt->staging_mib = 64;
-    opt->max_shard_bytes = MSH_DEFAULT_SHARD_BYTES;
+void msh_convert_options_init_sized(msh_convert_options *opt, size_t struct_size,
+                                    size_t result_size) {
+    msh_convert_options d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = struct_size;
+    d.result_size = result_size;
+    d.dedup = 1;
+    d.external_threshold = 1024;
+    d.keep_io_types = 1;
+    d.fp16_min = 5.9604644775390625e-08f; /* 2^-24 */
+    d.fp16_max = 65504.0f;
+    d.int8_min_elements = 4096;
+    d.staging_mib = 64;
+    d.max_shard_bytes = MSH_DEFAULT_SHARD_BYTES;
+    /* an older caller's struct is a prefix of this one */
+    memcpy(opt, &d, struct_size < sizeof d ? struct_size : sizeof d);
+}
+
+/* The sizes a caller's msh_convert_options can have: the end of each field from result_size on
+ * (fields are only appended, so every older version ends at one of them). A field added to the
+ * struct goes at the end of this list. */
+#define OPT_END(f) (offsetof(msh_convert_options, f) + sizeof(((msh_convert_options *)0)->f))
+static const size_t option_ends[] = {OPT_END(result_size),
+                                     OPT_END(dedup),
+                                     OPT_END(dedup_graph_inputs),
+                                     OPT_END(external_data),
+                                     OPT_END(external_threshold),
+                                     OPT_END(float_type),
+                                     OPT_END(keep_io_types),
+                                     OPT_END(fp16_min),
+                                     OPT_END(fp16_max),
+                                     OPT_END(block_ops),
+                                     OPT_END(block_nodes),
+                                     OPT_END(int8),
+                                     OPT_END(int8_min_elements),
+                                     OPT_END(int8_gather),
+                                     OPT_END(device),
+                                     OPT_END(verify),
+                                     OPT_END(staging_mib),
+                                     OPT_END(key),
+                                     OPT_END(out_format),
+                                     OPT_END(keep_outputs),
+                                     OPT_END(drop_outputs),
+                                     OPT_END(keep_inputs),
+                                     OPT_END(threads),
+                                     OPT_END(fp16_clamp),
+                                     OPT_END(keep_fp32),
+                                     OPT_END(n_keep_fp32),
+                                     OPT_END(storage_only),
+                                     OPT_END(allow_larger),
+                                     OPT_END(max_shard_bytes),
+                                     OPT_END(progress),
+                                     OPT_END(progress_user),
+                                     OPT_END(cancel)};
+_Static_assert(OPT_END(cancel) == sizeof(msh_convert_options),
+               "a field added to msh_convert_options must be added to option_ends");
+
+/* The msh_convert_result of the first header that sized it: what a call without options (whose
+ * caller's size is unknown) writes. Frozen: fields added later are not in it. */
+#define RESULT_SIZE_FIRST                                                                          \
+    (offsetof(msh_convert_result, state_dict) + sizeof(((msh_convert_result *)0)->state_dict))
+
+/* The caller's options as this library's struct: the fields it knows, defaults for the rest
+ * (NULL: all defaults). MSH_ERR_USAGE for a size that no version of the struct has. */
+static msh_status options_effective(const msh_convert_options *opt, msh_convert_options *eff,
+                                    msh_error *err) {
+    msh_convert_options_init(eff);
+    if (!opt)
+        return MSH_OK;
+    size_t n = opt->struct_size;
+    int known = 0;
+    for (size_t i = 0; i < sizeof option_ends / sizeof option_ends[0] && !known; i++)
+        known = option_ends[i] == n;
+    if (!known)
+        return msh_fail(err, MSH_ERR_USAGE,
+                        "msh_convert_options.struct_size is %zu, not the size of a version of "
+                        "the struct that this library knows (at most %zu): initialise the "
+                        "options with msh_convert_options_init",
+                        n, sizeof *eff);
+    memcpy(eff, opt, n);
+    if (eff->result_size < sizeof(size_t))
+        return msh_fail(err, MSH_ERR_USAGE,
+                        "msh_convert_options.result_size is %zu: initialise the options with "
+                        "msh_convert_options_init",
+                        eff->result_size);
+    return MSH_OK;
 }
 
 static int64_t default_opset(const msh_onnx_model *m) {
@@ -88,9 +166,10 @@ static msh_status check_paths(const msh_onnx_model *m, const char *in, const cha
     return st;
 }
 
-/* The engine of one model: CPU or CUDA as chosen, with the options' FP16 bounds. */
-static msh_status engine_for(const msh_convert_options *opt, int backend, msh_engine **g,
-                             msh_error *e) {
+/* The engine of one model: CPU or CUDA as chosen, with the options' FP16 bounds, progress
+ * callback (told `path`) and cancel token. */
+static msh_status engine_for(const msh_convert_options *opt, int backend, const char *path,
+                             msh_engine **g, msh_error *e) {
     msh_engine_opts eo;
     memset(&eo, 0, sizeof eo);
     eo.backend = backend;
@@ -99,6 +178,10 @@ static msh_status engine_for(const msh_convert_options *opt, int backend, msh_en
     eo.f16.min_abs = f32_bits(opt->fp16_min);
     eo.f16.max_abs = f32_bits(opt->fp16_max);
     eo.staging = (size_t)(opt->staging_mib > 0 ? opt->staging_mib : 64) << 20;
+    eo.progress = opt->progress;
+    eo.progress_user = opt->progress_user;
+    eo.progress_path = path;
+    eo.cancel = opt->cancel;
     return msh_engine_open(&eo, g, e);
 }
 
@@ -269,7 +352,7 @@ msh_status msh_engine_cpu(int threads, msh_engine **g, msh_error *e) {
     msh_convert_options o;
     msh_convert_options_init(&o);
     o.threads = threads;
-    return engine_for(&o, MSH_BACKEND_CPU, g, e);
+    return engine_for(&o, MSH_BACKEND_CPU, NULL, g, e);
 }
 
 static msh_status onnx_save(const msh_onnx_model *m, const char *out_path, int external,
@@ -330,7 +413,7 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
     if (st == MSH_OK)
         st = check_paths(&m, in_path, out_path, err);
     if (st == MSH_OK)
-        st = engine_for(opt, backend, &eng, err);
+        st = engine_for(opt, backend, in_path, &eng, err);
     if (st == MSH_OK) {
         /* dead code always; the sub-model when outputs are chosen */
         msh_prune_opts po = {opt->keep_outputs, opt->drop_outputs, opt->keep_inputs};
@@ -708,8 +791,13 @@ static msh_status check_block_ops(const char *list, msh_error *err) {
     return MSH_OK;
 }
 
-msh_status msh_convert_check(const msh_convert_options *opt, msh_format input, const char *out_path,
-                             msh_option *bad, msh_error *err) {
+msh_status msh_convert_check(const msh_convert_options *opt_in, msh_format input,
+                             const char *out_path, msh_option *bad, msh_error *err) {
+    if (bad)
+        *bad = MSH_OPTION_NONE;
+    msh_convert_options o; /* the caller's, grown to this library's struct */
+    MSH_FORWARD(options_effective(opt_in, &o, err));
+    const msh_convert_options *opt = &o;
     msh_convert_options d;
     msh_convert_options_init(&d);
     msh_option set[16];
@@ -898,7 +986,7 @@ static msh_status convert_ckpt(const char *in_path, const char *out_path, msh_fo
     int out_pth = opt->out_format == MSH_FORMAT_PTH;
     msh_engine *eng = NULL;
     if (st == MSH_OK)
-        st = engine_for(opt, backend, &eng, err);
+        st = engine_for(opt, backend, in_path, &eng, err);
     msh_ckpt_plan plan;
     memset(&plan, 0, sizeof plan);
     if (st == MSH_OK) {
@@ -1020,7 +1108,7 @@ static msh_status convert_hf(const char *in_path, const char *out_path,
     msh_table tab = msh_hf_table(&h);
     msh_engine *eng = NULL;
     if (st == MSH_OK)
-        st = engine_for(opt, backend, &eng, err);
+        st = engine_for(opt, backend, in_path, &eng, err);
     msh_ckpt_plan plan;
     memset(&plan, 0, sizeof plan);
     if (st == MSH_OK) {
@@ -1175,15 +1263,10 @@ static msh_status convert_on(const char *in_path, const char *out_path, msh_form
     return st;
 }
 
-msh_status msh_convert_file(const char *in_path, const char *out_path,
-                            const msh_convert_options *opt, msh_convert_result *res,
-                            msh_error *err) {
-    msh_convert_options defaults;
-    if (!opt) {
-        msh_convert_options_init(&defaults);
-        opt = &defaults;
-    }
-    memset(res, 0, sizeof *res);
+/* msh_convert_file with this library's options and result. */
+static msh_status convert_file(const char *in_path, const char *out_path,
+                               const msh_convert_options *opt, msh_convert_result *res,
+                               msh_error *err) {
     msh_format kind = sniff(in_path);
     msh_status st = MSH_OK;
     if (kind == MSH_FORMAT_AUTO) /* a folder that is not a model folder: say why */
@@ -1237,6 +1320,35 @@ msh_status msh_convert_file(const char *in_path, const char *out_path,
         }
     }
     free(out_dir);
+    return st;
+}
+
+msh_status msh_convert_file(const char *in_path, const char *out_path,
+                            const msh_convert_options *opt, msh_convert_result *res,
+                            msh_error *err) {
+    if (err) {
+        err->msg[0] = 0;
+        err->status = MSH_OK;
+    }
+    msh_convert_options eff;
+    msh_status st = options_effective(opt, &eff, err);
+    if (st != MSH_OK) { /* the sizes themselves are wrong: `res` cannot be written safely */
+        msh_error_prefix(err, in_path);
+        return st;
+    }
+    msh_convert_result full;
+    memset(&full, 0, sizeof full);
+    /* the writers check the token where they check msh_cancel_request */
+    const msh_cancel_token *prev = msh_cancel_scope_enter(eff.cancel);
+    st = msh_cancel_check(eff.cancel, err);
+    if (st == MSH_OK)
+        st = convert_file(in_path, out_path, &eff, &full, err);
+    msh_cancel_scope_leave(prev);
+    size_t n = opt ? eff.result_size : RESULT_SIZE_FIRST;
+    if (n > sizeof full)
+        n = sizeof full; /* a newer caller's fields beyond are left as they were */
+    full.struct_size = n;
+    memcpy(res, &full, n);
     if (st != MSH_OK)
         msh_error_prefix(err, in_path);
     return st;
@@ -1340,10 +1452,12 @@ msh_status msh_diff_files(const char *path_a, const char *path_b, char **json_ou
     return st;
 }
 
-msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
+/* The inspect report of `path` as a JSON tree (`*out`, the caller's to cJSON_Delete): what
+ * msh_inspect_file prints and msh_inspect reads its struct from, so the two always agree. */
+static msh_status inspect_json(const char *path, cJSON **out, msh_error *err) {
     msh_convert_options dflt;
     msh_convert_options_init(&dflt);
-    *json_out = NULL;
+    *out = NULL;
     cJSON *o = cJSON_CreateObject();
     if (!o)
         return msh_fail(err, MSH_ERR_NOMEM, "%s: out of memory", path);
@@ -1351,7 +1465,7 @@ msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
     cJSON_AddStringToObject(o, "path", path);
     msh_format kind = sniff(path);
     msh_engine *eng = NULL;
-    msh_status st = engine_for(&dflt, MSH_BACKEND_CPU, &eng, err);
+    msh_status st = engine_for(&dflt, MSH_BACKEND_CPU, NULL, &eng, err);
     if (st == MSH_OK && kind == MSH_FORMAT_SAFETENSORS) {
         msh_st_file f;
         st = msh_st_open(&f, path, err);
@@ -1383,13 +1497,158 @@ msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
         msh_onnx_model_free(&m);
     }
     msh_engine_close(eng);
-    if (st == MSH_OK) {
-        *json_out = cJSON_PrintUnformatted(o);
-        if (!*json_out)
-            st = msh_fail(err, MSH_ERR_NOMEM, "out of memory");
-    }
-    cJSON_Delete(o);
+    if (st == MSH_OK)
+        *out = o;
+    else
+        cJSON_Delete(o);
     if (st != MSH_OK)
         msh_error_prefix(err, path);
     return st;
+}
+
+msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
+    *json_out = NULL;
+    cJSON *o;
+    MSH_FORWARD(inspect_json(path, &o, err));
+    *json_out = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!*json_out)
+        return msh_fail(err, MSH_ERR_NOMEM, "%s: out of memory", path);
+    return MSH_OK;
+}
+
+/* An msh_inspect_info and what it points to: strings point into the report's JSON tree. */
+typedef struct inspect_box {
+    msh_inspect_info info; /* first: the caller's pointer is the box's */
+    cJSON *json;
+    msh_inspect_dtype *by_dtype;
+    msh_inspect_tensor *largest;
+    int64_t *shapes;
+} inspect_box;
+
+void msh_inspect_info_free(msh_inspect_info *info) {
+    inspect_box *b = (inspect_box *)info;
+    if (!b)
+        return;
+    cJSON_Delete(b->json);
+    free(b->by_dtype);
+    free(b->largest);
+    free(b->shapes);
+    free(b);
+}
+
+/* A number of the report (`a`, then `b` inside it when given), or -1 where it has none. */
+static int64_t jnum(const cJSON *o, const char *a, const char *b) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, a);
+    if (b)
+        x = cJSON_GetObjectItemCaseSensitive(x, b);
+    return cJSON_IsNumber(x) ? (int64_t)x->valuedouble : -1;
+}
+
+static const char *jstr(const cJSON *o, const char *key) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(x) ? x->valuestring : "";
+}
+
+/* The code of an element type as the report names it (-1: unknown). */
+static int32_t dtype_code(const char *name) {
+    for (int32_t c = 0; c < 64; c++)
+        if (strcmp(msh_dtype_name(c), "UNKNOWN") != 0 && strcmp(msh_dtype_name(c), name) == 0)
+            return c;
+    return -1;
+}
+
+static msh_status info_from_json(cJSON *o, inspect_box *b, msh_error *err) {
+    msh_inspect_info *in = &b->info;
+    in->struct_size = sizeof *in;
+    const char *fmt = jstr(o, "format");
+    in->format = MSH_FORMAT_AUTO;
+    for (int f = MSH_FORMAT_ONNX; f <= MSH_FORMAT_HF_FOLDER; f++)
+        if (strcmp(fmt, msh_format_name((msh_format)f)) == 0)
+            in->format = (msh_format)f;
+    in->file_bytes = jnum(o, "file_bytes", NULL);
+    in->tensor_bytes = jnum(o, "tensor_bytes", NULL);
+    in->tensor_count = jnum(o, "tensor_count", NULL);
+    in->weights_bytes = jnum(o, "breakdown", "weights");
+    in->optimizer_state_bytes = jnum(o, "breakdown", "optimizer_state");
+    in->other_tensor_bytes = jnum(o, "breakdown", "other_tensors");
+    in->metadata_bytes = jnum(o, "breakdown", "metadata");
+    in->overhead_bytes = jnum(o, "overhead_bytes", NULL);
+    in->external_bytes = jnum(o, "external_bytes", NULL);
+    in->header_bytes = jnum(o, "header_bytes", NULL);
+    in->dup_groups = jnum(o, "duplicates", "groups");
+    in->dup_tensors = jnum(o, "duplicates", "tensors");
+    in->dup_saved_bytes = jnum(o, "duplicates", "saved_bytes");
+    in->state_dict_key = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "state_dict_found"))
+                             ? jstr(o, "state_dict_key")
+                             : NULL;
+    const cJSON *bd = cJSON_GetObjectItemCaseSensitive(o, "by_dtype");
+    const cJSON *lg = cJSON_GetObjectItemCaseSensitive(o, "largest");
+    size_t nd = (size_t)cJSON_GetArraySize(bd), nl = (size_t)cJSON_GetArraySize(lg), ns = 0;
+    if (nl > MSH_INSPECT_LARGEST)
+        nl = MSH_INSPECT_LARGEST;
+    const cJSON *x;
+    size_t k = 0;
+    cJSON_ArrayForEach(x, lg) {
+        if (k++ < nl)
+            ns += (size_t)cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(x, "shape"));
+    }
+    b->by_dtype = calloc(nd + 1, sizeof *b->by_dtype);
+    b->largest = calloc(nl + 1, sizeof *b->largest);
+    b->shapes = calloc(ns + 1, sizeof *b->shapes);
+    if (!b->by_dtype || !b->largest || !b->shapes)
+        return msh_fail(err, MSH_ERR_NOMEM, "out of memory");
+    k = 0;
+    cJSON_ArrayForEach(x, bd) {
+        if (k >= nd)
+            break;
+        msh_inspect_dtype *d = &b->by_dtype[k++];
+        d->dtype = jstr(x, "dtype");
+        d->code = dtype_code(d->dtype);
+        d->count = jnum(x, "count", NULL);
+        d->bytes = jnum(x, "bytes", NULL);
+    }
+    in->by_dtype = b->by_dtype;
+    in->n_by_dtype = k;
+    k = 0;
+    size_t at = 0;
+    cJSON_ArrayForEach(x, lg) {
+        if (k >= nl)
+            break;
+        msh_inspect_tensor *t = &b->largest[k++];
+        t->name = jstr(x, "name");
+        t->dtype = jstr(x, "dtype");
+        t->code = dtype_code(t->dtype);
+        t->bytes = jnum(x, "bytes", NULL);
+        t->shape = b->shapes + at;
+        const cJSON *dim;
+        cJSON_ArrayForEach(dim, cJSON_GetObjectItemCaseSensitive(x, "shape")) {
+            if (at < ns && cJSON_IsNumber(dim)) {
+                b->shapes[at++] = (int64_t)dim->valuedouble;
+                t->ndim++;
+            }
+        }
+    }
+    in->largest = b->largest;
+    in->n_largest = k;
+    return MSH_OK;
+}
+
+msh_status msh_inspect(const char *path, msh_inspect_info **info, msh_error *err) {
+    *info = NULL;
+    inspect_box *b = calloc(1, sizeof *b);
+    if (!b)
+        return msh_fail(err, MSH_ERR_NOMEM, "%s: out of memory", path);
+    msh_status st = inspect_json(path, &b->json, err);
+    if (st == MSH_OK) {
+        st = info_from_json(b->json, b, err);
+        if (st != MSH_OK)
+            msh_error_prefix(err, path);
+    }
+    if (st != MSH_OK) {
+        msh_inspect_info_free(&b->info);
+        return st;
+    }
+    *info = &b->info;
+    return MSH_OK;
 }

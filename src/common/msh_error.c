@@ -53,8 +53,13 @@ const char *msh_status_name(msh_status s) {
     return "MSH_ERR_UNKNOWN";
 }
 
+/* The version's one home is include/modelshrink.h: CMake reads the same three macros for the
+ * project version, the SONAME, modelshrink.pc and the package version file. */
+#define MSH_STR_(x) #x
+#define MSH_STR(x) MSH_STR_(x)
+
 const char *msh_version(void) {
-    return MSH_VERSION_STRING;
+    return MSH_STR(MSH_VERSION_MAJOR) "." MSH_STR(MSH_VERSION_MINOR) "." MSH_STR(MSH_VERSION_PATCH);
 }
 
 void msh_free(void *p) {

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -90,10 +91,36 @@ char *msh_path_dir(const char *path) {
 }
 
 static mode_t g_mode = 0644, g_umask = 022;
+
+/* The umask from /proc/self/status (Linux 4.7 and later); -1 when it does not say. */
+static long proc_umask(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    long m = -1;
+    while (m < 0 && fgets(line, sizeof line, f))
+        if (strncmp(line, "Umask:", 6) == 0) {
+            char *end;
+            long v = strtol(line + 6, &end, 8);
+            if (end != line + 6 && v >= 0 && v <= 0777)
+                m = v;
+        }
+    fclose(f);
+    return m;
+}
+
 static void read_umask(void) {
-    /* umask can only be read by setting it: once, before any file is made */
-    mode_t m = umask(0);
-    umask(m);
+    /* umask() can only read the mask by setting it, which for a moment would give files that
+     * other threads of the process create mode 0666: ask /proc first */
+    long pm = proc_umask();
+    mode_t m;
+    if (pm >= 0) {
+        m = (mode_t)pm;
+    } else {
+        m = umask(0);
+        umask(m);
+    }
     g_umask = m;
     g_mode = (mode_t)(0666 & ~m);
 }
@@ -104,13 +131,71 @@ static mode_t msh_file_mode(void) {
     return g_mode;
 }
 
-static volatile sig_atomic_t g_cancel;
+/* Cancellation flags are set from signal handlers and read by other threads: lock-free atomics
+ * are both async-signal-safe and free of data races (a volatile sig_atomic_t is only the
+ * first). */
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "cancellation needs lock-free atomic ints");
+static atomic_int g_cancel;
 void msh_cancel_request(void) {
-    g_cancel = 1;
+    atomic_store_explicit(&g_cancel, 1, memory_order_relaxed);
+}
+
+struct msh_cancel_token {
+    atomic_int requested;
+};
+
+msh_status msh_cancel_token_create(msh_cancel_token **token, msh_error *err) {
+    *token = malloc(sizeof **token);
+    if (!*token)
+        return msh_fail(err, MSH_ERR_NOMEM, "out of memory");
+    atomic_init(&(*token)->requested, 0);
+    return MSH_OK;
+}
+
+void msh_cancel_token_request(msh_cancel_token *token) {
+    if (token)
+        atomic_store_explicit(&token->requested, 1, memory_order_relaxed);
+}
+
+int msh_cancel_token_requested(const msh_cancel_token *token) {
+    /* atomic_load takes a non-const pointer in C11 */
+    return token &&
+           atomic_load_explicit(&((msh_cancel_token *)token)->requested, memory_order_relaxed) != 0;
+}
+
+void msh_cancel_token_reset(msh_cancel_token *token) {
+    if (token)
+        atomic_store_explicit(&token->requested, 0, memory_order_relaxed);
+}
+
+void msh_cancel_token_free(msh_cancel_token *token) {
+    free(token);
+}
+
+/* The token of the conversion running on this thread: the writers check it where they check
+ * the process-wide request, without a token passed down every call. */
+static _Thread_local const msh_cancel_token *tl_token;
+
+const msh_cancel_token *msh_cancel_scope_enter(const msh_cancel_token *token) {
+    const msh_cancel_token *prev = tl_token;
+    tl_token = token;
+    return prev;
+}
+
+void msh_cancel_scope_leave(const msh_cancel_token *prev) {
+    tl_token = prev;
+}
+
+msh_status msh_cancel_check(const msh_cancel_token *token, msh_error *e) {
+    if (atomic_load_explicit(&g_cancel, memory_order_relaxed))
+        return msh_fail(e, MSH_ERR_CANCELLED, "interrupted");
+    if (msh_cancel_token_requested(token))
+        return msh_fail(e, MSH_ERR_CANCELLED, "cancelled");
+    return MSH_OK;
 }
 
 int msh_cancelled(void) {
-    return g_cancel != 0;
+    return msh_cancel_check(tl_token, NULL) != MSH_OK;
 }
 
 static char g_host[64];
@@ -230,8 +315,7 @@ uint32_t msh_sink_crc_stop(msh_sink *s) {
 
 msh_status msh_sink_write(msh_sink *s, const void *p, size_t n, msh_error *e) {
     const uint8_t *src = p;
-    if (g_cancel)
-        return msh_fail(e, MSH_ERR_CANCELLED, "interrupted");
+    MSH_FORWARD(msh_cancel_check(tl_token, e));
     crc_add(s, p, n);
     if (n >= s->cap) {
         /* Large pieces go straight to the file: no copy through the buffer. */
@@ -257,8 +341,7 @@ msh_status msh_sink_write(msh_sink *s, const void *p, size_t n, msh_error *e) {
 }
 
 msh_status msh_sink_copy_from(msh_sink *s, int fd, int64_t off, int64_t len, msh_error *e) {
-    if (g_cancel)
-        return msh_fail(e, MSH_ERR_CANCELLED, "interrupted");
+    MSH_FORWARD(msh_cancel_check(tl_token, e));
     MSH_FORWARD(msh_sink_flush(s, e));
 #if defined(__linux__)
     /* In-kernel copy: no trip through user space (and a reflink where the file system can);

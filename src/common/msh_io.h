@@ -80,7 +80,14 @@ int msh_rmtree(const char *path);
 /* fsync the folder that holds `path` (makes a rename durable); failures are ignored. */
 void msh_sync_dir_of(const char *path);
 
-/* 1 once msh_cancel_request has been called. */
+/* Cancellation. MSH_ERR_CANCELLED ("interrupted" or "cancelled") once msh_cancel_request was
+ * called or `token` (NULL: none) is requested; MSH_OK otherwise. */
+msh_status msh_cancel_check(const msh_cancel_token *token, msh_error *e);
+/* Make `token` the one of the calling thread's conversion until msh_cancel_scope_leave(the
+ * returned previous one); sink writes and msh_cancelled check it. */
+const msh_cancel_token *msh_cancel_scope_enter(const msh_cancel_token *token);
+void msh_cancel_scope_leave(const msh_cancel_token *prev);
+/* 1 when msh_cancel_check(the calling thread's token) says cancelled. */
 int msh_cancelled(void);
 
 #endif

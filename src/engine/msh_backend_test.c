@@ -46,7 +46,8 @@ static void read_spec(void) {
     g_spec.on = 1;
     char buf[256];
     snprintf(buf, sizeof buf, "%s", v);
-    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+    char *save = NULL; /* strtok_r: strtok's hidden state is shared with the host's threads */
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         if (strcmp(tok, "delay") == 0)
             g_spec.delay = 1;
         else if (strcmp(tok, "reorder") == 0)

@@ -151,6 +151,10 @@ struct msh_run {
     size_t chunks_cap;
     uint8_t *le;
     msh_status failed; /* a consumer-side failure: the run is over */
+    /* progress (consumer side): the phase (0: not reported, a scan of less than a step), input
+     * bytes of all jobs, taken, last reported */
+    int phase;
+    int64_t bytes_total, bytes_done, reported;
 };
 
 /* A job that the consumer copies from file to file in one go. */
@@ -227,6 +231,44 @@ static void *producer(void *arg) {
     return NULL;
 }
 
+/* Tell the engine's progress callback where a phase is; non-zero from it cancels. */
+static msh_status engine_report(const msh_engine *g, int phase, int64_t bytes_done,
+                                int64_t bytes_total, int64_t tensors_done, int64_t tensors_total,
+                                msh_error *e) {
+    const msh_engine_opts *o = &g->o;
+    if (!o->progress)
+        return MSH_OK;
+    msh_progress p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    p.path = o->progress_path ? o->progress_path : "";
+    p.phase = phase;
+    p.bytes_done = bytes_done;
+    p.bytes_total = bytes_total;
+    p.tensors_done = tensors_done;
+    p.tensors_total = tensors_total;
+    if (o->progress(o->progress_user, &p) != 0)
+        return msh_fail(e, MSH_ERR_CANCELLED, "cancelled by the progress callback");
+    return MSH_OK;
+}
+
+static msh_status run_report(msh_run *r, msh_error *e) {
+    r->reported = r->bytes_done;
+    if (!r->phase)
+        return MSH_OK;
+    return engine_report(r->g, r->phase, r->bytes_done, r->bytes_total, (int64_t)r->cj,
+                         (int64_t)r->n, e);
+}
+
+/* After `n` more input bytes: report when the next piece could take the run more than a step
+ * past the last report (so reports are at most a step apart where pieces are smaller). */
+static msh_status run_advance(msh_run *r, int64_t n, msh_error *e) {
+    r->bytes_done += n;
+    if (r->bytes_done - r->reported + (int64_t)r->be->piece_bytes > MSH_PROGRESS_STEP)
+        return run_report(r, e);
+    return MSH_OK;
+}
+
 static msh_status run_fail(msh_run *r, msh_status st) {
     if (st == MSH_ERR_CUDA)
         r->g->broken = 1;
@@ -238,7 +280,8 @@ static msh_status run_fail(msh_run *r, msh_status st) {
     return st;
 }
 
-msh_status msh_run_start(msh_engine *g, msh_job *jobs, size_t n, msh_run **out, msh_error *e) {
+static msh_status run_start(msh_engine *g, msh_job *jobs, size_t n, int phase, msh_run **out,
+                            msh_error *e) {
     *out = NULL;
     msh_run *r = calloc(1, sizeof *r);
     if (!r)
@@ -262,6 +305,17 @@ msh_status msh_run_start(msh_engine *g, msh_job *jobs, size_t n, msh_run **out, 
     }
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
+    for (size_t k = 0; k < n; k++)
+        r->bytes_total += jobs[k].nbytes > 0 ? jobs[k].nbytes : 0;
+    /* a small scan is a blink: not worth a phase of its own */
+    r->phase = phase == MSH_PHASE_SCAN && r->bytes_total < MSH_PROGRESS_STEP ? 0 : phase;
+    msh_status st = msh_cancel_check(g->o.cancel, e);
+    if (st == MSH_OK)
+        st = run_report(r, e);
+    if (st != MSH_OK) { /* before any thread starts */
+        msh_run_end(r, NULL);
+        return st;
+    }
     for (int i = 0; i < nth; i++) {
         if (pthread_create(&r->th[i], NULL, producer, r) != 0)
             break;
@@ -273,6 +327,10 @@ msh_status msh_run_start(msh_engine *g, msh_job *jobs, size_t n, msh_run **out, 
     }
     *out = r;
     return MSH_OK;
+}
+
+msh_status msh_run_start(msh_engine *g, msh_job *jobs, size_t n, msh_run **out, msh_error *e) {
+    return run_start(g, jobs, n, MSH_PHASE_WRITE, out, e);
 }
 
 msh_status msh_run_end(msh_run *r, msh_error *e) {
@@ -359,6 +417,24 @@ static msh_status verify_piece(msh_run *r, int s, const msh_piece *p, const uint
     return msh_fail(e, MSH_ERR_VERIFY, "verify: tensor '%s': bytes differ", j->name);
 }
 
+/* A file span from file to file, in steps that keep reports a step apart, checking for
+ * cancellation between them. */
+static msh_status copy_span(msh_run *r, msh_sink *dst, const msh_job *j, msh_error *e) {
+    for (int64_t off = 0; off < j->nbytes;) {
+        int64_t step = MSH_PROGRESS_STEP - (r->bytes_done - r->reported);
+        if (step < (int64_t)1 << 20)
+            step = (int64_t)1 << 20;
+        int64_t len = j->nbytes - off < step ? j->nbytes - off : step;
+        if (off > 0)
+            MSH_FORWARD(msh_cancel_check(r->g->o.cancel, e));
+        if (dst)
+            MSH_FORWARD(msh_sink_copy_from(dst, j->src->fd, j->src->offset + off, len, e));
+        off += len;
+        MSH_FORWARD(run_advance(r, len, e));
+    }
+    return MSH_OK;
+}
+
 static msh_status job_begin(msh_run *r, msh_job *j, msh_error *e) {
     j->clamped = 0;
     memset(&j->range, 0, sizeof j->range);
@@ -400,6 +476,9 @@ msh_status msh_run_take(msh_run *r, size_t k, msh_sink *dst, msh_error *e) {
         return run_fail(r, st);
     msh_backend *be = r->be;
     for (int64_t i = 0; i < np; i++) {
+        st = msh_cancel_check(r->g->o.cancel, e);
+        if (st != MSH_OK)
+            return run_fail(r, st);
         int s = (int)(r->consumed % r->S);
         slot *sl = &r->slots[s];
         pthread_mutex_lock(&r->mu);
@@ -426,8 +505,9 @@ msh_status msh_run_take(msh_run *r, size_t k, msh_sink *dst, msh_error *e) {
             return run_fail(r, msh_fail(e, MSH_ERR_FORMAT, "internal error: engine stopped"));
         }
         msh_piece *p = &sl->p;
+        int64_t piece_in = sl->span ? 0 : (int64_t)p->n; /* a span reports as it copies */
         if (sl->span) {
-            st = dst ? msh_sink_copy_from(dst, j->src->fd, j->src->offset, j->nbytes, e) : MSH_OK;
+            st = copy_span(r, dst, j, e);
         } else if (j->op == MSH_OP_COPY) {
             st = dst ? msh_sink_write(dst, be->in_buf(be, s), p->n, e) : MSH_OK;
         } else {
@@ -464,9 +544,17 @@ msh_status msh_run_take(msh_run *r, size_t k, msh_sink *dst, msh_error *e) {
         r->consumed++;
         pthread_cond_broadcast(&r->cv);
         pthread_mutex_unlock(&r->mu);
+        st = run_advance(r, piece_in, e);
+        if (st != MSH_OK)
+            return run_fail(r, st);
     }
     job_end(r, j);
     r->cj++;
+    if (r->cj == r->n) { /* the phase's end */
+        st = run_report(r, e);
+        if (st != MSH_OK)
+            return run_fail(r, st);
+    }
     return MSH_OK;
 }
 
@@ -474,7 +562,7 @@ msh_status msh_engine_scan(msh_engine *g, msh_job *jobs, size_t n, msh_error *e)
     if (n == 0)
         return MSH_OK;
     msh_run *r;
-    MSH_FORWARD(msh_run_start(g, jobs, n, &r, e));
+    MSH_FORWARD(run_start(g, jobs, n, MSH_PHASE_SCAN, &r, e));
     msh_status st = MSH_OK;
     for (size_t k = 0; k < n && st == MSH_OK; k++)
         st = msh_run_take(r, k, NULL, e);
@@ -484,23 +572,51 @@ msh_status msh_engine_scan(msh_engine *g, msh_job *jobs, size_t n, msh_error *e)
 
 #define SAME_CHUNK ((size_t)1 << 20)
 
+/* Progress of msh_engine_same, a scan phase of its own when it reads a step or more: report
+ * before a read of `len` bytes that could take it more than a step past the last report. */
+typedef struct same_progress {
+    const msh_engine *g;
+    int on;
+    int64_t total, done, reported, sources;
+} same_progress;
+
+static msh_status same_step(same_progress *sp, size_t len, msh_error *e) {
+    MSH_FORWARD(msh_cancel_check(sp->g ? sp->g->o.cancel : NULL, e));
+    if (sp->on && sp->done - sp->reported + (int64_t)len > MSH_PROGRESS_STEP) {
+        sp->reported = sp->done;
+        MSH_FORWARD(engine_report(sp->g, MSH_PHASE_SCAN, sp->done, sp->total, 0, sp->sources, e));
+    }
+    sp->done += (int64_t)len;
+    return MSH_OK;
+}
+
 msh_status msh_engine_same(msh_engine *g, const msh_src *ref, const msh_src *const *srcs, size_t n,
                            int64_t nbytes, uint8_t *same, msh_error *e) {
-    (void)g;
     for (size_t k = 0; k < n; k++)
         same[k] = 1;
     if (n == 0 || nbytes <= 0)
         return MSH_OK;
     uint8_t *x = malloc(SAME_CHUNK), *y = malloc(SAME_CHUNK);
     msh_status st = x && y ? MSH_OK : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    /* the bytes of every source (a source found different early is not read to its end) */
+    same_progress sp = {g, 0, 0, 0, 0, (int64_t)n + 1};
+    if (!msh_mul_i64(nbytes, (int64_t)n + 1, &sp.total))
+        sp.total = INT64_MAX;
+    sp.on = g && sp.total >= MSH_PROGRESS_STEP;
+    if (st == MSH_OK && sp.on)
+        st = engine_report(g, MSH_PHASE_SCAN, 0, sp.total, 0, sp.sources, e);
     size_t alive = n;
     for (int64_t off = 0; st == MSH_OK && alive && off < nbytes;) {
         size_t len = nbytes - off < (int64_t)SAME_CHUNK ? (size_t)(nbytes - off) : SAME_CHUNK;
-        st = msh_src_read(ref, off, x, len, e);
+        st = same_step(&sp, len, e);
+        if (st == MSH_OK)
+            st = msh_src_read(ref, off, x, len, e);
         for (size_t k = 0; st == MSH_OK && k < n; k++) {
             if (!same[k])
                 continue;
-            st = msh_src_read(srcs[k], off, y, len, e);
+            st = same_step(&sp, len, e);
+            if (st == MSH_OK)
+                st = msh_src_read(srcs[k], off, y, len, e);
             if (st == MSH_OK && memcmp(x, y, len) != 0) {
                 same[k] = 0;
                 alive--;
@@ -508,6 +624,8 @@ msh_status msh_engine_same(msh_engine *g, const msh_src *ref, const msh_src *con
         }
         off += (int64_t)len;
     }
+    if (st == MSH_OK && sp.on) /* the end */
+        st = engine_report(g, MSH_PHASE_SCAN, sp.total, sp.total, sp.sources, sp.sources, e);
     free(x);
     free(y);
     return st;

@@ -64,6 +64,12 @@ typedef struct msh_engine_opts {
     int verify;         /* recompute every non-CPU piece on the CPU and compare */
     msh_f16_bounds f16; /* FP16 clamping bounds */
     size_t staging;     /* CUDA staging buffer bytes */
+    /* runs report to `progress` (NULL: nobody) on the consumer's thread, and stop with
+     * MSH_ERR_CANCELLED before a piece once `cancel` or msh_cancel_request says so */
+    msh_progress_fn progress;
+    void *progress_user;
+    const char *progress_path;
+    const msh_cancel_token *cancel;
 } msh_engine_opts;
 
 typedef struct msh_engine msh_engine;
@@ -84,7 +90,15 @@ msh_status msh_engine_same(msh_engine *g, const msh_src *ref, const msh_src *con
 
 /* Conversion runs. Start one over the jobs in output order; take each job's bytes, in order,
  * into a sink; end it (always, also after a failure: it joins the threads). `jobs` must stay
- * valid until msh_run_end; clamp counts are written into them as pieces are taken. */
+ * valid until msh_run_end; clamp counts are written into them as pieces are taken.
+ *
+ * A run is one phase of the conversion's progress (MSH_PHASE_WRITE; msh_engine_scan's runs and
+ * msh_engine_same's comparisons MSH_PHASE_SCAN, when they read at least MSH_PROGRESS_STEP
+ * bytes): reported when it starts, before a piece could take it more than MSH_PROGRESS_STEP
+ * input bytes past the last report, and when its last job is taken. Cancellation is checked
+ * before every piece (file-to-file copies are cut into pieces of at most MSH_PROGRESS_STEP for
+ * it) and fails the run with MSH_ERR_CANCELLED. */
+#define MSH_PROGRESS_STEP ((int64_t)16 << 20)
 typedef struct msh_run msh_run;
 msh_status msh_run_start(msh_engine *g, msh_job *jobs, size_t n, msh_run **out, msh_error *e);
 msh_status msh_run_take(msh_run *r, size_t job, msh_sink *dst, msh_error *e);

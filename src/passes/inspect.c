@@ -9,7 +9,7 @@
 
 #include "common/msh_dtype.h"
 
-#define MSH_TOP_N 10
+#define MSH_TOP_N MSH_INSPECT_LARGEST /* msh_inspect_info.largest holds them all */
 
 void msh_json_by_dtype(cJSON *report, const int64_t count[32], const int64_t bytes[32]) {
     cJSON *bd = cJSON_AddArrayToObject(report, "by_dtype");
