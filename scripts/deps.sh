@@ -42,13 +42,15 @@ required_pkgs=(
     protobuf-c-compiler libprotobuf-c-dev libonnx-dev
     libxxhash-dev libcjson-dev zlib1g-dev libonnx-testdata
     python3-venv time python3-torch python3-torchvision
-    clang valgrind
+    clang valgrind groff-base
 )
-# Optional; their absence is not an error. slurm-wlm munge: the local
+# Optional; their absence is not an error. man-db, bash-completion: tests/install/test_install.sh
+# renders the manual page with `man -l` (else with groff alone) and runs the completion through
+# bash-completion's helpers too (else on bash alone). slurm-wlm munge: the local
 # single-node Slurm cluster of tests/e2e/test_slurm.py (it skips without them). On a systemd
 # machine these packages also enable munge.service and the slurmctld/slurmd units; the latter
 # do not start without an /etc/slurm/slurm.conf, and the test uses none of them.
-optional_pkgs=(slurm-wlm munge)
+optional_pkgs=(slurm-wlm munge man-db bash-completion)
 
 is_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = "installed" ]

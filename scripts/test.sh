@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything CI checks, in one script: dependencies, Release builds with gcc and with clang
 # (warnings are errors here, MSH_WERROR=ON, as in every CI build; users' builds never fail on a
-# warning), a RelWithDebInfo build with all tests, then an AddressSanitizer + UBSan build
+# warning), each installed and used by tests/install/test_install.sh (shared and static library,
+# pkg-config and find_package), a user's plain Release build (no -Werror) installed and used
+# the same way, a RelWithDebInfo build with all tests, then an AddressSanitizer + UBSan build
 # (MSH_SANITIZE=ON) with all tests again, the end-to-end tests with every modelshrink command
 # under valgrind memcheck (scripts/valgrind.sh), then every libFuzzer target for 60 seconds
 # (scripts/fuzz.sh).
@@ -31,7 +33,7 @@ for arg in "$@"; do
     --no-fuzz) run_fuzz=0 ;;
     --no-valgrind) run_valgrind=0 ;;
     -h | --help)
-        sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -121,7 +123,8 @@ run_ctest() { # run_ctest DIR: ctest with its output kept, to count tests for th
 format_check() { # clang-format drift in project sources (STYLE.md: "CI fails on drift")
     local files
     mapfile -t files < <(git -C "$ROOT" ls-files --cached --others --exclude-standard \
-        -- 'src/*.[ch]' 'include/*.h' 'tests/*.[ch]' 'cuda/*.cu' 'cuda/*.cuh' 'cuda/*.h')
+        -- 'src/*.[ch]' 'include/*.h' 'tests/*.[ch]' 'cuda/*.cu' 'cuda/*.cuh' 'cuda/*.h' \
+        'examples/*.c')
     if [ "${#files[@]}" -eq 0 ]; then
         echo "no C sources to check"
         return 0
@@ -137,12 +140,24 @@ release_build() { # release_build COMPILER: what a user's `cmake -DCMAKE_BUILD_T
     local dir="$ROOT/build-release-$1"
     cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_COMPILER="$1" -DMSH_WERROR=ON \
         -DMSH_CUDA=OFF -DMSH_BUILD_TESTS=OFF >/dev/null &&
-        cmake --build "$dir" -j "$JOBS" && "$dir/modelshrink" --version
+        cmake --build "$dir" -j "$JOBS" && "$dir/modelshrink" --version &&
+        "$ROOT/tests/install/test_install.sh" --build "$dir"
+}
+# A user's build exactly: `cmake -DCMAKE_BUILD_TYPE=Release`, nothing else (no -Werror, CUDA when
+# nvcc is found, the tests built), then `cmake --install` and the library's consumers. A fresh
+# cache each time, so no option of an earlier run carries over.
+user_release_build() {
+    local dir="$ROOT/build-release-user"
+    rm -f "$dir/CMakeCache.txt"
+    cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release >/dev/null &&
+        cmake --build "$dir" -j "$JOBS" && "$dir/modelshrink" --version &&
+        "$ROOT/tests/install/test_install.sh" --build "$dir"
 }
 
 if step "deps" "$ROOT/scripts/deps.sh"; then
     step "Release build, gcc (-Werror)" release_build gcc
     step "Release build, clang (-Werror)" release_build clang
+    step "Release build as a user (defaults, no -Werror)" user_release_build
     build_and_test build "build/" -DMSH_CUDA="${MSH_CUDA:-AUTO}"
     if [ "$run_asan" -eq 1 ]; then
         export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"

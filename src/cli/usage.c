@@ -52,20 +52,25 @@ static const msh_cli_command commands[] = {
      "exit codes: 0, or 2 for an unknown command", 0},
 };
 
+/* OPTF: the argument is a file or folder name; OPTV: the argument is one of `values`. */
 #define OPT(cmd, id, s, name, arg, text)                                                           \
-    { cmd, MSH_CLI_ROW_OPTION, id, s, name, arg, text }
+    { cmd, MSH_CLI_ROW_OPTION, id, s, name, arg, text, 0, NULL }
+#define OPTF(cmd, id, s, name, arg, text)                                                          \
+    { cmd, MSH_CLI_ROW_OPTION, id, s, name, arg, text, 1, NULL }
+#define OPTV(cmd, id, s, name, arg, values, text)                                                  \
+    { cmd, MSH_CLI_ROW_OPTION, id, s, name, arg, text, 0, values }
 #define HEADING(cmd, title)                                                                        \
-    { cmd, MSH_CLI_ROW_HEADING, 0, 0, NULL, NULL, title }
+    { cmd, MSH_CLI_ROW_HEADING, 0, 0, NULL, NULL, title, 0, NULL }
 #define TEXT(cmd, text)                                                                            \
-    { cmd, MSH_CLI_ROW_TEXT, 0, 0, NULL, NULL, text }
+    { cmd, MSH_CLI_ROW_TEXT, 0, 0, NULL, NULL, text, 0, NULL }
 
 static const msh_cli_row rows[] = {
     OPT("", OPT_HELP, 'h', "help", NULL, "print this text"),
     OPT("", OPT_VERSION, 0, "version", NULL, "print the version"),
 
-    OPT("convert", OPT_OUTPUT, 'o', "output", "PATH",
-        "the output file (one input file: its extension .onnx, .safetensors or .pth/.pt/.bin "
-        "decides the format), model folder (one Hugging Face model folder) or folder"),
+    OPTF("convert", OPT_OUTPUT, 'o', "output", "PATH",
+         "the output file (one input file: its extension .onnx, .safetensors or .pth/.pt/.bin "
+         "decides the format), model folder (one Hugging Face model folder) or folder"),
     OPT("convert", OPT_NO_DEDUP, 0, "no-dedup", NULL,
         "do not merge identical tensors; the rest still runs (ONNX: the clean-up below; "
         "checkpoints: the strip to the state dict), so the output can still differ from the "
@@ -134,8 +139,8 @@ static const msh_cli_row rows[] = {
         "longer read"),
 
     HEADING("convert", "GPU"),
-    OPT("convert", OPT_DEVICE, 0, "device", "D",
-        "auto (default: the GPU when present and the model >= 64 MiB), cpu or cuda"),
+    OPTV("convert", OPT_DEVICE, 0, "device", "D", "auto cpu cuda",
+         "auto (default: the GPU when present and the model >= 64 MiB), cpu or cuda"),
     OPT("convert", OPT_VERIFY, 0, "verify", NULL,
         "run GPU and CPU on every piece and compare the bytes (without a GPU, or with "
         "--device cpu, it warns: there is nothing to compare)"),
@@ -150,8 +155,8 @@ static const msh_cli_row rows[] = {
     OPT("convert", OPT_KEY, 0, "key", "NAME",
         "the state dict's key (default: model_state_dict, state_dict, model, module, net, "
         "network; or a bare state dict)"),
-    OPT("convert", OPT_FORMAT, 0, "format", "F",
-        "safetensors (default) or pth (a weights-only .pth)"),
+    OPTV("convert", OPT_FORMAT, 0, "format", "F", "safetensors pth",
+         "safetensors (default) or pth (a weights-only .pth)"),
 
     HEADING("convert", "Hugging Face model folders"),
     TEXT("convert", "A folder holding pytorch_model.bin, model.safetensors, or their shards with "
@@ -163,8 +168,8 @@ static const msh_cli_row rows[] = {
 
     HEADING("convert", "Batches (several inputs or folders)"),
     OPT("convert", OPT_JOBS, 'j', "jobs", "N", "models at once (default: the number of cores)"),
-    OPT("convert", OPT_REPORT, 0, "report", "FILE",
-        "JSON Lines: one record per model, then a summary"),
+    OPTF("convert", OPT_REPORT, 0, "report", "FILE",
+         "JSON Lines: one record per model, then a summary"),
     OPT("convert", OPT_RESUME, 0, "resume", NULL,
         "with --report: skip models the report says are done (same size, time and output "
         "options; a model done with other options is converted again)"),
@@ -187,8 +192,8 @@ static const msh_cli_row rows[] = {
 
     OPT("report", OPT_HELP, 'h', "help", NULL, "print this text"),
 
-    OPT("report merge", OPT_OUTPUT, 'o', "output", "OUT",
-        "write the merged report to OUT (default: stdout)"),
+    OPTF("report merge", OPT_OUTPUT, 'o', "output", "OUT",
+         "write the merged report to OUT (default: stdout)"),
     OPT("report merge", OPT_HELP, 'h', "help", NULL, "print this text"),
 };
 

@@ -1,5 +1,6 @@
 /* The command line's commands and options, as data: ONE table from which the option parsers
- * (getopt_long arrays), every `--help` text and the manual page are made, so they cannot drift
+ * (getopt_long arrays), every `--help` text, the manual page and the bash completion are made
+ * (the last two by modelshrink-gendoc, src/cli/gendoc.c, at build time), so they cannot drift
  * apart. Built on nothing but the C library. */
 #ifndef MSH_CLI_USAGE_H
 #define MSH_CLI_USAGE_H
@@ -75,6 +76,9 @@ typedef struct msh_cli_row {
     const char *name; /* options: the long name without "--" */
     const char *arg;  /* options: the argument's name ("PATH"), or NULL for a flag */
     const char *text; /* what the option does; a heading's title; a paragraph */
+    /* For shell completion (modelshrink-gendoc): */
+    int arg_is_path;    /* options: 1 when the argument names a file or folder */
+    const char *values; /* options: the words the argument takes ("auto cpu cuda"), or NULL */
 } msh_cli_row;
 
 /* The tables (static, read-only). */
