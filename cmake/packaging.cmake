@@ -115,6 +115,18 @@ write_basic_package_version_file("${CMAKE_CURRENT_BINARY_DIR}/modelshrinkConfigV
                                  COMPATIBILITY SameMajorVersion)
 
 # ---- install ----
+# A Python wheel (pyproject.toml, scikit-build-core, which installs into the wheel's platlib):
+# the command and the shared library go into the package folder, where modelshrink/_native.py
+# loads the library by its path and modelshrink/_cli.py runs the command; nothing else (the
+# header, the archive and the packages are for C programs).
+option(MSH_PYTHON_WHEEL "Install the layout of the Python package's wheel instead" OFF)
+if(MSH_PYTHON_WHEEL)
+  install(TARGETS modelshrink RUNTIME DESTINATION modelshrink/bin)
+  # The real file under its SONAME: a wheel holds no symbolic links.
+  install(FILES "$<TARGET_FILE:modelshrink_shared>" DESTINATION modelshrink
+          RENAME "libmodelshrink.so.${PROJECT_VERSION_MAJOR}")
+  return()
+endif()
 install(TARGETS modelshrink RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}")
 install(TARGETS modelshrink_shared modelshrink_static EXPORT modelshrinkTargets
         LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}"

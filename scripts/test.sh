@@ -3,7 +3,8 @@
 # (warnings are errors here, MSH_WERROR=ON, as in every CI build; users' builds never fail on a
 # warning), each installed and used by tests/install/test_install.sh (shared and static library,
 # pkg-config and find_package), a user's plain Release build (no -Werror) installed and used
-# the same way, a RelWithDebInfo build with all tests, then an AddressSanitizer + UBSan build
+# the same way, a RelWithDebInfo build with all tests, the Python package installed by pip into a
+# fresh venv and tested with pytest (tests/python), then an AddressSanitizer + UBSan build
 # (MSH_SANITIZE=ON) with all tests again, the end-to-end tests with every modelshrink command
 # under valgrind memcheck (scripts/valgrind.sh), then every libFuzzer target for 60 seconds
 # (scripts/fuzz.sh).
@@ -33,7 +34,7 @@ for arg in "$@"; do
     --no-fuzz) run_fuzz=0 ;;
     --no-valgrind) run_valgrind=0 ;;
     -h | --help)
-        sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -153,12 +154,26 @@ user_release_build() {
         cmake --build "$dir" -j "$JOBS" && "$dir/modelshrink" --version &&
         "$ROOT/tests/install/test_install.sh" --build "$dir"
 }
+# The Python package as a user installs it: `pip install .[check,test]` into a fresh venv (the
+# system Python, python3-venv), then tests/python/ run by pytest from that venv, outside the
+# source tree's python/ folder. MSH_EXPECT_CUDA tells the tests whether the wheel's build
+# should have found nvcc.
+python_package() {
+    local venv="$ROOT/build-python/venv"
+    rm -rf "$ROOT/build-python"
+    /usr/bin/python3 -m venv "$venv" &&
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "$ROOT[check,test]" &&
+        (cd "$ROOT/build-python" &&
+            MSH_EXPECT_CUDA="$(command -v nvcc >/dev/null && echo 1 || echo 0)" \
+                "$venv/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/tests/python")
+}
 
 if step "deps" "$ROOT/scripts/deps.sh"; then
     step "Release build, gcc (-Werror)" release_build gcc
     step "Release build, clang (-Werror)" release_build clang
     step "Release build as a user (defaults, no -Werror)" user_release_build
     build_and_test build "build/" -DMSH_CUDA="${MSH_CUDA:-AUTO}"
+    step "Python package (pip install, pytest)" python_package
     if [ "$run_asan" -eq 1 ]; then
         export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
         export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"

@@ -894,16 +894,16 @@ msh_status msh_convert_check(const msh_convert_options *opt_in, msh_format input
             if (bad)
                 *bad = set[i];
             if (set[i] == MSH_OPTION_OUT_FORMAT)
-                return msh_fail(err, MSH_ERR_USAGE, "out_format %s does not apply to a %s input",
+                return msh_fail(err, MSH_ERR_USAGE, "out_format %s does not apply to %s inputs",
                                 msh_format_name((msh_format)opt->out_format),
                                 msh_format_name(input));
-            return msh_fail(err, MSH_ERR_USAGE, "option %s does not apply to a %s input",
+            return msh_fail(err, MSH_ERR_USAGE, "option %s does not apply to %s inputs",
                             msh_option_name(set[i]), msh_format_name(input));
         }
     if (input != MSH_FORMAT_ONNX && opt->out_format == MSH_FORMAT_ONNX) {
         if (bad)
             *bad = MSH_OPTION_OUT_FORMAT;
-        return msh_fail(err, MSH_ERR_USAGE, "out_format onnx does not apply to a %s input",
+        return msh_fail(err, MSH_ERR_USAGE, "out_format onnx does not apply to %s inputs",
                         msh_format_name(input));
     }
     return check_out_name(opt, input, out_path, bad, err);

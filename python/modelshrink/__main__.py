@@ -1,0 +1,5 @@
+"""python -m modelshrink ...: the same command as `modelshrink ...`."""
+
+from ._cli import main
+
+main()
