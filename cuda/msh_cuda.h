@@ -25,10 +25,12 @@ int msh_cuda_chunk_digests(const uint8_t *host, size_t n, uint64_t *digests, cha
 
 enum {
     MSH_CUDA_INT8 = 3,     /* FP32 -> INT8 with per-channel scales */
+    MSH_CUDA_INT4 = 4,     /* FP32 -> 4-bit blockwise, two per byte */
     MSH_CUDA_FP16 = 10,    /* FP32 -> FP16 with bounds */
     MSH_CUDA_BF16 = 16,    /* FP32 -> BF16 */
     MSH_CUDA_ABSMAX = 100, /* per-channel max |w| of FP32 */
-    MSH_CUDA_DIGEST = 101  /* chunk digests of raw bytes */
+    MSH_CUDA_DIGEST = 101, /* chunk digests of raw bytes */
+    MSH_CUDA_Q4STATS = 102 /* per-block min(0, w), max(0, w), blocks along rows */
 };
 
 typedef struct msh_cuda_piece {
@@ -39,6 +41,11 @@ typedef struct msh_cuda_piece {
     const float *scales;               /* INT8: host, `channels` values */
     int64_t inner, channels;           /* INT8, ABSMAX */
     int64_t row0, t;                   /* ABSMAX: t maxima for channels (row0 + k) % channels */
+    /* INT4, Q4STATS: blocks b0 .. b0 + nb - 1 are touched by the piece; INT4's scales and zps
+     * (host) hold their nb values */
+    int64_t q4_cols, q4_block, b0, nb;
+    int q4_axis, q4_asym, q4_offset;
+    const uint8_t *zps;
     /* results (after wait) */
     size_t out_n;
     uint64_t clamped;

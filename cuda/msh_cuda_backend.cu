@@ -105,6 +105,48 @@ __global__ void msh_k_int8(const float *in, int8_t *out, size_t n, chan_map cm,
         out[i] = msh_int8_quant_ref(in[i], scales[chan_of(cm, i)]);
 }
 
+/* 4-bit blockwise: one thread per output byte (two values); block indices are relative to b0,
+ * the first block of the piece. */
+__global__ void msh_k_int4(const float *in, uint8_t *out, size_t n, int64_t first, int64_t cols,
+                           int64_t block, int axis, int asym, int offset, const float *scales,
+                           const uint8_t *zps, int64_t b0) {
+    size_t nbytes = (n + 1) / 2;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < nbytes;
+         i += (size_t)gridDim.x * blockDim.x) {
+        unsigned byte = 0;
+        for (int h = 0; h < 2 && 2 * i + (size_t)h < n; h++) {
+            size_t e = 2 * i + (size_t)h;
+            int64_t b = msh_int4_block_of(first + (int64_t)e, cols, block, axis) - b0;
+            byte |= (unsigned)msh_int4_nibble_ref(in[e], scales[b], asym, asym ? zps[b] : 0, offset)
+                    << (4 * h);
+        }
+        out[i] = (uint8_t)byte;
+    }
+}
+
+/* Block statistics: one thread per touched block, over its values in this piece in index order
+ * (min and max are order-free anyway: no atomics, no float reduction order). */
+__global__ void msh_k_q4stats(const float *in, size_t n, int64_t first, int64_t cols, int64_t block,
+                              int64_t b0, int64_t nb, float *out) {
+    int64_t kb = (cols + block - 1) / block;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < nb;
+         k += (int64_t)gridDim.x * blockDim.x) {
+        int64_t b = b0 + k, r = b / kb, j = b - r * kb;
+        int64_t s = r * cols + j * block, e = s + block;
+        if (e > r * cols + cols)
+            e = r * cols + cols;
+        if (s < first)
+            s = first;
+        if (e > first + (int64_t)n)
+            e = first + (int64_t)n;
+        float lo = 0.0f, hi = 0.0f;
+        for (int64_t x = s; x < e; x++)
+            msh_int4_stats_step(&lo, &hi, in[x - first]);
+        out[2 * k] = lo;
+        out[2 * k + 1] = hi;
+    }
+}
+
 /* max|w| per touched channel of one piece: entry k is channel (row0 + k) % channels, k being the
  * element's row counted from the piece's first row, modulo t. Maxima of non-negative floats
  * compare like their bit patterns as ints, so atomicMax on the bits is exact and order-free. The
@@ -221,6 +263,8 @@ typedef struct cuda_slot {
     uint8_t *d_in, *d_out;
     float *d_scales;
     size_t scales_cap;
+    uint8_t *d_zps;
+    size_t zps_cap;
     int *d_part;
     unsigned long long *d_clamped, *h_clamped; /* FP16: 5 counters (msh_k_f16) */
     cudaStream_t st;
@@ -273,6 +317,7 @@ extern "C" void msh_cuda_be_free(msh_cuda_be *b) {
         cudaFree(s->d_in);
         cudaFree(s->d_out);
         cudaFree(s->d_scales);
+        cudaFree(s->d_zps);
         cudaFree(s->d_part);
         cudaFree(s->d_clamped);
     }
@@ -365,6 +410,42 @@ extern "C" int msh_cuda_be_submit(msh_cuda_be *b, int slot, msh_cuda_piece *p, c
             chan_map_make(p->first, p->inner, p->channels, cnt), s->d_scales);
         CUDA_TRY(cudaGetLastError());
         ob = cnt;
+        break;
+    case MSH_CUDA_INT4:
+        if ((size_t)p->nb > s->scales_cap) {
+            CUDA_TRY(cudaStreamSynchronize(s->st));
+            cudaFree(s->d_scales);
+            s->d_scales = NULL;
+            s->scales_cap = 0;
+            CUDA_TRY(cudaMalloc((void **)&s->d_scales, (size_t)p->nb * sizeof(float)));
+            s->scales_cap = (size_t)p->nb;
+        }
+        CUDA_TRY(cudaMemcpyAsync(s->d_scales, p->scales, (size_t)p->nb * sizeof(float),
+                                 cudaMemcpyHostToDevice, s->st));
+        if (p->q4_asym) {
+            if ((size_t)p->nb > s->zps_cap) {
+                CUDA_TRY(cudaStreamSynchronize(s->st));
+                cudaFree(s->d_zps);
+                s->d_zps = NULL;
+                s->zps_cap = 0;
+                CUDA_TRY(cudaMalloc((void **)&s->d_zps, (size_t)p->nb));
+                s->zps_cap = (size_t)p->nb;
+            }
+            CUDA_TRY(
+                cudaMemcpyAsync(s->d_zps, p->zps, (size_t)p->nb, cudaMemcpyHostToDevice, s->st));
+        }
+        msh_k_int4<<<grid_for((cnt + 1) / 2), MSH_THREADS, 0, s->st>>>(
+            (const float *)s->d_in, s->d_out, cnt, p->first, p->q4_cols, p->q4_block, p->q4_axis,
+            p->q4_asym, p->q4_offset, s->d_scales, s->d_zps, p->b0);
+        CUDA_TRY(cudaGetLastError());
+        ob = (cnt + 1) / 2;
+        break;
+    case MSH_CUDA_Q4STATS:
+        msh_k_q4stats<<<grid_for((size_t)p->nb), MSH_THREADS, 0, s->st>>>(
+            (const float *)s->d_in, cnt, p->first, p->q4_cols, p->q4_block, p->b0, p->nb,
+            (float *)s->d_out);
+        CUDA_TRY(cudaGetLastError());
+        ob = (size_t)p->nb * 8;
         break;
     case MSH_CUDA_ABSMAX:
         CUDA_TRY(cudaMemsetAsync(s->d_part, 0, (size_t)p->t * sizeof(int), s->st));

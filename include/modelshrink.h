@@ -288,7 +288,17 @@ typedef struct msh_convert_options {
     msh_progress_fn progress; /**< called as the conversion goes (NULL: none) */
     void *progress_user;      /**< passed to progress */
     msh_cancel_token *cancel; /**< stops the conversion when requested (NULL: none) */
+    int int4; /**< ONNX: store MatMul/Gemm weights in 4 bits, blockwise along the reduction axis
+                   (excludes int8) */
+    int int4_block;            /**< values per block: 32 (default), 64 or 128 */
+    int int4_asym;             /**< UINT4 with a zero point per block (default: symmetric INT4) */
+    int64_t int4_min_elements; /**< smallest weight quantized (default 4096 elements) */
+    int int4_gather;           /**< also Gather tables (int4_format QDQ only) */
+    int int4_format; /**< MSH_INT4_FORMAT_QDQ (default: DequantizeLinear-21 with block_size) or
+                          MSH_INT4_FORMAT_MATMULNBITS (onnxruntime's com.microsoft.MatMulNBits) */
 } msh_convert_options;
+
+enum { MSH_INT4_FORMAT_QDQ = 0, MSH_INT4_FORMAT_MATMULNBITS = 1 };
 
 /** Set every field of the `struct_size`-byte options at `opt` to its default and record
  *  `struct_size` and `result_size`; fields that end past `struct_size` are not touched. Call
@@ -323,7 +333,13 @@ typedef enum msh_option {
     MSH_OPTION_KEEP_FP32,          /* all formats, with float_type set */
     MSH_OPTION_STORAGE_ONLY,       /* all formats, with float_type set */
     MSH_OPTION_ALLOW_LARGER,       /* ONNX, with float_type set */
-    MSH_OPTION_MAX_SHARD_BYTES     /* Hugging Face model folders */
+    MSH_OPTION_MAX_SHARD_BYTES,    /* Hugging Face model folders */
+    MSH_OPTION_INT4,               /* ONNX */
+    MSH_OPTION_INT4_BLOCK,         /* ONNX, with int4 */
+    MSH_OPTION_INT4_ASYM,          /* ONNX, with int4 */
+    MSH_OPTION_INT4_MIN_ELEMENTS,  /* ONNX, with int4 */
+    MSH_OPTION_INT4_GATHER,        /* ONNX, with int4 */
+    MSH_OPTION_INT4_FORMAT         /* ONNX, with int4 */
 } msh_option;
 
 /** The option's field name in msh_convert_options ("int8"). */
@@ -338,7 +354,9 @@ MSH_API int msh_option_applies(msh_option o, msh_format input);
  *  Options that refine another need it: fp16_clamp needs float_type FP16; keep_fp32,
  *  storage_only, allow_larger, keep_io_types = 0, block_ops and block_nodes need a float_type;
  *  keep_io_types = 0, block_ops and block_nodes choose what computes in FP32, so they exclude
- *  storage_only; int8_gather and int8_min_elements need int8; keep_inputs needs keep_outputs or
+ *  storage_only; int8_gather and int8_min_elements need int8; int4 excludes int8; int4_block
+ *  (32, 64 or 128), int4_asym, int4_min_elements, int4_gather and int4_format need int4, and
+ *  int4_gather needs int4_format QDQ; keep_inputs needs keep_outputs or
  *  drop_outputs; dedup_graph_inputs needs dedup. Each op type in block_ops must be one of an
  *  ONNX operator schema (any domain and version, spelled as ONNX does: "MatMul"); nodes of
  *  custom domains always stay FP32, so naming one is refused too (`*bad` is
@@ -399,8 +417,13 @@ typedef struct msh_convert_result {
                                        an earlier key (tied weights): written once, under the
                                        first key, and listed in the index's "tied" map */
     int64_t files_copied;         /**< Hugging Face folders: other files copied as they are */
-    char state_dict[160]; /**< checkpoints holding several state dicts: the one taken and the
-                               others ("model (also in the file: ema)"), or "" */
+    char state_dict[160];      /**< checkpoints holding several state dicts: the one taken and the
+                                    others ("model (also in the file: ema)"), or "" */
+    int64_t int4_tensors;      /**< weights stored in 4 bits */
+    int64_t int4_bytes_before; /**< their FP32 bytes */
+    int64_t int4_bytes_after;  /**< their 4-bit + scale + zero-point bytes */
+    int64_t int4_opset;        /**< the default-domain opset written (21 when raised for QDQ) */
+    char int4_why[192];        /**< why INT4 quantized nothing; or "" */
 } msh_convert_result;
 
 /**

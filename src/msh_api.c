@@ -20,6 +20,7 @@
 #include "passes/diff.h"
 #include "passes/fp16.h"
 #include "passes/inspect.h"
+#include "passes/int4.h"
 #include "passes/int8.h"
 #include "passes/lift.h"
 #include "passes/op_schemas.h"
@@ -41,6 +42,8 @@ void msh_convert_options_init_sized(msh_convert_options *opt, size_t struct_size
     d.fp16_min = 5.9604644775390625e-08f; /* 2^-24 */
     d.fp16_max = 65504.0f;
     d.int8_min_elements = 4096;
+    d.int4_block = 32;
+    d.int4_min_elements = 4096;
     d.staging_mib = 64;
     d.max_shard_bytes = MSH_DEFAULT_SHARD_BYTES;
     /* an older caller's struct is a prefix of this one */
@@ -82,8 +85,14 @@ static const size_t option_ends[] = {OPT_END(result_size),
                                      OPT_END(max_shard_bytes),
                                      OPT_END(progress),
                                      OPT_END(progress_user),
-                                     OPT_END(cancel)};
-_Static_assert(OPT_END(cancel) == sizeof(msh_convert_options),
+                                     OPT_END(cancel),
+                                     OPT_END(int4),
+                                     OPT_END(int4_block),
+                                     OPT_END(int4_asym),
+                                     OPT_END(int4_min_elements),
+                                     OPT_END(int4_gather),
+                                     OPT_END(int4_format)};
+_Static_assert(OPT_END(int4_format) == sizeof(msh_convert_options),
                "a field added to msh_convert_options must be added to option_ends");
 
 /* The msh_convert_result of the first header that sized it: what a call without options (whose
@@ -245,6 +254,10 @@ static void job_for(msh_job *j, const msh_tentry *d) {
     j->inner = d->qinner;
     j->channels = d->qchannels;
     j->name = d->name;
+    if (d->q4) {
+        j->op = MSH_OP_INT4;
+        j->q4 = d->q4l;
+    }
 }
 
 /* The range test over every tensor of `order` that is converted to FP16 (one engine scan, no
@@ -305,7 +318,7 @@ static msh_status run_jobs(msh_engine *g, const msh_table *tab, const size_t *or
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     for (size_t k = 0; k < n; k++) {
         const msh_tentry *d = msh_table_at(tab, order[k]);
-        if (msh_op_for(d->dtype, d->out_dtype) < 0) {
+        if (!d->q4 && msh_op_for(d->dtype, d->out_dtype) < 0) {
             free(jobs);
             return msh_fail(e, MSH_ERR_UNSUPPORTED, "tensor '%s': no conversion from %s to %s",
                             d->name, msh_dtype_name(d->dtype), msh_dtype_name(d->out_dtype));
@@ -489,6 +502,52 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
                      (long long)io.min_elements, (long long)is.eligible,
                      (long long)is.largest_small);
     }
+    if (st == MSH_OK && opt->int4 && a->no_int8) {
+        snprintf(res->int4_why, sizeof res->int4_why, "%s", a->why_int8);
+    } else if (st == MSH_OK && opt->int4) {
+        int64_t before = 0, after = 0;
+        st = msh_onnx_inline_size(&m, &before, err);
+        int float_runs = opt->float_type && !opt->storage_only && !a->no_float &&
+                         opt->int4_format == MSH_INT4_FORMAT_QDQ;
+        msh_int4_opts qo = {opt->int4_min_elements,
+                            opt->int4_block,
+                            opt->int4_asym,
+                            opt->int4_gather,
+                            opt->int4_format == MSH_INT4_FORMAT_MATMULNBITS ? MSH_INT4_MATMULNBITS
+                                                                            : MSH_INT4_QDQ,
+                            float_runs ? opt->float_type : 0,
+                            eng};
+        msh_int4_result qs;
+        memset(&qs, 0, sizeof qs);
+        if (st == MSH_OK)
+            st = msh_int4_apply(&m, &qo, &qs, err);
+        if (st == MSH_OK)
+            st = msh_onnx_inline_size(&m, &after, err);
+        if (st == MSH_OK && qs.tensors > 0 && after >= before) {
+            char grow[32];
+            snprintf(a->why_int8, sizeof a->why_int8,
+                     "quantizing %lld %s would make the file %s larger; kept FP32",
+                     (long long)qs.tensors, msh_plural(qs.tensors, "tensor", "tensors"),
+                     msh_fmt_bytes(after - before, grow, sizeof grow));
+            st = MSH_RETRY_INT8;
+        }
+        res->int4_tensors = qs.tensors;
+        res->int4_bytes_before = qs.bytes_before;
+        res->int4_bytes_after = qs.bytes_after;
+        res->int4_opset = qs.opset_out;
+        if (qs.why[0])
+            snprintf(res->int4_why, sizeof res->int4_why, "%s", qs.why);
+        else if (qs.tensors == 0 && qs.eligible == 0)
+            snprintf(res->int4_why, sizeof res->int4_why,
+                     "no 2-D FP32 weight feeds MatMul or Gemm%s",
+                     opt->int4_gather ? " or Gather" : "");
+        else if (qs.tensors == 0)
+            snprintf(res->int4_why, sizeof res->int4_why,
+                     "no weight has %lld elements and a reduction axis of at least %d (the "
+                     "largest of %lld has %lld elements)",
+                     (long long)qo.min_elements, qo.block, (long long)qs.eligible,
+                     (long long)qs.largest_small);
+    }
     if (st == MSH_OK && opt->float_type && a->no_float) {
         snprintf(res->float_why, sizeof res->float_why, "%s", a->why);
     } else if (st == MSH_OK && opt->float_type == MSH_FLOAT_BF16 && default_opset(&m) < 13) {
@@ -667,6 +726,12 @@ static const char *const option_names[] = {
     [MSH_OPTION_STORAGE_ONLY] = "storage_only",
     [MSH_OPTION_ALLOW_LARGER] = "allow_larger",
     [MSH_OPTION_MAX_SHARD_BYTES] = "max_shard_bytes",
+    [MSH_OPTION_INT4] = "int4",
+    [MSH_OPTION_INT4_BLOCK] = "int4_block",
+    [MSH_OPTION_INT4_ASYM] = "int4_asym",
+    [MSH_OPTION_INT4_MIN_ELEMENTS] = "int4_min_elements",
+    [MSH_OPTION_INT4_GATHER] = "int4_gather",
+    [MSH_OPTION_INT4_FORMAT] = "int4_format",
 };
 
 const char *msh_option_name(msh_option o) {
@@ -689,7 +754,13 @@ int msh_option_applies(msh_option o, msh_format input) {
     case MSH_OPTION_KEEP_OUTPUTS:
     case MSH_OPTION_DROP_OUTPUTS:
     case MSH_OPTION_KEEP_INPUTS:
-    case MSH_OPTION_ALLOW_LARGER: return input == MSH_FORMAT_ONNX;
+    case MSH_OPTION_ALLOW_LARGER:
+    case MSH_OPTION_INT4:
+    case MSH_OPTION_INT4_BLOCK:
+    case MSH_OPTION_INT4_ASYM:
+    case MSH_OPTION_INT4_MIN_ELEMENTS:
+    case MSH_OPTION_INT4_GATHER:
+    case MSH_OPTION_INT4_FORMAT: return input == MSH_FORMAT_ONNX;
     case MSH_OPTION_KEY: return input == MSH_FORMAT_PTH;
     case MSH_OPTION_OUT_FORMAT: return input == MSH_FORMAT_PTH || input == MSH_FORMAT_SAFETENSORS;
     case MSH_OPTION_MAX_SHARD_BYTES: return input == MSH_FORMAT_HF_FOLDER;
@@ -800,7 +871,7 @@ msh_status msh_convert_check(const msh_convert_options *opt_in, msh_format input
     const msh_convert_options *opt = &o;
     msh_convert_options d;
     msh_convert_options_init(&d);
-    msh_option set[16];
+    msh_option set[32];
     size_t n = 0;
     if (opt->dedup_graph_inputs)
         set[n++] = MSH_OPTION_DEDUP_GRAPH_INPUTS;
@@ -836,12 +907,54 @@ msh_status msh_convert_check(const msh_convert_options *opt_in, msh_format input
         set[n++] = MSH_OPTION_ALLOW_LARGER;
     if (opt->max_shard_bytes != d.max_shard_bytes)
         set[n++] = MSH_OPTION_MAX_SHARD_BYTES;
+    if (opt->int4)
+        set[n++] = MSH_OPTION_INT4;
+    if (opt->int4_block != d.int4_block)
+        set[n++] = MSH_OPTION_INT4_BLOCK;
+    if (opt->int4_asym)
+        set[n++] = MSH_OPTION_INT4_ASYM;
+    if (opt->int4_min_elements != d.int4_min_elements)
+        set[n++] = MSH_OPTION_INT4_MIN_ELEMENTS;
+    if (opt->int4_gather)
+        set[n++] = MSH_OPTION_INT4_GATHER;
+    if (opt->int4_format != d.int4_format)
+        set[n++] = MSH_OPTION_INT4_FORMAT;
     if (bad)
         *bad = MSH_OPTION_NONE;
     if (opt->max_shard_bytes <= 0) {
         if (bad)
             *bad = MSH_OPTION_MAX_SHARD_BYTES;
         return msh_fail(err, MSH_ERR_USAGE, "max_shard_bytes must be at least 1");
+    }
+    if (opt->int4 && opt->int8) {
+        if (bad)
+            *bad = MSH_OPTION_INT4;
+        return msh_fail(err, MSH_ERR_USAGE, "options int4 and int8 exclude each other");
+    }
+    if (opt->int4_block != 32 && opt->int4_block != 64 && opt->int4_block != 128) {
+        if (bad)
+            *bad = MSH_OPTION_INT4_BLOCK;
+        return msh_fail(err, MSH_ERR_USAGE, "int4_block must be 32, 64 or 128 (not %d)",
+                        opt->int4_block);
+    }
+    if (opt->int4_format != MSH_INT4_FORMAT_QDQ &&
+        opt->int4_format != MSH_INT4_FORMAT_MATMULNBITS) {
+        if (bad)
+            *bad = MSH_OPTION_INT4_FORMAT;
+        return msh_fail(err, MSH_ERR_USAGE, "int4_format must be QDQ or MATMULNBITS (not %d)",
+                        opt->int4_format);
+    }
+    if (opt->int4_min_elements < 1) {
+        if (bad)
+            *bad = MSH_OPTION_INT4_MIN_ELEMENTS;
+        return msh_fail(err, MSH_ERR_USAGE, "int4_min_elements must be at least 1");
+    }
+    if (opt->int4 && opt->int4_gather && opt->int4_format == MSH_INT4_FORMAT_MATMULNBITS) {
+        if (bad)
+            *bad = MSH_OPTION_INT4_GATHER;
+        return msh_fail(err, MSH_ERR_USAGE,
+                        "option int4_gather needs int4_format QDQ (GatherBlockQuantized is not "
+                        "written)");
     }
     /* options that refine another one need it: without it they would silently do nothing */
     msh_option needs = MSH_OPTION_NONE;
@@ -869,6 +982,15 @@ msh_status msh_convert_check(const msh_convert_options *opt_in, msh_format input
     } else if ((opt->int8_gather || opt->int8_min_elements != d.int8_min_elements) && !opt->int8) {
         needs = opt->int8_gather ? MSH_OPTION_INT8_GATHER : MSH_OPTION_INT8_MIN_ELEMENTS;
         what = "int8";
+    } else if (!opt->int4 && (opt->int4_block != d.int4_block || opt->int4_asym ||
+                              opt->int4_min_elements != d.int4_min_elements || opt->int4_gather ||
+                              opt->int4_format != d.int4_format)) {
+        needs = opt->int4_block != d.int4_block                 ? MSH_OPTION_INT4_BLOCK
+                : opt->int4_asym                                ? MSH_OPTION_INT4_ASYM
+                : opt->int4_min_elements != d.int4_min_elements ? MSH_OPTION_INT4_MIN_ELEMENTS
+                : opt->int4_gather                              ? MSH_OPTION_INT4_GATHER
+                                                                : MSH_OPTION_INT4_FORMAT;
+        what = "int4";
     } else if (opt->keep_inputs && !opt->keep_outputs && !opt->drop_outputs) {
         needs = MSH_OPTION_KEEP_INPUTS;
         what = "keep_outputs or drop_outputs";

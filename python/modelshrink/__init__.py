@@ -167,7 +167,7 @@ def _csv(v: Union[None, str, Iterable[str]]) -> Optional[bytes]:
     return ",".join(v).encode()
 
 
-_RESULT_STRINGS = {"device", "format", "note", "float_why", "int8_why", "state_dict"}
+_RESULT_STRINGS = {"device", "format", "note", "float_why", "int8_why", "state_dict", "int4_why"}
 
 
 def convert(
@@ -177,6 +177,7 @@ def convert(
     fp16: bool = False,
     bf16: bool = False,
     int8: bool = False,
+    int4: bool = False,
     keep_outputs: Union[None, str, Sequence[str]] = None,
     drop_outputs: Union[None, str, Sequence[str]] = None,
     keep_inputs: bool = False,
@@ -196,6 +197,11 @@ def convert(
     allow_larger: bool = False,
     int8_min_elements: Optional[int] = None,
     int8_gather: bool = False,
+    int4_block: Optional[int] = None,
+    int4_asym: bool = False,
+    int4_min_elements: Optional[int] = None,
+    int4_gather: bool = False,
+    int4_format: str = "qdq",
     key: Optional[str] = None,
     out_format: str = "auto",
     max_shard_bytes: Optional[int] = None,
@@ -222,6 +228,8 @@ def convert(
         raise Error("convert: fp16 and bf16 exclude each other", "MSH_ERR_USAGE", 6)
     if device not in _native.DEVICES:
         raise Error("convert: device must be auto, cpu or cuda, not %r" % (device,))
+    if int4_format not in _native.INT4_FORMATS:
+        raise Error("convert: int4_format must be qdq or matmulnbits, not %r" % (int4_format,))
     if out_format not in _native.FORMATS:
         raise Error("convert: out_format must be auto, onnx, safetensors or pth, not %r"
                     % (out_format,))
@@ -244,6 +252,14 @@ def convert(
     if int8_min_elements is not None:
         opt.int8_min_elements = int8_min_elements
     opt.int8_gather = int(int8_gather)
+    opt.int4 = int(int4)
+    if int4_block is not None:
+        opt.int4_block = int4_block
+    opt.int4_asym = int(int4_asym)
+    if int4_min_elements is not None:
+        opt.int4_min_elements = int4_min_elements
+    opt.int4_gather = int(int4_gather)
+    opt.int4_format = _native.INT4_FORMATS[int4_format]
     opt.device = _native.DEVICES[device]
     opt.verify = int(verify)
     if staging_mib is not None:

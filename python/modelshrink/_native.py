@@ -83,6 +83,12 @@ class ConvertOptions(Structure):
         ("progress", PROGRESS_FN),
         ("progress_user", c_void_p),
         ("cancel", c_void_p),
+        ("int4", c_int),
+        ("int4_block", c_int),
+        ("int4_asym", c_int),
+        ("int4_min_elements", c_int64),
+        ("int4_gather", c_int),
+        ("int4_format", c_int),
     ]
 
 
@@ -125,6 +131,11 @@ class ConvertResult(Structure):
         ("tied_tensors", c_int64),
         ("files_copied", c_int64),
         ("state_dict", c_char * 160),
+        ("int4_tensors", c_int64),
+        ("int4_bytes_before", c_int64),
+        ("int4_bytes_after", c_int64),
+        ("int4_opset", c_int64),
+        ("int4_why", c_char * 192),
     ]
 
 
@@ -147,6 +158,7 @@ FORMATS = {"auto": 0, "onnx": 1, "pth": 2, "safetensors": 3}
 DEVICES = {"auto": 0, "cpu": 1, "cuda": 2}
 FLOAT_FP16, FLOAT_BF16 = 10, 16
 PHASES = {1: "scan", 2: "write"}
+INT4_FORMATS = {"qdq": 0, "matmulnbits": 1}
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None

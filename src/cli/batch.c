@@ -91,6 +91,12 @@ void msh_cli_clear_option(msh_convert_options *opt, msh_option o) {
     case MSH_OPTION_INT8: opt->int8 = d.int8; break;
     case MSH_OPTION_INT8_MIN_ELEMENTS: opt->int8_min_elements = d.int8_min_elements; break;
     case MSH_OPTION_INT8_GATHER: opt->int8_gather = d.int8_gather; break;
+    case MSH_OPTION_INT4: opt->int4 = d.int4; break;
+    case MSH_OPTION_INT4_BLOCK: opt->int4_block = d.int4_block; break;
+    case MSH_OPTION_INT4_ASYM: opt->int4_asym = d.int4_asym; break;
+    case MSH_OPTION_INT4_MIN_ELEMENTS: opt->int4_min_elements = d.int4_min_elements; break;
+    case MSH_OPTION_INT4_GATHER: opt->int4_gather = d.int4_gather; break;
+    case MSH_OPTION_INT4_FORMAT: opt->int4_format = d.int4_format; break;
     case MSH_OPTION_KEY: opt->key = d.key; break;
     case MSH_OPTION_OUT_FORMAT: opt->out_format = d.out_format; break;
     case MSH_OPTION_KEEP_OUTPUTS: opt->keep_outputs = d.keep_outputs; break;
@@ -258,6 +264,14 @@ static char *options_canon(const msh_convert_options *o) {
         kv_num(&s, "int8_gather", o->int8_gather);
         kv_num(&s, "int8_min_elements", (long long)o->int8_min_elements);
     }
+    if (o->int4) { /* absent without --int4: reports of earlier versions still resume */
+        kv_num(&s, "int4", o->int4);
+        kv_num(&s, "int4_asym", o->int4_asym);
+        kv_num(&s, "int4_block", o->int4_block);
+        kv_num(&s, "int4_format", o->int4_format);
+        kv_num(&s, "int4_gather", o->int4_gather);
+        kv_num(&s, "int4_min_elements", (long long)o->int4_min_elements);
+    }
     if (fl && o->n_keep_fp32)
         kv_list(&s, "keep_fp32", NULL, o->keep_fp32, o->n_keep_fp32);
     if (o->keep_outputs || o->drop_outputs)
@@ -327,6 +341,11 @@ void msh_cli_print_line(const char *in, const char *out, const msh_convert_optio
         printf(", int8: %lld %s", NOUN(r->int8_tensors, "tensor", "tensors"));
         if (r->int8_why[0])
             printf(": %s", r->int8_why);
+    }
+    if (opt->int4) {
+        printf(", int4: %lld %s", NOUN(r->int4_tensors, "tensor", "tensors"));
+        if (r->int4_why[0])
+            printf(": %s", r->int4_why);
     }
     if (opt->float_type) {
         int f16 = opt->float_type == MSH_FLOAT_FP16;
@@ -598,6 +617,17 @@ static void record(run *r, const msh_cli_job *j, msh_status st, const msh_conver
         cJSON_AddNumberToObject(q, "bytes_after", (double)res->int8_bytes_after);
         if (res->int8_why[0])
             cJSON_AddStringToObject(q, "why", res->int8_why);
+        else
+            cJSON_AddNullToObject(q, "why");
+    }
+    if (st == MSH_OK && op && op->int4 && !((j->skip >> MSH_OPTION_INT4) & 1u)) {
+        cJSON *q = cJSON_AddObjectToObject(o, "int4");
+        cJSON_AddNumberToObject(q, "tensors", (double)res->int4_tensors);
+        cJSON_AddNumberToObject(q, "bytes_before", (double)res->int4_bytes_before);
+        cJSON_AddNumberToObject(q, "bytes_after", (double)res->int4_bytes_after);
+        cJSON_AddNumberToObject(q, "opset", (double)res->int4_opset);
+        if (res->int4_why[0])
+            cJSON_AddStringToObject(q, "why", res->int4_why);
         else
             cJSON_AddNullToObject(q, "why");
     }

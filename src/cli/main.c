@@ -503,6 +503,44 @@ static int cmd_convert(int argc, char **argv) {
             opt.int8_gather = 1;
             given[MSH_OPTION_INT8_GATHER] = "--int8-gather";
             break;
+        case OPT_INT4:
+            opt.int4 = 1;
+            given[MSH_OPTION_INT4] = "--int4";
+            break;
+        case OPT_INT4_BLOCK:
+            if (strcmp(optarg, "32") != 0 && strcmp(optarg, "64") != 0 &&
+                strcmp(optarg, "128") != 0)
+                return usage_error("convert: bad --int4-block '%s' (32, 64 or 128)", optarg);
+            opt.int4_block = atoi(optarg);
+            given[MSH_OPTION_INT4_BLOCK] = "--int4-block";
+            break;
+        case OPT_INT4_ASYM:
+            opt.int4_asym = 1;
+            given[MSH_OPTION_INT4_ASYM] = "--int4-asym";
+            break;
+        case OPT_INT4_MIN_ELEMENTS: {
+            char *end;
+            long long v = strtoll(optarg, &end, 10);
+            if (*end || v < 1)
+                return usage_error("convert: bad --int4-min-elements '%s' (a positive integer)",
+                                   optarg);
+            opt.int4_min_elements = v;
+            given[MSH_OPTION_INT4_MIN_ELEMENTS] = "--int4-min-elements";
+            break;
+        }
+        case OPT_INT4_GATHER:
+            opt.int4_gather = 1;
+            given[MSH_OPTION_INT4_GATHER] = "--int4-gather";
+            break;
+        case OPT_INT4_FORMAT:
+            if (strcmp(optarg, "qdq") == 0)
+                opt.int4_format = MSH_INT4_FORMAT_QDQ;
+            else if (strcmp(optarg, "matmulnbits") == 0)
+                opt.int4_format = MSH_INT4_FORMAT_MATMULNBITS;
+            else
+                return usage_error("convert: bad --int4-format '%s' (qdq or matmulnbits)", optarg);
+            given[MSH_OPTION_INT4_FORMAT] = "--int4-format";
+            break;
         case OPT_DEVICE:
             if (strcmp(optarg, "auto") == 0)
                 opt.device = MSH_DEVICE_AUTO;
@@ -645,6 +683,19 @@ static int cmd_convert(int argc, char **argv) {
         return usage_error("convert: %s needs --int8", given[MSH_OPTION_INT8_MIN_ELEMENTS]
                                                            ? given[MSH_OPTION_INT8_MIN_ELEMENTS]
                                                            : given[MSH_OPTION_INT8_GATHER]);
+    if (opt.int4 && opt.int8)
+        return usage_error("convert: %s", "--int4 and --int8 exclude each other");
+    if (!opt.int4) {
+        static const msh_option int4_opts[] = {MSH_OPTION_INT4_BLOCK, MSH_OPTION_INT4_ASYM,
+                                               MSH_OPTION_INT4_MIN_ELEMENTS, MSH_OPTION_INT4_GATHER,
+                                               MSH_OPTION_INT4_FORMAT};
+        for (size_t k = 0; k < sizeof int4_opts / sizeof int4_opts[0]; k++)
+            if (given[int4_opts[k]])
+                return usage_error("convert: %s needs --int4", given[int4_opts[k]]);
+    }
+    if (opt.int4_gather && opt.int4_format == MSH_INT4_FORMAT_MATMULNBITS)
+        return usage_error("convert: %s", "--int4-gather needs --int4-format qdq "
+                                          "(GatherBlockQuantized is not written)");
     if (opt.keep_inputs && !keep_outs && !drop_outs)
         return usage_error("convert: %s", "--keep-inputs needs --keep-outputs or --drop-outputs");
     if (resume && !report)

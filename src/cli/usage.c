@@ -126,6 +126,22 @@ static const msh_cli_row rows[] = {
     OPT("convert", OPT_INT8_GATHER, 0, "int8-gather", NULL,
         "with --int8: also quantize embedding tables feeding Gather"),
 
+    HEADING("convert", "INT4"),
+    OPT("convert", OPT_INT4, 0, "int4", NULL,
+        "store MatMul/Gemm weights in 4 bits, blockwise along the reduction axis (RTN; excludes "
+        "--int8)"),
+    OPT("convert", OPT_INT4_BLOCK, 0, "int4-block", "N",
+        "with --int4: values per block, 32 (default), 64 or 128"),
+    OPT("convert", OPT_INT4_ASYM, 0, "int4-asym", NULL,
+        "with --int4: UINT4 with a zero point per block (default: symmetric INT4)"),
+    OPT("convert", OPT_INT4_MIN_ELEMENTS, 0, "int4-min-elements", "N",
+        "with --int4: the smallest weight quantized (default 4096)"),
+    OPT("convert", OPT_INT4_GATHER, 0, "int4-gather", NULL,
+        "with --int4: also Gather tables (qdq format only)"),
+    OPT("convert", OPT_INT4_FORMAT, 0, "int4-format", "F",
+        "with --int4: qdq (default: DequantizeLinear-21 with block_size, opset raised to 21) or "
+        "matmulnbits (onnxruntime's com.microsoft.MatMulNBits)"),
+
     HEADING("convert", "Keeping a sub-model (ONNX)"),
     TEXT("convert", "ONNX models are always cleaned up: unread nodes and initializers, value_info "
                     "of removed values and opset imports of unused domains are removed. Beyond "

@@ -27,6 +27,8 @@ void msh_tentry_init(msh_tentry *t) {
 }
 
 int64_t msh_tentry_out_bytes(const msh_tentry *t) {
+    if (t->q4)
+        return t->numel / 2 + (t->numel & 1);
     if (t->out_dtype == 0 || t->out_dtype == t->dtype)
         return t->nbytes;
     int64_t b = msh_dtype_bytes(t->out_dtype, t->numel);

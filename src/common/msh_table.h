@@ -56,6 +56,18 @@ typedef struct msh_src {
     const void *ctx;
 } msh_src;
 
+/* The layout of a tensor quantized to 4 bits blockwise (kernels/msh_scalar.h has the math):
+ * element i, in the order the tensor is read, belongs to block msh_int4_block_of(i, cols, block,
+ * axis). */
+typedef struct msh_int4_layout {
+    int64_t cols, block;
+    int axis;            /* 1: blocks along each row; 0: along the columns */
+    int asym;            /* UINT4 with zero points, else INT4 */
+    int offset;          /* symmetric: added to q before storing (0 or 8) */
+    const float *scales; /* one per block */
+    const uint8_t *zps;  /* asymmetric: one zero point (0..15) per block */
+} msh_int4_layout;
+
 typedef struct msh_tentry {
     const char *name;
     int32_t dtype; /* msh_dtype.h codes */
@@ -77,6 +89,11 @@ typedef struct msh_tentry {
     int64_t qchannels, qinner; /* channel of element i: (i / qinner) % qchannels */
     int64_t dup_of;            /* dedup: the tensor whose identical bytes this one shares; -1 */
     int dropped;               /* not written (strip, prune, or merged by dedup) */
+    /* INT4 (passes/int4.h): the bytes are the 4-bit quantization of the FLOAT source, laid out
+     * by q4 (and whose block scales and zero points it points to); out_dtype is INT4, UINT4 or
+     * UINT8 (MatMulNBits' packed blob), numel the 4-bit values written (padding included) */
+    int q4;
+    msh_int4_layout q4l;
 } msh_tentry;
 
 typedef struct msh_table {

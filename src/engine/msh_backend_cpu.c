@@ -20,6 +20,11 @@ size_t msh_piece_out_cap(const msh_job *job, size_t n) {
     case MSH_OP_F16:
     case MSH_OP_BF16: return n / 2;
     case MSH_OP_INT8: return n / 4;
+    case MSH_OP_INT4: return (n / 4 + 1) / 2;
+    case MSH_OP_Q4STATS: /* 8 bytes per block touched; blocks of a row view hold >= 1 element */
+        return (size_t)(msh_int4_block_of((int64_t)(n / 4) - 1, job->q4.cols, job->q4.block, 1) +
+                        3) *
+               8;
     case MSH_OP_DIGEST: return (n + MSH_HASH_CHUNK - 1) / MSH_HASH_CHUNK * 8;
     case MSH_OP_ABSMAX: {
         int64_t rows = (int64_t)(n / 4) / job->inner + 2;
@@ -52,6 +57,18 @@ void msh_piece_compute_cpu(msh_piece *p, const msh_f16_bounds *b, const uint8_t 
         msh_int8_quantize(in, out, n / 4, p->first / 4, j->inner, j->channels, j->scales);
         p->out_n = n / 4;
         break;
+    case MSH_OP_INT4:
+        msh_int4_quantize(in, out, n / 4, p->first / 4, &j->q4);
+        p->out_n = (n / 4 + 1) / 2;
+        break;
+    case MSH_OP_Q4STATS: {
+        int64_t e0 = p->first / 4;
+        p->row0 = n >= 4 ? msh_int4_block_of(e0, j->q4.cols, j->q4.block, 1) : 0;
+        p->out_n =
+            (size_t)msh_int4_stats(in, n / 4, e0, j->q4.cols, j->q4.block, (float *)(void *)out) *
+            8;
+        break;
+    }
     case MSH_OP_DIGEST: {
         size_t nc = (n + MSH_HASH_CHUNK - 1) / MSH_HASH_CHUNK;
         for (size_t c = 0; c < nc; c++) {

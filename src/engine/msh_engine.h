@@ -33,7 +33,9 @@ typedef enum msh_op {
     MSH_OP_BF16,     /* FLOAT -> BFLOAT16 */
     MSH_OP_INT8,     /* FLOAT -> INT8 with per-channel scales */
     MSH_OP_DIGEST,   /* scan: the tensor digest of msh_scalar.h */
-    MSH_OP_ABSMAX    /* scan: per-channel max |w| of FLOAT */
+    MSH_OP_ABSMAX,   /* scan: per-channel max |w| of FLOAT */
+    MSH_OP_INT4,     /* FLOAT -> 4-bit blockwise, two per byte (msh_int4_layout) */
+    MSH_OP_Q4STATS   /* scan: per-block min(0, w), max(0, w) of FLOAT, blocks along rows */
 } msh_op;
 
 typedef struct msh_job {
@@ -48,6 +50,9 @@ typedef struct msh_job {
     float *absmax;       /* ABSMAX: `channels` values, raised to the maxima found */
     uint64_t clamped;    /* F16: values clamped */
     msh_f16_range range; /* F16: the range test of the input (the precision plan reads it) */
+    /* INT4 (q4.scales, q4.zps) and Q4STATS (q4.cols, q4.block; axis 1) */
+    msh_int4_layout q4;
+    float *q4_stats; /* Q4STATS: 2 per block (min, max), lowered / raised to what is found */
 } msh_job;
 
 /* Output bytes of a job's operation on `nbytes` input bytes (0 for scans). */

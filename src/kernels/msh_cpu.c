@@ -469,3 +469,64 @@ void msh_int8_quantize(const uint8_t *src, uint8_t *dst, size_t n, int64_t first
 #endif
     quantize_ref(src + 4 * done, dst + done, n - done, &ch, &in, inner, channels, scales);
 }
+
+int64_t msh_int4_stats(const uint8_t *src, size_t n, int64_t first, int64_t cols, int64_t block,
+                       float *out) {
+    if (n == 0)
+        return 0;
+    int64_t b0 = msh_int4_block_of(first, cols, block, 1);
+    int64_t nb = msh_int4_block_of(first + (int64_t)n - 1, cols, block, 1) - b0 + 1;
+    for (int64_t k = 0; k < 2 * nb; k++)
+        out[k] = 0.0f;
+    /* walk the values block by block: a block ends at a multiple of `block` in its row, or at the
+     * row's end */
+    int64_t i = 0, col = first % cols, k = 0;
+    while (i < (int64_t)n) {
+        int64_t end = (col / block + 1) * block;
+        if (end > cols)
+            end = cols;
+        int64_t run = end - col;
+        if (run > (int64_t)n - i)
+            run = (int64_t)n - i;
+        float lo = 0.0f, hi = 0.0f;
+        for (int64_t t = 0; t < run; t++)
+            msh_int4_stats_step(&lo, &hi, ldf(src + 4 * (i + t)));
+        out[2 * k] = lo;
+        out[2 * k + 1] = hi;
+        i += run;
+        col += run;
+        if (col == cols)
+            col = 0;
+        k++;
+    }
+    return nb;
+}
+
+void msh_int4_quantize(const uint8_t *src, uint8_t *dst, size_t n, int64_t first,
+                       const msh_int4_layout *l) {
+    /* the block advances with counters, without a division per element; it equals
+     * msh_int4_block_of(first + i, ...) at every i (tests/unit/test_int4.c) */
+    const int64_t cols = l->cols, B = l->block;
+    int64_t r = first / cols, c = first - r * cols;
+    int64_t b = msh_int4_block_of(first, cols, B, l->axis);
+    uint8_t byte = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t nib = msh_int4_nibble_ref(ldf(src + 4 * i), l->scales[b], l->asym,
+                                          l->asym ? l->zps[b] : 0, l->offset);
+        if (i & 1u)
+            dst[i / 2] = (uint8_t)(byte | (nib << 4));
+        else
+            byte = nib;
+        if (++c == cols) {
+            c = 0;
+            r++;
+            b = l->axis == 1 ? b + 1 : (r / B) * cols;
+        } else if (l->axis == 1) {
+            b += c % B == 0;
+        } else {
+            b++;
+        }
+    }
+    if (n & 1u)
+        dst[n / 2] = byte;
+}

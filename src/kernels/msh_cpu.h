@@ -6,6 +6,7 @@
 #define MSH_CPU_H
 
 #include "common/msh_common.h"
+#include "common/msh_table.h"
 #include "kernels/msh_scalar.h"
 
 typedef struct msh_f16_bounds {
@@ -73,5 +74,17 @@ void msh_int8_absmax(const uint8_t *src, size_t n, int64_t first, int64_t inner,
                      float *absmax);
 void msh_int8_quantize(const uint8_t *src, uint8_t *dst, size_t n, int64_t first, int64_t inner,
                        int64_t channels, const float *scales);
+
+/* INT4 blockwise (msh_scalar.h), laid out by msh_int4_layout (common/msh_table.h). */
+
+/* Block statistics of n FP32 values, elements first .. first + n - 1 of a tensor whose blocks run
+ * along its rows (axis 1): out[2k], out[2k + 1] are min(0, w) and max(0, w) of block b0 + k over
+ * these values, b0 the block of element `first`. Returns the number of blocks touched. */
+int64_t msh_int4_stats(const uint8_t *src, size_t n, int64_t first, int64_t cols, int64_t block,
+                       float *out);
+/* Quantize n FP32 values (elements first .. first + n - 1, `first` even) into ceil(n / 2) bytes,
+ * two per byte, the first in the low nibble (an odd last value leaves the high nibble 0). */
+void msh_int4_quantize(const uint8_t *src, uint8_t *dst, size_t n, int64_t first,
+                       const msh_int4_layout *l);
 
 #endif

@@ -276,6 +276,77 @@ MSH_HD static inline int8_t msh_int8_quant_ref(float w, float scale) {
     return (int8_t)msh_rne_f32(x);
 }
 
+/* ---- INT4, blockwise ----
+ * A weight is cut into blocks of `block` consecutive elements along its reduction axis (the last
+ * block of a row may be shorter, or padded with zeros where the layout pads). Per block:
+ *   lo = min(0, finite w), hi = max(0, finite w)      (NaN and +-inf take no part; order-free)
+ * symmetric (INT4, [-8, 7]): m = hi when hi >= -lo, else lo (the value of largest magnitude;
+ *   on a tie the positive one); scale d = m / -8 (so m itself maps to -8 exactly; d may be
+ *   negative); a block whose d is 0 gets d = 1; q = clamp(rne(w / d), -8, 7);
+ * asymmetric (UINT4, [0, 15]): d = (hi - lo) / 15, 1 when that is 0; zero point
+ *   z = clamp(rne(-lo / d), 0, 15); q = clamp(rne(w / d) + z, 0, 15).
+ * NaN quantizes to 0 (symmetric) or z (asymmetric); +-inf saturates. rne is round half to even.
+ * Two 4-bit values share a byte, the first in the low nibble. */
+
+/* The block of element i of a row-major [rows, cols] weight whose blocks run along axis 1
+ * (block index row * ceil(cols / block) + col / block) or along axis 0 (index
+ * (row / block) * cols + col). */
+MSH_HD static inline int64_t msh_int4_block_of(int64_t i, int64_t cols, int64_t block, int axis) {
+    int64_t r = i / cols, c = i - r * cols;
+    if (axis == 1)
+        return r * ((cols + block - 1) / block) + c / block;
+    return (r / block) * cols + c;
+}
+
+/* One step of the block statistics: lo = min(lo, w), hi = max(hi, w) over finite w. */
+MSH_HD static inline void msh_int4_stats_step(float *lo, float *hi, float w) {
+    float a = w < 0.0f ? -w : w;
+    if (!(a <= 3.4028234663852886e+38f))
+        return;
+    if (w < *lo)
+        *lo = w;
+    if (w > *hi)
+        *hi = w;
+}
+
+MSH_HD static inline float msh_int4_sym_scale_ref(float lo, float hi) {
+    float m = hi >= -lo ? hi : lo;
+    float d = m / -8.0f;
+    return d != 0.0f ? d : 1.0f;
+}
+
+MSH_HD static inline float msh_int4_asym_scale_ref(float lo, float hi) {
+    float d = (hi - lo) / 15.0f;
+    return d > 0.0f && d <= 3.4028234663852886e+38f ? d : 1.0f;
+}
+
+/* rne(x) clamped to [lo, hi] (small integers), NaN -> `nan`. */
+MSH_HD static inline int msh_int4_round_clamp(float x, int lo, int hi, int nan) {
+    if (x != x)
+        return nan;
+    if (x >= (float)hi)
+        return hi;
+    if (x <= (float)lo)
+        return lo;
+    return (int)msh_rne_f32(x);
+}
+
+MSH_HD static inline uint8_t msh_int4_zero_point_ref(float lo, float d) {
+    return (uint8_t)msh_int4_round_clamp(-lo / d, 0, 15, 0);
+}
+
+/* The stored nibble of w: symmetric, q + offset (offset 0: INT4 two's complement nibble, as
+ * DequantizeLinear reads it; 8: MatMulNBits' unsigned storage with its default zero point 8);
+ * asymmetric, q (zp is the block's zero point). */
+MSH_HD static inline uint8_t msh_int4_nibble_ref(float w, float d, int asym, int zp, int offset) {
+    if (asym) {
+        int q = msh_int4_round_clamp(w / d, -16, 16, 0);
+        q = w != w ? zp : q + zp;
+        return (uint8_t)(q < 0 ? 0 : q > 15 ? 15 : q);
+    }
+    return (uint8_t)((msh_int4_round_clamp(w / d, -8, 7, 0) + offset) & 0xF);
+}
+
 /* Digest of one leaf (at most MSH_HASH_LEAF bytes). */
 MSH_HD static inline uint64_t msh_leaf_hash_ref(const uint8_t *leaf, size_t len) {
     return msh_xxh64_ref(leaf, len, 0);

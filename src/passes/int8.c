@@ -79,7 +79,7 @@ int msh_int8_eligible_axis(const Onnx__NodeProto *n, size_t idx, size_t rank, in
     return -1;
 }
 
-static msh_status count_decls(const msh_onnx_model *m, msh_strmap *decl, msh_error *e) {
+msh_status msh_quant_count_decls(const msh_onnx_model *m, msh_strmap *decl, msh_error *e) {
     for (size_t gi = 0; gi < m->n_graphs; gi++) {
         const Onnx__GraphProto *g = m->graphs[gi].g;
         int64_t *v;
@@ -105,9 +105,9 @@ static msh_status count_decls(const msh_onnx_model *m, msh_strmap *decl, msh_err
 }
 
 /* A new tensor whose bytes live in the skeleton (raw_data), registered in the tensor table. */
-static msh_status small_tensor(msh_onnx_model *m, const char *name, int32_t type,
-                               const int64_t *dims, size_t n_dims, void *bytes, size_t nbytes,
-                               int graph, Onnx__TensorProto **out, msh_error *e) {
+msh_status msh_quant_small_tensor(msh_onnx_model *m, const char *name, int32_t type,
+                                  const int64_t *dims, size_t n_dims, void *bytes, size_t nbytes,
+                                  int graph, Onnx__TensorProto **out, msh_error *e) {
     Onnx__TensorProto *tp = malloc(sizeof *tp);
     if (!tp) {
         free(bytes);
@@ -149,7 +149,7 @@ static msh_status small_tensor(msh_onnx_model *m, const char *name, int32_t type
 }
 
 /* Index of graph input `name` in `g`, or -1. */
-static ptrdiff_t graph_input_at(const Onnx__GraphProto *g, const char *name) {
+ptrdiff_t msh_quant_graph_input_at(const Onnx__GraphProto *g, const char *name) {
     for (size_t i = 0; i < g->n_input; i++)
         if (g->input[i]->name && strcmp(g->input[i]->name, name) == 0)
             return (ptrdiff_t)i;
@@ -201,7 +201,8 @@ static msh_status add_input_for(Onnx__GraphProto *g, const Onnx__TensorProto *tp
     return MSH_OK;
 }
 
-static msh_status add_initializer(Onnx__GraphProto *g, Onnx__TensorProto *tp, msh_error *e) {
+static msh_status msh_quant_add_initializer(Onnx__GraphProto *g, Onnx__TensorProto *tp,
+                                            msh_error *e) {
     Onnx__TensorProto **arr = realloc(g->initializer, (g->n_initializer + 1) * sizeof *arr);
     if (!arr) {
         protobuf_c_message_free_unpacked(&tp->base, NULL);
@@ -223,7 +224,7 @@ static Onnx__NodeProto *make_dql(const char *q, const char *s, const char *z, co
     return n;
 }
 
-static msh_status prepend_node(Onnx__GraphProto *g, Onnx__NodeProto *n, msh_error *e) {
+msh_status msh_quant_prepend_node(Onnx__GraphProto *g, Onnx__NodeProto *n, msh_error *e) {
     Onnx__NodeProto **arr = realloc(g->node, (g->n_node + 1) * sizeof *arr);
     if (!arr) {
         protobuf_c_message_free_unpacked(&n->base, NULL);
@@ -236,7 +237,7 @@ static msh_status prepend_node(Onnx__GraphProto *g, Onnx__NodeProto *n, msh_erro
     return MSH_OK;
 }
 
-static msh_status set_input(Onnx__NodeProto *n, size_t i, const char *name, msh_error *e) {
+msh_status msh_quant_set_input(Onnx__NodeProto *n, size_t i, const char *name, msh_error *e) {
     char *d = msh_strdup(name);
     if (!d)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
@@ -291,9 +292,9 @@ static Onnx__NodeProto *make_castmul(const char *q, const char *s, const char *o
 }
 
 /* A new initializer of `g` (and, before IR 4, the graph input that must declare it). */
-static msh_status add_weight(const msh_onnx_model *m, Onnx__GraphProto *g, Onnx__TensorProto *tp,
-                             msh_error *e) {
-    MSH_FORWARD(add_initializer(g, tp, e));
+msh_status msh_quant_add_weight(const msh_onnx_model *m, Onnx__GraphProto *g, Onnx__TensorProto *tp,
+                                msh_error *e) {
+    MSH_FORWARD(msh_quant_add_initializer(g, tp, e));
     return m->mp->ir_version < 4 ? add_input_for(g, tp, e) : MSH_OK;
 }
 
@@ -372,13 +373,13 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
     }
     memcpy(sb, scales, sbytes);
     Onnx__TensorProto *stp = NULL, *ztp = NULL;
-    s = small_tensor(m, sn, 1, sshape, sdims, sb, sbytes, graph, &stp, e);
+    s = msh_quant_small_tensor(m, sn, 1, sshape, sdims, sb, sbytes, graph, &stp, e);
     if (s == MSH_OK)
-        s = add_weight(m, g, stp, e);
+        s = msh_quant_add_weight(m, g, stp, e);
     if (s == MSH_OK && zero_new) {
-        s = small_tensor(m, zn, 3, &cdim, 1, zb, (size_t)channels, graph, &ztp, e);
+        s = msh_quant_small_tensor(m, zn, 3, &cdim, 1, zb, (size_t)channels, graph, &ztp, e);
         if (s == MSH_OK)
-            s = add_weight(m, g, ztp, e);
+            s = msh_quant_add_weight(m, g, ztp, e);
         if (s == MSH_OK && msh_grow((void **)&zc->v, &zc->cap, zc->n, sizeof *zc->v))
             zc->v[zc->n++] = (zshare){graph, channels, zn};
     } else {
@@ -424,28 +425,28 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
         protobuf_c_message_free_unpacked(&qtp->base, NULL);
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     }
-    MSH_FORWARD(add_weight(m, g, qtp, e));
+    MSH_FORWARD(msh_quant_add_weight(m, g, qtp, e));
     if (q->castmul) {
         Onnx__NodeProto *mul = NULL;
         Onnx__NodeProto *cast = make_castmul(qn, sn, dn, nn, cn, cnn, &mul);
         if (!cast)
             return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-        msh_status s2 = prepend_node(g, mul, e);
+        msh_status s2 = msh_quant_prepend_node(g, mul, e);
         if (s2 != MSH_OK) {
             protobuf_c_message_free_unpacked(&cast->base, NULL);
             return s2;
         }
-        MSH_FORWARD(prepend_node(g, cast, e));
+        MSH_FORWARD(msh_quant_prepend_node(g, cast, e));
     } else {
         Onnx__NodeProto *dq = make_dql(qn, sn, zn, dn, nn, axis);
         if (!dq)
             return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-        MSH_FORWARD(prepend_node(g, dq, e));
+        MSH_FORWARD(msh_quant_prepend_node(g, dq, e));
     }
     size_t kept = 0;
     for (size_t i = 0; i < q->n; i++) {
         if (q->uses[i].axis == axis)
-            MSH_FORWARD(set_input(q->uses[i].node, q->uses[i].idx, dn, e));
+            MSH_FORWARD(msh_quant_set_input(q->uses[i].node, q->uses[i].idx, dn, e));
         else
             kept++;
     }
@@ -462,7 +463,8 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int8_opts *o, msh_in
                 memmove(&g->initializer[i], &g->initializer[i + 1],
                         (g->n_initializer - i - 1) * sizeof *g->initializer);
                 g->n_initializer--;
-                ptrdiff_t in = m->mp->ir_version < 4 ? graph_input_at(g, w->tp->name) : -1;
+                ptrdiff_t in =
+                    m->mp->ir_version < 4 ? msh_quant_graph_input_at(g, w->tp->name) : -1;
                 if (in >= 0) { /* its declaration as a graph input goes with it */
                     protobuf_c_message_free_unpacked(&g->input[in]->base, NULL);
                     memmove(&g->input[in], &g->input[in + 1],
@@ -498,7 +500,7 @@ msh_status msh_int8_apply(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_st
     memset(&nm, 0, sizeof nm);
     qcand *c = NULL;
     size_t nc = 0;
-    msh_status s = count_decls(m, &decl, e);
+    msh_status s = msh_quant_count_decls(m, &decl, e);
     if (s == MSH_OK)
         s = msh_names_collect(&nm, m, e);
     if (s == MSH_OK && !(c = calloc(m->n_tensors + 1, sizeof *c)))
@@ -510,8 +512,8 @@ msh_status msh_int8_apply(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_st
             continue;
         int64_t *d = msh_strmap_get(&decl, t->tp->name);
         /* before IR 4 every initializer is also listed as an input of its graph: a weight */
-        int64_t own =
-            m->mp->ir_version < 4 && graph_input_at(m->graphs[t->graph].g, t->tp->name) >= 0;
+        int64_t own = m->mp->ir_version < 4 &&
+                      msh_quant_graph_input_at(m->graphs[t->graph].g, t->tp->name) >= 0;
         if (!d || *d != 1 + own)
             continue; /* a graph input, or a name declared again somewhere */
         c[nc].t = (int64_t)i;

@@ -26,6 +26,7 @@
 #ifndef MSH_INT8_H
 #define MSH_INT8_H
 
+#include "common/msh_strmap.h"
 #include "engine/msh_engine.h"
 #include "formats/onnx_model.h"
 
@@ -62,5 +63,22 @@ int msh_int8_eligible_axis(const Onnx__NodeProto *n, size_t idx, size_t rank, in
 
 msh_status msh_int8_apply(msh_onnx_model *m, const msh_int8_opts *o, msh_int8_stats *st,
                           msh_error *e);
+
+/* Helpers shared with the INT4 pass (int4.c). */
+/* Count how often each name is declared (initializers, graph inputs, node outputs) over every
+ * graph of the model. */
+msh_status msh_quant_count_decls(const msh_onnx_model *m, msh_strmap *decl, msh_error *e);
+/* A new tensor whose bytes (`bytes`, owned from here) live in the skeleton, registered in the
+ * tensor table. */
+msh_status msh_quant_small_tensor(msh_onnx_model *m, const char *name, int32_t type,
+                                  const int64_t *dims, size_t n_dims, void *bytes, size_t nbytes,
+                                  int graph, Onnx__TensorProto **out, msh_error *e);
+/* Index of graph input `name` in `g`, or -1. */
+ptrdiff_t msh_quant_graph_input_at(const Onnx__GraphProto *g, const char *name);
+/* A new initializer of `g` (and, before IR 4, the graph input that must declare it). */
+msh_status msh_quant_add_weight(const msh_onnx_model *m, Onnx__GraphProto *g, Onnx__TensorProto *tp,
+                                msh_error *e);
+msh_status msh_quant_prepend_node(Onnx__GraphProto *g, Onnx__NodeProto *n, msh_error *e);
+msh_status msh_quant_set_input(Onnx__NodeProto *n, size_t i, const char *name, msh_error *e);
 
 #endif

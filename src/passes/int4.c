@@ -1,0 +1,653 @@
+#include "passes/int4.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/msh_strmap.h"
+#include "formats/onnx_build.h"
+#include "kernels/msh_cpu.h"
+#include "passes/int8.h"
+#include "passes/names.h"
+#include "passes/op_schemas.h"
+
+enum { KN = 0, NK = 1 }; /* the weight's stored layout: blocks along axis 0 or along axis 1 */
+
+typedef struct quse {
+    Onnx__NodeProto *node;
+    size_t idx;
+    int layout; /* KN, NK, or -1: not an eligible use */
+} quse;
+
+typedef struct qcand {
+    int64_t t;
+    quse *uses;
+    size_t n, cap;
+    int other;  /* a graph output */
+    int layout; /* -1: not quantized */
+    int64_t K, N, kb;
+    msh_src stats_src; /* the weight seen as [N, K] */
+    float *stats;      /* 2 per block, [N, kb] order */
+} qcand;
+
+/* The weight seen as [N, Kp] row-major: element (n, k) is W[k, n] (`trans`: W is [K, N]) or
+ * W[n, k] (W is [N, K]) for k < K, and 0 for K <= k < Kp (MatMulNBits' padded last block). */
+typedef struct q4view {
+    msh_src src; /* the weight's own bytes (a copy: the table may move) */
+    int64_t K, N, Kp;
+    int trans;
+} q4view;
+
+static msh_status view_read(const void *ctx, int64_t off, void *dst, size_t n, msh_error *e) {
+    const q4view *v = ctx;
+    float *out = dst;
+    int64_t e0 = off / 4, cnt = (int64_t)n / 4;
+    if (off % 4 || n % 4)
+        return msh_fail(e, MSH_ERR_FORMAT, "internal error: unaligned read of an INT4 view");
+    if (cnt == 0)
+        return MSH_OK;
+    int64_t na = e0 / v->Kp, nb = (e0 + cnt - 1) / v->Kp;
+    if (!v->trans) {
+        for (int64_t r = na; r <= nb; r++) {
+            int64_t k0 = r == na ? e0 - r * v->Kp : 0;
+            int64_t k1 = r == nb ? e0 + cnt - r * v->Kp : v->Kp;
+            float *d = out + (r * v->Kp + k0 - e0);
+            int64_t kr = k1 < v->K ? k1 : v->K;
+            if (kr > k0)
+                MSH_FORWARD(
+                    msh_src_read(&v->src, (r * v->K + k0) * 4, d, (size_t)(kr - k0) * 4, e));
+            for (int64_t k = kr > k0 ? kr : k0; k < k1; k++)
+                d[k - k0] = 0.0f;
+        }
+        return MSH_OK;
+    }
+    /* columns na..nb of every row k of W [K, N]: one contiguous read per row */
+    int64_t w = nb - na + 1;
+    float *buf = malloc((size_t)(w * v->K) * sizeof *buf + 1);
+    if (!buf)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    msh_status st = MSH_OK;
+    for (int64_t k = 0; k < v->K && st == MSH_OK; k++)
+        st = msh_src_read(&v->src, (k * v->N + na) * 4, buf + k * w, (size_t)w * 4, e);
+    for (int64_t i = 0; st == MSH_OK && i < cnt; i++) {
+        int64_t r = (e0 + i) / v->Kp, k = (e0 + i) - r * v->Kp;
+        out[i] = k < v->K ? buf[k * w + (r - na)] : 0.0f;
+    }
+    free(buf);
+    return st;
+}
+
+static int is_dflt(const char *d) {
+    return !d || !*d || strcmp(d, "ai.onnx") == 0;
+}
+
+static const Onnx__AttributeProto *attr(const Onnx__NodeProto *n, const char *name) {
+    for (size_t i = 0; i < n->n_attribute; i++)
+        if (n->attribute[i]->name && strcmp(n->attribute[i]->name, name) == 0)
+            return n->attribute[i];
+    return NULL;
+}
+
+static int attr_i(const Onnx__NodeProto *n, const char *name, int64_t dflt) {
+    const Onnx__AttributeProto *a = attr(n, name);
+    return a && a->has_i ? (int)a->i : (int)dflt;
+}
+
+static float attr_f(const Onnx__NodeProto *n, const char *name, float dflt) {
+    const Onnx__AttributeProto *a = attr(n, name);
+    return a && a->has_f ? a->f : dflt;
+}
+
+/* The layout of input `idx` of `n` when it is a weight INT4 stores, else -1. `cdims`: dims of
+ * Gemm's C when it is an initializer (NULL otherwise), for MatMulNBits' bias. */
+static int eligible_layout(const Onnx__NodeProto *n, size_t idx, const Onnx__TensorProto *w,
+                           const msh_int4_opts *o, const Onnx__TensorProto *c) {
+    if (!is_dflt(n->domain) || !n->op_type || w->n_dims != 2)
+        return -1;
+    const char *op = n->op_type;
+    if (strcmp(op, "MatMul") == 0 && idx == 1)
+        return KN;
+    if (strcmp(op, "Gemm") == 0 && idx == 1) {
+        int lay = attr_i(n, "transB", 0) ? NK : KN;
+        if (o->format == MSH_INT4_MATMULNBITS) {
+            int64_t N = lay == NK ? w->dims[0] : w->dims[1];
+            if (attr_i(n, "transA", 0) || attr_f(n, "alpha", 1.0f) != 1.0f)
+                return -1;
+            if (n->n_input > 2 && n->input[2][0] &&
+                (attr_f(n, "beta", 1.0f) != 1.0f || !c || c->n_dims != 1 || c->dims[0] != N ||
+                 c->data_type != 1))
+                return -1;
+        }
+        return lay;
+    }
+    if (o->gather && o->format == MSH_INT4_QDQ && strcmp(op, "Gather") == 0 && idx == 0 &&
+        attr_i(n, "axis", 0) == 0)
+        return NK; /* rows looked up along axis 0, blocks along each row */
+    return -1;
+}
+
+/* Op versions between opset 13 and 21 after which a node valid before may mean something else
+ * or be invalid (attributes that became inputs, changed defaults or value names). Every other
+ * version in that range only widened the types or added attributes whose defaults keep the old
+ * meaning. */
+static const struct {
+    const char *op;
+    int since;
+    const char *what;
+} breaking[] = {
+    {"ReduceMean", 18, "its axes became an input"},
+    {"ReduceMax", 18, "its axes became an input"},
+    {"ReduceMin", 18, "its axes became an input"},
+    {"ReduceProd", 18, "its axes became an input"},
+    {"ReduceL1", 18, "its axes became an input"},
+    {"ReduceL2", 18, "its axes became an input"},
+    {"ReduceLogSum", 18, "its axes became an input"},
+    {"ReduceLogSumExp", 18, "its axes became an input"},
+    {"ReduceSumSquare", 18, "its axes became an input"},
+    {"Split", 18, "it needs the split input or num_outputs"},
+    {"RoiAlign", 16, "its coordinate_transformation_mode default changed"},
+    {"GridSample", 20, "its mode values were renamed"},
+    {"DFT", 20, "its dft_length and axis became inputs"},
+    {"GroupNormalization", 21, "its scale and bias became per channel"},
+};
+
+int msh_int4_opset_blocker(const msh_onnx_model *m, int64_t opset, char *why, size_t cap) {
+    if (opset >= 21)
+        return 0;
+    if (opset < 13) {
+        snprintf(why, cap,
+                 "INT4 DequantizeLinear needs opset 21 and the model has opset %lld (raised only "
+                 "from 13)",
+                 (long long)opset);
+        return 1;
+    }
+    if (m->mp->n_functions) {
+        snprintf(why, cap,
+                 "INT4 DequantizeLinear needs opset 21; the model has opset %lld and local "
+                 "functions, so it is not raised",
+                 (long long)opset);
+        return 1;
+    }
+    for (size_t gi = 0; gi < m->n_graphs; gi++) {
+        const Onnx__GraphProto *g = m->graphs[gi].g;
+        for (size_t i = 0; i < g->n_node; i++) {
+            const Onnx__NodeProto *n = g->node[i];
+            if (!is_dflt(n->domain) || !n->op_type)
+                continue;
+            const msh_op_schema *a = msh_op_schema_find("", n->op_type, opset);
+            const msh_op_schema *b = msh_op_schema_find("", n->op_type, 21);
+            if (!a || !b) {
+                snprintf(why, cap,
+                         "INT4 DequantizeLinear needs opset 21 and op %s has no schema at opset "
+                         "%s; the model keeps opset %lld",
+                         n->op_type, a ? "21" : "of the model", (long long)opset);
+                return 1;
+            }
+            for (size_t k = 0; k < sizeof breaking / sizeof breaking[0]; k++)
+                if (strcmp(n->op_type, breaking[k].op) == 0 && breaking[k].since > opset &&
+                    breaking[k].since <= 21) {
+                    snprintf(why, cap,
+                             "INT4 DequantizeLinear needs opset 21 and the model has opset %lld: "
+                             "%s changes at opset %d (%s)",
+                             (long long)opset, n->op_type, breaking[k].since, breaking[k].what);
+                    return 1;
+                }
+        }
+    }
+    return 0;
+}
+
+static msh_status set_opset(msh_onnx_model *m, const char *domain, int64_t version, msh_error *e) {
+    for (size_t i = 0; i < m->mp->n_opset_import; i++) {
+        Onnx__OperatorSetIdProto *op = m->mp->opset_import[i];
+        if ((is_dflt(domain) && is_dflt(op->domain)) ||
+            (!is_dflt(domain) && op->domain && strcmp(op->domain, domain) == 0)) {
+            if (op->version < version) {
+                op->version = version;
+                op->has_version = 1;
+            }
+            return MSH_OK;
+        }
+    }
+    Onnx__OperatorSetIdProto **arr =
+        realloc(m->mp->opset_import, (m->mp->n_opset_import + 1) * sizeof *arr);
+    Onnx__OperatorSetIdProto *op = malloc(sizeof *op);
+    if (arr)
+        m->mp->opset_import = arr;
+    if (!arr || !op) {
+        free(op);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    onnx__operator_set_id_proto__init(op);
+    op->domain = msh_strdup(domain);
+    op->has_version = 1;
+    op->version = version;
+    arr[m->mp->n_opset_import++] = op;
+    return op->domain ? MSH_OK : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+}
+
+/* Block scales (and zero points) from the statistics, in the [N, kb] order of the scan. */
+static void make_scales(const qcand *q, const msh_int4_opts *o, float *scales, uint8_t *zps) {
+    int64_t nb = q->N * q->kb;
+    for (int64_t b = 0; b < nb; b++) {
+        float lo = q->stats[2 * b], hi = q->stats[2 * b + 1];
+        float d = o->asym ? msh_int4_asym_scale_ref(lo, hi) : msh_int4_sym_scale_ref(lo, hi);
+        if (o->scale_round == 10 || o->scale_round == 16) {
+            /* the float pass stores the scale in that type: quantize with the stored value */
+            uint32_t bits;
+            int clamped;
+            memcpy(&bits, &d, 4);
+            if (o->scale_round == 10)
+                bits = msh_f16_to_f32_ref(msh_f32_to_f16_ref(bits, MSH_F16_MIN_SUBNORMAL_BITS,
+                                                             MSH_F16_MAX_BITS, &clamped));
+            else
+                bits = (uint32_t)msh_f32_to_bf16_ref(bits) << 16;
+            memcpy(&d, &bits, 4);
+        }
+        scales[b] = d;
+        if (zps)
+            zps[b] = msh_int4_zero_point_ref(lo, d);
+    }
+}
+
+/* A new 4-bit tensor entry for `w` whose bytes the engine makes from `src`. */
+static msh_status add_q4_tensor(msh_onnx_model *m, qcand *q, const char *name, int32_t type,
+                                const int64_t *dims, size_t n_dims, const msh_src *src,
+                                int64_t numel, const msh_int4_layout *l, Onnx__TensorProto **out,
+                                msh_error *e) {
+    Onnx__TensorProto *qtp = malloc(sizeof *qtp);
+    if (!qtp)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    onnx__tensor_proto__init(qtp);
+    qtp->name = msh_strdup(name);
+    qtp->dims = malloc((n_dims + 1) * sizeof *qtp->dims);
+    qtp->has_data_type = 1;
+    qtp->data_type = type;
+    if (!qtp->name || !qtp->dims) {
+        protobuf_c_message_free_unpacked(&qtp->base, NULL);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    memcpy(qtp->dims, dims, n_dims * sizeof *dims);
+    qtp->n_dims = n_dims;
+    msh_tensor qt = m->tensors[q->t];
+    qt.tp = qtp;
+    qt.payload = -1;
+    qt.external_in = 0;
+    qt.d.dropped = 0;
+    qt.d.out_dtype = type;
+    qt.d.q4 = 1;
+    qt.d.q4l = *l;
+    qt.d.src = *src;
+    qt.d.numel = numel;
+    qt.d.nbytes = numel * 4;
+    qt.d.dtype = 1;
+    if (msh_onnx_add_tensor_entry(m, &qt) < 0) {
+        protobuf_c_message_free_unpacked(&qtp->base, NULL);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    *out = qtp;
+    return MSH_OK;
+}
+
+/* Copy `n` bytes into a new heap block (the tensor table owns raw_data). */
+static void *dup_bytes(const void *p, size_t n) {
+    void *d = malloc(n + 1);
+    if (d && n)
+        memcpy(d, p, n);
+    return d;
+}
+
+static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_result *st,
+                               msh_names *nm, qcand *q, int *ms_used, msh_error *e) {
+    msh_tensor *w = &m->tensors[q->t];
+    Onnx__TensorProto *tp = w->tp;
+    const int64_t K = q->K, N = q->N, kb = q->kb, B = o->block, nb = N * kb;
+    int graph = w->graph;
+    Onnx__GraphProto *g = m->graphs[graph].g;
+    float *sc = malloc((size_t)nb * sizeof *sc + 1);
+    uint8_t *zp = o->asym ? malloc((size_t)nb + 1) : NULL;
+    if (!sc || (o->asym && !zp)) {
+        free(sc);
+        free(zp);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    make_scales(q, o, sc, zp);
+    /* the engine reads the scales (and zero points) in the writer's layout: kept by the model */
+    float *lsc = sc;
+    uint8_t *lzp = zp;
+    int64_t sdims[2];
+    if (o->format == MSH_INT4_QDQ && q->layout == KN) { /* [kb, N]: transposed from [N, kb] */
+        lsc = malloc((size_t)nb * sizeof *lsc + 1);
+        lzp = o->asym ? malloc((size_t)nb + 1) : NULL;
+        if (!lsc || (o->asym && !lzp)) {
+            free(sc);
+            free(zp);
+            free(lsc);
+            free(lzp);
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        }
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t b = 0; b < kb; b++) {
+                lsc[b * N + n] = sc[n * kb + b];
+                if (lzp)
+                    lzp[b * N + n] = zp[n * kb + b];
+            }
+        free(sc);
+        free(zp);
+        sdims[0] = kb;
+        sdims[1] = N;
+    } else {
+        sdims[0] = N;
+        sdims[1] = kb;
+    }
+    if (msh_onnx_own(m, lsc) != MSH_OK || (lzp && msh_onnx_own(m, lzp) != MSH_OK)) {
+        free(lzp);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    int nbits = o->format == MSH_INT4_MATMULNBITS;
+    const char *qn = msh_names_fresh(nm, tp->name, nbits ? "_q4" : "_quantized");
+    const char *sn = msh_names_fresh(nm, tp->name, nbits ? "_scales" : "_scale");
+    const char *zn =
+        o->asym ? msh_names_fresh(nm, tp->name, nbits ? "_zero_points" : "_zero_point") : "";
+    if (!qn || !sn || !zn)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    /* scales */
+    Onnx__TensorProto *stp = NULL, *ztp = NULL, *qtp = NULL;
+    size_t sbytes = (size_t)nb * 4;
+    void *sb = dup_bytes(lsc, sbytes);
+    if (!sb)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    MSH_FORWARD(msh_quant_small_tensor(m, sn, 1, sdims, 2, sb, sbytes, graph, &stp, e));
+    MSH_FORWARD(msh_quant_add_weight(m, g, stp, e));
+    size_t zbytes = 0;
+    if (o->asym) { /* packed two per byte: along the rows of the scale's shape */
+        int64_t zrows = sdims[0], zcols = sdims[1];
+        int64_t per = nbits ? (zcols + 1) / 2 : 0;
+        zbytes = nbits ? (size_t)(zrows * per) : (size_t)((nb + 1) / 2);
+        uint8_t *zb = calloc(zbytes + 1, 1);
+        if (!zb)
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        for (int64_t r = 0; r < zrows; r++)
+            for (int64_t c = 0; c < zcols; c++) {
+                int64_t i = nbits ? r * per * 2 + c : r * zcols + c;
+                zb[i / 2] = (uint8_t)(zb[i / 2] | (lzp[r * zcols + c] << (4 * (i & 1))));
+            }
+        int64_t zd = (int64_t)zbytes;
+        MSH_FORWARD(msh_quant_small_tensor(m, zn, nbits ? 2 : 21, nbits ? &zd : sdims,
+                                           nbits ? 1 : 2, zb, zbytes, graph, &ztp, e));
+        MSH_FORWARD(msh_quant_add_weight(m, g, ztp, e));
+    }
+    /* the 4-bit weight, made by the engine when written */
+    msh_int4_layout l;
+    memset(&l, 0, sizeof l);
+    l.block = B;
+    l.asym = o->asym;
+    l.scales = lsc;
+    l.zps = lzp;
+    int64_t qbytes;
+    w = &m->tensors[q->t];
+    if (nbits) {
+        int64_t Kp = kb * B;
+        q4view *v = malloc(sizeof *v);
+        if (!v || msh_onnx_own(m, v) != MSH_OK) {
+            free(v);
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        }
+        *v = (q4view){w->d.src, K, N, Kp, q->layout == KN};
+        msh_src vs;
+        memset(&vs, 0, sizeof vs);
+        vs.kind = MSH_SRC_CALLBACK;
+        vs.read = view_read;
+        vs.ctx = v;
+        vs.length = N * Kp * 4;
+        l.cols = Kp;
+        l.axis = 1;
+        l.offset = 8;
+        int64_t dims[3] = {N, kb, B / 2};
+        MSH_FORWARD(add_q4_tensor(m, q, qn, 2, dims, 3, &vs, N * Kp, &l, &qtp, e));
+        qbytes = N * Kp / 2;
+    } else {
+        l.cols = tp->dims[1];
+        l.axis = q->layout == KN ? 0 : 1;
+        MSH_FORWARD(add_q4_tensor(m, q, qn, o->asym ? 21 : 22, tp->dims, 2, &w->d.src, w->d.numel,
+                                  &l, &qtp, e));
+        qbytes = (w->d.numel + 1) / 2;
+    }
+    MSH_FORWARD(msh_quant_add_weight(m, g, qtp, e));
+    size_t kept = 0;
+    if (nbits) {
+        for (size_t i = 0; i < q->n; i++) {
+            Onnx__NodeProto *n = q->uses[i].node;
+            if (q->uses[i].layout != q->layout) {
+                kept++;
+                continue;
+            }
+            /* MatMul(A, W) / Gemm(A, W, C) -> MatMulNBits(A, q, scales, [zp], [], [C]) */
+            const char *in[6] = {n->input[0], qn, sn, zn, "", ""};
+            size_t n_in = o->asym ? 4 : 3;
+            if (strcmp(n->op_type, "Gemm") == 0 && n->n_input > 2 && n->input[2][0]) {
+                in[5] = n->input[2];
+                n_in = 6;
+            }
+            Onnx__NodeProto *r = msh_onnx_node_new("MatMulNBits", n->name ? n->name : "", in, n_in,
+                                                   (const char *const *)n->output, n->n_output);
+            if (!r)
+                return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            free(r->domain);
+            r->domain = msh_strdup("com.microsoft");
+            if (!r->domain || !msh_onnx_node_add_attr(r, msh_onnx_attr_int("K", K)) ||
+                !msh_onnx_node_add_attr(r, msh_onnx_attr_int("N", N)) ||
+                !msh_onnx_node_add_attr(r, msh_onnx_attr_int("bits", 4)) ||
+                !msh_onnx_node_add_attr(r, msh_onnx_attr_int("block_size", B))) {
+                protobuf_c_message_free_unpacked(&r->base, NULL);
+                return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            }
+            /* swap the node's contents in place: uses of other candidates may point at it */
+            Onnx__NodeProto tmp = *n;
+            *n = *r;
+            *r = tmp;
+            protobuf_c_message_free_unpacked(&r->base, NULL);
+            *ms_used = 1;
+        }
+    } else {
+        const char *dn = msh_names_fresh(nm, tp->name, "_dequantized");
+        const char *nn = msh_names_fresh(nm, tp->name, "_DequantizeLinear");
+        if (!dn || !nn)
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        const char *in[3] = {qn, sn, zn};
+        Onnx__NodeProto *dq =
+            msh_onnx_node_new("DequantizeLinear", nn, in, o->asym ? 3 : 2, &dn, 1);
+        if (!dq ||
+            !msh_onnx_node_add_attr(dq, msh_onnx_attr_int("axis", q->layout == KN ? 0 : 1)) ||
+            !msh_onnx_node_add_attr(dq, msh_onnx_attr_int("block_size", B))) {
+            if (dq)
+                protobuf_c_message_free_unpacked(&dq->base, NULL);
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        }
+        MSH_FORWARD(msh_quant_prepend_node(g, dq, e));
+        for (size_t i = 0; i < q->n; i++) {
+            if (q->uses[i].layout == q->layout)
+                MSH_FORWARD(msh_quant_set_input(q->uses[i].node, q->uses[i].idx, dn, e));
+            else
+                kept++;
+        }
+    }
+    w = &m->tensors[q->t];
+    st->tensors++;
+    st->bytes_before += w->d.nbytes;
+    st->bytes_after += qbytes + (int64_t)sbytes + (int64_t)zbytes;
+    if (kept == 0 && !q->other) {
+        for (size_t i = 0; i < g->n_initializer; i++)
+            if (g->initializer[i] == w->tp) {
+                memmove(&g->initializer[i], &g->initializer[i + 1],
+                        (g->n_initializer - i - 1) * sizeof *g->initializer);
+                g->n_initializer--;
+                ptrdiff_t in =
+                    m->mp->ir_version < 4 ? msh_quant_graph_input_at(g, w->tp->name) : -1;
+                if (in >= 0) {
+                    protobuf_c_message_free_unpacked(&g->input[in]->base, NULL);
+                    memmove(&g->input[in], &g->input[in + 1],
+                            (g->n_input - (size_t)in - 1) * sizeof *g->input);
+                    g->n_input--;
+                }
+                if (msh_onnx_adopt_orphan(m, w->tp) != MSH_OK)
+                    return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+                w->d.dropped = 1;
+                break;
+            }
+    }
+    return MSH_OK;
+}
+
+msh_status msh_int4_apply(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_result *st,
+                          msh_error *e) {
+    memset(st, 0, sizeof *st);
+    for (size_t i = 0; i < m->mp->n_opset_import; i++)
+        if (is_dflt(m->mp->opset_import[i]->domain))
+            st->opset_in = m->mp->opset_import[i]->version;
+    st->opset_out = st->opset_in;
+    msh_strmap decl, idx;
+    msh_strmap_init(&decl);
+    msh_strmap_init(&idx);
+    msh_names nm;
+    memset(&nm, 0, sizeof nm);
+    qcand *c = NULL;
+    size_t nc = 0;
+    msh_status s = msh_quant_count_decls(m, &decl, e);
+    if (s == MSH_OK)
+        s = msh_names_collect(&nm, m, e);
+    if (s == MSH_OK && !(c = calloc(m->n_tensors + 1, sizeof *c)))
+        s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; s == MSH_OK && i < m->n_tensors; i++) {
+        const msh_tensor *t = &m->tensors[i];
+        if (t->loc != MSH_LOC_INITIALIZER || t->d.dropped || t->graph < 0 || t->d.out_dtype ||
+            t->tp->data_type != 1 || t->d.numel == 0 || !t->tp->name || t->tp->n_dims != 2)
+            continue;
+        int64_t *d = msh_strmap_get(&decl, t->tp->name);
+        int64_t own = m->mp->ir_version < 4 &&
+                      msh_quant_graph_input_at(m->graphs[t->graph].g, t->tp->name) >= 0;
+        if (!d || *d != 1 + own)
+            continue;
+        c[nc].t = (int64_t)i;
+        if (!msh_strmap_upsert(&idx, t->tp->name, (int64_t)nc))
+            s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        nc++;
+    }
+    for (size_t gi = 0; s == MSH_OK && nc && gi < m->n_graphs; gi++) {
+        Onnx__GraphProto *g = m->graphs[gi].g;
+        for (size_t i = 0; s == MSH_OK && i < g->n_node; i++) {
+            Onnx__NodeProto *n = g->node[i];
+            for (size_t k = 0; k < n->n_input; k++) {
+                int64_t *ci = msh_strmap_get(&idx, n->input[k]);
+                if (!ci)
+                    continue;
+                qcand *q = &c[*ci];
+                if (!msh_grow((void **)&q->uses, &q->cap, q->n, sizeof *q->uses)) {
+                    s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+                    break;
+                }
+                const Onnx__TensorProto *ct = NULL;
+                for (size_t t = 0; n->n_input > 2 && n->input[2][0] && t < g->n_initializer; t++)
+                    if (g->initializer[t]->name &&
+                        strcmp(g->initializer[t]->name, n->input[2]) == 0)
+                        ct = g->initializer[t];
+                q->uses[q->n++] = (quse){n, k, eligible_layout(n, k, m->tensors[q->t].tp, o, ct)};
+            }
+        }
+        for (size_t i = 0; i < g->n_output; i++) {
+            int64_t *ci = g->output[i]->name ? msh_strmap_get(&idx, g->output[i]->name) : NULL;
+            if (ci)
+                c[*ci].other = 1;
+        }
+    }
+    /* the layouts, then one engine scan for the block statistics */
+    msh_job *jobs = s == MSH_OK ? calloc(nc + 1, sizeof *jobs) : NULL;
+    size_t nj = 0;
+    if (s == MSH_OK && !jobs)
+        s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    int64_t want = 0;
+    for (size_t i = 0; s == MSH_OK && i < nc; i++) {
+        qcand *q = &c[i];
+        q->layout = -1;
+        for (size_t k = 0; k < q->n && q->layout < 0; k++)
+            q->layout = q->uses[k].layout;
+        if (q->layout < 0)
+            continue;
+        const msh_tensor *w = &m->tensors[q->t];
+        st->eligible++;
+        q->K = q->layout == KN ? w->tp->dims[0] : w->tp->dims[1];
+        q->N = q->layout == KN ? w->tp->dims[1] : w->tp->dims[0];
+        if (w->d.numel < o->min_elements || q->K < o->block || q->N < 1) {
+            if (w->d.numel > st->largest_small)
+                st->largest_small = w->d.numel;
+            q->layout = -1;
+            continue;
+        }
+        want++;
+    }
+    if (s == MSH_OK && want && o->format == MSH_INT4_QDQ && st->opset_in < 21) {
+        if (msh_int4_opset_blocker(m, st->opset_in, st->why, sizeof st->why))
+            want = 0;
+        else if ((s = set_opset(m, "", 21, e)) == MSH_OK) {
+            st->opset_out = 21;
+            if (m->mp->ir_version < 10) {
+                m->mp->ir_version = 10;
+                m->mp->has_ir_version = 1;
+            }
+        }
+    }
+    for (size_t i = 0; s == MSH_OK && want && i < nc; i++) {
+        qcand *q = &c[i];
+        if (q->layout < 0)
+            continue;
+        const msh_tensor *w = &m->tensors[q->t];
+        q->kb = (q->K + o->block - 1) / o->block;
+        if (!(q->stats = calloc((size_t)(2 * q->N * q->kb), sizeof(float)))) {
+            s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            break;
+        }
+        if (q->layout == KN) {
+            q4view *v = malloc(sizeof *v);
+            if (!v || msh_onnx_own(m, v) != MSH_OK) {
+                free(v);
+                s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+                break;
+            }
+            *v = (q4view){w->d.src, q->K, q->N, q->K, 1};
+            memset(&q->stats_src, 0, sizeof q->stats_src);
+            q->stats_src.kind = MSH_SRC_CALLBACK;
+            q->stats_src.read = view_read;
+            q->stats_src.ctx = v;
+            q->stats_src.length = w->d.nbytes;
+        } else {
+            q->stats_src = w->d.src;
+        }
+        msh_job *j = &jobs[nj++];
+        memset(j, 0, sizeof *j);
+        j->src = &q->stats_src;
+        j->nbytes = w->d.nbytes;
+        j->op = MSH_OP_Q4STATS;
+        j->q4.cols = q->K;
+        j->q4.block = o->block;
+        j->q4.axis = 1;
+        j->name = w->d.name;
+        j->q4_stats = q->stats;
+    }
+    if (s == MSH_OK && want)
+        s = msh_engine_scan(o->engine, jobs, nj, e);
+    free(jobs);
+    int ms_used = 0;
+    for (size_t i = 0; s == MSH_OK && want && i < nc; i++)
+        if (c[i].layout >= 0)
+            s = quantize_one(m, o, st, &nm, &c[i], &ms_used, e);
+    if (s == MSH_OK && ms_used)
+        s = set_opset(m, "com.microsoft", 1, e);
+    for (size_t i = 0; c && i < nc; i++) {
+        free(c[i].uses);
+        free(c[i].stats);
+    }
+    free(c);
+    msh_names_free(&nm);
+    msh_strmap_free(&decl);
+    msh_strmap_free(&idx);
+    return s;
+}
