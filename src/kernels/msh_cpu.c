@@ -502,31 +502,108 @@ int64_t msh_int4_stats(const uint8_t *src, size_t n, int64_t first, int64_t cols
     return nb;
 }
 
+/* The nibbles of a run of n values that share one scale (and zero point) when `step` is 0, or
+ * take consecutive ones (scales[i], zps[i]) when it is 1 (blocks along the columns). */
+static void q4_run_ref(const uint8_t *src, uint8_t *nib, size_t n, const float *sc,
+                       const uint8_t *zp, int step, const msh_int4_layout *l) {
+    for (size_t i = 0; i < n; i++) {
+        size_t b = step ? i : 0;
+        nib[i] =
+            msh_int4_nibble_ref(ldf(src + 4 * i), sc[b], l->asym, l->asym ? zp[b] : 0, l->offset);
+    }
+}
+
+#if defined(MSH_X86_SIMD)
+/* q4_run_ref on 8 lanes: the same IEEE division and add/subtract rounding; clamping after
+ * rounding gives what clamping before does, NaN lanes become 0 before the zero point or offset
+ * is added, as in msh_int4_nibble_ref. Returns the values done (a multiple of 8). */
+__attribute__((target("avx2"))) static size_t q4_run_avx2(const uint8_t *src, uint8_t *nib,
+                                                          size_t n, const float *sc,
+                                                          const uint8_t *zp, int step,
+                                                          const msh_int4_layout *l) {
+    const __m256 magic = _mm256_set1_ps(12582912.0f), sign = _mm256_set1_ps(-0.0f);
+    const __m256 lo = _mm256_set1_ps(l->asym ? -16.0f : -8.0f);
+    const __m256 hi = _mm256_set1_ps(l->asym ? 16.0f : 7.0f);
+    const __m256i zero = _mm256_setzero_si256(), fifteen = _mm256_set1_epi32(15);
+    __m256 scv = _mm256_set1_ps(sc[0]);
+    __m256i add = _mm256_set1_epi32(l->asym ? zp[0] : l->offset);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        if (step) {
+            scv = _mm256_loadu_ps(sc + i);
+            if (l->asym)
+                add =
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(zp + i)));
+        }
+        __m256 w = _mm256_loadu_ps((const float *)(const void *)(src + 4 * i));
+        __m256 x = _mm256_div_ps(w, scv);
+        __m256 ax = _mm256_andnot_ps(sign, x);
+        __m256 r = _mm256_sub_ps(_mm256_add_ps(ax, magic), magic);
+        r = _mm256_or_ps(r, _mm256_and_ps(x, sign));
+        r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+        r = _mm256_and_ps(r, _mm256_cmp_ps(w, w, _CMP_ORD_Q)); /* NaN -> 0 */
+        __m256i q = _mm256_add_epi32(_mm256_cvttps_epi32(r), add);
+        if (l->asym)
+            q = _mm256_min_epi32(_mm256_max_epi32(q, zero), fifteen);
+        else
+            q = _mm256_and_si256(q, fifteen);
+        __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+        _mm_storel_epi64((__m128i *)(void *)(nib + i), _mm_packus_epi16(q16, q16));
+    }
+    return i;
+}
+#endif
+
+static void q4_run(const uint8_t *src, uint8_t *nib, size_t n, const float *sc, const uint8_t *zp,
+                   int step, const msh_int4_layout *l) {
+    size_t done = 0;
+#if defined(MSH_X86_SIMD)
+    if (n >= 8 && msh_cpu_has_simd())
+        done = q4_run_avx2(src, nib, n, sc, zp, step, l);
+#endif
+    if (done < n)
+        q4_run_ref(src + 4 * done, nib + done, n - done, step ? sc + done : sc,
+                   step && l->asym ? zp + done : zp, step, l);
+}
+
 void msh_int4_quantize(const uint8_t *src, uint8_t *dst, size_t n, int64_t first,
                        const msh_int4_layout *l) {
-    /* the block advances with counters, without a division per element; it equals
-     * msh_int4_block_of(first + i, ...) at every i (tests/unit/test_int4.c) */
+    /* runs of values that share a scale (axis 1: a block's part of a row) or take consecutive
+     * scales (axis 0: a row's part), their nibbles gathered in `nib`, then packed two per byte;
+     * equal to msh_int4_nibble_ref at msh_int4_block_of(first + i, ...) for every i
+     * (tests/unit/test_int4.c) */
+    enum { NIB = 4096 };
+    uint8_t nib[NIB];
     const int64_t cols = l->cols, B = l->block;
     int64_t r = first / cols, c = first - r * cols;
-    int64_t b = msh_int4_block_of(first, cols, B, l->axis);
-    uint8_t byte = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint8_t nib = msh_int4_nibble_ref(ldf(src + 4 * i), l->scales[b], l->asym,
-                                          l->asym ? l->zps[b] : 0, l->offset);
-        if (i & 1u)
-            dst[i / 2] = (uint8_t)(byte | (nib << 4));
-        else
-            byte = nib;
-        if (++c == cols) {
-            c = 0;
-            r++;
-            b = l->axis == 1 ? b + 1 : (r / B) * cols;
-        } else if (l->axis == 1) {
-            b += c % B == 0;
-        } else {
-            b++;
+    size_t i = 0;
+    while (i < n) {
+        size_t base = i, k = 0;
+        while (k < NIB && i < n) {
+            int64_t end = l->axis == 1 ? (c / B + 1) * B : cols;
+            if (end > cols)
+                end = cols;
+            size_t run = (size_t)(end - c);
+            if (run > n - i)
+                run = n - i;
+            if (run > NIB - k)
+                run = NIB - k;
+            int64_t b = msh_int4_block_of(r * cols + c, cols, B, l->axis);
+            q4_run(src + 4 * i, nib + k, run, l->scales + b, l->asym ? l->zps + b : NULL,
+                   l->axis == 0, l);
+            i += run;
+            k += run;
+            c += (int64_t)run;
+            if (c == cols) {
+                c = 0;
+                r++;
+            }
         }
+        /* `base` is even (NIB is even, and a piece starts at an even element) */
+        uint8_t *d = dst + base / 2;
+        for (size_t t = 0; t + 1 < k; t += 2)
+            d[t / 2] = (uint8_t)(nib[t] | (nib[t + 1] << 4));
+        if (k & 1u)
+            d[k / 2] = nib[k - 1];
     }
-    if (n & 1u)
-        dst[n / 2] = byte;
 }

@@ -1,5 +1,6 @@
 #include "passes/int4.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -30,12 +31,167 @@ typedef struct qcand {
 } qcand;
 
 /* The weight seen as [N, Kp] row-major: element (n, k) is W[k, n] (`trans`: W is [K, N]) or
- * W[n, k] (W is [N, K]) for k < K, and 0 for K <= k < Kp (MatMulNBits' padded last block). */
+ * W[n, k] (W is [N, K]) for k < K, and 0 for K <= k < Kp (MatMulNBits' padded last block).
+ *
+ * A transposed piece needs a few columns of every row of W. Read one row at a time, that is a
+ * read of a few hundred bytes per row and piece; instead the view reads bands of columns (all K
+ * rows, as many columns as fit in Q4_BAND_BYTES) that neighbouring pieces share: the producer
+ * threads take pieces in order, so a few bands serve them all. The bands belong to the model
+ * (one cache for all its views), so memory stays Q4_BANDS * Q4_BAND_BYTES whatever the size. */
+#define Q4_BAND_BYTES ((size_t)8 << 20)
+#define Q4_BANDS 3
+
+typedef struct q4band {
+    const void *view; /* NULL: empty */
+    int64_t c0, w;    /* columns c0 .. c0 + w - 1 of every row, row-major [K, w] in buf */
+    int users, ready;
+    uint64_t used; /* the cache's clock when last taken: the oldest free band is refilled */
+    float *buf;
+} q4band;
+
+typedef struct q4cache {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t clock;
+    q4band b[Q4_BANDS];
+} q4cache;
+
 typedef struct q4view {
     msh_src src; /* the weight's own bytes (a copy: the table may move) */
     int64_t K, N, Kp;
     int trans;
+    q4cache *cache; /* trans: the model's band cache */
 } q4view;
+
+/* The cache of model `m`, made on first use and owned by the model. */
+static q4cache *q4cache_get(msh_onnx_model *m, q4cache **slot, msh_error *e) {
+    if (*slot)
+        return *slot;
+    q4cache *c = calloc(1, sizeof *c);
+    if (!c || msh_onnx_own(m, c) != MSH_OK) {
+        free(c);
+        msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    for (int i = 0; i < Q4_BANDS; i++) {
+        c->b[i].buf = malloc(Q4_BAND_BYTES);
+        if (!c->b[i].buf || msh_onnx_own(m, c->b[i].buf) != MSH_OK) {
+            free(c->b[i].buf);
+            c->b[i].buf = NULL;
+            msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            return NULL;
+        }
+    }
+    *slot = c;
+    return c;
+}
+
+/* Band `bi` (width `wc`) of view `v`, read if no band holds it; NULL when every band is in use
+ * (the caller reads directly). */
+static q4band *band_take(const q4view *v, int64_t bi, int64_t wc, msh_status *st, msh_error *e) {
+    q4cache *c = v->cache;
+    int64_t c0 = bi * wc, w = v->N - c0 < wc ? v->N - c0 : wc;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        q4band *hit = NULL, *free_b = NULL;
+        for (int i = 0; i < Q4_BANDS; i++) {
+            q4band *b = &c->b[i];
+            if (b->view == v && b->c0 == c0 && b->w == w)
+                hit = b;
+            else if (b->users == 0 && (!free_b || b->used < free_b->used))
+                free_b = b;
+        }
+        if (hit && !hit->ready) { /* another thread is reading it */
+            pthread_cond_wait(&c->cv, &c->mu);
+            continue;
+        }
+        if (hit) {
+            hit->users++;
+            hit->used = ++c->clock;
+            pthread_mutex_unlock(&c->mu);
+            return hit;
+        }
+        if (!free_b) {
+            pthread_mutex_unlock(&c->mu);
+            return NULL;
+        }
+        free_b->view = v;
+        free_b->c0 = c0;
+        free_b->w = w;
+        free_b->ready = 0;
+        free_b->users = 1;
+        free_b->used = ++c->clock;
+        pthread_mutex_unlock(&c->mu);
+        for (int64_t k = 0; k < v->K && *st == MSH_OK; k++)
+            *st = msh_src_read(&v->src, (k * v->N + c0) * 4, free_b->buf + k * w, (size_t)w * 4, e);
+        pthread_mutex_lock(&c->mu);
+        if (*st != MSH_OK) {
+            free_b->view = NULL;
+            free_b->users = 0;
+        } else {
+            free_b->ready = 1;
+        }
+        pthread_cond_broadcast(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+        return *st == MSH_OK ? free_b : NULL;
+    }
+}
+
+static void band_give(const q4view *v, q4band *b) {
+    pthread_mutex_lock(&v->cache->mu);
+    b->users--;
+    pthread_cond_broadcast(&v->cache->cv);
+    pthread_mutex_unlock(&v->cache->mu);
+}
+
+/* out[i] for the elements i of [e0, e0 + cnt) whose view row (a column of W) lies in
+ * [c0, c0 + w), from `buf` holding columns c0 .. c0 + w - 1 of every row of W as [K, w]. */
+static void band_copy(const q4view *v, const float *buf, int64_t c0, int64_t w, int64_t e0,
+                      int64_t cnt, float *out) {
+    int64_t ra = e0 / v->Kp, rb = (e0 + cnt - 1) / v->Kp;
+    if (ra < c0)
+        ra = c0;
+    if (rb > c0 + w - 1)
+        rb = c0 + w - 1;
+    int64_t r = ra;
+    while (r <= rb) {
+        int64_t k0 = r * v->Kp < e0 ? e0 - r * v->Kp : 0;
+        int64_t k1 = (r + 1) * v->Kp > e0 + cnt ? e0 + cnt - r * v->Kp : v->Kp;
+        int64_t kr = k1 < v->K ? k1 : v->K;
+        if (k0 == 0 && k1 == v->Kp && r + 16 <= rb + 1 && (r + 16) * v->Kp <= e0 + cnt) {
+            /* 16 whole rows: down the columns of buf a cache line at a time (a row of buf
+             * is often a multiple of 4 KiB apart, so walking one column alone thrashes) */
+            float *d = out + (r * v->Kp - e0);
+            const float *s = buf + (r - c0);
+            float tile[16][16];
+            int64_t k = 0;
+            for (; k + 16 <= v->K; k += 16) { /* through a 16 x 16 tile: lines in, lines out */
+                for (int a = 0; a < 16; a++)
+                    for (int t = 0; t < 16; t++)
+                        tile[t][a] = s[(k + a) * w + t];
+                for (int t = 0; t < 16; t++)
+                    memcpy(d + t * v->Kp + k, tile[t], sizeof tile[t]);
+            }
+            for (; k < v->K; k++)
+                for (int t = 0; t < 16; t++)
+                    d[t * v->Kp + k] = s[k * w + t];
+            for (int t = 0; t < 16; t++)
+                for (int64_t kp = v->K; kp < v->Kp; kp++)
+                    d[t * v->Kp + kp] = 0.0f;
+            r += 16;
+            continue;
+        }
+        float *d = out + (r * v->Kp - e0);
+        const float *s = buf + (r - c0);
+        for (int64_t k = k0; k < kr; k++)
+            d[k] = s[k * w];
+        for (int64_t k = kr > k0 ? kr : k0; k < k1; k++)
+            d[k] = 0.0f;
+        r++;
+    }
+}
 
 static msh_status view_read(const void *ctx, int64_t off, void *dst, size_t n, msh_error *e) {
     const q4view *v = ctx;
@@ -60,18 +216,28 @@ static msh_status view_read(const void *ctx, int64_t off, void *dst, size_t n, m
         }
         return MSH_OK;
     }
-    /* columns na..nb of every row k of W [K, N]: one contiguous read per row */
+    /* columns na..nb of every row k of W [K, N]: from the bands that hold them */
+    int64_t wc = (int64_t)(Q4_BAND_BYTES / 4) / v->K;
+    msh_status st = MSH_OK;
+    for (int64_t bi = wc > 0 ? na / wc : 0; wc > 0 && bi <= nb / wc && st == MSH_OK; bi++) {
+        q4band *b = band_take(v, bi, wc, &st, e);
+        if (!b)
+            break;
+        band_copy(v, b->buf, b->c0, b->w, e0, cnt, out);
+        band_give(v, b);
+        na = b->c0 + b->w; /* done up to here */
+    }
+    if (st != MSH_OK || na > nb)
+        return st;
+    /* the rest (no band free, or rows too long for one): one read of its columns per row */
     int64_t w = nb - na + 1;
     float *buf = malloc((size_t)(w * v->K) * sizeof *buf + 1);
     if (!buf)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    msh_status st = MSH_OK;
     for (int64_t k = 0; k < v->K && st == MSH_OK; k++)
         st = msh_src_read(&v->src, (k * v->N + na) * 4, buf + k * w, (size_t)w * 4, e);
-    for (int64_t i = 0; st == MSH_OK && i < cnt; i++) {
-        int64_t r = (e0 + i) / v->Kp, k = (e0 + i) - r * v->Kp;
-        out[i] = k < v->K ? buf[k * w + (r - na)] : 0.0f;
-    }
+    if (st == MSH_OK)
+        band_copy(v, buf, na, w, e0, cnt, out);
     free(buf);
     return st;
 }
@@ -297,7 +463,8 @@ static void *dup_bytes(const void *p, size_t n) {
 }
 
 static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_result *st,
-                               msh_names *nm, qcand *q, int *ms_used, msh_error *e) {
+                               msh_names *nm, qcand *q, int *ms_used, q4cache **cache,
+                               msh_error *e) {
     msh_tensor *w = &m->tensors[q->t];
     Onnx__TensorProto *tp = w->tp;
     const int64_t K = q->K, N = q->N, kb = q->kb, B = o->block, nb = N * kb;
@@ -392,7 +559,9 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
             free(v);
             return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
         }
-        *v = (q4view){w->d.src, K, N, Kp, q->layout == KN};
+        *v = (q4view){w->d.src, K, N, Kp, q->layout == KN, NULL};
+        if (v->trans && !(v->cache = q4cache_get(m, cache, e)))
+            return MSH_ERR_NOMEM;
         msh_src vs;
         memset(&vs, 0, sizeof vs);
         vs.kind = MSH_SRC_CALLBACK;
@@ -512,6 +681,7 @@ msh_status msh_int4_apply(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_re
     memset(&nm, 0, sizeof nm);
     qcand *c = NULL;
     size_t nc = 0;
+    q4cache *cache = NULL;
     msh_status s = msh_quant_count_decls(m, &decl, e);
     if (s == MSH_OK)
         s = msh_names_collect(&nm, m, e);
@@ -612,7 +782,11 @@ msh_status msh_int4_apply(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_re
                 s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
                 break;
             }
-            *v = (q4view){w->d.src, q->K, q->N, q->K, 1};
+            *v = (q4view){w->d.src, q->K, q->N, q->K, 1, NULL};
+            if (!(v->cache = q4cache_get(m, &cache, e))) {
+                s = MSH_ERR_NOMEM;
+                break;
+            }
             memset(&q->stats_src, 0, sizeof q->stats_src);
             q->stats_src.kind = MSH_SRC_CALLBACK;
             q->stats_src.read = view_read;
@@ -638,7 +812,7 @@ msh_status msh_int4_apply(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_re
     int ms_used = 0;
     for (size_t i = 0; s == MSH_OK && want && i < nc; i++)
         if (c[i].layout >= 0)
-            s = quantize_one(m, o, st, &nm, &c[i], &ms_used, e);
+            s = quantize_one(m, o, st, &nm, &c[i], &ms_used, &cache, e);
     if (s == MSH_OK && ms_used)
         s = set_opset(m, "com.microsoft", 1, e);
     for (size_t i = 0; c && i < nc; i++) {

@@ -119,6 +119,55 @@ int main(void) {
             free(s);
             free(zp);
         }
+    /* long runs (the SIMD path, where the CPU has one): rows of 300 in blocks of 32, split
+     * into pieces of up to 1200 values */
+    {
+        enum { R2 = 9, C2 = 300, N2 = R2 * C2 };
+        float *y = malloc(N2 * sizeof *y);
+        for (int i = 0; i < N2; i++)
+            y[i] = ((float)rnd(&r) / 16777216.0f - 0.5f) * (float)(1 + i % 7);
+        y[3] = NAN;
+        y[40] = INFINITY;
+        y[41] = -INFINITY;
+        y[42] = -0.0f;
+        y[43] = 1e30f;
+        for (int axis = 0; axis < 2; axis++)
+            for (int asym = 0; asym < 2; asym++)
+                for (int offset = 0; offset <= 8; offset += 8) {
+                    const int64_t B = 32;
+                    int64_t nb = axis ? R2 * ((C2 + B - 1) / B) : ((R2 + B - 1) / B) * C2;
+                    float *s = malloc((size_t)nb * sizeof *s);
+                    uint8_t *zp = malloc((size_t)nb);
+                    for (int64_t b = 0; b < nb; b++) {
+                        s[b] = (rnd(&r) % 2 ? 1.0f : -1.0f) *
+                               (0.01f + (float)(rnd(&r) % 100) / 400.0f);
+                        zp[b] = (uint8_t)(rnd(&r) % 16);
+                    }
+                    msh_int4_layout L = {C2, B, axis, asym, asym ? 0 : offset, s, zp};
+                    uint8_t ref[(N2 + 1) / 2], got[(N2 + 1) / 2];
+                    memset(ref, 0, sizeof ref);
+                    for (int i = 0; i < N2; i++) {
+                        int64_t b = msh_int4_block_of(i, C2, B, axis);
+                        ref[i / 2] |=
+                            (uint8_t)(msh_int4_nibble_ref(y[i], s[b], asym, zp[b], L.offset)
+                                      << (4 * (i & 1)));
+                    }
+                    memset(got, 0xAA, sizeof got);
+                    for (int off = 0; off < N2;) {
+                        int n = 2 * (1 + (int)(rnd(&r) % 600));
+                        if (n > N2 - off)
+                            n = N2 - off;
+                        msh_int4_quantize((const uint8_t *)(y + off), got + off / 2, (size_t)n, off,
+                                          &L);
+                        off += n;
+                    }
+                    CHECK(memcmp(ref, got, sizeof ref) == 0,
+                          "quantize long runs (axis %d, asym %d, offset %d)", axis, asym, offset);
+                    free(s);
+                    free(zp);
+                }
+        free(y);
+    }
     /* statistics: whole vs split at any element, merged by min / max */
     {
         const int64_t B = 8, kb = (COLS + B - 1) / B;
