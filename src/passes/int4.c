@@ -729,9 +729,9 @@ msh_status msh_int4_apply(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_re
                 c[*ci].other = 1;
         }
     }
-    /* the layouts, then one engine scan for the block statistics */
-    msh_job *jobs = s == MSH_OK ? calloc(nc + 1, sizeof *jobs) : NULL;
-    size_t nj = 0;
+    /* the layouts, then per weight an engine scan for the block statistics and the quantization */
+    msh_job *jobs = s == MSH_OK ? calloc(1, sizeof *jobs) : NULL;
+    int ms_used = 0;
     if (s == MSH_OK && !jobs)
         s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     int64_t want = 0;
@@ -795,7 +795,7 @@ msh_status msh_int4_apply(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_re
         } else {
             q->stats_src = w->d.src;
         }
-        msh_job *j = &jobs[nj++];
+        msh_job *j = &jobs[0];
         memset(j, 0, sizeof *j);
         j->src = &q->stats_src;
         j->nbytes = w->d.nbytes;
@@ -805,14 +805,15 @@ msh_status msh_int4_apply(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_re
         j->q4.axis = 1;
         j->name = w->d.name;
         j->q4_stats = q->stats;
+        /* one weight at a time: its statistics are freed once its scales are made, so they
+         * never take more than the largest weight's */
+        s = msh_engine_scan(o->engine, jobs, 1, e);
+        if (s == MSH_OK)
+            s = quantize_one(m, o, st, &nm, q, &ms_used, &cache, e);
+        free(q->stats);
+        q->stats = NULL;
     }
-    if (s == MSH_OK && want)
-        s = msh_engine_scan(o->engine, jobs, nj, e);
     free(jobs);
-    int ms_used = 0;
-    for (size_t i = 0; s == MSH_OK && want && i < nc; i++)
-        if (c[i].layout >= 0)
-            s = quantize_one(m, o, st, &nm, &c[i], &ms_used, &cache, e);
     if (s == MSH_OK && ms_used)
         s = set_opset(m, "com.microsoft", 1, e);
     for (size_t i = 0; c && i < nc; i++) {
