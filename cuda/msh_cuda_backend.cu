@@ -149,8 +149,8 @@ __global__ void msh_k_q4stats(const float *in, size_t n, int64_t first, int64_t 
 
 /* The INT4 clipping search: one warp per block (MSH_THREADS / 32 blocks per thread block at a
  * time). The warp loads the block into shared memory with coalesced loads; lane i < 20 sums
- * candidate i's squared error in element order (msh_int4_search_error, the CPU's function with
- * no early stop: a stop never changes the winner); the warp then reduces (error, i) with
+ * candidate i's squared error in element order (msh_int4_search_error: the terms and order of
+ * the CPU's sums); the warp then reduces (error, i) with
  * msh_int4_search_better, a strict total order, so the shuffle order cannot change the winner.
  * Blocks hold at most 128 values and lie inside the piece (the engine's contract). */
 #define MSH_SEARCH_WARPS (MSH_THREADS / 32)
@@ -186,7 +186,7 @@ __global__ void msh_k_q4search(const float *in, size_t n, int64_t first, int64_t
             float d;
             int z;
             msh_int4_search_candidate(lo, hi, lane, asym, store, &lc, &hc, &d, &z);
-            err = msh_int4_search_error(w, len, d, asym, z, MSH_INT4_SEARCH_ALL);
+            err = msh_int4_search_error(w, len, d, asym, z);
         }
         for (int off = 16; off > 0; off >>= 1) {
             float oe = __shfl_xor_sync(0xffffffffu, err, off);

@@ -361,7 +361,7 @@ MSH_HD static inline uint8_t msh_int4_nibble_ref(float w, float d, int asym, int
  * never worse than RTN on the block's squared error. The result is the winner's clipped range,
  * which replaces the block's (lo, hi): scale and zero point follow from it by the RTN rule.
  * Zeros padding a block add exactly 0 to every e, so a padded and a ragged block choose alike. */
-#define MSH_INT4_SEARCH_STEPS 20
+#define MSH_INT4_SEARCH_STEPS 20 /* a multiple of 4 (msh_int4_search_ref) */
 
 MSH_HD static inline float msh_int4_search_ratio(int i) {
     return (float)(100 - i) / 100.0f;
@@ -395,25 +395,24 @@ MSH_HD static inline void msh_int4_search_candidate(float lo, float hi, int i, i
     *z = asym ? (int)msh_int4_zero_point_ref(*lo_i, *d) : 0;
 }
 
-/* The squared error of n values with scale d (and zero point z); the sum stops as soon as it
- * exceeds `stop`, which it can then never come back under: every term is >= 0 and float
- * addition is monotone. MSH_INT4_SEARCH_ALL (FLT_MAX: only +inf exceeds it, and stays) sums all. */
-#define MSH_INT4_SEARCH_ALL 3.4028234663852886e+38f
+/* One value's term of a candidate's squared error: (w - deq(w))^2, and +0 for NaN and +-inf
+ * (adding +0 leaves a sum as it is: they take no part). */
+MSH_HD static inline float msh_int4_search_term(float x, float d, int asym, int z) {
+    float a = x < 0.0f ? -x : x;
+    if (!(a <= 3.4028234663852886e+38f))
+        return 0.0f;
+    int q = (int)msh_int4_nibble_ref(x, d, asym, z, 0);
+    float deq = asym ? (float)(q - z) * d : (float)(q >= 8 ? q - 16 : q) * d;
+    float t = x - deq;
+    return t * t;
+}
+
+/* The squared error of n values with scale d (and zero point z), summed in element order. */
 MSH_HD static inline float msh_int4_search_error(const float *w, int64_t n, float d, int asym,
-                                                 int z, float stop) {
+                                                 int z) {
     float e = 0.0f;
-    for (int64_t k = 0; k < n; k++) {
-        float x = w[k];
-        float a = x < 0.0f ? -x : x;
-        if (!(a <= 3.4028234663852886e+38f))
-            continue;
-        int q = (int)msh_int4_nibble_ref(x, d, asym, z, 0);
-        float deq = asym ? (float)(q - z) * d : (float)(q >= 8 ? q - 16 : q) * d;
-        float t = x - deq;
-        e = e + t * t;
-        if (e > stop)
-            break;
-    }
+    for (int64_t k = 0; k < n; k++)
+        e = e + msh_int4_search_term(w[k], d, asym, z);
     return e;
 }
 
@@ -423,28 +422,39 @@ MSH_HD static inline int msh_int4_search_better(float e, int i, float be, int bi
     return e < be || (e == be && i < bi);
 }
 
-/* The search over one block of n values: writes the winner's clipped range, returns its i. */
+/* The search over one block of n values: writes the winner's clipped range, returns its i.
+ * Four candidates share each pass over the values (four independent sums, each still in element
+ * order: the same bits as msh_int4_search_error, with four times the work in flight). */
 MSH_HD static inline int msh_int4_search_ref(const float *w, int64_t n, int asym, int store,
                                              float *lo_out, float *hi_out) {
     float lo = 0.0f, hi = 0.0f;
     for (int64_t k = 0; k < n; k++)
         msh_int4_stats_step(&lo, &hi, w[k]);
-    int best = 0;
-    float be = 0.0f, bl = lo, bh = hi;
-    for (int i = 0; i < MSH_INT4_SEARCH_STEPS; i++) {
-        float li, hi_c, d;
-        int z;
-        msh_int4_search_candidate(lo, hi, i, asym, store, &li, &hi_c, &d, &z);
-        float e = msh_int4_search_error(w, n, d, asym, z, i == 0 ? MSH_INT4_SEARCH_ALL : be);
-        if (i == 0 || msh_int4_search_better(e, i, be, best)) {
-            best = i;
-            be = e;
-            bl = li;
-            bh = hi_c;
+    float cl[MSH_INT4_SEARCH_STEPS], ch[MSH_INT4_SEARCH_STEPS], cd[MSH_INT4_SEARCH_STEPS];
+    float ce[MSH_INT4_SEARCH_STEPS];
+    int cz[MSH_INT4_SEARCH_STEPS];
+    for (int i = 0; i < MSH_INT4_SEARCH_STEPS; i++)
+        msh_int4_search_candidate(lo, hi, i, asym, store, &cl[i], &ch[i], &cd[i], &cz[i]);
+    for (int i = 0; i < MSH_INT4_SEARCH_STEPS; i += 4) {
+        float e0 = 0.0f, e1 = 0.0f, e2 = 0.0f, e3 = 0.0f;
+        for (int64_t k = 0; k < n; k++) {
+            float x = w[k];
+            e0 = e0 + msh_int4_search_term(x, cd[i], asym, cz[i]);
+            e1 = e1 + msh_int4_search_term(x, cd[i + 1], asym, cz[i + 1]);
+            e2 = e2 + msh_int4_search_term(x, cd[i + 2], asym, cz[i + 2]);
+            e3 = e3 + msh_int4_search_term(x, cd[i + 3], asym, cz[i + 3]);
         }
+        ce[i] = e0;
+        ce[i + 1] = e1;
+        ce[i + 2] = e2;
+        ce[i + 3] = e3;
     }
-    *lo_out = bl;
-    *hi_out = bh;
+    int best = 0;
+    for (int i = 1; i < MSH_INT4_SEARCH_STEPS; i++)
+        if (msh_int4_search_better(ce[i], i, ce[best], best))
+            best = i;
+    *lo_out = cl[best];
+    *hi_out = ch[best];
     return best;
 }
 
