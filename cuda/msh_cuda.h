@@ -24,13 +24,14 @@ int msh_cuda_chunk_digests(const uint8_t *host, size_t n, uint64_t *digests, cha
                            size_t err_cap);
 
 enum {
-    MSH_CUDA_INT8 = 3,     /* FP32 -> INT8 with per-channel scales */
-    MSH_CUDA_INT4 = 4,     /* FP32 -> 4-bit blockwise, two per byte */
-    MSH_CUDA_FP16 = 10,    /* FP32 -> FP16 with bounds */
-    MSH_CUDA_BF16 = 16,    /* FP32 -> BF16 */
-    MSH_CUDA_ABSMAX = 100, /* per-channel max |w| of FP32 */
-    MSH_CUDA_DIGEST = 101, /* chunk digests of raw bytes */
-    MSH_CUDA_Q4STATS = 102 /* per-block min(0, w), max(0, w), blocks along rows */
+    MSH_CUDA_INT8 = 3,      /* FP32 -> INT8 with per-channel scales */
+    MSH_CUDA_INT4 = 4,      /* FP32 -> 4-bit blockwise, two per byte */
+    MSH_CUDA_FP16 = 10,     /* FP32 -> FP16 with bounds */
+    MSH_CUDA_BF16 = 16,     /* FP32 -> BF16 */
+    MSH_CUDA_ABSMAX = 100,  /* per-channel max |w| of FP32 */
+    MSH_CUDA_DIGEST = 101,  /* chunk digests of raw bytes */
+    MSH_CUDA_Q4STATS = 102, /* per-block min(0, w), max(0, w), blocks along rows */
+    MSH_CUDA_Q4SEARCH = 103 /* per-block clipped (lo, hi) of the INT4 clipping search */
 };
 
 typedef struct msh_cuda_piece {
@@ -45,6 +46,7 @@ typedef struct msh_cuda_piece {
      * (host) hold their nb values */
     int64_t q4_cols, q4_block, b0, nb;
     int q4_axis, q4_asym, q4_offset;
+    int q4_store; /* Q4SEARCH: 10 / 16 when the scales are stored FP16 / BF16 */
     const uint8_t *zps;
     /* results (after wait) */
     size_t out_n;
@@ -67,7 +69,7 @@ int msh_cuda_be_wait(msh_cuda_be *b, int slot, msh_cuda_piece *p, char *err, siz
 
 /* Benchmark: milliseconds one launch of `kind`'s kernel takes on `bytes` of device-resident
  * input (median of 5), INT8 and ABSMAX with the channel layout (inner, channels); a negative
- * value on any CUDA error. */
+ * value on any CUDA error. Q4SEARCH: blocks of `inner` values along rows (symmetric). */
 float msh_cuda_time_kernel(int kind, size_t bytes, int64_t inner, int64_t channels);
 
 #ifdef __cplusplus

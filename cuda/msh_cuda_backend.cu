@@ -147,6 +147,67 @@ __global__ void msh_k_q4stats(const float *in, size_t n, int64_t first, int64_t 
     }
 }
 
+/* The INT4 clipping search: one warp per block (MSH_THREADS / 32 blocks per thread block at a
+ * time). The warp loads the block into shared memory with coalesced loads; lane i < 20 sums
+ * candidate i's squared error in element order (msh_int4_search_error: the terms and order of
+ * the CPU's sums); the warp then reduces (error, i) with
+ * msh_int4_search_better, a strict total order, so the shuffle order cannot change the winner.
+ * Blocks hold at most 128 values and lie inside the piece (the engine's contract). */
+#define MSH_SEARCH_WARPS (MSH_THREADS / 32)
+__global__ void msh_k_q4search(const float *in, size_t n, int64_t first, int64_t cols,
+                               int64_t block, int64_t b0, int64_t nb, int asym, int store,
+                               float *out) {
+    __shared__ float sh[MSH_SEARCH_WARPS][128];
+    const int lane = (int)(threadIdx.x & 31u), wi = (int)(threadIdx.x >> 5);
+    float *w = sh[wi];
+    int64_t kb = (cols + block - 1) / block;
+    for (int64_t k = (int64_t)blockIdx.x * MSH_SEARCH_WARPS + wi; k < nb;
+         k += (int64_t)gridDim.x * MSH_SEARCH_WARPS) {
+        int64_t b = b0 + k, r = b / kb, j = b - r * kb;
+        int64_t s = r * cols + j * block, e = s + block;
+        if (e > r * cols + cols)
+            e = r * cols + cols;
+        if (s < first)
+            s = first;
+        if (e > first + (int64_t)n)
+            e = first + (int64_t)n;
+        int len = (int)(e - s);
+        if (len > 128)
+            len = 128;
+        for (int x = lane; x < len; x += 32)
+            w[x] = in[s - first + x];
+        __syncwarp();
+        float lo = 0.0f, hi = 0.0f;
+        for (int x = 0; x < len; x++)
+            msh_int4_stats_step(&lo, &hi, w[x]);
+        float err = __int_as_float(0x7f800000), lc = lo, hc = hi;
+        int idx = lane; /* lanes past the candidates lose to every candidate (inf, higher i) */
+        if (lane < MSH_INT4_SEARCH_STEPS) {
+            float d;
+            int z;
+            msh_int4_search_candidate(lo, hi, lane, asym, store, &lc, &hc, &d, &z);
+            err = msh_int4_search_error(w, len, d, asym, z);
+        }
+        for (int off = 16; off > 0; off >>= 1) {
+            float oe = __shfl_xor_sync(0xffffffffu, err, off);
+            int oi = __shfl_xor_sync(0xffffffffu, idx, off);
+            float ol = __shfl_xor_sync(0xffffffffu, lc, off);
+            float oh = __shfl_xor_sync(0xffffffffu, hc, off);
+            if (msh_int4_search_better(oe, oi, err, idx)) {
+                err = oe;
+                idx = oi;
+                lc = ol;
+                hc = oh;
+            }
+        }
+        if (lane == 0) {
+            out[2 * k] = lc;
+            out[2 * k + 1] = hc;
+        }
+        __syncwarp(); /* the next block reuses w */
+    }
+}
+
 /* max|w| per touched channel of one piece: entry k is channel (row0 + k) % channels, k being the
  * element's row counted from the piece's first row, modulo t. Maxima of non-negative floats
  * compare like their bit patterns as ints, so atomicMax on the bits is exact and order-free. The
@@ -447,6 +508,13 @@ extern "C" int msh_cuda_be_submit(msh_cuda_be *b, int slot, msh_cuda_piece *p, c
         CUDA_TRY(cudaGetLastError());
         ob = (size_t)p->nb * 8;
         break;
+    case MSH_CUDA_Q4SEARCH:
+        msh_k_q4search<<<grid_for((size_t)p->nb * 32), MSH_THREADS, 0, s->st>>>(
+            (const float *)s->d_in, cnt, p->first, p->q4_cols, p->q4_block, p->b0, p->nb,
+            p->q4_asym, p->q4_store, (float *)s->d_out);
+        CUDA_TRY(cudaGetLastError());
+        ob = (size_t)p->nb * 8;
+        break;
     case MSH_CUDA_ABSMAX:
         CUDA_TRY(cudaMemsetAsync(s->d_part, 0, (size_t)p->t * sizeof(int), s->st));
         /* entry of element i: (first + i) / inner - row0, modulo t (the touched rows) */
@@ -546,6 +614,11 @@ extern "C" float msh_cuda_time_kernel(int kind, size_t bytes, int64_t inner, int
             msh_k_int8<<<grid_for(n), MSH_THREADS>>>((const float *)d_in, (int8_t *)d_out, n,
                                                      chan_map_make(0, inner, channels, n),
                                                      d_scales);
+            break;
+        case MSH_CUDA_Q4SEARCH: /* blocks of `inner` values (32, 64 or 128) along rows */
+            msh_k_q4search<<<grid_for(n / (size_t)inner * 32), MSH_THREADS>>>(
+                (const float *)d_in, n, 0, inner, inner, 0, (int64_t)n / inner, 0, 0,
+                (float *)d_out);
             break;
         case MSH_CUDA_ABSMAX:
             msh_k_absmax<<<grid_for(n), MSH_THREADS>>>((const float *)d_in, n,

@@ -63,12 +63,13 @@ int main(int argc, char **argv) {
      * and the channel maxima in a MatMul layout (a channel per element, 3072 of them) and a Conv
      * layout (a channel per 2304-element row, 256 of them: every lane of a warp on one channel) */
     {
-        int ks[7] = {MSH_CUDA_FP16,   MSH_CUDA_BF16,   MSH_CUDA_INT8,  MSH_CUDA_INT8,
-                     MSH_CUDA_ABSMAX, MSH_CUDA_ABSMAX, MSH_CUDA_DIGEST};
-        const char *kn[7] = {"fp16",          "bf16",        "int8 matmul", "int8 conv",
-                             "absmax matmul", "absmax conv", "digest"};
-        int64_t inner[7] = {1, 1, 1, 2304, 1, 2304, 1}, chans[7] = {1, 1, 3072, 256, 3072, 256, 1};
-        for (int k = 0; k < 7; k++) {
+        int ks[8] = {MSH_CUDA_FP16,   MSH_CUDA_BF16,   MSH_CUDA_INT8,   MSH_CUDA_INT8,
+                     MSH_CUDA_ABSMAX, MSH_CUDA_ABSMAX, MSH_CUDA_DIGEST, MSH_CUDA_Q4SEARCH};
+        const char *kn[8] = {"fp16",          "bf16",        "int8 matmul", "int8 conv",
+                             "absmax matmul", "absmax conv", "digest",      "int4 search"};
+        int64_t inner[8] = {1, 1, 1, 2304, 1, 2304, 1, 32},
+                chans[8] = {1, 1, 3072, 256, 3072, 256, 1, 1};
+        for (int k = 0; k < 8; k++) {
             float kms = msh_cuda_time_kernel(ks[k], bytes, inner[k], chans[k]);
             if (kms <= 0) {
                 fprintf(stderr, "kernel %s failed\n", kn[k]);

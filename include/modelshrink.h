@@ -296,6 +296,8 @@ typedef struct msh_convert_options {
     int int4_gather;           /**< also Gather tables (int4_format QDQ only) */
     int int4_format; /**< MSH_INT4_FORMAT_QDQ (default: DequantizeLinear-21 with block_size) or
                           MSH_INT4_FORMAT_MATMULNBITS (onnxruntime's com.microsoft.MatMulNBits) */
+    int int4_search; /**< with int4: per block, the scale among 20 clipping ratios (1, 0.99, ...,
+                          0.81 of RTN's range) with the least squared error (README, INT4) */
 } msh_convert_options;
 
 enum { MSH_INT4_FORMAT_QDQ = 0, MSH_INT4_FORMAT_MATMULNBITS = 1 };
@@ -339,7 +341,8 @@ typedef enum msh_option {
     MSH_OPTION_INT4_ASYM,          /* ONNX, with int4 */
     MSH_OPTION_INT4_MIN_ELEMENTS,  /* ONNX, with int4 */
     MSH_OPTION_INT4_GATHER,        /* ONNX, with int4 */
-    MSH_OPTION_INT4_FORMAT         /* ONNX, with int4 */
+    MSH_OPTION_INT4_FORMAT,        /* ONNX, with int4 */
+    MSH_OPTION_INT4_SEARCH         /* ONNX, with int4 */
 } msh_option;
 
 /** The option's field name in msh_convert_options ("int8"). */
@@ -355,12 +358,11 @@ MSH_API int msh_option_applies(msh_option o, msh_format input);
  *  storage_only, allow_larger, keep_io_types = 0, block_ops and block_nodes need a float_type;
  *  keep_io_types = 0, block_ops and block_nodes choose what computes in FP32, so they exclude
  *  storage_only; int8_gather and int8_min_elements need int8; int4 excludes int8; int4_block
- *  (32, 64 or 128), int4_asym, int4_min_elements, int4_gather and int4_format need int4, and
- *  int4_gather needs int4_format QDQ; keep_inputs needs keep_outputs or
- *  drop_outputs; dedup_graph_inputs needs dedup. Each op type in block_ops must be one of an
- *  ONNX operator schema (any domain and version, spelled as ONNX does: "MatMul"); nodes of
- *  custom domains always stay FP32, so naming one is refused too (`*bad` is
- *  MSH_OPTION_BLOCK_OPS).
+ *  (32, 64 or 128), int4_asym, int4_min_elements, int4_gather, int4_format and int4_search need
+ * int4, and int4_gather needs int4_format QDQ; keep_inputs needs keep_outputs or drop_outputs;
+ * dedup_graph_inputs needs dedup. Each op type in block_ops must be one of an ONNX operator schema
+ * (any domain and version, spelled as ONNX does: "MatMul"); nodes of custom domains always stay
+ * FP32, so naming one is refused too (`*bad` is MSH_OPTION_BLOCK_OPS).
  *
  *  The output's extension decides its format: `out_path` (NULL: no name rule) ending in
  *  ".safetensors" is written as safetensors, ".pth", ".pt" or ".bin" as a weights-only .pth,
@@ -417,13 +419,15 @@ typedef struct msh_convert_result {
                                        an earlier key (tied weights): written once, under the
                                        first key, and listed in the index's "tied" map */
     int64_t files_copied;         /**< Hugging Face folders: other files copied as they are */
-    char state_dict[160];      /**< checkpoints holding several state dicts: the one taken and the
-                                    others ("model (also in the file: ema)"), or "" */
-    int64_t int4_tensors;      /**< weights stored in 4 bits */
-    int64_t int4_bytes_before; /**< their FP32 bytes */
-    int64_t int4_bytes_after;  /**< their 4-bit + scale + zero-point bytes */
-    int64_t int4_opset;        /**< the default-domain opset written (21 when raised for QDQ) */
-    char int4_why[192];        /**< why INT4 quantized nothing; or "" */
+    char state_dict[160];       /**< checkpoints holding several state dicts: the one taken and the
+                                     others ("model (also in the file: ema)"), or "" */
+    int64_t int4_tensors;       /**< weights stored in 4 bits */
+    int64_t int4_bytes_before;  /**< their FP32 bytes */
+    int64_t int4_bytes_after;   /**< their 4-bit + scale + zero-point bytes */
+    int64_t int4_opset;         /**< the default-domain opset written (21 when raised for QDQ) */
+    char int4_why[192];         /**< why INT4 quantized nothing; or "" */
+    double int4_search_seconds; /**< int4_search: seconds the search took (its engine scan over
+                                     the int4_bytes_before FP32 bytes); 0 without it */
 } msh_convert_result;
 
 /**

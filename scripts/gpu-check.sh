@@ -11,7 +11,8 @@
 #                                        from the kit, run the GPU tests, compute-sanitizer over
 #                                        the engine test once, --verify over libonnx-testdata's
 #                                        1072 models (carried), a BERT-shaped model, a 1 GiB model and
-#                                        an Adam checkpoint, then the GPU benchmarks; writes
+#                                        an Adam checkpoint, the INT4 search on cpu and GPU (same
+#                                        bytes, both GB/s), then the GPU benchmarks; writes
 #                                        OUT/summary.txt, OUT/gpu-section.md and OUT/gpu-check.log
 #                                        (OUT: $OUT when set, else bench-work/gpu-check)
 #   scripts/gpu-check.sh rehearse        here: `run` in a clean copy of the working tree, building
@@ -214,6 +215,27 @@ PYEOF
         done
     done
     cat "$W/table.md" | tee -a "$sum"
+
+    step "INT4 search: --int4 --int4-search on the 1 GiB model, cpu vs $dev"
+    if [ -f "$W/m1g.onnx" ]; then
+        # the model's line says "search N GB/s" (FP32 weight bytes over the search scan's time)
+        local d2 t_a t_b rate=() wall=() ran=()
+        for d2 in cpu $dev; do
+            t_a=$(date +%s%N)
+            "$MSH" convert --device "$d2" --int4 --int4-search "$W/m1g.onnx" -o "$W/s_$d2.onnx" \
+                >"$W/s_$d2.txt" 2>&1
+            t_b=$(date +%s%N)
+            cat "$W/s_$d2.txt" >>"$log"
+            rate+=("$(grep -o 'search [0-9.]* GB/s' "$W/s_$d2.txt" | awk '{ print $2 }')")
+            ran+=("$(grep -o 'on [a-z]*$' "$W/s_$d2.txt" | tail -1)")
+            wall+=("$(awk -v n=$((t_b - t_a)) 'BEGIN { printf "%.2f", n / 1e9 }')")
+        done
+        local same="outputs identical"
+        cmp -s "$W/s_cpu.onnx" "$W/s_$dev.onnx" || same="**outputs DIFFER**"
+        [ -s "$W/s_cpu.onnx" ] || same="**FAILED** (see gpu-check.log)"
+        say "int4 search, 1 GiB MatMul model: cpu ${rate[0]:-?} GB/s (${wall[0]} s), $dev ${rate[1]:-?} GB/s (${wall[1]} s, ${ran[1]:-failed}), $dev vs cpu $(awk -v a="${rate[0]:-0}" -v b="${rate[1]:-0}" 'BEGIN{ if (a > 0) printf "%.1fx", b / a; else print "n/a" }') (target >= 10x), $same"
+        rm -f "$W"/s_*
+    fi
 
     step "batch: 16 copies of the 1 GiB model, --jobs 1 and 16"
     mkdir -p "$W/zoo"

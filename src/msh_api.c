@@ -53,7 +53,12 @@ void msh_convert_options_init_sized(msh_convert_options *opt, size_t struct_size
 /* The sizes a caller's msh_convert_options can have: the end of each field from result_size on
  * (fields are only appended, so every older version ends at one of them). A field added to the
  * struct goes at the end of this list. */
-#define OPT_END(f) (offsetof(msh_convert_options, f) + sizeof(((msh_convert_options *)0)->f))
+/* (rounded up to the struct's alignment: a version ending there has that sizeof) */
+#define OPT_ALIGN(n)                                                                               \
+    (((n) + _Alignof(msh_convert_options) - 1) / _Alignof(msh_convert_options) *                   \
+     _Alignof(msh_convert_options))
+#define OPT_END(f)                                                                                 \
+    OPT_ALIGN(offsetof(msh_convert_options, f) + sizeof(((msh_convert_options *)0)->f))
 static const size_t option_ends[] = {OPT_END(result_size),
                                      OPT_END(dedup),
                                      OPT_END(dedup_graph_inputs),
@@ -91,8 +96,9 @@ static const size_t option_ends[] = {OPT_END(result_size),
                                      OPT_END(int4_asym),
                                      OPT_END(int4_min_elements),
                                      OPT_END(int4_gather),
-                                     OPT_END(int4_format)};
-_Static_assert(OPT_END(int4_format) == sizeof(msh_convert_options),
+                                     OPT_END(int4_format),
+                                     OPT_END(int4_search)};
+_Static_assert(OPT_END(int4_search) == sizeof(msh_convert_options),
                "a field added to msh_convert_options must be added to option_ends");
 
 /* The msh_convert_result of the first header that sized it: what a call without options (whose
@@ -516,7 +522,8 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
                             opt->int4_format == MSH_INT4_FORMAT_MATMULNBITS ? MSH_INT4_MATMULNBITS
                                                                             : MSH_INT4_QDQ,
                             float_runs ? opt->float_type : 0,
-                            eng};
+                            eng,
+                            opt->int4_search};
         msh_int4_result qs;
         memset(&qs, 0, sizeof qs);
         if (st == MSH_OK)
@@ -535,6 +542,7 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
         res->int4_bytes_before = qs.bytes_before;
         res->int4_bytes_after = qs.bytes_after;
         res->int4_opset = qs.opset_out;
+        res->int4_search_seconds = qs.search_seconds;
         if (qs.why[0])
             snprintf(res->int4_why, sizeof res->int4_why, "%s", qs.why);
         else if (qs.tensors == 0 && qs.eligible == 0)
@@ -732,6 +740,7 @@ static const char *const option_names[] = {
     [MSH_OPTION_INT4_MIN_ELEMENTS] = "int4_min_elements",
     [MSH_OPTION_INT4_GATHER] = "int4_gather",
     [MSH_OPTION_INT4_FORMAT] = "int4_format",
+    [MSH_OPTION_INT4_SEARCH] = "int4_search",
 };
 
 const char *msh_option_name(msh_option o) {
@@ -760,7 +769,8 @@ int msh_option_applies(msh_option o, msh_format input) {
     case MSH_OPTION_INT4_ASYM:
     case MSH_OPTION_INT4_MIN_ELEMENTS:
     case MSH_OPTION_INT4_GATHER:
-    case MSH_OPTION_INT4_FORMAT: return input == MSH_FORMAT_ONNX;
+    case MSH_OPTION_INT4_FORMAT:
+    case MSH_OPTION_INT4_SEARCH: return input == MSH_FORMAT_ONNX;
     case MSH_OPTION_KEY: return input == MSH_FORMAT_PTH;
     case MSH_OPTION_OUT_FORMAT: return input == MSH_FORMAT_PTH || input == MSH_FORMAT_SAFETENSORS;
     case MSH_OPTION_MAX_SHARD_BYTES: return input == MSH_FORMAT_HF_FOLDER;
@@ -919,6 +929,8 @@ msh_status msh_convert_check(const msh_convert_options *opt_in, msh_format input
         set[n++] = MSH_OPTION_INT4_GATHER;
     if (opt->int4_format != d.int4_format)
         set[n++] = MSH_OPTION_INT4_FORMAT;
+    if (opt->int4_search)
+        set[n++] = MSH_OPTION_INT4_SEARCH;
     if (bad)
         *bad = MSH_OPTION_NONE;
     if (opt->max_shard_bytes <= 0) {
@@ -984,11 +996,12 @@ msh_status msh_convert_check(const msh_convert_options *opt_in, msh_format input
         what = "int8";
     } else if (!opt->int4 && (opt->int4_block != d.int4_block || opt->int4_asym ||
                               opt->int4_min_elements != d.int4_min_elements || opt->int4_gather ||
-                              opt->int4_format != d.int4_format)) {
+                              opt->int4_format != d.int4_format || opt->int4_search)) {
         needs = opt->int4_block != d.int4_block                 ? MSH_OPTION_INT4_BLOCK
                 : opt->int4_asym                                ? MSH_OPTION_INT4_ASYM
                 : opt->int4_min_elements != d.int4_min_elements ? MSH_OPTION_INT4_MIN_ELEMENTS
                 : opt->int4_gather                              ? MSH_OPTION_INT4_GATHER
+                : opt->int4_search                              ? MSH_OPTION_INT4_SEARCH
                                                                 : MSH_OPTION_INT4_FORMAT;
         what = "int4";
     } else if (opt->keep_inputs && !opt->keep_outputs && !opt->drop_outputs) {

@@ -202,6 +202,7 @@ def convert(
     int4_min_elements: Optional[int] = None,
     int4_gather: bool = False,
     int4_format: str = "qdq",
+    int4_search: bool = False,
     key: Optional[str] = None,
     out_format: str = "auto",
     max_shard_bytes: Optional[int] = None,
@@ -260,6 +261,7 @@ def convert(
         opt.int4_min_elements = int4_min_elements
     opt.int4_gather = int(int4_gather)
     opt.int4_format = _native.INT4_FORMATS[int4_format]
+    opt.int4_search = int(int4_search)
     opt.device = _native.DEVICES[device]
     opt.verify = int(verify)
     if staging_mib is not None:

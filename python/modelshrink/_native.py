@@ -89,6 +89,7 @@ class ConvertOptions(Structure):
         ("int4_min_elements", c_int64),
         ("int4_gather", c_int),
         ("int4_format", c_int),
+        ("int4_search", c_int),
     ]
 
 
@@ -136,6 +137,7 @@ class ConvertResult(Structure):
         ("int4_bytes_after", c_int64),
         ("int4_opset", c_int64),
         ("int4_why", c_char * 192),
+        ("int4_search_seconds", ctypes.c_double),
     ]
 
 

@@ -97,6 +97,7 @@ void msh_cli_clear_option(msh_convert_options *opt, msh_option o) {
     case MSH_OPTION_INT4_MIN_ELEMENTS: opt->int4_min_elements = d.int4_min_elements; break;
     case MSH_OPTION_INT4_GATHER: opt->int4_gather = d.int4_gather; break;
     case MSH_OPTION_INT4_FORMAT: opt->int4_format = d.int4_format; break;
+    case MSH_OPTION_INT4_SEARCH: opt->int4_search = d.int4_search; break;
     case MSH_OPTION_KEY: opt->key = d.key; break;
     case MSH_OPTION_OUT_FORMAT: opt->out_format = d.out_format; break;
     case MSH_OPTION_KEEP_OUTPUTS: opt->keep_outputs = d.keep_outputs; break;
@@ -271,6 +272,8 @@ static char *options_canon(const msh_convert_options *o) {
         kv_num(&s, "int4_format", o->int4_format);
         kv_num(&s, "int4_gather", o->int4_gather);
         kv_num(&s, "int4_min_elements", (long long)o->int4_min_elements);
+        if (o->int4_search) /* absent without it, as above */
+            kv_num(&s, "int4_search", o->int4_search);
     }
     if (fl && o->n_keep_fp32)
         kv_list(&s, "keep_fp32", NULL, o->keep_fp32, o->n_keep_fp32);
@@ -346,6 +349,9 @@ void msh_cli_print_line(const char *in, const char *out, const msh_convert_optio
         printf(", int4: %lld %s", NOUN(r->int4_tensors, "tensor", "tensors"));
         if (r->int4_why[0])
             printf(": %s", r->int4_why);
+        if (opt->int4_search && r->int4_tensors && r->int4_search_seconds > 0)
+            printf(", search %.2f GB/s",
+                   (double)r->int4_bytes_before / r->int4_search_seconds / 1e9);
     }
     if (opt->float_type) {
         int f16 = opt->float_type == MSH_FLOAT_FP16;
@@ -626,6 +632,8 @@ static void record(run *r, const msh_cli_job *j, msh_status st, const msh_conver
         cJSON_AddNumberToObject(q, "bytes_before", (double)res->int4_bytes_before);
         cJSON_AddNumberToObject(q, "bytes_after", (double)res->int4_bytes_after);
         cJSON_AddNumberToObject(q, "opset", (double)res->int4_opset);
+        if (op->int4_search)
+            cJSON_AddNumberToObject(q, "search_seconds", res->int4_search_seconds);
         if (res->int4_why[0])
             cJSON_AddStringToObject(q, "why", res->int4_why);
         else

@@ -541,6 +541,10 @@ static int cmd_convert(int argc, char **argv) {
                 return usage_error("convert: bad --int4-format '%s' (qdq or matmulnbits)", optarg);
             given[MSH_OPTION_INT4_FORMAT] = "--int4-format";
             break;
+        case OPT_INT4_SEARCH:
+            opt.int4_search = 1;
+            given[MSH_OPTION_INT4_SEARCH] = "--int4-search";
+            break;
         case OPT_DEVICE:
             if (strcmp(optarg, "auto") == 0)
                 opt.device = MSH_DEVICE_AUTO;
@@ -686,9 +690,9 @@ static int cmd_convert(int argc, char **argv) {
     if (opt.int4 && opt.int8)
         return usage_error("convert: %s", "--int4 and --int8 exclude each other");
     if (!opt.int4) {
-        static const msh_option int4_opts[] = {MSH_OPTION_INT4_BLOCK, MSH_OPTION_INT4_ASYM,
-                                               MSH_OPTION_INT4_MIN_ELEMENTS, MSH_OPTION_INT4_GATHER,
-                                               MSH_OPTION_INT4_FORMAT};
+        static const msh_option int4_opts[] = {
+            MSH_OPTION_INT4_BLOCK,  MSH_OPTION_INT4_ASYM,   MSH_OPTION_INT4_MIN_ELEMENTS,
+            MSH_OPTION_INT4_GATHER, MSH_OPTION_INT4_FORMAT, MSH_OPTION_INT4_SEARCH};
         for (size_t k = 0; k < sizeof int4_opts / sizeof int4_opts[0]; k++)
             if (given[int4_opts[k]])
                 return usage_error("convert: %s needs --int4", given[int4_opts[k]]);

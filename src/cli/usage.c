@@ -141,6 +141,9 @@ static const msh_cli_row rows[] = {
     OPT("convert", OPT_INT4_FORMAT, 0, "int4-format", "F",
         "with --int4: qdq (default: DequantizeLinear-21 with block_size, opset raised to 21) or "
         "matmulnbits (onnxruntime's com.microsoft.MatMulNBits)"),
+    OPT("convert", OPT_INT4_SEARCH, 0, "int4-search", NULL,
+        "with --int4: per block, the scale of 20 clipping ratios (1 .. 0.81) with the least "
+        "squared error (never more than RTN's)"),
 
     HEADING("convert", "Keeping a sub-model (ONNX)"),
     TEXT("convert", "ONNX models are always cleaned up: unread nodes and initializers, value_info "

@@ -22,6 +22,7 @@ size_t msh_piece_out_cap(const msh_job *job, size_t n) {
     case MSH_OP_INT8: return n / 4;
     case MSH_OP_INT4: return (n / 4 + 1) / 2;
     case MSH_OP_Q4STATS: /* 8 bytes per block touched; blocks of a row view hold >= 1 element */
+    case MSH_OP_Q4SEARCH:
         return (size_t)(msh_int4_block_of((int64_t)(n / 4) - 1, job->q4.cols, job->q4.block, 1) +
                         3) *
                8;
@@ -67,6 +68,14 @@ void msh_piece_compute_cpu(msh_piece *p, const msh_f16_bounds *b, const uint8_t 
         p->out_n =
             (size_t)msh_int4_stats(in, n / 4, e0, j->q4.cols, j->q4.block, (float *)(void *)out) *
             8;
+        break;
+    }
+    case MSH_OP_Q4SEARCH: {
+        int64_t e0 = p->first / 4;
+        p->row0 = n >= 4 ? msh_int4_block_of(e0, j->q4.cols, j->q4.block, 1) : 0;
+        p->out_n = (size_t)msh_int4_search(in, n / 4, e0, j->q4.cols, j->q4.block, j->q4.asym,
+                                           j->q4_store, (float *)(void *)out) *
+                   8;
         break;
     }
     case MSH_OP_DIGEST: {

@@ -29,6 +29,7 @@ static int cuda_kind(msh_op op) {
     case MSH_OP_DIGEST: return MSH_CUDA_DIGEST;
     case MSH_OP_INT4: return MSH_CUDA_INT4;
     case MSH_OP_Q4STATS: return MSH_CUDA_Q4STATS;
+    case MSH_OP_Q4SEARCH: return MSH_CUDA_Q4SEARCH;
     case MSH_OP_COPY: break;
     }
     return -1;
@@ -47,7 +48,7 @@ static msh_status gpu_submit(msh_backend *b, int slot, msh_piece *p, msh_error *
     c->scales = j->scales;
     c->inner = j->inner;
     c->channels = j->channels;
-    if (j->op == MSH_OP_INT4 || j->op == MSH_OP_Q4STATS) {
+    if (j->op == MSH_OP_INT4 || j->op == MSH_OP_Q4STATS || j->op == MSH_OP_Q4SEARCH) {
         int64_t e0 = p->first / 4, ne = (int64_t)(p->n / 4);
         int axis = j->op == MSH_OP_INT4 ? j->q4.axis : 1;
         c->q4_cols = j->q4.cols;
@@ -55,6 +56,7 @@ static msh_status gpu_submit(msh_backend *b, int slot, msh_piece *p, msh_error *
         c->q4_axis = axis;
         c->q4_asym = j->q4.asym;
         c->q4_offset = j->q4.offset;
+        c->q4_store = j->q4_store;
         c->b0 = ne > 0 ? msh_int4_block_of(e0, j->q4.cols, j->q4.block, axis) : 0;
         c->nb =
             ne > 0 ? msh_int4_block_of(e0 + ne - 1, j->q4.cols, j->q4.block, axis) - c->b0 + 1 : 0;
@@ -62,7 +64,7 @@ static msh_status gpu_submit(msh_backend *b, int slot, msh_piece *p, msh_error *
             c->scales = j->q4.scales + c->b0;
             c->zps = j->q4.asym ? j->q4.zps + c->b0 : NULL;
         }
-        p->row0 = j->op == MSH_OP_Q4STATS ? c->b0 : 0;
+        p->row0 = j->op == MSH_OP_Q4STATS || j->op == MSH_OP_Q4SEARCH ? c->b0 : 0;
         if (ne == 0) {
             p->out_n = 0;
             c->kind = -1;

@@ -24,6 +24,7 @@ int64_t msh_job_out_bytes(msh_op op, int64_t nbytes) {
     case MSH_OP_INT8: return nbytes / 4;
     case MSH_OP_INT4: return (nbytes / 4 + 1) / 2;
     case MSH_OP_Q4STATS:
+    case MSH_OP_Q4SEARCH:
     case MSH_OP_DIGEST:
     case MSH_OP_ABSMAX: return 0;
     }
@@ -390,11 +391,11 @@ static msh_status verify_piece(msh_run *r, int s, const msh_piece *p, const uint
                         q.range.max_bits);
     if (memcmp(out, r->scratch, p->out_n) == 0)
         return MSH_OK;
-    size_t w = j->op == MSH_OP_INT8 || j->op == MSH_OP_INT4 ? 1
-               : j->op == MSH_OP_Q4STATS                    ? 4
-               : j->op == MSH_OP_DIGEST                     ? 8
-               : j->op == MSH_OP_ABSMAX                     ? 4
-                                                            : 2;
+    size_t w = j->op == MSH_OP_INT8 || j->op == MSH_OP_INT4          ? 1
+               : j->op == MSH_OP_Q4STATS || j->op == MSH_OP_Q4SEARCH ? 4
+               : j->op == MSH_OP_DIGEST                              ? 8
+               : j->op == MSH_OP_ABSMAX                              ? 4
+                                                                     : 2;
     for (size_t i = 0; i + w <= p->out_n; i += w)
         if (memcmp(out + i, r->scratch + i, w) != 0) {
             uint64_t a = 0, b = 0;
@@ -536,6 +537,8 @@ msh_status msh_run_take(msh_run *r, size_t k, msh_sink *dst, msh_error *e) {
                         if (pm[q + 1] > st4[q + 1])
                             st4[q + 1] = pm[q + 1];
                     }
+                } else if (j->op == MSH_OP_Q4SEARCH) {
+                    memcpy(j->q4_stats + 2 * p->row0, out, p->out_n);
                 } else if (j->op == MSH_OP_ABSMAX) {
                     const float *pm = (const float *)(const void *)out;
                     size_t t = p->out_n / 4;

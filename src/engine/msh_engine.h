@@ -35,7 +35,9 @@ typedef enum msh_op {
     MSH_OP_DIGEST,   /* scan: the tensor digest of msh_scalar.h */
     MSH_OP_ABSMAX,   /* scan: per-channel max |w| of FLOAT */
     MSH_OP_INT4,     /* FLOAT -> 4-bit blockwise, two per byte (msh_int4_layout) */
-    MSH_OP_Q4STATS   /* scan: per-block min(0, w), max(0, w) of FLOAT, blocks along rows */
+    MSH_OP_Q4STATS,  /* scan: per-block min(0, w), max(0, w) of FLOAT, blocks along rows */
+    MSH_OP_Q4SEARCH  /* scan: per-block clipped (lo, hi) of the INT4 clipping search, blocks
+                        along rows, every block inside one piece (q4.cols a multiple of q4.block) */
 } msh_op;
 
 typedef struct msh_job {
@@ -52,7 +54,9 @@ typedef struct msh_job {
     msh_f16_range range; /* F16: the range test of the input (the precision plan reads it) */
     /* INT4 (q4.scales, q4.zps) and Q4STATS (q4.cols, q4.block; axis 1) */
     msh_int4_layout q4;
-    float *q4_stats; /* Q4STATS: 2 per block (min, max), lowered / raised to what is found */
+    float *q4_stats; /* Q4STATS: 2 per block (min, max), lowered / raised to what is found;
+                        Q4SEARCH: 2 per block (clipped lo, hi), written */
+    int q4_store;    /* Q4SEARCH (q4.asym too): 10 / 16 when the scales are stored FP16 / BF16 */
 } msh_job;
 
 /* Output bytes of a job's operation on `nbytes` input bytes (0 for scans). */

@@ -607,3 +607,25 @@ void msh_int4_quantize(const uint8_t *src, uint8_t *dst, size_t n, int64_t first
             d[k / 2] = nib[k - 1];
     }
 }
+
+int64_t msh_int4_search(const uint8_t *src, size_t n, int64_t first, int64_t cols, int64_t block,
+                        int asym, int store, float *out) {
+    float w[128 + 1];
+    int64_t nb = 0;
+    for (size_t i = 0; i < n;) {
+        int64_t c = (first + (int64_t)i) % cols;
+        int64_t len = block - c % block;
+        if (len > cols - c)
+            len = cols - c;
+        if (len > (int64_t)(n - i))
+            len = (int64_t)(n - i);
+        if (len > 128) /* blocks are 32, 64 or 128 values */
+            len = 128;
+        for (int64_t k = 0; k < len; k++)
+            w[k] = ldf(src + 4 * (i + (size_t)k));
+        msh_int4_search_ref(w, len, asym, store, &out[2 * nb], &out[2 * nb + 1]);
+        nb++;
+        i += (size_t)len;
+    }
+    return nb;
+}

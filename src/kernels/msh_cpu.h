@@ -86,5 +86,12 @@ int64_t msh_int4_stats(const uint8_t *src, size_t n, int64_t first, int64_t cols
  * two per byte, the first in the low nibble (an odd last value leaves the high nibble 0). */
 void msh_int4_quantize(const uint8_t *src, uint8_t *dst, size_t n, int64_t first,
                        const msh_int4_layout *l);
+/* The clipping search (msh_int4_search_ref) over the blocks of n FP32 values, elements first ..
+ * first + n - 1 of a [rows, cols] tensor whose blocks (at most 128 values) run along its rows:
+ * out[2k], out[2k + 1] are the clipped (lo, hi) chosen for the k-th block. The values must
+ * start and end on block boundaries (a block cut by them would be searched on its part only).
+ * `store`: 10 / 16 when the scales will be stored as FP16 / BF16. Returns the blocks written. */
+int64_t msh_int4_search(const uint8_t *src, size_t n, int64_t first, int64_t cols, int64_t block,
+                        int asym, int store, float *out);
 
 #endif

@@ -347,6 +347,117 @@ MSH_HD static inline uint8_t msh_int4_nibble_ref(float w, float d, int asym, int
     return (uint8_t)((msh_int4_round_clamp(w / d, -8, 7, 0) + offset) & 0xF);
 }
 
+/* ---- INT4 clipping search (--int4-search) ----
+ * Per block, MSH_INT4_SEARCH_STEPS candidates i = 0 .. 19 with ratio r_i = (100 - i) / 100
+ * (IEEE single division, so r_0 = 1 exactly). Candidate i clips the block's range to
+ * [r_i * lo, r_i * hi] (lo, hi as above: both ends move toward 0, which stays inside) and applies
+ * the RTN rule to that range: scale d_i (rounded to FP16 / BF16 first when the scales are stored
+ * so: msh_int4_scale_store_ref) and, asymmetric, zero point z_i. Its squared error is summed in
+ * float, in element order, over the block's finite values (NaN and +-inf take no part):
+ *   e = 0; for each w: t = w - deq(w), e = e + t * t
+ * with deq(w) = q * d_i (symmetric, q the signed value of the nibble) or (q - z_i) * d_i
+ * (asymmetric), q as msh_int4_nibble_ref stores it; no FMA (-ffp-contract=off, --fmad=false).
+ * The lowest e wins; on equal e the lower i (the larger ratio). RTN is i = 0, so the choice is
+ * never worse than RTN on the block's squared error. The result is the winner's clipped range,
+ * which replaces the block's (lo, hi): scale and zero point follow from it by the RTN rule.
+ * Zeros padding a block add exactly 0 to every e, so a padded and a ragged block choose alike. */
+#define MSH_INT4_SEARCH_STEPS 20 /* a multiple of 4 (msh_int4_search_ref) */
+
+MSH_HD static inline float msh_int4_search_ratio(int i) {
+    return (float)(100 - i) / 100.0f;
+}
+
+/* The scale as it will be stored: `store` 10 (FP16) or 16 (BF16) rounds it to that type (the
+ * float pass stores the scales in it), anything else keeps it. */
+MSH_HD static inline float msh_int4_scale_store_ref(float d, int store) {
+    union {
+        float f;
+        uint32_t u;
+    } v;
+    v.f = d;
+    int clamped;
+    if (store == 10)
+        v.u = msh_f16_to_f32_ref(
+            msh_f32_to_f16_ref(v.u, MSH_F16_MIN_SUBNORMAL_BITS, MSH_F16_MAX_BITS, &clamped));
+    else if (store == 16)
+        v.u = (uint32_t)msh_f32_to_bf16_ref(v.u) << 16;
+    return v.f;
+}
+
+/* Candidate i of a block whose statistics are (lo, hi): its clipped range, scale, zero point. */
+MSH_HD static inline void msh_int4_search_candidate(float lo, float hi, int i, int asym, int store,
+                                                    float *lo_i, float *hi_i, float *d, int *z) {
+    float r = msh_int4_search_ratio(i);
+    *lo_i = r * lo;
+    *hi_i = r * hi;
+    float s = asym ? msh_int4_asym_scale_ref(*lo_i, *hi_i) : msh_int4_sym_scale_ref(*lo_i, *hi_i);
+    *d = msh_int4_scale_store_ref(s, store);
+    *z = asym ? (int)msh_int4_zero_point_ref(*lo_i, *d) : 0;
+}
+
+/* One value's term of a candidate's squared error: (w - deq(w))^2, and +0 for NaN and +-inf
+ * (adding +0 leaves a sum as it is: they take no part). */
+MSH_HD static inline float msh_int4_search_term(float x, float d, int asym, int z) {
+    float a = x < 0.0f ? -x : x;
+    if (!(a <= 3.4028234663852886e+38f))
+        return 0.0f;
+    int q = (int)msh_int4_nibble_ref(x, d, asym, z, 0);
+    float deq = asym ? (float)(q - z) * d : (float)(q >= 8 ? q - 16 : q) * d;
+    float t = x - deq;
+    return t * t;
+}
+
+/* The squared error of n values with scale d (and zero point z), summed in element order. */
+MSH_HD static inline float msh_int4_search_error(const float *w, int64_t n, float d, int asym,
+                                                 int z) {
+    float e = 0.0f;
+    for (int64_t k = 0; k < n; k++)
+        e = e + msh_int4_search_term(w[k], d, asym, z);
+    return e;
+}
+
+/* 1 when candidate (e, i) beats (be, bi): lower error, then lower index. Order-free (a strict
+ * total order on distinct i), so a warp may reduce it in any order. */
+MSH_HD static inline int msh_int4_search_better(float e, int i, float be, int bi) {
+    return e < be || (e == be && i < bi);
+}
+
+/* The search over one block of n values: writes the winner's clipped range, returns its i.
+ * Four candidates share each pass over the values (four independent sums, each still in element
+ * order: the same bits as msh_int4_search_error, with four times the work in flight). */
+MSH_HD static inline int msh_int4_search_ref(const float *w, int64_t n, int asym, int store,
+                                             float *lo_out, float *hi_out) {
+    float lo = 0.0f, hi = 0.0f;
+    for (int64_t k = 0; k < n; k++)
+        msh_int4_stats_step(&lo, &hi, w[k]);
+    float cl[MSH_INT4_SEARCH_STEPS], ch[MSH_INT4_SEARCH_STEPS], cd[MSH_INT4_SEARCH_STEPS];
+    float ce[MSH_INT4_SEARCH_STEPS];
+    int cz[MSH_INT4_SEARCH_STEPS];
+    for (int i = 0; i < MSH_INT4_SEARCH_STEPS; i++)
+        msh_int4_search_candidate(lo, hi, i, asym, store, &cl[i], &ch[i], &cd[i], &cz[i]);
+    for (int i = 0; i < MSH_INT4_SEARCH_STEPS; i += 4) {
+        float e0 = 0.0f, e1 = 0.0f, e2 = 0.0f, e3 = 0.0f;
+        for (int64_t k = 0; k < n; k++) {
+            float x = w[k];
+            e0 = e0 + msh_int4_search_term(x, cd[i], asym, cz[i]);
+            e1 = e1 + msh_int4_search_term(x, cd[i + 1], asym, cz[i + 1]);
+            e2 = e2 + msh_int4_search_term(x, cd[i + 2], asym, cz[i + 2]);
+            e3 = e3 + msh_int4_search_term(x, cd[i + 3], asym, cz[i + 3]);
+        }
+        ce[i] = e0;
+        ce[i + 1] = e1;
+        ce[i + 2] = e2;
+        ce[i + 3] = e3;
+    }
+    int best = 0;
+    for (int i = 1; i < MSH_INT4_SEARCH_STEPS; i++)
+        if (msh_int4_search_better(ce[i], i, ce[best], best))
+            best = i;
+    *lo_out = cl[best];
+    *hi_out = ch[best];
+    return best;
+}
+
 /* Digest of one leaf (at most MSH_HASH_LEAF bytes). */
 MSH_HD static inline uint64_t msh_leaf_hash_ref(const uint8_t *leaf, size_t len) {
     return msh_xxh64_ref(leaf, len, 0);

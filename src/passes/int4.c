@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "common/msh_strmap.h"
 #include "formats/onnx_build.h"
@@ -667,6 +668,45 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
     return MSH_OK;
 }
 
+/* With --int4-search the scan is the clipping search (Q4SEARCH) instead of the statistics: it
+ * writes each block's chosen (lo, hi) where the statistics go, and make_scales applies the RTN
+ * rule to them. Every block must lie inside one engine piece, so the weight is read as [N, Kp]
+ * with rows padded by zeros to whole blocks (Kp = kb * block; pieces are multiples of 64 KiB):
+ * zeros add nothing to a candidate's error, so the choice is the ragged block's. */
+static msh_status search_job(msh_onnx_model *m, qcand *q, const msh_int4_opts *o, msh_job *j,
+                             q4cache **cache, msh_error *e) {
+    const msh_tensor *w = &m->tensors[q->t];
+    int64_t Kp = q->kb * o->block;
+    if (q->layout == KN || Kp != q->K) {
+        q4view *v = malloc(sizeof *v);
+        if (!v || msh_onnx_own(m, v) != MSH_OK) {
+            free(v);
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        }
+        *v = (q4view){w->d.src, q->K, q->N, Kp, q->layout == KN, NULL};
+        if (v->trans && !(v->cache = q4cache_get(m, cache, e)))
+            return MSH_ERR_NOMEM;
+        memset(&q->stats_src, 0, sizeof q->stats_src);
+        q->stats_src.kind = MSH_SRC_CALLBACK;
+        q->stats_src.read = view_read;
+        q->stats_src.ctx = v;
+        q->stats_src.length = q->N * Kp * 4;
+    }
+    j->src = &q->stats_src;
+    j->nbytes = q->N * Kp * 4;
+    j->op = MSH_OP_Q4SEARCH;
+    j->q4.cols = Kp;
+    j->q4.asym = o->asym;
+    j->q4_store = o->scale_round;
+    return MSH_OK;
+}
+
+static double seconds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 msh_status msh_int4_apply(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_result *st,
                           msh_error *e) {
     memset(st, 0, sizeof *st);
@@ -805,9 +845,14 @@ msh_status msh_int4_apply(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_re
         j->q4.axis = 1;
         j->name = w->d.name;
         j->q4_stats = q->stats;
+        if (o->search && (s = search_job(m, q, o, j, &cache, e)) != MSH_OK)
+            break;
         /* one weight at a time: its statistics are freed once its scales are made, so they
          * never take more than the largest weight's */
+        double t0 = seconds_now();
         s = msh_engine_scan(o->engine, jobs, 1, e);
+        if (o->search)
+            st->search_seconds += seconds_now() - t0;
         if (s == MSH_OK)
             s = quantize_one(m, o, st, &nm, q, &ms_used, &cache, e);
         free(q->stats);

@@ -43,6 +43,7 @@ typedef struct msh_int4_opts {
     int32_t scale_round; /* 0, or 10 / 16: the float pass that follows stores the scales in that
                             type: round them to its values first */
     msh_engine *engine;
+    int search; /* the clipping search (kernels/msh_scalar.h) instead of RTN's range */
 } msh_int4_opts;
 
 typedef struct msh_int4_stats {
@@ -53,6 +54,7 @@ typedef struct msh_int4_stats {
     int64_t largest_small; /* elements of the largest of those under min_elements */
     int64_t opset_in, opset_out; /* the default-domain opset read and written */
     char why[160];               /* set when the model's form refuses INT4 (opset) */
+    double search_seconds;       /* with search: the engine scan's seconds */
 } msh_int4_result;
 
 /* The first default-domain op of the model that keeps its opset from being raised to 21 for

@@ -111,6 +111,7 @@ CASES = [
     ("int4-block-without-int4", ["convert", "--int4-block", "64", B, "-o", "out.onnx"]),
     ("int4-format-without-int4", ["convert", "--int4-format", "matmulnbits", B, "-o",
                                   "out.onnx"]),
+    ("int4-search-without-int4", ["convert", "--int4-search", B, "-o", "out.onnx"]),
     ("int4-and-int8", ["convert", "--int4", "--int8", B, "-o", "out.onnx"]),
     ("bad-int4-block", ["convert", "--int4", "--int4-block", "48", B, "-o", "out.onnx"]),
     ("bad-int4-format", ["convert", "--int4", "--int4-format", "gguf", B, "-o", "out.onnx"]),

@@ -155,7 +155,9 @@ def test_convert_writes_the_commands_bytes(tmp_path, models):
              ({"int4": True, "int4_min_elements": 16, "int4_asym": True},
               ["--int4", "--int4-min-elements", "16", "--int4-asym"]),
              ({"int4": True, "int4_min_elements": 16, "int4_format": "matmulnbits"},
-              ["--int4", "--int4-min-elements", "16", "--int4-format", "matmulnbits"]))
+              ["--int4", "--int4-min-elements", "16", "--int4-format", "matmulnbits"]),
+             ({"int4": True, "int4_min_elements": 16, "int4_search": True},
+              ["--int4", "--int4-min-elements", "16", "--int4-search"]))
     results = []
     for kw, flags in cases:
         a, b = str(tmp_path / "py.onnx"), str(tmp_path / "cli.onnx")
@@ -171,6 +173,7 @@ def test_convert_writes_the_commands_bytes(tmp_path, models):
     assert results[2]["int8_tensors"] == 1
     assert results[3]["int4_tensors"] == 1 and results[3]["int4_opset"] == 21
     assert results[4]["int4_tensors"] == 1 and results[4]["int4_why"] == ""
+    assert results[5]["int4_tensors"] == 1 and results[5]["int4_search_seconds"] > 0
 
 
 def test_convert_checkpoint(tmp_path):
