@@ -132,7 +132,7 @@ run_check() {
     step "--verify over $corpus"
     local dev=cuda
     [ "$gpu" = 1 ] || dev=cpu
-    for opt in --fp16 --bf16 "--int8 --int8-min-elements 1"; do
+    for opt in --fp16 --bf16 "--int8 --int8-min-elements 1" "--int4 --int4-min-elements 1"; do
         # shellcheck disable=SC2086
         "$MSH" convert -q --jobs "$(nproc)" --device $dev --verify $opt "$corpus" -o "$W/corpus" \
             --report "$W/corpus.jsonl" >>"$log" 2>&1
@@ -192,7 +192,7 @@ PYEOF
     local m opt
     for m in bert.onnx m1g.onnx m8g.onnx adam.pth; do
         [ -f "$W/$m" ] || continue
-        local opts=("--fp16" "--int8" "")
+        local opts=("--fp16" "--int8" "--int4" "")
         [ "$m" = adam.pth ] && opts=("--fp16" "--format pth --fp16" "")
         for opt in "${opts[@]}"; do
             local ext=".onnx"
