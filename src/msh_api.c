@@ -436,11 +436,16 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
         res->pruned_tensors = ps.tensors;
         res->prune_saved_bytes = ps.bytes;
     }
-    if (st == MSH_OK && (opt->dedup || opt->int8)) {
-        /* weights in Constant nodes, where dedup or INT8 would act on them */
-        msh_lift_opts lo = {opt->dedup, opt->int8,
+    if (st == MSH_OK && (opt->dedup || opt->int8 || opt->int4)) {
+        /* weights in Constant nodes, where dedup, INT8 or INT4 would act on them */
+        msh_lift_opts lo = {opt->dedup,
+                            opt->int8,
                             opt->int8_min_elements > 0 ? opt->int8_min_elements : 1,
-                            opt->int8_gather, eng};
+                            opt->int8_gather,
+                            eng,
+                            opt->int4,
+                            opt->int4_min_elements > 0 ? opt->int4_min_elements : 1,
+                            opt->int4_gather && opt->int4_format == MSH_INT4_FORMAT_QDQ};
         int64_t lifted = 0;
         st = msh_lift_constants(&m, &lo, &lifted, err);
         res->constants_lifted = lifted;

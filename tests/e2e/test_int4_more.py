@@ -14,6 +14,12 @@
    CPU MatMulNBits runs float and float16 only). Stored FP16 scales equal the rule's FP32
    scales rounded to FP16, bit for bit; onnxruntime's outputs have cosine >= 0.98 to the FP32
    model's and >= 0.999 to the same INT4 model with FP32 scales.
+3. `--external-data`: the scales and zero points of a large weight go to external data (they
+   are streamed by the engine from its one copy, not held again as raw_data), small ones stay
+   inline; every initializer equals the inline output's and onnxruntime's outputs are equal.
+4. Weights held in Constant nodes (PaddlePaddle-style: MatMul and Gemm weights and the bias as
+   Constants) are lifted and quantized in both forms; onnxruntime's output has cosine >= 0.99
+   to the FP32 model's.
 A run that converted nothing or made no check fails."""
 
 import json
@@ -232,6 +238,74 @@ def main():
         F.check(c32 >= 0.98 and c4 >= 0.999, "%s: onnxruntime output close to FP32's (cosine "
                 ">= 0.98) and to FP32-scale INT4's (>= 0.999)" % tag, "%.6f, %.6f" % (c32, c4))
         print("  %-44s cosine to FP32 %.6f, to FP32-scale INT4 %.6f" % (tag, c32, c4))
+
+    # ---- 3. external data: the scales and zero points of large weights go there too ----
+    for fmt in ("qdq", "matmulnbits"):
+        tag = "external %s asym" % fmt
+        out = os.path.join(w, "ext_%s.onnx" % fmt)
+        r = C.run(args.bin, "convert", "--int4", "--int4-format", fmt, "--int4-min-elements",
+                  "1000", "--int4-asym", "--external-data", lin, "-o", out)
+        if not F.check(r.rc == 0 and re.search(r"int4: 3 tensors", r.out),
+                       "%s: converted 3 weights" % tag, r.describe()):
+            continue
+        converted += 1
+        sfx = ("_scale", "_zero_point") if fmt == "qdq" else ("_scales", "_zero_points")
+        m1 = onnx.load(out, load_external_data=False)
+        loc = {t.name: t.data_location for t in m1.graph.initializer}
+        # W1's scales: 7 x 96 FLOAT, 2688 bytes, over the 1024-byte threshold; W4's: 3 x 33
+        F.check(loc.get("W1" + sfx[0]) == T.EXTERNAL and loc.get("W4" + sfx[0]) == T.DEFAULT,
+                "%s: W1's scales are external data, W4's small ones inline" % tag, str(loc))
+        inline = onnx.load(os.path.join(w, "insp_%s_1.onnx" % fmt))
+        a = {t.name: nh.to_array(t) for t in inline.graph.initializer}
+        b = {t.name: nh.to_array(t) for t in onnx.load(out).graph.initializer}
+        F.check(a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and
+                                             a[k].tobytes() == b[k].tobytes() for k in a),
+                "%s: every initializer equals the inline output's, byte for byte" % tag,
+                str(sorted(k for k in a if k not in b or a[k].tobytes() != b[k].tobytes())))
+        ya = C.run_model(os.path.join(w, "insp_%s_1.onnx" % fmt), feeds_lin)
+        yb = C.run_model(out, feeds_lin)
+        F.check(all(ya[k].tobytes() == yb[k].tobytes() for k in ya),
+                "%s: onnxruntime gives the inline output's values" % tag)
+
+    # ---- 4. weights held in Constant nodes (a PaddlePaddle-style export) are lifted ----
+    def mk_paddle():
+        W1, W2, b2 = weight(256, 128), weight(64, 128), weight(64)
+        nodes = [h.make_node("Constant", [], ["w1"], value=nh.from_array(W1, "w1_v")),
+                 h.make_node("Constant", [], ["w2"], value=nh.from_array(W2, "w2_v")),
+                 h.make_node("Constant", [], ["b2"], value=nh.from_array(b2, "b2_v")),
+                 h.make_node("MatMul", ["x", "w1"], ["y1"]), h.make_node("Relu", ["y1"], ["r"]),
+                 h.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1)]
+        g = h.make_graph(nodes, "paddle", [h.make_tensor_value_info("x", T.FLOAT, [4, 256])],
+                         [h.make_tensor_value_info("y", T.FLOAT, [4, 64])])
+        m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+        m.ir_version = 8
+        return m
+
+    pad = save(mk_paddle(), "paddle17.onnx")
+    feeds_pad = {"x": rng.standard_normal((4, 256)).astype(np.float32)}
+    y32 = C.run_model(pad, feeds_pad)
+    for fmt in ("qdq", "matmulnbits"):
+        tag = "constants %s" % fmt
+        out = os.path.join(w, "paddle_%s.onnx" % fmt)
+        r = C.run(args.bin, "convert", "--int4", "--int4-format", fmt, "--int4-min-elements",
+                  "1000", pad, "-o", out)
+        if not F.check(r.rc == 0 and re.search(r"int4: 2 tensors", r.out),
+                       "%s: both Constant weights quantized" % tag, r.describe()):
+            continue
+        converted += 1
+        m1 = onnx.load(out)
+        consts = [n.output[0] for n in m1.graph.node if n.op_type == "Constant"]
+        inits = {t.name: t.data_type for t in m1.graph.initializer}
+        four = (T.INT4,) if fmt == "qdq" else (T.UINT8,)
+        F.check("w1" not in consts and "w2" not in consts and
+                sum(1 for t in inits.values() if t in four) == 2 and "w1" not in inits,
+                "%s: no Constant holds a weight; two 4-bit initializers" % tag,
+                "%s %s" % (consts, inits))
+        y = C.run_model(out, feeds_pad)
+        cos = cosine(y32, y)
+        F.check(cos >= 0.99, "%s: onnxruntime output close to FP32's (cosine >= 0.99)" % tag,
+                "%.6f" % cos)
+        print("  %-44s cosine to FP32 %.6f" % (tag, cos))
 
     if not converted or not F.checks:
         F.fail("the test converted models and made checks", "%d converted" % converted)
