@@ -442,11 +442,16 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
         res->pruned_tensors = ps.tensors;
         res->prune_saved_bytes = ps.bytes;
     }
-    if (st == MSH_OK && (opt->dedup || opt->int8)) {
-        /* weights in Constant nodes, where dedup or INT8 would act on them */
-        msh_lift_opts lo = {opt->dedup, opt->int8,
+    if (st == MSH_OK && (opt->dedup || opt->int8 || opt->int4)) {
+        /* weights in Constant nodes, where dedup, INT8 or INT4 would act on them */
+        msh_lift_opts lo = {opt->dedup,
+                            opt->int8,
                             opt->int8_min_elements > 0 ? opt->int8_min_elements : 1,
-                            opt->int8_gather, eng};
+                            opt->int8_gather,
+                            eng,
+                            opt->int4,
+                            opt->int4_min_elements > 0 ? opt->int4_min_elements : 1,
+                            opt->int4_gather && opt->int4_format == MSH_INT4_FORMAT_QDQ};
         int64_t lifted = 0;
         st = msh_lift_constants(&m, &lo, &lifted, err);
         res->constants_lifted = lifted;
@@ -513,8 +518,11 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
     } else if (st == MSH_OK && opt->int4) {
         int64_t before = 0, after = 0;
         st = msh_onnx_inline_size(&m, &before, err);
-        int float_runs = opt->float_type && !opt->storage_only && !a->no_float &&
-                         opt->int4_format == MSH_INT4_FORMAT_QDQ;
+        /* the float pass stores the scales in its type where it runs the dequantizing node in
+         * it: DequantizeLinear-21 in FP16 or BF16, MatMulNBits in FP16 only (fp16.c) */
+        int float_runs =
+            opt->float_type && !opt->storage_only && !a->no_float &&
+            (opt->int4_format == MSH_INT4_FORMAT_QDQ || opt->float_type == MSH_FLOAT_FP16);
         msh_int4_opts qo = {opt->int4_min_elements,
                             opt->int4_block,
                             opt->int4_asym,
@@ -847,6 +855,8 @@ static msh_status check_block_ops(const char *list, msh_error *err) {
         size_t n = strcspn(p, ",");
         const char *close = NULL; /* the same name but for case */
         int found = n == 0;       /* an empty item blocks nothing and names nothing */
+        if (n == 11 && strncmp(p, "MatMulNBits", n) == 0)
+            found = 1; /* com.microsoft's, which the float pass runs in FP16 (fp16.c) */
         for (size_t i = 0; i < n_schemas && !found; i++) {
             if (strlen(t[i].name) != n)
                 continue;

@@ -308,6 +308,19 @@ void msh_cli_print_table(const cJSON *r, FILE *out) {
         fprintf(out, "  quantized: %.0f INT8 %s, %s, with %s of scales and %s of zero points\n", qn,
                 msh_cli_plural(qn, "weight", "weights"), a, b, c);
     }
+    const cJSON *q4 = cJSON_GetObjectItemCaseSensitive(q, "int4");
+    if (num(q4, "tensors") > 0) {
+        human(num(q4, "bytes"), a, sizeof a);
+        human(num(q4, "scale_bytes"), b, sizeof b);
+        human(num(q4, "zero_point_bytes"), c, sizeof c);
+        double qn = num(q4, "tensors");
+        fprintf(
+            out,
+            "  quantized: %.0f INT4 %s (%.0f DequantizeLinear, %.0f com.microsoft), %s, with %s "
+            "of scales and %s of zero points\n",
+            qn, msh_cli_plural(qn, "weight", "weights"), num(q4, "dequantize_linear"),
+            num(q4, "com_microsoft"), a, b, c);
+    }
     fprintf(out, "  largest tensors:\n");
     cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "largest")) {
         human(num(x, "bytes"), a, sizeof a);

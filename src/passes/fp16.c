@@ -173,6 +173,31 @@ static int64_t opset_of(const ctx *c, const char *domain) {
     return 0;
 }
 
+/* onnxruntime's contrib ops that INT4 writes, as the generated table would describe them (it
+ * holds only onnx's own schemas). MatMulNBits: A, scales, bias and Y share T1; its type set is
+ * narrowed to what onnxruntime's CPU kernels run (float, float16), so --bf16 leaves it FP32. */
+#define MS_T1 (MSH_OP_TYPE_BIT(1) | MSH_OP_TYPE_BIT(10))
+static const msh_op_param ms_matmulnbits_in[] = {
+    {0, MSH_OP_SINGLE, 1, MS_T1},                                      /* A */
+    {-1, MSH_OP_SINGLE, 1, MSH_OP_TYPE_BIT(2) | MSH_OP_TYPE_BIT(6)},   /* B: uint8, int32 */
+    {0, MSH_OP_SINGLE, 1, MS_T1},                                      /* scales */
+    {-1, MSH_OP_OPTIONAL, 1, MSH_OP_TYPE_BIT(2) | MSH_OP_TYPE_BIT(6)}, /* zero_points */
+    {-1, MSH_OP_OPTIONAL, 1, MSH_OP_TYPE_BIT(6)},                      /* g_idx */
+    {0, MSH_OP_OPTIONAL, 1, MS_T1},                                    /* bias */
+};
+static const msh_op_param ms_matmulnbits_out[] = {{0, MSH_OP_SINGLE, 1, MS_T1}};
+static const uint32_t ms_t1[] = {MS_T1};
+static const char *const ms_t1_name[] = {"T1"};
+static const msh_op_schema ms_matmulnbits = {
+    "com.microsoft",   "MatMulNBits",      1,     6,         1, 1,
+    ms_matmulnbits_in, ms_matmulnbits_out, ms_t1, ms_t1_name};
+
+static const msh_op_schema *ms_schema(const char *domain, const char *op) {
+    if (domain && strcmp(domain, "com.microsoft") == 0 && strcmp(op, "MatMulNBits") == 0)
+        return &ms_matmulnbits;
+    return NULL;
+}
+
 static int32_t vi_elem_type(const Onnx__ValueInfoProto *vi) {
     if (vi && vi->type && vi->type->value_case == ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE &&
         vi->type->tensor_type && vi->type->tensor_type->has_elem_type)
@@ -509,6 +534,8 @@ static msh_status process_node(ctx *c, scope *s, Onnx__NodeProto *n) {
         dflt && (strcmp(op, "If") == 0 || strcmp(op, "Loop") == 0 || strcmp(op, "Scan") == 0);
     const msh_op_schema *sc =
         control ? NULL : msh_op_schema_find(n->domain ? n->domain : "", op, opset_of(c, n->domain));
+    if (!sc && !control)
+        sc = ms_schema(n->domain, op);
     int32_t bound[64];
     int conv[64];
     memset(bound, 0, sizeof bound);

@@ -225,6 +225,51 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
         }
     }
     msh_strmap_free(&casts);
+    /* INT4 weights: INT4/UINT4 initializers read by DequantizeLinear (blockwise, opset 21), and
+     * the packed UINT8 B of com.microsoft.MatMulNBits (input 1; scales 2, zero points 3) and
+     * GatherBlockQuantized (input 0; scales 2, zero points 3). Each tensor counts once however
+     * many nodes read it. */
+    int64_t q4[6] = {0}; /* tensors, bytes, scale bytes, zero-point bytes, dql, com.microsoft */
+    for (size_t gi = 0; gi < m->n_graphs; gi++) {
+        const Onnx__GraphProto *g = m->graphs[gi].g;
+        for (size_t k = 0; k < g->n_node; k++) {
+            const Onnx__NodeProto *n = g->node[k];
+            if (!n->op_type)
+                continue;
+            int dql = strcmp(n->op_type, "DequantizeLinear") == 0 && (!n->domain || !*n->domain);
+            int ms = n->domain && strcmp(n->domain, "com.microsoft") == 0;
+            size_t wi = 0;
+            if (ms && strcmp(n->op_type, "MatMulNBits") == 0)
+                wi = 1;
+            else if (ms && strcmp(n->op_type, "GatherBlockQuantized") == 0)
+                wi = 0;
+            else if (!dql)
+                continue;
+            if (n->n_input < 3 - (size_t)dql || n->n_input <= wi)
+                continue;
+            int64_t *x = msh_strmap_get(&inits, n->input[wi]);
+            int32_t xt = x && *x >= 0 ? m->tensors[*x].tp->data_type : 0;
+            if (dql ? xt != 21 && xt != 22 : xt != 2 && xt != 21 && xt != 22)
+                continue;
+            q4[0]++;
+            q4[dql ? 4 : 5]++;
+            q4[1] += m->tensors[*x].d.nbytes;
+            *x = -1;
+            size_t si = dql ? 1 : 2;
+            int64_t *sc = msh_strmap_get(&inits, n->input[si]);
+            if (sc && *sc >= 0) {
+                q4[2] += m->tensors[*sc].d.nbytes;
+                *sc = -1;
+            }
+            int64_t *zp = n->n_input > si + 1 && n->input[si + 1][0]
+                              ? msh_strmap_get(&inits, n->input[si + 1])
+                              : NULL;
+            if (zp && *zp >= 0) {
+                q4[3] += m->tensors[*zp].d.nbytes;
+                *zp = -1;
+            }
+        }
+    }
     msh_strmap_free(&inits);
     {
         /* what the always-on clean-up of convert would remove */
@@ -242,6 +287,13 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
     cJSON_AddNumberToObject(qo, "bytes", (double)qbytes);
     cJSON_AddNumberToObject(qo, "scale_bytes", (double)qscale);
     cJSON_AddNumberToObject(qo, "zero_point_bytes", (double)qzero);
+    cJSON *q4o = cJSON_AddObjectToObject(qo, "int4");
+    cJSON_AddNumberToObject(q4o, "tensors", (double)q4[0]);
+    cJSON_AddNumberToObject(q4o, "bytes", (double)q4[1]);
+    cJSON_AddNumberToObject(q4o, "scale_bytes", (double)q4[2]);
+    cJSON_AddNumberToObject(q4o, "zero_point_bytes", (double)q4[3]);
+    cJSON_AddNumberToObject(q4o, "dequantize_linear", (double)q4[4]);
+    cJSON_AddNumberToObject(q4o, "com_microsoft", (double)q4[5]);
     cJSON *ex = cJSON_AddArrayToObject(o, "external");
     for (size_t f = 0; f < m->n_ext; f++) {
         int64_t cnt = 0, bytes = 0;

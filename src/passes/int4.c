@@ -292,6 +292,18 @@ static int eligible_layout(const Onnx__NodeProto *n, size_t idx, const Onnx__Ten
     return -1;
 }
 
+int msh_int4_reads_weight(const Onnx__NodeProto *n, size_t idx, size_t rank, int gather) {
+    if (!is_dflt(n->domain) || !n->op_type)
+        return 0;
+    if (strcmp(n->op_type, "Gemm") == 0 && idx == 2 && rank == 1)
+        return 2; /* C, MatMulNBits' bias: it must be an initializer */
+    if (rank != 2)
+        return 0;
+    if ((strcmp(n->op_type, "MatMul") == 0 || strcmp(n->op_type, "Gemm") == 0) && idx == 1)
+        return 1;
+    return gather && strcmp(n->op_type, "Gather") == 0 && idx == 0 && attr_i(n, "axis", 0) == 0;
+}
+
 /* Op versions between opset 13 and 21 after which a node valid before may mean something else
  * or be invalid (attributes that became inputs, changed defaults or value names). Every other
  * version in that range only widened the types or added attributes whose defaults keep the old
@@ -455,12 +467,79 @@ static msh_status add_q4_tensor(msh_onnx_model *m, qcand *q, const char *name, i
     return MSH_OK;
 }
 
-/* Copy `n` bytes into a new heap block (the tensor table owns raw_data). */
-static void *dup_bytes(const void *p, size_t n) {
-    void *d = malloc(n + 1);
-    if (d && n)
-        memcpy(d, p, n);
-    return d;
+/* A new tensor of `type` whose `nbytes` bytes the engine copies from `src` when the writer
+ * asks for them: no raw_data of its own, so a scale or zero-point tensor is held once (the
+ * engine's copy, which the 4-bit tensor's layout points to) and goes to external data like any
+ * streamed tensor of its size. */
+static msh_status add_stream_tensor(msh_onnx_model *m, const char *name, int32_t type,
+                                    const int64_t *dims, size_t n_dims, const msh_src *src,
+                                    int64_t numel, int64_t nbytes, int graph,
+                                    Onnx__TensorProto **out, msh_error *e) {
+    Onnx__TensorProto *tp = malloc(sizeof *tp);
+    if (!tp)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    onnx__tensor_proto__init(tp);
+    tp->name = msh_strdup(name);
+    tp->dims = malloc((n_dims + 1) * sizeof *tp->dims);
+    tp->has_data_type = 1;
+    tp->data_type = type;
+    if (!tp->name || !tp->dims) {
+        protobuf_c_message_free_unpacked(&tp->base, NULL);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    memcpy(tp->dims, dims, n_dims * sizeof *dims);
+    tp->n_dims = n_dims;
+    msh_tensor t;
+    memset(&t, 0, sizeof t);
+    msh_tentry_init(&t.d);
+    t.tp = tp;
+    t.graph = graph;
+    t.loc = MSH_LOC_INITIALIZER;
+    t.payload = -1;
+    t.d.dtype = type;
+    t.d.out_dtype = type; /* streamed: copied (or converted by the float pass) by the engine */
+    t.d.numel = numel;
+    t.d.nbytes = nbytes;
+    t.d.src = *src;
+    if (msh_onnx_add_tensor_entry(m, &t) < 0) {
+        protobuf_c_message_free_unpacked(&tp->base, NULL);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    *out = tp;
+    return MSH_OK;
+}
+
+/* Packed zero points, made from the engine's one-per-block copy as they are read: rows of
+ * `cols` values; MatMulNBits packs each row into `per` bytes, the QDQ form packs the flattened
+ * tensor. */
+typedef struct zpview {
+    const uint8_t *z; /* [rows, cols], 0..15 */
+    int64_t rows, cols, per;
+    int nbits;
+} zpview;
+
+static msh_status zp_read(const void *ctx, int64_t off, void *dst, size_t n, msh_error *e) {
+    const zpview *v = ctx;
+    uint8_t *d = dst;
+    (void)e;
+    for (size_t k = 0; k < n; k++) {
+        int64_t b = off + (int64_t)k;
+        uint8_t byte = 0;
+        for (int h = 0; h < 2; h++) {
+            int64_t r, c;
+            if (v->nbits) {
+                r = b / v->per;
+                c = (b % v->per) * 2 + h;
+            } else {
+                r = (2 * b + h) / v->cols;
+                c = (2 * b + h) % v->cols;
+            }
+            if (r < v->rows && c < v->cols)
+                byte = (uint8_t)(byte | (v->z[r * v->cols + c] << (4 * h)));
+        }
+        d[k] = byte;
+    }
+    return MSH_OK;
 }
 
 static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_result *st,
@@ -521,27 +600,31 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
     /* scales */
     Onnx__TensorProto *stp = NULL, *ztp = NULL, *qtp = NULL;
     size_t sbytes = (size_t)nb * 4;
-    void *sb = dup_bytes(lsc, sbytes);
-    if (!sb)
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    MSH_FORWARD(msh_quant_small_tensor(m, sn, 1, sdims, 2, sb, sbytes, graph, &stp, e));
+    msh_src ssrc;
+    memset(&ssrc, 0, sizeof ssrc);
+    ssrc.kind = MSH_SRC_MEMORY;
+    ssrc.mem = (const uint8_t *)lsc;
+    ssrc.length = (int64_t)sbytes;
+    MSH_FORWARD(add_stream_tensor(m, sn, 1, sdims, 2, &ssrc, nb, (int64_t)sbytes, graph, &stp, e));
     MSH_FORWARD(msh_quant_add_weight(m, g, stp, e));
     size_t zbytes = 0;
     if (o->asym) { /* packed two per byte: along the rows of the scale's shape */
-        int64_t zrows = sdims[0], zcols = sdims[1];
-        int64_t per = nbits ? (zcols + 1) / 2 : 0;
-        zbytes = nbits ? (size_t)(zrows * per) : (size_t)((nb + 1) / 2);
-        uint8_t *zb = calloc(zbytes + 1, 1);
-        if (!zb)
+        zpview *zv = malloc(sizeof *zv);
+        if (!zv || msh_onnx_own(m, zv) != MSH_OK) {
+            free(zv);
             return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-        for (int64_t r = 0; r < zrows; r++)
-            for (int64_t c = 0; c < zcols; c++) {
-                int64_t i = nbits ? r * per * 2 + c : r * zcols + c;
-                zb[i / 2] = (uint8_t)(zb[i / 2] | (lzp[r * zcols + c] << (4 * (i & 1))));
-            }
+        }
+        *zv = (zpview){lzp, sdims[0], sdims[1], nbits ? (sdims[1] + 1) / 2 : 0, nbits};
+        zbytes = nbits ? (size_t)(zv->rows * zv->per) : (size_t)((nb + 1) / 2);
         int64_t zd = (int64_t)zbytes;
-        MSH_FORWARD(msh_quant_small_tensor(m, zn, nbits ? 2 : 21, nbits ? &zd : sdims,
-                                           nbits ? 1 : 2, zb, zbytes, graph, &ztp, e));
+        msh_src zsrc;
+        memset(&zsrc, 0, sizeof zsrc);
+        zsrc.kind = MSH_SRC_CALLBACK;
+        zsrc.read = zp_read;
+        zsrc.ctx = zv;
+        zsrc.length = zd;
+        MSH_FORWARD(add_stream_tensor(m, zn, nbits ? 2 : 21, nbits ? &zd : sdims, nbits ? 1 : 2,
+                                      &zsrc, nbits ? zd : nb, zd, graph, &ztp, e));
         MSH_FORWARD(msh_quant_add_weight(m, g, ztp, e));
     }
     /* the 4-bit weight, made by the engine when written */

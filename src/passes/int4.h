@@ -24,7 +24,8 @@
  * The per-block statistics come from one engine scan (Q4STATS) over each weight seen as [N, K]
  * (a MatMul weight through a transposing view); the 4-bit bytes are made by the engine (INT4)
  * while the writer asks for them. A weight that also feeds another consumer keeps its FLOAT
- * initializer for it.
+ * initializer for it. Constant nodes that hold such weights are first lifted to initializers
+ * (lift.h).
  */
 #ifndef MSH_INT4_H
 #define MSH_INT4_H
@@ -61,6 +62,11 @@ typedef struct msh_int4_stats {
  * DequantizeLinear's blocks ("ReduceMean changes at opset 18"), written into `why`; 0 when the
  * opset can be raised (or is already >= 21). */
 int msh_int4_opset_blocker(const msh_onnx_model *m, int64_t opset, char *why, size_t cap);
+
+/* 1 when input `idx` of `n` may be a weight INT4 stores (MatMul B, Gemm B, with `gather` the
+ * table of Gather on axis 0) of rank `rank`; 2 for Gemm's C of rank 1 (MatMulNBits' bias, which
+ * must be an initializer, of any size); else 0. The pass decides the rest (sizes, Gemm's form). */
+int msh_int4_reads_weight(const Onnx__NodeProto *n, size_t idx, size_t rank, int gather);
 
 msh_status msh_int4_apply(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_result *st,
                           msh_error *e);

@@ -5,6 +5,7 @@
 
 #include "common/msh_strmap.h"
 #include "passes/dedup.h"
+#include "passes/int4.h"
 #include "passes/int8.h"
 
 static int is_dflt(const char *d) {
@@ -63,7 +64,7 @@ static msh_status on_class(void *arg, const msh_dedup_cand *const *cls, size_t n
 msh_status msh_lift_constants(msh_onnx_model *m, const msh_lift_opts *o, int64_t *lifted,
                               msh_error *e) {
     *lifted = 0;
-    if (m->mp->ir_version < 4 || (!o->dedup && !o->int8))
+    if (m->mp->ir_version < 4 || (!o->dedup && !o->int8 && !o->int4))
         return MSH_OK;
     msh_strmap decl, outs, shapes, want;
     msh_strmap_init(&decl);
@@ -138,7 +139,7 @@ msh_status msh_lift_constants(msh_onnx_model *m, const msh_lift_opts *o, int64_t
     msh_strmap_init(&cmap);
     const Onnx__TensorProto **ctp = NULL;
     size_t nct = 0;
-    for (size_t gi = 0; st == MSH_OK && o->int8 && gi < m->n_graphs; gi++) {
+    for (size_t gi = 0; st == MSH_OK && (o->int8 || o->int4) && gi < m->n_graphs; gi++) {
         const Onnx__GraphProto *g = m->graphs[gi].g;
         for (size_t i = 0; st == MSH_OK && i < g->n_node; i++) {
             const Onnx__AttributeProto *a = const_value(g->node[i]);
@@ -155,7 +156,7 @@ msh_status msh_lift_constants(msh_onnx_model *m, const msh_lift_opts *o, int64_t
             ctp[nct++] = a->t;
         }
     }
-    for (size_t gi = 0; st == MSH_OK && o->int8 && nct && gi < m->n_graphs; gi++) {
+    for (size_t gi = 0; st == MSH_OK && (o->int8 || o->int4) && nct && gi < m->n_graphs; gi++) {
         const Onnx__GraphProto *g = m->graphs[gi].g;
         for (size_t i = 0; st == MSH_OK && i < g->n_node; i++) {
             const Onnx__NodeProto *n = g->node[i];
@@ -165,9 +166,12 @@ msh_status msh_lift_constants(msh_onnx_model *m, const msh_lift_opts *o, int64_t
                     continue;
                 const Onnx__TensorProto *tp = ctp[*c];
                 int64_t ti = msh_onnx_find_tensor(m, tp);
-                if (ti >= 0 && m->tensors[ti].d.numel >= o->int8_min_elements &&
-                    msh_int8_eligible_axis(n, k, tp->n_dims, o->int8_gather) >= 0 &&
-                    !msh_strmap_upsert(&want, n->input[k], 1))
+                int64_t numel = ti >= 0 ? m->tensors[ti].d.numel : 0;
+                int w8 = o->int8 && numel >= o->int8_min_elements &&
+                         msh_int8_eligible_axis(n, k, tp->n_dims, o->int8_gather) >= 0;
+                int r4 = o->int4 ? msh_int4_reads_weight(n, k, tp->n_dims, o->int4_gather) : 0;
+                int w4 = r4 == 2 || (r4 == 1 && numel >= o->int4_min_elements);
+                if (ti >= 0 && (w8 || w4) && !msh_strmap_upsert(&want, n->input[k], 1))
                     st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
             }
         }

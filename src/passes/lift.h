@@ -8,7 +8,7 @@
  *   for dedup: tensors of at least MSH_LIFT_DEDUP_MIN_BYTES that are identical to another
  *     Constant value or initializer (found by msh_dedup_classes on the engine);
  *   for INT8: tensors read as a weight INT8 quantizes (msh_int8_eligible_axis), of at least its
- *     minimum size.
+ *     minimum size; for INT4 likewise (msh_int4_reads_weight).
  * Never lifted: Constants before IR 4 (an initializer there must be a graph input), Constants
  * whose output is a graph output or is declared more than once in the model, and Constants in
  * function bodies.
@@ -27,6 +27,9 @@ typedef struct msh_lift_opts {
     int64_t int8_min_elements;
     int int8_gather;
     msh_engine *engine; /* dedup's digests */
+    int int4;           /* INT4: tensors read as a weight INT4 stores (msh_int4_reads_weight) */
+    int64_t int4_min_elements;
+    int int4_gather;
 } msh_lift_opts;
 
 msh_status msh_lift_constants(msh_onnx_model *m, const msh_lift_opts *o, int64_t *lifted,
