@@ -608,10 +608,105 @@ void msh_int4_quantize(const uint8_t *src, uint8_t *dst, size_t n, int64_t first
     }
 }
 
+#if defined(MSH_X86_SIMD)
+/* One candidate vector's error term per value on 8 lanes (lanes = candidates, x broadcast): the
+ * IEEE operations of msh_int4_search_term in its order. x / d, then rne (round-half-even, as
+ * msh_rne_f32), clamped after rounding, which gives what msh_int4_round_clamp's clamping before
+ * does (the bounds are integers and rne is monotone). Symmetric, q in [-8, 7] is the nibble's
+ * signed value (the two's complement round trip of msh_int4_nibble_ref is the identity there);
+ * asymmetric, q + z clamped to [0, 15] (the clamp to [-16, 16] first changes nothing: z is in
+ * [0, 15], and r + z rounds only when |r| >= 2^24), then (q - z) (exact, small integers) times d.
+ * x is finite here, so a NaN quotient means 0 / 0 (a d that a BF16 store rounded to 0): max
+ * returns its second operand, a bound, for it, and any finite q times d = 0 is +-0, as the
+ * scalar's q = 0 gives. A +-0 where the scalar has another zero's sign gives the same t * t:
+ * deq is then +-0 (or NaN for both when d is inf), so t is x, or +-0 when x is. */
+__attribute__((target("avx2"), always_inline)) static inline __m256
+search_term8(__m256 x, __m256 d, __m256 z, const int asym) {
+    __m256 y = _mm256_div_ps(x, d);
+    __m256 r = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 deq;
+    if (asym) {
+        __m256 q = _mm256_add_ps(r, z);
+        q = _mm256_min_ps(_mm256_max_ps(q, _mm256_setzero_ps()), _mm256_set1_ps(15.0f));
+        deq = _mm256_mul_ps(_mm256_sub_ps(q, z), d);
+    } else {
+        __m256 q = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-8.0f)), _mm256_set1_ps(7.0f));
+        deq = _mm256_mul_ps(q, d);
+    }
+    __m256 t = _mm256_sub_ps(x, deq);
+    return _mm256_mul_ps(t, t);
+}
+
+/* The errors of 24 candidates (20 and 4 unused lanes) over the m finite values f, each summed
+ * in element order: e = e + t * t per lane, as msh_int4_search_error. */
+__attribute__((target("avx2"), always_inline)) static inline void
+search_sums8(const float *f, int64_t m, const float *cd, const float *cz, float *ce,
+             const int asym) {
+    const __m256 d0 = _mm256_loadu_ps(cd), d1 = _mm256_loadu_ps(cd + 8),
+                 d2 = _mm256_loadu_ps(cd + 16);
+    const __m256 z0 = _mm256_loadu_ps(cz), z1 = _mm256_loadu_ps(cz + 8),
+                 z2 = _mm256_loadu_ps(cz + 16);
+    __m256 e0 = _mm256_setzero_ps(), e1 = _mm256_setzero_ps(), e2 = _mm256_setzero_ps();
+    for (int64_t k = 0; k < m; k++) {
+        __m256 x = _mm256_set1_ps(f[k]);
+        e0 = _mm256_add_ps(e0, search_term8(x, d0, z0, asym));
+        e1 = _mm256_add_ps(e1, search_term8(x, d1, z1, asym));
+        e2 = _mm256_add_ps(e2, search_term8(x, d2, z2, asym));
+    }
+    _mm256_storeu_ps(ce, e0);
+    _mm256_storeu_ps(ce + 8, e1);
+    _mm256_storeu_ps(ce + 16, e2);
+}
+
+/* msh_int4_search_ref on 8 candidates per vector: the same stats, candidates (scalar) and
+ * choice; the NaN and +-inf values, whose term is +0, are left out of the sums beforehand
+ * (e + +0 is e: e is never -0, as it starts at +0 and adds squares or NaN), so the lanes see the
+ * finite values in element order. The same bits as the reference, the candidates' errors too
+ * (written to err[0 .. 19] unless err is NULL; tests/unit/test_int4_search_simd.c). n <= 128. */
+__attribute__((target("avx2"))) static int search_block_avx2(const float *w, int64_t n, int asym,
+                                                             int store, float *lo_out,
+                                                             float *hi_out, float *err) {
+    enum { L = 24 };
+    float f[128], lo = 0.0f, hi = 0.0f;
+    int64_t m = 0;
+    for (int64_t k = 0; k < n; k++) {
+        float x = w[k], a = x < 0.0f ? -x : x;
+        msh_int4_stats_step(&lo, &hi, x);
+        if (a <= 3.4028234663852886e+38f)
+            f[m++] = x;
+    }
+    float cl[L], ch[L], cd[L], cz[L], ce[L];
+    for (int i = 0; i < L; i++) {
+        int z = 0;
+        if (i < MSH_INT4_SEARCH_STEPS)
+            msh_int4_search_candidate(lo, hi, i, asym, store, &cl[i], &ch[i], &cd[i], &z);
+        else
+            cd[i] = 1.0f; /* unused lanes */
+        cz[i] = (float)z;
+    }
+    if (asym) /* two copies, the branch out of the loop */
+        search_sums8(f, m, cd, cz, ce, 1);
+    else
+        search_sums8(f, m, cd, cz, ce, 0);
+    int best = 0;
+    for (int i = 1; i < MSH_INT4_SEARCH_STEPS; i++)
+        if (msh_int4_search_better(ce[i], i, ce[best], best))
+            best = i;
+    if (err)
+        memcpy(err, ce, sizeof(float) * MSH_INT4_SEARCH_STEPS);
+    *lo_out = cl[best];
+    *hi_out = ch[best];
+    return best;
+}
+#endif
+
 int64_t msh_int4_search(const uint8_t *src, size_t n, int64_t first, int64_t cols, int64_t block,
                         int asym, int store, float *out) {
     float w[128 + 1];
     int64_t nb = 0;
+#if defined(MSH_X86_SIMD)
+    const int simd = msh_cpu_has_simd();
+#endif
     for (size_t i = 0; i < n;) {
         int64_t c = (first + (int64_t)i) % cols;
         int64_t len = block - c % block;
@@ -623,9 +718,36 @@ int64_t msh_int4_search(const uint8_t *src, size_t n, int64_t first, int64_t col
             len = 128;
         for (int64_t k = 0; k < len; k++)
             w[k] = ldf(src + 4 * (i + (size_t)k));
-        msh_int4_search_ref(w, len, asym, store, &out[2 * nb], &out[2 * nb + 1]);
+#if defined(MSH_X86_SIMD)
+        if (simd)
+            search_block_avx2(w, len, asym, store, &out[2 * nb], &out[2 * nb + 1], NULL);
+        else
+#endif
+            msh_int4_search_ref(w, len, asym, store, &out[2 * nb], &out[2 * nb + 1]);
         nb++;
         i += (size_t)len;
     }
     return nb;
+}
+
+/* For tests/unit/test_int4_search_simd.c, which declares it (no header: not an interface): one
+ * block's search as msh_int4_search does it (AVX2, or msh_int4_search_ref), with the 20
+ * candidates' errors in err (the scalar path: msh_int4_search_error's). n <= 128. */
+int msh_int4_search_block_test(const float *w, int64_t n, int asym, int store, float *lo_out,
+                               float *hi_out, float *err);
+int msh_int4_search_block_test(const float *w, int64_t n, int asym, int store, float *lo_out,
+                               float *hi_out, float *err) {
+#if defined(MSH_X86_SIMD)
+    if (msh_cpu_has_simd())
+        return search_block_avx2(w, n, asym, store, lo_out, hi_out, err);
+#endif
+    float lo = 0.0f, hi = 0.0f, l, h, d;
+    int z;
+    for (int64_t k = 0; k < n; k++)
+        msh_int4_stats_step(&lo, &hi, w[k]);
+    for (int i = 0; i < MSH_INT4_SEARCH_STEPS; i++) {
+        msh_int4_search_candidate(lo, hi, i, asym, store, &l, &h, &d, &z);
+        err[i] = msh_int4_search_error(w, n, d, asym, z);
+    }
+    return msh_int4_search_ref(w, n, asym, store, lo_out, hi_out);
 }
