@@ -39,10 +39,9 @@ void msh_f32_to_bf16_buf_ref(const uint8_t *src, uint8_t *dst, size_t n) {
     }
 }
 
-#if defined(MSH_X86_SIMD)
 static void range_ref(const uint8_t *src, size_t n, msh_f16_range *r);
 
-#if defined(MSH_X86_SIMD)
+#if defined(MSH_X86_SIMD) /* up to the FP16 kernel's end */
 /* The sum of 8 unsigned 32-bit lanes. */
 __attribute__((target("avx2"))) static inline uint64_t hsum32(__m256i v) {
     uint32_t lanes[8];
@@ -52,7 +51,6 @@ __attribute__((target("avx2"))) static inline uint64_t hsum32(__m256i v) {
         t += lanes[k];
     return t;
 }
-#endif
 
 /* Constants and running counts of the FP16 kernel. */
 typedef struct f16_k {
@@ -730,11 +728,6 @@ int64_t msh_int4_search(const uint8_t *src, size_t n, int64_t first, int64_t col
     return nb;
 }
 
-/* For tests/unit/test_int4_search_simd.c, which declares it (no header: not an interface): one
- * block's search as msh_int4_search does it (AVX2, or msh_int4_search_ref), with the 20
- * candidates' errors in err (the scalar path: msh_int4_search_error's). n <= 128. */
-int msh_int4_search_block_test(const float *w, int64_t n, int asym, int store, float *lo_out,
-                               float *hi_out, float *err);
 int msh_int4_search_block_test(const float *w, int64_t n, int asym, int store, float *lo_out,
                                float *hi_out, float *err) {
 #if defined(MSH_X86_SIMD)

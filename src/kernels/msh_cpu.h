@@ -94,4 +94,10 @@ void msh_int4_quantize(const uint8_t *src, uint8_t *dst, size_t n, int64_t first
 int64_t msh_int4_search(const uint8_t *src, size_t n, int64_t first, int64_t cols, int64_t block,
                         int asym, int store, float *out);
 
+/* For tests (tests/unit/test_int4_search_simd.c): one block's search as msh_int4_search does it
+ * (AVX2, or msh_int4_search_ref), with the 20 candidates' errors in err (the scalar path:
+ * msh_int4_search_error's). n <= 128. Hidden like every internal function. */
+int msh_int4_search_block_test(const float *w, int64_t n, int asym, int store, float *lo_out,
+                               float *hi_out, float *err);
+
 #endif

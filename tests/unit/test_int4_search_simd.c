@@ -14,10 +14,6 @@
 #include "kernels/msh_cpu.h"
 #include "test_check.h"
 
-/* msh_cpu.c's test entry: one block as msh_int4_search searches it, with the errors. */
-int msh_int4_search_block_test(const float *w, int64_t n, int asym, int store, float *lo_out,
-                               float *hi_out, float *err);
-
 static uint32_t rs = 2463534242u;
 static uint32_t rnd(void) { /* xorshift32 */
     rs ^= rs << 13;
