@@ -557,7 +557,7 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
         else if (qs.tensors == 0 && qs.eligible == 0)
             snprintf(res->int4_why, sizeof res->int4_why,
                      "no 2-D FP32 weight feeds MatMul or Gemm%s",
-                     opt->int4_gather ? " or Gather" : "");
+                     opt->int4_gather ? " or Gather on axis 0" : "");
         else if (qs.tensors == 0)
             snprintf(res->int4_why, sizeof res->int4_why,
                      "no weight has %lld elements and a reduction axis of at least %d (the "
