@@ -25,6 +25,8 @@ order, the lower i on ties; with --fp16 d is rounded to FP16 first). Then:
     reads the bytes as documented), and y's cosine to the FP32 model's is >= 0.99 (block 32);
   - the tied table keeps its FLOAT initializer for the Gemm (which keeps reading it) while the
     Gather reads the 4-bit copy; qdq writes DequantizeLinear(axis=1) for the same tables;
+  - with --fp16 --block-op GatherBlockQuantized, and with --bf16, its scales stay FLOAT; a table
+    held in a Constant node is lifted and quantized the same; all run in onnxruntime;
   - a Gather on axis 1 is not a table: nothing is quantized and the line says why.
 A run that converted nothing or made no check fails."""
 
@@ -249,6 +251,33 @@ def main():
         if B == 32:
             F.check(cy >= 0.99, "%s: y's cosine to FP32 >= 0.99" % tag, "%.6f" % cy)
         print("  %-36s cosine y %.6f  p %.6f" % (tag, cy, cosine(y32["p"], y["p"])))
+
+    # scale types where the float pass leaves GatherBlockQuantized FLOAT (blocked; --bf16, which
+    # onnxruntime's CPU kernel does not run), and a table held in a Constant node (lifted)
+    cm = mk_emb()
+    et = cm.graph.initializer[0]
+    cm.graph.initializer.remove(et)
+    cm.graph.node.insert(0, h.make_node("Constant", [], ["E"], value=et))
+    csrc = save(cm, "const.onnx")
+    for tag, extra, path, sty in (("--block-op", ["--fp16", "--block-op", "GatherBlockQuantized"],
+                                   src, T.FLOAT),
+                                  ("--bf16", ["--bf16"], src, T.FLOAT),
+                                  ("Constant table", [], csrc, T.FLOAT)):
+        out = os.path.join(w, "var_%d.onnx" % len(tag))
+        r = C.run(args.bin, "convert", "--int4", "--int4-format", "matmulnbits", "--int4-gather",
+                  "--int4-min-elements", "1", *extra, path, "-o", out)
+        if not F.check(r.rc == 0 and "int4: 3 tensors," in r.out, "%s: 3 tensors" % tag,
+                       r.out + r.err):
+            continue
+        converted += 1
+        m1 = onnx.load(out)
+        gbq = [n for n in m1.graph.node if n.op_type == "GatherBlockQuantized"]
+        sc = {t.name: t.data_type for t in m1.graph.initializer}
+        F.check(len(gbq) == 2 and sc.get("E_scales") == sty and sc.get("P_scales") == sty,
+                "%s: two GatherBlockQuantized, scales %s" % (tag, T.DataType.Name(sty)),
+                "%d %s" % (len(gbq), sc))
+        c = cosine(y32["y"], C.run_model(out, {"ids": ids, "pos": pos})["y"])
+        F.check(c >= 0.99, "%s: y's cosine to FP32 >= 0.99" % tag, "%.6f" % c)
 
     # a tied table: GatherBlockQuantized and MatMulNBits cannot share one copy, so the Gemm would
     # keep FLOAT E next to the 4-bit copy: a larger file, refused with the reason on the line;
