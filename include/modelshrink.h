@@ -293,7 +293,7 @@ typedef struct msh_convert_options {
     int int4_block;            /**< values per block: 32 (default), 64 or 128 */
     int int4_asym;             /**< UINT4 with a zero point per block (default: symmetric INT4) */
     int64_t int4_min_elements; /**< smallest weight quantized (default 4096 elements) */
-    int int4_gather;           /**< also Gather tables (int4_format QDQ only) */
+    int int4_gather;           /**< also Gather tables (MATMULNBITS: GatherBlockQuantized) */
     int int4_format; /**< MSH_INT4_FORMAT_QDQ (default: DequantizeLinear-21 with block_size) or
                           MSH_INT4_FORMAT_MATMULNBITS (onnxruntime's com.microsoft.MatMulNBits) */
     int int4_search; /**< with int4: per block, the scale among 20 clipping ratios (1, 0.99, ...,
@@ -359,10 +359,11 @@ MSH_API int msh_option_applies(msh_option o, msh_format input);
  *  keep_io_types = 0, block_ops and block_nodes choose what computes in FP32, so they exclude
  *  storage_only; int8_gather and int8_min_elements need int8; int4 excludes int8; int4_block
  *  (32, 64 or 128), int4_asym, int4_min_elements, int4_gather, int4_format and int4_search need
- * int4, and int4_gather needs int4_format QDQ; keep_inputs needs keep_outputs or drop_outputs;
- * dedup_graph_inputs needs dedup. Each op type in block_ops must be one of an ONNX operator schema
- * (any domain and version, spelled as ONNX does: "MatMul"); nodes of custom domains always stay
- * FP32, so naming one is refused too (`*bad` is MSH_OPTION_BLOCK_OPS).
+ *  int4; keep_inputs needs keep_outputs or drop_outputs; dedup_graph_inputs needs dedup. Each op
+ *  type in block_ops must be one of an ONNX operator schema (any domain and version, spelled as
+ *  ONNX does: "MatMul"), or com.microsoft's MatMulNBits or GatherBlockQuantized (which int4
+ *  writes); other nodes of custom domains always stay FP32, so naming one is refused too (`*bad`
+ *  is MSH_OPTION_BLOCK_OPS).
  *
  *  The output's extension decides its format: `out_path` (NULL: no name rule) ending in
  *  ".safetensors" is written as safetensors, ".pth", ".pt" or ".bin" as a weights-only .pth,

@@ -451,7 +451,7 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
                             eng,
                             opt->int4,
                             opt->int4_min_elements > 0 ? opt->int4_min_elements : 1,
-                            opt->int4_gather && opt->int4_format == MSH_INT4_FORMAT_QDQ};
+                            opt->int4_gather};
         int64_t lifted = 0;
         st = msh_lift_constants(&m, &lo, &lifted, err);
         res->constants_lifted = lifted;
@@ -519,7 +519,8 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
         int64_t before = 0, after = 0;
         st = msh_onnx_inline_size(&m, &before, err);
         /* the float pass stores the scales in its type where it runs the dequantizing node in
-         * it: DequantizeLinear-21 in FP16 or BF16, MatMulNBits in FP16 only (fp16.c) */
+         * it: DequantizeLinear-21 in FP16 or BF16, MatMulNBits and GatherBlockQuantized in FP16
+         * only (fp16.c) */
         int float_runs =
             opt->float_type && !opt->storage_only && !a->no_float &&
             (opt->int4_format == MSH_INT4_FORMAT_QDQ || opt->float_type == MSH_FLOAT_FP16);
@@ -556,7 +557,7 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
         else if (qs.tensors == 0 && qs.eligible == 0)
             snprintf(res->int4_why, sizeof res->int4_why,
                      "no 2-D FP32 weight feeds MatMul or Gemm%s",
-                     opt->int4_gather ? " or Gather" : "");
+                     opt->int4_gather ? " or Gather on axis 0" : "");
         else if (qs.tensors == 0)
             snprintf(res->int4_why, sizeof res->int4_why,
                      "no weight has %lld elements and a reduction axis of at least %d (the "
@@ -855,7 +856,8 @@ static msh_status check_block_ops(const char *list, msh_error *err) {
         size_t n = strcspn(p, ",");
         const char *close = NULL; /* the same name but for case */
         int found = n == 0;       /* an empty item blocks nothing and names nothing */
-        if (n == 11 && strncmp(p, "MatMulNBits", n) == 0)
+        if ((n == 11 && strncmp(p, "MatMulNBits", n) == 0) ||
+            (n == 20 && strncmp(p, "GatherBlockQuantized", n) == 0))
             found = 1; /* com.microsoft's, which the float pass runs in FP16 (fp16.c) */
         for (size_t i = 0; i < n_schemas && !found; i++) {
             if (strlen(t[i].name) != n)
@@ -970,13 +972,6 @@ msh_status msh_convert_check(const msh_convert_options *opt_in, msh_format input
         if (bad)
             *bad = MSH_OPTION_INT4_MIN_ELEMENTS;
         return msh_fail(err, MSH_ERR_USAGE, "int4_min_elements must be at least 1");
-    }
-    if (opt->int4 && opt->int4_gather && opt->int4_format == MSH_INT4_FORMAT_MATMULNBITS) {
-        if (bad)
-            *bad = MSH_OPTION_INT4_GATHER;
-        return msh_fail(err, MSH_ERR_USAGE,
-                        "option int4_gather needs int4_format QDQ (GatherBlockQuantized is not "
-                        "written)");
     }
     /* options that refine another one need it: without it they would silently do nothing */
     msh_option needs = MSH_OPTION_NONE;

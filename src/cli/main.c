@@ -697,9 +697,6 @@ static int cmd_convert(int argc, char **argv) {
             if (given[int4_opts[k]])
                 return usage_error("convert: %s needs --int4", given[int4_opts[k]]);
     }
-    if (opt.int4_gather && opt.int4_format == MSH_INT4_FORMAT_MATMULNBITS)
-        return usage_error("convert: %s", "--int4-gather needs --int4-format qdq "
-                                          "(GatherBlockQuantized is not written)");
     if (opt.keep_inputs && !keep_outs && !drop_outs)
         return usage_error("convert: %s", "--keep-inputs needs --keep-outputs or --drop-outputs");
     if (resume && !report)

@@ -137,7 +137,7 @@ static const msh_cli_row rows[] = {
     OPT("convert", OPT_INT4_MIN_ELEMENTS, 0, "int4-min-elements", "N",
         "with --int4: the smallest weight quantized (default 4096)"),
     OPT("convert", OPT_INT4_GATHER, 0, "int4-gather", NULL,
-        "with --int4: also Gather tables (qdq format only)"),
+        "with --int4: also Gather tables (matmulnbits: as GatherBlockQuantized)"),
     OPT("convert", OPT_INT4_FORMAT, 0, "int4-format", "F",
         "with --int4: qdq (default: DequantizeLinear-21 with block_size, opset raised to 21) or "
         "matmulnbits (onnxruntime's com.microsoft.MatMulNBits)"),

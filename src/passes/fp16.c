@@ -192,9 +192,27 @@ static const msh_op_schema ms_matmulnbits = {
     "com.microsoft",   "MatMulNBits",      1,     6,         1, 1,
     ms_matmulnbits_in, ms_matmulnbits_out, ms_t1, ms_t1_name};
 
+/* GatherBlockQuantized: scales and output share T2 (float, float16: the CPU kernel's; no bf16);
+ * data and zero points are the 4-bit or packed UINT8 storage, indices INT32 / INT64. */
+#define MS_Q4 (MSH_OP_TYPE_BIT(2) | MSH_OP_TYPE_BIT(21) | MSH_OP_TYPE_BIT(22))
+static const msh_op_param ms_gbq_in[] = {
+    {-1, MSH_OP_SINGLE, 1, MS_Q4},                                   /* data */
+    {-1, MSH_OP_SINGLE, 1, MSH_OP_TYPE_BIT(6) | MSH_OP_TYPE_BIT(7)}, /* indices */
+    {0, MSH_OP_SINGLE, 1, MS_T1},                                    /* scales */
+    {-1, MSH_OP_OPTIONAL, 1, MS_Q4},                                 /* zero_points */
+};
+static const char *const ms_t2_name[] = {"T2"};
+static const msh_op_schema ms_gbq = {
+    "com.microsoft", "GatherBlockQuantized", 1,     4,         1, 1,
+    ms_gbq_in,       ms_matmulnbits_out,     ms_t1, ms_t2_name};
+
 static const msh_op_schema *ms_schema(const char *domain, const char *op) {
-    if (domain && strcmp(domain, "com.microsoft") == 0 && strcmp(op, "MatMulNBits") == 0)
+    if (!domain || strcmp(domain, "com.microsoft") != 0)
+        return NULL;
+    if (strcmp(op, "MatMulNBits") == 0)
         return &ms_matmulnbits;
+    if (strcmp(op, "GatherBlockQuantized") == 0)
+        return &ms_gbq;
     return NULL;
 }
 

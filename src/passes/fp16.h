@@ -9,8 +9,9 @@
  * Nodes: a node runs in the target type when its operator schema (op_schemas.c, generated from
  * onnx.defs) allows the target type for a type variable that its FLOAT inputs bind. Inputs on
  * parameters fixed to tensor(float) (Resize scales, ...) and inputs on variables that do not
- * allow the target keep FLOAT (com.microsoft MatMulNBits, which INT4 writes, has a schema here:
- * A, scales, bias and Y in FLOAT or FLOAT16). Nodes without a schema (custom domains), If/Loop/Scan
+ * allow the target keep FLOAT (com.microsoft MatMulNBits and GatherBlockQuantized, which INT4
+ * writes, have schemas here: MatMulNBits' A, scales, bias and Y, GatherBlockQuantized's scales and
+ * output, in FLOAT or FLOAT16). Nodes without a schema (custom domains), If/Loop/Scan
  * nodes themselves, and nodes blocked by the user stay FP32. Where a value's type differs from what
  * a consumer needs, a Cast is inserted just before the consumer (one per value, type and graph).
  * Values whose type cannot be inferred are never retyped and never cast.

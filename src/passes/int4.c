@@ -12,7 +12,10 @@
 #include "passes/names.h"
 #include "passes/op_schemas.h"
 
-enum { KN = 0, NK = 1 }; /* the weight's stored layout: blocks along axis 0 or along axis 1 */
+/* the weight's stored layout: blocks along axis 0 or along axis 1; GT: a Gather table [V, D] in
+ * the matmulnbits form, blocks along axis 1 like NK but stored for GatherBlockQuantized (INT4 /
+ * UINT4 of the table's shape), so a MatMulNBits use of the same weight keeps FLOAT */
+enum { KN = 0, NK = 1, GT = 2 };
 
 typedef struct quse {
     Onnx__NodeProto *node;
@@ -286,9 +289,9 @@ static int eligible_layout(const Onnx__NodeProto *n, size_t idx, const Onnx__Ten
         }
         return lay;
     }
-    if (o->gather && o->format == MSH_INT4_QDQ && strcmp(op, "Gather") == 0 && idx == 0 &&
+    if (o->gather && strcmp(op, "Gather") == 0 && idx == 0 && n->n_input == 2 &&
         attr_i(n, "axis", 0) == 0)
-        return NK; /* rows looked up along axis 0, blocks along each row */
+        return o->format == MSH_INT4_QDQ ? NK : GT; /* rows looked up, blocks along each row */
     return -1;
 }
 
@@ -590,11 +593,14 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
         free(lzp);
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     }
-    int nbits = o->format == MSH_INT4_MATMULNBITS;
-    const char *qn = msh_names_fresh(nm, tp->name, nbits ? "_q4" : "_quantized");
-    const char *sn = msh_names_fresh(nm, tp->name, nbits ? "_scales" : "_scale");
+    /* ms: the matmulnbits form's names; nbits: MatMulNBits' packing (a Gather table, GT, is
+     * packed as the QDQ form packs it: GatherBlockQuantized reads INT4 / UINT4 of its shape) */
+    int ms = o->format == MSH_INT4_MATMULNBITS;
+    int nbits = ms && q->layout != GT;
+    const char *qn = msh_names_fresh(nm, tp->name, ms ? "_q4" : "_quantized");
+    const char *sn = msh_names_fresh(nm, tp->name, ms ? "_scales" : "_scale");
     const char *zn =
-        o->asym ? msh_names_fresh(nm, tp->name, nbits ? "_zero_points" : "_zero_point") : "";
+        o->asym ? msh_names_fresh(nm, tp->name, ms ? "_zero_points" : "_zero_point") : "";
     if (!qn || !sn || !zn)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     /* scales */
@@ -667,7 +673,40 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
     }
     MSH_FORWARD(msh_quant_add_weight(m, g, qtp, e));
     size_t kept = 0;
-    if (nbits) {
+    if (q->layout == GT) {
+        for (size_t i = 0; i < q->n; i++) {
+            Onnx__NodeProto *n = q->uses[i].node;
+            if (q->uses[i].layout != GT) {
+                kept++;
+                continue;
+            }
+            /* Gather(W, I) -> GatherBlockQuantized(q, I, scales, [zp]) */
+            const char *in[4] = {qn, n->input[1], sn, zn};
+            Onnx__NodeProto *r =
+                msh_onnx_node_new("GatherBlockQuantized", n->name ? n->name : "", in,
+                                  o->asym ? 4 : 3, (const char *const *)n->output, n->n_output);
+            if (!r)
+                return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            free(r->domain);
+            r->domain = msh_strdup("com.microsoft");
+            if (!r->domain || !msh_onnx_node_add_attr(r, msh_onnx_attr_int("gather_axis", 0)) ||
+                !msh_onnx_node_add_attr(r, msh_onnx_attr_int("quantize_axis", 1)) ||
+                !msh_onnx_node_add_attr(r, msh_onnx_attr_int("block_size", B)) ||
+                !msh_onnx_node_add_attr(r, msh_onnx_attr_int("bits", 4))) {
+                protobuf_c_message_free_unpacked(&r->base, NULL);
+                return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            }
+            Onnx__NodeProto tmp = *n;
+            *n = *r;
+            *r = tmp;
+            protobuf_c_message_free_unpacked(&r->base, NULL);
+            *ms_used = 1;
+        }
+        if (m->mp->ir_version < 10) { /* INT4 / UINT4 initializers are IR 10's */
+            m->mp->ir_version = 10;
+            m->mp->has_ir_version = 1;
+        }
+    } else if (nbits) {
         for (size_t i = 0; i < q->n; i++) {
             Onnx__NodeProto *n = q->uses[i].node;
             if (q->uses[i].layout != q->layout) {

@@ -5,7 +5,7 @@
  * A FLOAT initializer with at least `min_elements` elements, declared once, of rank 2 and with
  * K >= block, read as
  *   MatMul B [K, N], Gemm B ([N, K] with transB, else [K, N]), and with `gather` the data input
- *   of Gather (axis 0: table [V, D], blocks along D; qdq form only)
+ *   of Gather (axis 0: table [V, D], blocks along D)
  * is stored in 4 bits, in one of two forms:
  *   qdq:         <W>_quantized (INT4 / UINT4, the weight's shape, packed two per byte along the
  *                last axis in row-major order, low nibble first), <W>_scale FLOAT with the
@@ -21,6 +21,11 @@
  *                [N, ceil(K / block)], with asym <W>_zero_points UINT8 [N * ceil(kb / 2)]
  *                packed two per byte along the blocks; bias = Gemm's C) with K, N, bits = 4,
  *                block_size. The last block of a row is padded with zeros.
+ *                A Gather table becomes com.microsoft.GatherBlockQuantized(<W>_q4 INT4 / UINT4
+ *                [V, D] packed as the qdq form packs it, indices, <W>_scales FLOAT [V, kb],
+ *                with asym <W>_zero_points UINT4 [V, kb] packed the same way) with
+ *                gather_axis 0, quantize_axis 1, block_size, bits 4 (no padding); IR is raised
+ *                to 10 (the INT4 types') when below.
  * The per-block statistics come from one engine scan (Q4STATS) over each weight seen as [N, K]
  * (a MatMul weight through a transposing view); the 4-bit bytes are made by the engine (INT4)
  * while the writer asks for them. A weight that also feeds another consumer keeps its FLOAT

@@ -115,8 +115,6 @@ CASES = [
     ("int4-and-int8", ["convert", "--int4", "--int8", B, "-o", "out.onnx"]),
     ("bad-int4-block", ["convert", "--int4", "--int4-block", "48", B, "-o", "out.onnx"]),
     ("bad-int4-format", ["convert", "--int4", "--int4-format", "gguf", B, "-o", "out.onnx"]),
-    ("int4-gather-matmulnbits", ["convert", "--int4", "--int4-gather", "--int4-format",
-                                 "matmulnbits", B, "-o", "out.onnx"]),
     ("int8-min-elements-without-int8", ["convert", "--int8-min-elements", "1", B, "-o",
                                         "out.onnx"]),
     ("keep-inputs-without-outputs", ["convert", "--keep-inputs", B, "-o", "out.onnx"]),
