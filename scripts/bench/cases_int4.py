@@ -279,9 +279,11 @@ def accuracy_case(ctx, case_id, inp, in_desc, in_bytes):
                                 "searched scales, asymmetric")):
         a, b = cosine(mine), cosine(theirs)
         if a is not None and b is not None:
-            notes.append("- %s, the same output form: modelshrink %.6f, onnxruntime %.6f "
+            ok = 1 - a <= (1 - b) * (1 + 1e-6)
+            notes.append("- %s, the same output form: modelshrink %.9f, onnxruntime %.9f "
                          "(modelshrink's error no larger: %s)" % (
-                             what, a, b, "yes" if 1 - a <= (1 - b) * (1 + 1e-6) else "**no**"))
+                             what, a, b, "yes" if ok else "**no**, larger by %.2g%% of 1 - "
+                             "cosine" % (100 * ((1 - a) / (1 - b) - 1))))
     c_s = cosine("modelshrink-search")
     if c_s is not None and c_ms is not None:
         notes.append("- --int4-search: cosine %.6f against RTN's %.6f (%s)" % (
