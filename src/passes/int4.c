@@ -667,9 +667,12 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
     } else {
         l.cols = tp->dims[1];
         l.axis = q->layout == KN ? 0 : 1;
-        MSH_FORWARD(add_q4_tensor(m, q, qn, o->asym ? 21 : 22, tp->dims, 2, &w->d.src, w->d.numel,
-                                  &l, &qtp, e));
-        qbytes = (w->d.numel + 1) / 2;
+        /* copies: adding a tensor may move the table that `w` points into */
+        msh_src wsrc = w->d.src;
+        int64_t numel = w->d.numel;
+        MSH_FORWARD(
+            add_q4_tensor(m, q, qn, o->asym ? 21 : 22, tp->dims, 2, &wsrc, numel, &l, &qtp, e));
+        qbytes = (numel + 1) / 2;
     }
     MSH_FORWARD(msh_quant_add_weight(m, g, qtp, e));
     size_t kept = 0;
