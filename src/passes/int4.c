@@ -853,7 +853,7 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
     l.scales = lsc;
     l.zps = lzp;
     l.lazy = lz ? &lz->api : NULL;
-    int64_t qbytes;
+    int64_t qbytes, qin; /* the 4-bit tensor's bytes, and the FP32 bytes the engine reads */
     w = &m->tensors[q->t];
     if (nbits) {
         int64_t Kp = kb * B;
@@ -877,15 +877,18 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
         int64_t dims[3] = {N, kb, B / 2};
         MSH_FORWARD(add_q4_tensor(m, q, qn, 2, dims, 3, &vs, N * Kp, &l, &qtp, e));
         qbytes = N * Kp / 2;
+        qin = N * Kp * 4;
     } else {
         l.cols = tp->dims[1];
         l.axis = q->layout == KN ? 0 : 1;
-        MSH_FORWARD(add_q4_tensor(m, q, qn, o->asym ? 21 : 22, tp->dims, 2, &w->d.src, w->d.numel,
-                                  &l, &qtp, e));
-        qbytes = (w->d.numel + 1) / 2;
+        int64_t numel = w->d.numel; /* w moves when the table grows */
+        MSH_FORWARD(
+            add_q4_tensor(m, q, qn, o->asym ? 21 : 22, tp->dims, 2, &w->d.src, numel, &l, &qtp, e));
+        qbytes = (numel + 1) / 2;
+        qin = numel * 4;
     }
     if (lz) /* the bytes the engine reads for the 4-bit tensor, the scales, the zero points */
-        lz->total = (nbits ? N * kb * B * 4 : w->d.numel * 4) + (int64_t)sbytes + (int64_t)zbytes;
+        lz->total = qin + (int64_t)sbytes + (int64_t)zbytes;
     MSH_FORWARD(msh_quant_add_weight(m, g, qtp, e));
     size_t kept = 0;
     if (q->layout == GT) {
