@@ -59,13 +59,24 @@ typedef struct msh_src {
 /* The layout of a tensor quantized to 4 bits blockwise (kernels/msh_scalar.h has the math):
  * element i, in the order the tensor is read, belongs to block msh_int4_block_of(i, cols, block,
  * axis). */
+/* Scales made when first needed: `acquire` makes them (or finds them made) and holds them until
+ * the matching `release`, told how many of the tensor's input bytes that use covered; the maker
+ * may free them once every dependent tensor's bytes are taken and nobody holds them, and makes
+ * them again if they are asked for after that. */
+typedef struct msh_int4_lazy {
+    void *ctx;
+    msh_status (*acquire)(void *ctx, const float **scales, const uint8_t **zps, msh_error *e);
+    void (*release)(void *ctx, int64_t bytes);
+} msh_int4_lazy;
+
 typedef struct msh_int4_layout {
     int64_t cols, block;
-    int axis;            /* 1: blocks along each row; 0: along the columns */
-    int asym;            /* UINT4 with zero points, else INT4 */
-    int offset;          /* symmetric: added to q before storing (0 or 8) */
-    const float *scales; /* one per block */
-    const uint8_t *zps;  /* asymmetric: one zero point (0..15) per block */
+    int axis;                  /* 1: blocks along each row; 0: along the columns */
+    int asym;                  /* UINT4 with zero points, else INT4 */
+    int offset;                /* symmetric: added to q before storing (0 or 8) */
+    const float *scales;       /* one per block */
+    const uint8_t *zps;        /* asymmetric: one zero point (0..15) per block */
+    const msh_int4_lazy *lazy; /* non-NULL: scales and zps are NULL here and come from it */
 } msh_int4_layout;
 
 typedef struct msh_tentry {

@@ -22,6 +22,11 @@ typedef struct msh_piece {
     uint64_t clamped;    /* F16 */
     msh_f16_range range; /* F16: the range test of the piece's input */
     int64_t row0; /* ABSMAX: out holds out_n / 4 maxima, for channels (row0 + k) % channels */
+    /* INT4: the scales (and zero points) this piece quantizes with; q4held: taken from the
+     * job's lazy maker, handed back when the piece is done */
+    const float *q4s;
+    const uint8_t *q4z;
+    int q4held;
 } msh_piece;
 
 typedef struct msh_backend msh_backend;

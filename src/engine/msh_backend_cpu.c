@@ -58,8 +58,12 @@ void msh_piece_compute_cpu(msh_piece *p, const msh_f16_bounds *b, const uint8_t 
         msh_int8_quantize(in, out, n / 4, p->first / 4, j->inner, j->channels, j->scales);
         p->out_n = n / 4;
         break;
-    case MSH_OP_INT4:
-        msh_int4_quantize(in, out, n / 4, p->first / 4, &j->q4);
+    case MSH_OP_INT4: {
+        msh_int4_layout l = j->q4;
+        l.scales = p->q4s;
+        l.zps = p->q4z;
+        msh_int4_quantize(in, out, n / 4, p->first / 4, &l);
+    }
         p->out_n = (n / 4 + 1) / 2;
         break;
     case MSH_OP_Q4STATS: {

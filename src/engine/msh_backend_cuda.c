@@ -61,8 +61,8 @@ static msh_status gpu_submit(msh_backend *b, int slot, msh_piece *p, msh_error *
         c->nb =
             ne > 0 ? msh_int4_block_of(e0 + ne - 1, j->q4.cols, j->q4.block, axis) - c->b0 + 1 : 0;
         if (j->op == MSH_OP_INT4) {
-            c->scales = j->q4.scales + c->b0;
-            c->zps = j->q4.asym ? j->q4.zps + c->b0 : NULL;
+            c->scales = p->q4s + c->b0;
+            c->zps = j->q4.asym ? p->q4z + c->b0 : NULL;
         }
         p->row0 = j->op == MSH_OP_Q4STATS || j->op == MSH_OP_Q4SEARCH ? c->b0 : 0;
         if (ne == 0) {

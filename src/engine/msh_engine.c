@@ -174,6 +174,26 @@ static int64_t job_pieces(const msh_run *r, const msh_job *j) {
     return (j->nbytes + P - 1) / P;
 }
 
+/* An INT4 piece's scales: the job's own, or held from its lazy maker until piece_done. */
+static msh_status piece_scales(msh_piece *p, msh_error *e) {
+    const msh_int4_layout *l = &p->job->q4;
+    if (!l->lazy) {
+        p->q4s = l->scales;
+        p->q4z = l->zps;
+        return MSH_OK;
+    }
+    MSH_FORWARD(l->lazy->acquire(l->lazy->ctx, &p->q4s, &p->q4z, e));
+    p->q4held = 1;
+    return MSH_OK;
+}
+
+static void piece_done(msh_piece *p) {
+    if (p->q4held) {
+        p->q4held = 0;
+        p->job->q4.lazy->release(p->job->q4.lazy->ctx, (int64_t)p->n);
+    }
+}
+
 static void *producer(void *arg) {
     msh_run *r = arg;
     msh_backend *be = r->be;
@@ -216,8 +236,12 @@ static void *producer(void *arg) {
         err.msg[0] = 0;
         if (!span) {
             st = msh_src_read(j->src, off, be->in_buf(be, s), (size_t)len, &err);
+            if (st == MSH_OK && j->op == MSH_OP_INT4)
+                st = piece_scales(&sl->p, &err);
             if (st == MSH_OK && j->op != MSH_OP_COPY)
                 st = be->submit(be, s, &sl->p, &err);
+            if (st != MSH_OK)
+                piece_done(&sl->p);
         }
         pthread_mutex_lock(&r->mu);
         sl->st = st;
@@ -349,8 +373,10 @@ msh_status msh_run_end(msh_run *r, msh_error *e) {
     /* pieces submitted but never taken: let an asynchronous backend finish with their slots */
     for (int s = 0; s < r->S; s++)
         if (r->slots[s].state == SLOT_READY && !r->slots[s].span &&
-            r->slots[s].p.job->op != MSH_OP_COPY)
+            r->slots[s].p.job->op != MSH_OP_COPY) {
             (void)r->be->wait(r->be, s, &r->slots[s].p, NULL);
+            piece_done(&r->slots[s].p);
+        }
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     free(r->slots);
@@ -554,6 +580,7 @@ msh_status msh_run_take(msh_run *r, size_t k, msh_sink *dst, msh_error *e) {
         }
         if (st != MSH_OK)
             return run_fail(r, st);
+        piece_done(p);
         pthread_mutex_lock(&r->mu);
         sl->state = SLOT_FREE;
         r->consumed++;

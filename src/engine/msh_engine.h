@@ -52,7 +52,7 @@ typedef struct msh_job {
     float *absmax;       /* ABSMAX: `channels` values, raised to the maxima found */
     uint64_t clamped;    /* F16: values clamped */
     msh_f16_range range; /* F16: the range test of the input (the precision plan reads it) */
-    /* INT4 (q4.scales, q4.zps) and Q4STATS (q4.cols, q4.block; axis 1) */
+    /* INT4 (q4.scales, q4.zps, or q4.lazy: per piece) and Q4STATS (q4.cols, q4.block; axis 1) */
     msh_int4_layout q4;
     float *q4_stats; /* Q4STATS: 2 per block (min, max), lowered / raised to what is found;
                         Q4SEARCH: 2 per block (clipped lo, hi), written */

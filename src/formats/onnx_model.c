@@ -547,6 +547,9 @@ void msh_onnx_model_free(msh_onnx_model *m) {
     for (size_t i = 0; i < m->n_orphans; i++)
         protobuf_c_message_free_unpacked(&m->orphans[i]->base, NULL);
     free(m->orphans);
+    for (size_t i = 0; i < m->n_closers; i++)
+        m->closers[i].fn(m->closers[i].ctx);
+    free(m->closers);
     for (size_t i = 0; i < m->n_blocks; i++)
         free(m->blocks[i]);
     free(m->blocks);
@@ -584,6 +587,13 @@ msh_status msh_onnx_own(msh_onnx_model *m, void *p) {
         return MSH_ERR_NOMEM;
     }
     m->blocks[m->n_blocks++] = p;
+    return MSH_OK;
+}
+
+msh_status msh_onnx_on_free(msh_onnx_model *m, void (*fn)(void *ctx), void *ctx) {
+    if (!msh_grow((void **)&m->closers, &m->cap_closers, m->n_closers, sizeof *m->closers))
+        return MSH_ERR_NOMEM;
+    m->closers[m->n_closers++] = (msh_onnx_closer){fn, ctx};
     return MSH_OK;
 }
 

@@ -88,6 +88,8 @@ typedef struct msh_onnx_model {
     size_t n_orphans, cap_orphans;
     void **blocks; /* memory passes attach to the model (freed with it) */
     size_t n_blocks, cap_blocks;
+    struct msh_onnx_closer *closers; /* run by msh_onnx_model_free before `blocks` are freed */
+    size_t n_closers, cap_closers;
     int64_t *tmap; /* open-addressing map TensorProto* -> tensor index (-1 empty) */
     size_t tmap_cap;
 } msh_onnx_model;
@@ -126,6 +128,13 @@ int64_t msh_onnx_add_tensor_entry(msh_onnx_model *m, const msh_tensor *t);
 
 /* Attach `p` to the model: freed by msh_onnx_model_free. On failure `p` is freed. */
 msh_status msh_onnx_own(msh_onnx_model *m, void *p);
+
+/* Have msh_onnx_model_free call fn(ctx) (before it frees what msh_onnx_own attached). */
+typedef struct msh_onnx_closer {
+    void (*fn)(void *ctx);
+    void *ctx;
+} msh_onnx_closer;
+msh_status msh_onnx_on_free(msh_onnx_model *m, void (*fn)(void *ctx), void *ctx);
 
 /* Rebuild the graph list and tensor table after a pass changed the tree's structure (removed
  * nodes or graphs). External files stay open; payload records may be appended again. */

@@ -407,28 +407,224 @@ static msh_status set_opset(msh_onnx_model *m, const char *domain, int64_t versi
     return op->domain ? MSH_OK : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
 }
 
-/* Block scales (and zero points) from the statistics, in the [N, kb] order of the scan. */
-static void make_scales(const qcand *q, const msh_int4_opts *o, float *scales, uint8_t *zps) {
-    int64_t nb = q->N * q->kb;
+/* Block scales (and zero points) from the statistics of `nb` blocks in the [N, kb] order of the
+ * scan; `xn` > 0: written transposed, [kb, N] with N = xn (the QDQ form's [K, N] weight). */
+static void make_scales(const float *stats, int64_t nb, int64_t kb, int64_t xn, int asym,
+                        int scale_round, float *scales, uint8_t *zps) {
     for (int64_t b = 0; b < nb; b++) {
-        float lo = q->stats[2 * b], hi = q->stats[2 * b + 1];
-        float d = o->asym ? msh_int4_asym_scale_ref(lo, hi) : msh_int4_sym_scale_ref(lo, hi);
-        if (o->scale_round == 10 || o->scale_round == 16) {
+        float lo = stats[2 * b], hi = stats[2 * b + 1];
+        float d = asym ? msh_int4_asym_scale_ref(lo, hi) : msh_int4_sym_scale_ref(lo, hi);
+        if (scale_round == 10 || scale_round == 16) {
             /* the float pass stores the scale in that type: quantize with the stored value */
             uint32_t bits;
             int clamped;
             memcpy(&bits, &d, 4);
-            if (o->scale_round == 10)
+            if (scale_round == 10)
                 bits = msh_f16_to_f32_ref(msh_f32_to_f16_ref(bits, MSH_F16_MIN_SUBNORMAL_BITS,
                                                              MSH_F16_MAX_BITS, &clamped));
             else
                 bits = (uint32_t)msh_f32_to_bf16_ref(bits) << 16;
             memcpy(&d, &bits, 4);
         }
-        scales[b] = d;
+        int64_t at = xn > 0 ? (b % kb) * xn + b / kb : b;
+        scales[at] = d;
         if (zps)
-            zps[b] = msh_int4_zero_point_ref(lo, d);
+            zps[at] = msh_int4_zero_point_ref(lo, d);
     }
+}
+
+/* RTN scales made when the writer first needs them and freed once their tensors are written,
+ * so only the weights being written hold scales (not every weight from planning to the write).
+ * A weight's statistics are found from its own bytes, read in rows of W, then turned into
+ * scales in the writer's layout. Bytes counted by the releases: once every dependent tensor's
+ * input bytes (the 4-bit tensor, the scales, the zero points) are taken and nobody holds them,
+ * they are freed; a later use makes them again (the same values: minima and maxima). Besides,
+ * at most Q4_LIVE weights keep theirs while unused (another reader, such as the FP16 range
+ * test of the scales, does not keep them all). */
+#define Q4_LIVE 4
+#define Q4_LAZY_CHUNK ((size_t)4 << 20)
+
+typedef struct q4lazy q4lazy;
+typedef struct q4lazyset {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t clock;
+    int live;
+    q4lazy *head;
+} q4lazyset;
+
+struct q4lazy {
+    msh_int4_lazy api;
+    q4lazyset *set;
+    q4lazy *next;
+    msh_src src; /* W's bytes: [K, N] (trans) or [N, K] */
+    int64_t K, N, kb, block;
+    int trans; /* W is [K, N] */
+    int xpose; /* scales stored [kb, N] */
+    int asym, scale_round;
+    float *sc; /* state 2: the scales (and zero points) in the writer's layout */
+    uint8_t *zp;
+    int state; /* 0: not made, 1: being made, 2: made */
+    int users;
+    int64_t left, total;
+    uint64_t used;
+};
+
+static void lazy_drop(q4lazy *z) {
+    free(z->sc);
+    free(z->zp);
+    z->sc = NULL;
+    z->zp = NULL;
+    z->state = 0;
+    z->set->live--;
+}
+
+static void lazyset_free(void *ctx) {
+    q4lazyset *S = ctx;
+    for (q4lazy *z = S->head; z; z = z->next) {
+        free(z->sc);
+        free(z->zp);
+        z->sc = NULL;
+        z->zp = NULL;
+    }
+    pthread_mutex_destroy(&S->mu);
+    pthread_cond_destroy(&S->cv);
+}
+
+/* The statistics of W's blocks, then its scales: outside the set's lock. */
+static msh_status lazy_make(const q4lazy *z, float **psc, uint8_t **pzp, msh_error *e) {
+    const int64_t nb = z->N * z->kb, R = z->trans ? z->K : z->N, C = z->trans ? z->N : z->K;
+    int64_t rp = (int64_t)(Q4_LAZY_CHUNK / 4) / C;
+    if (rp < 1)
+        rp = 1;
+    float *stats = calloc((size_t)(2 * nb) + 1, sizeof *stats);
+    float *buf = malloc((size_t)(rp * C) * sizeof *buf + 1);
+    float *sc = malloc((size_t)nb * sizeof *sc + 1);
+    uint8_t *zp = z->asym ? malloc((size_t)nb + 1) : NULL;
+    msh_status st = stats && buf && sc && (!z->asym || zp)
+                        ? MSH_OK
+                        : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    for (int64_t r0 = 0; st == MSH_OK && r0 < R; r0 += rp) {
+        int64_t n = R - r0 < rp ? R - r0 : rp;
+        st = msh_src_read(&z->src, r0 * C * 4, buf, (size_t)(n * C) * 4, e);
+        if (st != MSH_OK)
+            break;
+        if (!z->trans) { /* whole rows [N, K]: their blocks, in order */
+            msh_int4_stats((const uint8_t *)buf, (size_t)(n * C), r0 * C, C, z->block,
+                           stats + 2 * r0 * z->kb);
+            continue;
+        }
+        for (int64_t r = 0; r < n; r++) { /* row k of [K, N]: block k / B of every column */
+            const float *w = buf + r * C;
+            float *s = stats + 2 * ((r0 + r) / z->block);
+            for (int64_t c = 0; c < C; c++)
+                msh_int4_stats_step(&s[2 * c * z->kb], &s[2 * c * z->kb + 1], w[c]);
+        }
+    }
+    if (st == MSH_OK)
+        make_scales(stats, nb, z->kb, z->xpose ? z->N : 0, z->asym, z->scale_round, sc, zp);
+    free(stats);
+    free(buf);
+    if (st != MSH_OK) {
+        free(sc);
+        free(zp);
+        return st;
+    }
+    *psc = sc;
+    *pzp = zp;
+    return MSH_OK;
+}
+
+static msh_status lazy_acquire(void *ctx, const float **scales, const uint8_t **zps, msh_error *e) {
+    q4lazy *z = ctx;
+    q4lazyset *S = z->set;
+    pthread_mutex_lock(&S->mu);
+    for (;;) {
+        if (z->state == 2) {
+            z->users++;
+            z->used = ++S->clock;
+            *scales = z->sc;
+            *zps = z->zp;
+            pthread_mutex_unlock(&S->mu);
+            return MSH_OK;
+        }
+        if (z->state == 0)
+            break;
+        pthread_cond_wait(&S->cv, &S->mu); /* another thread is making them */
+    }
+    z->state = 1;
+    while (S->live >= Q4_LIVE) { /* the least recently used idle ones go */
+        q4lazy *old = NULL;
+        for (q4lazy *y = S->head; y; y = y->next)
+            if (y->state == 2 && y->users == 0 && (!old || y->used < old->used))
+                old = y;
+        if (!old)
+            break;
+        lazy_drop(old);
+    }
+    pthread_mutex_unlock(&S->mu);
+    float *sc = NULL;
+    uint8_t *zp = NULL;
+    msh_status st = lazy_make(z, &sc, &zp, e);
+    pthread_mutex_lock(&S->mu);
+    if (st == MSH_OK) {
+        z->sc = sc;
+        z->zp = zp;
+        z->state = 2;
+        z->left = z->total;
+        z->users = 1;
+        z->used = ++S->clock;
+        S->live++;
+        *scales = sc;
+        *zps = zp;
+    } else {
+        z->state = 0;
+    }
+    pthread_cond_broadcast(&S->cv);
+    pthread_mutex_unlock(&S->mu);
+    return st;
+}
+
+static void lazy_release(void *ctx, int64_t bytes) {
+    q4lazy *z = ctx;
+    pthread_mutex_lock(&z->set->mu);
+    z->users--;
+    z->left -= bytes;
+    if (z->left <= 0 && z->users == 0 && z->state == 2)
+        lazy_drop(z);
+    pthread_mutex_unlock(&z->set->mu);
+}
+
+/* The scale tensor's bytes, from the lazily made scales. */
+static msh_status lazy_scale_read(const void *ctx, int64_t off, void *dst, size_t n, msh_error *e) {
+    q4lazy *z = (q4lazy *)(uintptr_t)ctx;
+    const float *sc;
+    const uint8_t *zp;
+    MSH_FORWARD(lazy_acquire(z, &sc, &zp, e));
+    memcpy(dst, (const uint8_t *)sc + off, n);
+    lazy_release(z, (int64_t)n);
+    return MSH_OK;
+}
+
+/* The model's set, made on first use. */
+static q4lazyset *lazyset_get(msh_onnx_model *m, q4lazyset **slot, msh_error *e) {
+    if (*slot)
+        return *slot;
+    q4lazyset *S = calloc(1, sizeof *S);
+    if (!S || msh_onnx_own(m, S) != MSH_OK) {
+        msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&S->mu, NULL);
+    pthread_cond_init(&S->cv, NULL);
+    if (msh_onnx_on_free(m, lazyset_free, S) != MSH_OK) {
+        pthread_mutex_destroy(&S->mu);
+        pthread_cond_destroy(&S->cv);
+        msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    *slot = S;
+    return S;
 }
 
 /* A new 4-bit tensor entry for `w` whose bytes the engine makes from `src`. */
@@ -517,6 +713,7 @@ static msh_status add_stream_tensor(msh_onnx_model *m, const char *name, int32_t
  * tensor. */
 typedef struct zpview {
     const uint8_t *z; /* [rows, cols], 0..15 */
+    q4lazy *lz;       /* non-NULL: z comes from it */
     int64_t rows, cols, per;
     int nbits;
 } zpview;
@@ -524,7 +721,10 @@ typedef struct zpview {
 static msh_status zp_read(const void *ctx, int64_t off, void *dst, size_t n, msh_error *e) {
     const zpview *v = ctx;
     uint8_t *d = dst;
-    (void)e;
+    const uint8_t *zs = v->z;
+    const float *unused;
+    if (v->lz)
+        MSH_FORWARD(lazy_acquire(v->lz, &unused, &zs, e));
     for (size_t k = 0; k < n; k++) {
         int64_t b = off + (int64_t)k;
         uint8_t byte = 0;
@@ -538,60 +738,66 @@ static msh_status zp_read(const void *ctx, int64_t off, void *dst, size_t n, msh
                 c = (2 * b + h) % v->cols;
             }
             if (r < v->rows && c < v->cols)
-                byte = (uint8_t)(byte | (v->z[r * v->cols + c] << (4 * h)));
+                byte = (uint8_t)(byte | (zs[r * v->cols + c] << (4 * h)));
         }
         d[k] = byte;
     }
+    if (v->lz)
+        lazy_release(v->lz, (int64_t)n);
     return MSH_OK;
 }
 
 static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_result *st,
                                msh_names *nm, qcand *q, int *ms_used, q4cache **cache,
-                               msh_error *e) {
+                               q4lazyset **lset, msh_error *e) {
     msh_tensor *w = &m->tensors[q->t];
     Onnx__TensorProto *tp = w->tp;
     const int64_t K = q->K, N = q->N, kb = q->kb, B = o->block, nb = N * kb;
     int graph = w->graph;
     Onnx__GraphProto *g = m->graphs[graph].g;
-    float *sc = malloc((size_t)nb * sizeof *sc + 1);
-    uint8_t *zp = o->asym ? malloc((size_t)nb + 1) : NULL;
-    if (!sc || (o->asym && !zp)) {
-        free(sc);
-        free(zp);
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    }
-    make_scales(q, o, sc, zp);
-    /* the engine reads the scales (and zero points) in the writer's layout: kept by the model */
-    float *lsc = sc;
-    uint8_t *lzp = zp;
-    int64_t sdims[2];
-    if (o->format == MSH_INT4_QDQ && q->layout == KN) { /* [kb, N]: transposed from [N, kb] */
+    /* the engine reads the scales (and zero points) in the writer's layout: [kb, N] for the QDQ
+     * form's [K, N] weight, else [N, kb]. With statistics from a scan (the clipping search) they
+     * are made now and kept by the model; otherwise made when written (q4lazy) */
+    int xpose = o->format == MSH_INT4_QDQ && q->layout == KN;
+    int64_t sdims[2] = {xpose ? kb : N, xpose ? N : kb};
+    float *lsc = NULL;
+    uint8_t *lzp = NULL;
+    q4lazy *lz = NULL;
+    if (q->stats) {
         lsc = malloc((size_t)nb * sizeof *lsc + 1);
         lzp = o->asym ? malloc((size_t)nb + 1) : NULL;
         if (!lsc || (o->asym && !lzp)) {
-            free(sc);
-            free(zp);
             free(lsc);
             free(lzp);
             return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
         }
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t b = 0; b < kb; b++) {
-                lsc[b * N + n] = sc[n * kb + b];
-                if (lzp)
-                    lzp[b * N + n] = zp[n * kb + b];
-            }
-        free(sc);
-        free(zp);
-        sdims[0] = kb;
-        sdims[1] = N;
+        make_scales(q->stats, nb, kb, xpose ? N : 0, o->asym, o->scale_round, lsc, lzp);
+        if (msh_onnx_own(m, lsc) != MSH_OK || (lzp && msh_onnx_own(m, lzp) != MSH_OK)) {
+            free(lzp);
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        }
     } else {
-        sdims[0] = N;
-        sdims[1] = kb;
-    }
-    if (msh_onnx_own(m, lsc) != MSH_OK || (lzp && msh_onnx_own(m, lzp) != MSH_OK)) {
-        free(lzp);
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        q4lazyset *S = lazyset_get(m, lset, e);
+        if (!S)
+            return MSH_ERR_NOMEM;
+        lz = calloc(1, sizeof *lz);
+        if (!lz || msh_onnx_own(m, lz) != MSH_OK)
+            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        lz->api = (msh_int4_lazy){lz, lazy_acquire, lazy_release};
+        lz->set = S;
+        lz->src = w->d.src;
+        lz->K = K;
+        lz->N = N;
+        lz->kb = kb;
+        lz->block = B;
+        lz->trans = q->layout == KN;
+        lz->xpose = xpose;
+        lz->asym = o->asym;
+        lz->scale_round = o->scale_round;
+        pthread_mutex_lock(&S->mu);
+        lz->next = S->head;
+        S->head = lz;
+        pthread_mutex_unlock(&S->mu);
     }
     /* ms: the matmulnbits form's names; nbits: MatMulNBits' packing (a Gather table, GT, is
      * packed as the QDQ form packs it: GatherBlockQuantized reads INT4 / UINT4 of its shape) */
@@ -608,8 +814,14 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
     size_t sbytes = (size_t)nb * 4;
     msh_src ssrc;
     memset(&ssrc, 0, sizeof ssrc);
-    ssrc.kind = MSH_SRC_MEMORY;
-    ssrc.mem = (const uint8_t *)lsc;
+    if (lz) {
+        ssrc.kind = MSH_SRC_CALLBACK;
+        ssrc.read = lazy_scale_read;
+        ssrc.ctx = lz;
+    } else {
+        ssrc.kind = MSH_SRC_MEMORY;
+        ssrc.mem = (const uint8_t *)lsc;
+    }
     ssrc.length = (int64_t)sbytes;
     MSH_FORWARD(add_stream_tensor(m, sn, 1, sdims, 2, &ssrc, nb, (int64_t)sbytes, graph, &stp, e));
     MSH_FORWARD(msh_quant_add_weight(m, g, stp, e));
@@ -620,7 +832,7 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
             free(zv);
             return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
         }
-        *zv = (zpview){lzp, sdims[0], sdims[1], nbits ? (sdims[1] + 1) / 2 : 0, nbits};
+        *zv = (zpview){lzp, lz, sdims[0], sdims[1], nbits ? (sdims[1] + 1) / 2 : 0, nbits};
         zbytes = nbits ? (size_t)(zv->rows * zv->per) : (size_t)((nb + 1) / 2);
         int64_t zd = (int64_t)zbytes;
         msh_src zsrc;
@@ -640,7 +852,8 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
     l.asym = o->asym;
     l.scales = lsc;
     l.zps = lzp;
-    int64_t qbytes;
+    l.lazy = lz ? &lz->api : NULL;
+    int64_t qbytes, qin; /* the 4-bit tensor's bytes, and the FP32 bytes the engine reads */
     w = &m->tensors[q->t];
     if (nbits) {
         int64_t Kp = kb * B;
@@ -664,6 +877,7 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
         int64_t dims[3] = {N, kb, B / 2};
         MSH_FORWARD(add_q4_tensor(m, q, qn, 2, dims, 3, &vs, N * Kp, &l, &qtp, e));
         qbytes = N * Kp / 2;
+        qin = N * Kp * 4;
     } else {
         l.cols = tp->dims[1];
         l.axis = q->layout == KN ? 0 : 1;
@@ -673,7 +887,10 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
         MSH_FORWARD(
             add_q4_tensor(m, q, qn, o->asym ? 21 : 22, tp->dims, 2, &wsrc, numel, &l, &qtp, e));
         qbytes = (numel + 1) / 2;
+        qin = numel * 4;
     }
+    if (lz) /* the bytes the engine reads for the 4-bit tensor, the scales, the zero points */
+        lz->total = qin + (int64_t)sbytes + (int64_t)zbytes;
     MSH_FORWARD(msh_quant_add_weight(m, g, qtp, e));
     size_t kept = 0;
     if (q->layout == GT) {
@@ -847,6 +1064,7 @@ msh_status msh_int4_apply(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_re
     qcand *c = NULL;
     size_t nc = 0;
     q4cache *cache = NULL;
+    q4lazyset *lset = NULL;
     msh_status s = msh_quant_count_decls(m, &decl, e);
     if (s == MSH_OK)
         s = msh_names_collect(&nm, m, e);
@@ -936,50 +1154,30 @@ msh_status msh_int4_apply(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_re
             continue;
         const msh_tensor *w = &m->tensors[q->t];
         q->kb = (q->K + o->block - 1) / o->block;
+        if (!o->search) { /* RTN: the scales are made when the weight is written */
+            s = quantize_one(m, o, st, &nm, q, &ms_used, &cache, &lset, e);
+            continue;
+        }
         if (!(q->stats = calloc((size_t)(2 * q->N * q->kb), sizeof(float)))) {
             s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
             break;
         }
-        if (q->layout == KN) {
-            q4view *v = malloc(sizeof *v);
-            if (!v || msh_onnx_own(m, v) != MSH_OK) {
-                free(v);
-                s = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-                break;
-            }
-            *v = (q4view){w->d.src, q->K, q->N, q->K, 1, NULL};
-            if (!(v->cache = q4cache_get(m, &cache, e))) {
-                s = MSH_ERR_NOMEM;
-                break;
-            }
-            memset(&q->stats_src, 0, sizeof q->stats_src);
-            q->stats_src.kind = MSH_SRC_CALLBACK;
-            q->stats_src.read = view_read;
-            q->stats_src.ctx = v;
-            q->stats_src.length = w->d.nbytes;
-        } else {
-            q->stats_src = w->d.src;
-        }
+        q->stats_src = w->d.src;
         msh_job *j = &jobs[0];
         memset(j, 0, sizeof *j);
-        j->src = &q->stats_src;
-        j->nbytes = w->d.nbytes;
-        j->op = MSH_OP_Q4STATS;
-        j->q4.cols = q->K;
         j->q4.block = o->block;
         j->q4.axis = 1;
         j->name = w->d.name;
         j->q4_stats = q->stats;
-        if (o->search && (s = search_job(m, q, o, j, &cache, e)) != MSH_OK)
+        if ((s = search_job(m, q, o, j, &cache, e)) != MSH_OK)
             break;
-        /* one weight at a time: its statistics are freed once its scales are made, so they
-         * never take more than the largest weight's */
+        /* one weight at a time: its search results are freed once its scales are made (the
+         * scales themselves are kept by the model until the write) */
         double t0 = seconds_now();
         s = msh_engine_scan(o->engine, jobs, 1, e);
-        if (o->search)
-            st->search_seconds += seconds_now() - t0;
+        st->search_seconds += seconds_now() - t0;
         if (s == MSH_OK)
-            s = quantize_one(m, o, st, &nm, q, &ms_used, &cache, e);
+            s = quantize_one(m, o, st, &nm, q, &ms_used, &cache, &lset, e);
         free(q->stats);
         q->stats = NULL;
     }

@@ -26,7 +26,7 @@ int main(void) {
     static const uint8_t qdq[8] = {0x98, 0xBA, 0xDC, 0xFE, 0x10, 0x32, 0x54, 0x76};
     static const uint8_t nbits[8] = {0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE};
     float sc[1] = {d};
-    msh_int4_layout l = {16, 16, 1, 0, 0, sc, NULL};
+    msh_int4_layout l = {16, 16, 1, 0, 0, sc, NULL, NULL};
     uint8_t out[8];
     msh_int4_quantize((const uint8_t *)w, out, 16, 0, &l);
     CHECK(memcmp(out, qdq, 8) == 0, "INT4 bytes, low nibble first, two's complement nibbles");
@@ -98,7 +98,7 @@ int main(void) {
                 s[b] = 0.01f + (float)(rnd(&r) % 100) / 400.0f;
                 zp[b] = (uint8_t)(rnd(&r) % 16);
             }
-            msh_int4_layout L = {COLS, B, axis, asym, asym ? 0 : 8, s, zp};
+            msh_int4_layout L = {COLS, B, axis, asym, asym ? 0 : 8, s, zp, NULL};
             uint8_t ref[(N + 1) / 2], got[(N + 1) / 2];
             memset(ref, 0, sizeof ref);
             for (int i = 0; i < N; i++) {
@@ -143,7 +143,7 @@ int main(void) {
                                (0.01f + (float)(rnd(&r) % 100) / 400.0f);
                         zp[b] = (uint8_t)(rnd(&r) % 16);
                     }
-                    msh_int4_layout L = {C2, B, axis, asym, asym ? 0 : offset, s, zp};
+                    msh_int4_layout L = {C2, B, axis, asym, asym ? 0 : offset, s, zp, NULL};
                     uint8_t ref[(N2 + 1) / 2], got[(N2 + 1) / 2];
                     memset(ref, 0, sizeof ref);
                     for (int i = 0; i < N2; i++) {
