@@ -216,6 +216,19 @@ typedef struct attempt {
     char why_int8[192];
 } attempt;
 
+/* MSH_RETRY_INT8, with the reason in a->why_int8, when quantizing `tensors` weights made the
+ * inline model grow from `before` to `after` bytes (the attempt is then redone without it). */
+static msh_status quant_grew(attempt *a, int64_t tensors, int64_t before, int64_t after) {
+    if (tensors <= 0 || after < before)
+        return MSH_OK;
+    char grow[32];
+    snprintf(a->why_int8, sizeof a->why_int8,
+             "quantizing %lld %s would make the file %s larger; kept FP32", (long long)tensors,
+             msh_plural(tensors, "tensor", "tensors"),
+             msh_fmt_bytes(after - before, grow, sizeof grow));
+    return MSH_RETRY_INT8;
+}
+
 typedef struct run_stats {
     uint64_t clamped, subnormal;
 } run_stats;
@@ -482,14 +495,8 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
             st = msh_int8_apply(&m, &io, &is, err);
         if (st == MSH_OK)
             st = msh_onnx_inline_size(&m, &after, err);
-        if (st == MSH_OK && is.tensors > 0 && after >= before) {
-            char grow[32];
-            snprintf(a->why_int8, sizeof a->why_int8,
-                     "quantizing %lld %s would make the file %s larger; kept FP32",
-                     (long long)is.tensors, msh_plural(is.tensors, "tensor", "tensors"),
-                     msh_fmt_bytes(after - before, grow, sizeof grow));
-            st = MSH_RETRY_INT8;
-        }
+        if (st == MSH_OK)
+            st = quant_grew(a, is.tensors, before, after);
         res->int8_tensors = is.tensors;
         res->int8_bytes_before = is.bytes_before;
         res->int8_bytes_after = is.bytes_after;
@@ -539,14 +546,8 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
             st = msh_int4_apply(&m, &qo, &qs, err);
         if (st == MSH_OK)
             st = msh_onnx_inline_size(&m, &after, err);
-        if (st == MSH_OK && qs.tensors > 0 && after >= before) {
-            char grow[32];
-            snprintf(a->why_int8, sizeof a->why_int8,
-                     "quantizing %lld %s would make the file %s larger; kept FP32",
-                     (long long)qs.tensors, msh_plural(qs.tensors, "tensor", "tensors"),
-                     msh_fmt_bytes(after - before, grow, sizeof grow));
-            st = MSH_RETRY_INT8;
-        }
+        if (st == MSH_OK)
+            st = quant_grew(a, qs.tensors, before, after);
         res->int4_tensors = qs.tensors;
         res->int4_bytes_before = qs.bytes_before;
         res->int4_bytes_after = qs.bytes_after;

@@ -627,25 +627,54 @@ static q4lazyset *lazyset_get(msh_onnx_model *m, q4lazyset **slot, msh_error *e)
     return S;
 }
 
+/* `*out`: the weight at `src` ([N, K], or [K, N] when `trans`) read as [N, Kp], rows padded with
+ * zeros to Kp; the view is owned by the model. */
+static msh_status view_src(msh_onnx_model *m, const msh_src *src, int64_t K, int64_t N, int64_t Kp,
+                           int trans, q4cache **cache, msh_src *out, msh_error *e) {
+    q4view *v = malloc(sizeof *v);
+    if (!v || msh_onnx_own(m, v) != MSH_OK) {
+        free(v);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    *v = (q4view){*src, K, N, Kp, trans, NULL};
+    if (v->trans && !(v->cache = q4cache_get(m, cache, e)))
+        return MSH_ERR_NOMEM;
+    memset(out, 0, sizeof *out);
+    out->kind = MSH_SRC_CALLBACK;
+    out->read = view_read;
+    out->ctx = v;
+    out->length = N * Kp * 4;
+    return MSH_OK;
+}
+
+/* A TensorProto named `name` of `type` and shape `dims`, without data; NULL when out of memory. */
+static Onnx__TensorProto *new_tensor_proto(const char *name, int32_t type, const int64_t *dims,
+                                           size_t n_dims) {
+    Onnx__TensorProto *tp = malloc(sizeof *tp);
+    if (!tp)
+        return NULL;
+    onnx__tensor_proto__init(tp);
+    tp->name = msh_strdup(name);
+    tp->dims = malloc((n_dims + 1) * sizeof *tp->dims);
+    tp->has_data_type = 1;
+    tp->data_type = type;
+    if (!tp->name || !tp->dims) {
+        protobuf_c_message_free_unpacked(&tp->base, NULL);
+        return NULL;
+    }
+    memcpy(tp->dims, dims, n_dims * sizeof *dims);
+    tp->n_dims = n_dims;
+    return tp;
+}
+
 /* A new 4-bit tensor entry for `w` whose bytes the engine makes from `src`. */
 static msh_status add_q4_tensor(msh_onnx_model *m, qcand *q, const char *name, int32_t type,
                                 const int64_t *dims, size_t n_dims, const msh_src *src,
                                 int64_t numel, const msh_int4_layout *l, Onnx__TensorProto **out,
                                 msh_error *e) {
-    Onnx__TensorProto *qtp = malloc(sizeof *qtp);
+    Onnx__TensorProto *qtp = new_tensor_proto(name, type, dims, n_dims);
     if (!qtp)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    onnx__tensor_proto__init(qtp);
-    qtp->name = msh_strdup(name);
-    qtp->dims = malloc((n_dims + 1) * sizeof *qtp->dims);
-    qtp->has_data_type = 1;
-    qtp->data_type = type;
-    if (!qtp->name || !qtp->dims) {
-        protobuf_c_message_free_unpacked(&qtp->base, NULL);
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    }
-    memcpy(qtp->dims, dims, n_dims * sizeof *dims);
-    qtp->n_dims = n_dims;
     msh_tensor qt = m->tensors[q->t];
     qt.tp = qtp;
     qt.payload = -1;
@@ -674,20 +703,9 @@ static msh_status add_stream_tensor(msh_onnx_model *m, const char *name, int32_t
                                     const int64_t *dims, size_t n_dims, const msh_src *src,
                                     int64_t numel, int64_t nbytes, int graph,
                                     Onnx__TensorProto **out, msh_error *e) {
-    Onnx__TensorProto *tp = malloc(sizeof *tp);
+    Onnx__TensorProto *tp = new_tensor_proto(name, type, dims, n_dims);
     if (!tp)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    onnx__tensor_proto__init(tp);
-    tp->name = msh_strdup(name);
-    tp->dims = malloc((n_dims + 1) * sizeof *tp->dims);
-    tp->has_data_type = 1;
-    tp->data_type = type;
-    if (!tp->name || !tp->dims) {
-        protobuf_c_message_free_unpacked(&tp->base, NULL);
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    }
-    memcpy(tp->dims, dims, n_dims * sizeof *dims);
-    tp->n_dims = n_dims;
     msh_tensor t;
     memset(&t, 0, sizeof t);
     msh_tentry_init(&t.d);
@@ -857,20 +875,8 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
     w = &m->tensors[q->t];
     if (nbits) {
         int64_t Kp = kb * B;
-        q4view *v = malloc(sizeof *v);
-        if (!v || msh_onnx_own(m, v) != MSH_OK) {
-            free(v);
-            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-        }
-        *v = (q4view){w->d.src, K, N, Kp, q->layout == KN, NULL};
-        if (v->trans && !(v->cache = q4cache_get(m, cache, e)))
-            return MSH_ERR_NOMEM;
         msh_src vs;
-        memset(&vs, 0, sizeof vs);
-        vs.kind = MSH_SRC_CALLBACK;
-        vs.read = view_read;
-        vs.ctx = v;
-        vs.length = N * Kp * 4;
+        MSH_FORWARD(view_src(m, &w->d.src, K, N, Kp, q->layout == KN, cache, &vs, e));
         l.cols = Kp;
         l.axis = 1;
         l.offset = 8;
@@ -1020,19 +1026,8 @@ static msh_status search_job(msh_onnx_model *m, qcand *q, const msh_int4_opts *o
     const msh_tensor *w = &m->tensors[q->t];
     int64_t Kp = q->kb * o->block;
     if (q->layout == KN || Kp != q->K) {
-        q4view *v = malloc(sizeof *v);
-        if (!v || msh_onnx_own(m, v) != MSH_OK) {
-            free(v);
-            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-        }
-        *v = (q4view){w->d.src, q->K, q->N, Kp, q->layout == KN, NULL};
-        if (v->trans && !(v->cache = q4cache_get(m, cache, e)))
-            return MSH_ERR_NOMEM;
-        memset(&q->stats_src, 0, sizeof q->stats_src);
-        q->stats_src.kind = MSH_SRC_CALLBACK;
-        q->stats_src.read = view_read;
-        q->stats_src.ctx = v;
-        q->stats_src.length = q->N * Kp * 4;
+        MSH_FORWARD(
+            view_src(m, &w->d.src, q->K, q->N, Kp, q->layout == KN, cache, &q->stats_src, e));
     }
     j->src = &q->stats_src;
     j->nbytes = q->N * Kp * 4;
