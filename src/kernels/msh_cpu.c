@@ -500,6 +500,48 @@ int64_t msh_int4_stats(const uint8_t *src, size_t n, int64_t first, int64_t cols
     return nb;
 }
 
+/* Column minima and maxima of `nrows` rows of `cols` floats: lo[c] = min(lo[c], w), hi[c] =
+ * max(hi[c], w) over the finite values of column c, in msh_int4_stats_step's comparisons (a
+ * value that compares equal keeps the old one), so every path gives the same bits. */
+static void colstats_ref(const float *w, int64_t nrows, int64_t cols, int64_t c0, float *lo,
+                         float *hi) {
+    for (int64_t r = 0; r < nrows; r++)
+        for (int64_t c = c0; c < cols; c++)
+            msh_int4_stats_step(&lo[c], &hi[c], w[r * cols + c]);
+}
+
+#if defined(MSH_X86_SIMD)
+/* colstats_ref on 8 columns at a time: a non-finite value becomes 0, which changes neither
+ * bound (lo <= 0 <= hi from the start); min_ps(w, lo) keeps lo unless w < lo, as the scalar
+ * step. Returns the columns done (a multiple of 8). */
+__attribute__((target("avx2"))) static int64_t colstats_avx2(const float *w, int64_t nrows,
+                                                             int64_t cols, float *lo, float *hi) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(3.4028234663852886e+38f);
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8) {
+        __m256 l = _mm256_loadu_ps(lo + c), h = _mm256_loadu_ps(hi + c);
+        for (int64_t r = 0; r < nrows; r++) {
+            __m256 x = _mm256_loadu_ps(w + r * cols + c);
+            x = _mm256_and_ps(x, _mm256_cmp_ps(_mm256_andnot_ps(sign, x), big, _CMP_LE_OQ));
+            l = _mm256_min_ps(x, l);
+            h = _mm256_max_ps(x, h);
+        }
+        _mm256_storeu_ps(lo + c, l);
+        _mm256_storeu_ps(hi + c, h);
+    }
+    return c;
+}
+#endif
+
+void msh_int4_colstats(const float *w, int64_t nrows, int64_t cols, float *lo, float *hi) {
+    int64_t done = 0;
+#if defined(MSH_X86_SIMD)
+    if (msh_cpu_has_simd())
+        done = colstats_avx2(w, nrows, cols, lo, hi);
+#endif
+    colstats_ref(w, nrows, cols, done, lo, hi);
+}
+
 /* The nibbles of a run of n values that share one scale (and zero point) when `step` is 0, or
  * take consecutive ones (scales[i], zps[i]) when it is 1 (blocks along the columns). */
 static void q4_run_ref(const uint8_t *src, uint8_t *nib, size_t n, const float *sc,

@@ -82,6 +82,10 @@ void msh_int8_quantize(const uint8_t *src, uint8_t *dst, size_t n, int64_t first
  * these values, b0 the block of element `first`. Returns the number of blocks touched. */
 int64_t msh_int4_stats(const uint8_t *src, size_t n, int64_t first, int64_t cols, int64_t block,
                        float *out);
+/* Column statistics of `nrows` rows of `cols` FP32 values (blocks along the columns, a weight
+ * [K, N]): lo[c], hi[c] become min(lo[c], w) and max(hi[c], w) over column c's finite values
+ * (start them at 0 for a block's min(0, w), max(0, w)). */
+void msh_int4_colstats(const float *w, int64_t nrows, int64_t cols, float *lo, float *hi);
 /* Quantize n FP32 values (elements first .. first + n - 1, `first` even) into ceil(n / 2) bytes,
  * two per byte, the first in the low nibble (an odd last value leaves the high nibble 0). */
 void msh_int4_quantize(const uint8_t *src, uint8_t *dst, size_t n, int64_t first,

@@ -407,30 +407,33 @@ static msh_status set_opset(msh_onnx_model *m, const char *domain, int64_t versi
     return op->domain ? MSH_OK : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
 }
 
-/* Block scales (and zero points) from the statistics of `nb` blocks in the [N, kb] order of the
- * scan; `xn` > 0: written transposed, [kb, N] with N = xn (the QDQ form's [K, N] weight). */
-static void make_scales(const float *stats, int64_t nb, int64_t kb, int64_t xn, int asym,
-                        int scale_round, float *scales, uint8_t *zps) {
-    for (int64_t b = 0; b < nb; b++) {
-        float lo = stats[2 * b], hi = stats[2 * b + 1];
-        float d = asym ? msh_int4_asym_scale_ref(lo, hi) : msh_int4_sym_scale_ref(lo, hi);
-        if (scale_round == 10 || scale_round == 16) {
-            /* the float pass stores the scale in that type: quantize with the stored value */
-            uint32_t bits;
-            int clamped;
-            memcpy(&bits, &d, 4);
-            if (scale_round == 10)
-                bits = msh_f16_to_f32_ref(msh_f32_to_f16_ref(bits, MSH_F16_MIN_SUBNORMAL_BITS,
-                                                             MSH_F16_MAX_BITS, &clamped));
-            else
-                bits = (uint32_t)msh_f32_to_bf16_ref(bits) << 16;
-            memcpy(&d, &bits, 4);
+/* Block scales (and zero points) of an [N, kb] grid of blocks from their statistics (2 floats
+ * each): `stats_kbn` / `out_kbn`: the statistics / the scales are laid out [kb, N] (the QDQ
+ * form's [K, N] weight, and the order in which rows of [K, N] give them), else [N, kb]. */
+static void make_scales(const float *stats, int64_t N, int64_t kb, int stats_kbn, int out_kbn,
+                        int asym, int scale_round, float *scales, uint8_t *zps) {
+    const int64_t outer = stats_kbn ? kb : N, inner = stats_kbn ? N : kb;
+    for (int64_t a = 0, b = 0; a < outer; a++)
+        for (int64_t i = 0; i < inner; i++, b++) {
+            float lo = stats[2 * b], hi = stats[2 * b + 1];
+            float d = asym ? msh_int4_asym_scale_ref(lo, hi) : msh_int4_sym_scale_ref(lo, hi);
+            if (scale_round == 10 || scale_round == 16) {
+                /* the float pass stores the scale in that type: quantize with the stored value */
+                uint32_t bits;
+                int clamped;
+                memcpy(&bits, &d, 4);
+                if (scale_round == 10)
+                    bits = msh_f16_to_f32_ref(msh_f32_to_f16_ref(bits, MSH_F16_MIN_SUBNORMAL_BITS,
+                                                                 MSH_F16_MAX_BITS, &clamped));
+                else
+                    bits = (uint32_t)msh_f32_to_bf16_ref(bits) << 16;
+                memcpy(&d, &bits, 4);
+            }
+            int64_t at = stats_kbn == out_kbn ? b : i * outer + a;
+            scales[at] = d;
+            if (zps)
+                zps[at] = msh_int4_zero_point_ref(lo, d);
         }
-        int64_t at = xn > 0 ? (b % kb) * xn + b / kb : b;
-        scales[at] = d;
-        if (zps)
-            zps[at] = msh_int4_zero_point_ref(lo, d);
-    }
 }
 
 /* RTN scales made when the writer first needs them and freed once their tensors are written,
@@ -491,7 +494,9 @@ static void lazyset_free(void *ctx) {
     pthread_cond_destroy(&S->cv);
 }
 
-/* The statistics of W's blocks, then its scales: outside the set's lock. */
+/* The statistics of W's blocks, then its scales: outside the set's lock. Rows of [N, K] give
+ * their blocks in [N, kb] order; rows of [K, N] give block row k / B of every column, so their
+ * statistics are kept [kb, N] and found a block row at a time, column-wise. */
 static msh_status lazy_make(const q4lazy *z, float **psc, uint8_t **pzp, msh_error *e) {
     const int64_t nb = z->N * z->kb, R = z->trans ? z->K : z->N, C = z->trans ? z->N : z->K;
     int64_t rp = (int64_t)(Q4_LAZY_CHUNK / 4) / C;
@@ -499,9 +504,10 @@ static msh_status lazy_make(const q4lazy *z, float **psc, uint8_t **pzp, msh_err
         rp = 1;
     float *stats = calloc((size_t)(2 * nb) + 1, sizeof *stats);
     float *buf = malloc((size_t)(rp * C) * sizeof *buf + 1);
+    float *lh = z->trans ? calloc((size_t)(2 * C) + 1, sizeof *lh) : NULL;
     float *sc = malloc((size_t)nb * sizeof *sc + 1);
     uint8_t *zp = z->asym ? malloc((size_t)nb + 1) : NULL;
-    msh_status st = stats && buf && sc && (!z->asym || zp)
+    msh_status st = stats && buf && sc && (!z->trans || lh) && (!z->asym || zp)
                         ? MSH_OK
                         : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     for (int64_t r0 = 0; st == MSH_OK && r0 < R; r0 += rp) {
@@ -514,17 +520,26 @@ static msh_status lazy_make(const q4lazy *z, float **psc, uint8_t **pzp, msh_err
                            stats + 2 * r0 * z->kb);
             continue;
         }
-        for (int64_t r = 0; r < n; r++) { /* row k of [K, N]: block k / B of every column */
-            const float *w = buf + r * C;
-            float *s = stats + 2 * ((r0 + r) / z->block);
-            for (int64_t c = 0; c < C; c++)
-                msh_int4_stats_step(&s[2 * c * z->kb], &s[2 * c * z->kb + 1], w[c]);
+        for (int64_t r = 0; r < n;) { /* rows of one block row at a time */
+            int64_t k = r0 + r, end = (k / z->block + 1) * z->block;
+            int64_t m = (end < r0 + n ? end : r0 + n) - k;
+            msh_int4_colstats(buf + r * C, m, C, lh, lh + C);
+            r += m;
+            if (k + m == end || k + m == z->K) { /* the block row is complete */
+                float *s = stats + 2 * (k / z->block) * C;
+                for (int64_t c = 0; c < C; c++) {
+                    s[2 * c] = lh[c];
+                    s[2 * c + 1] = lh[C + c];
+                }
+                memset(lh, 0, (size_t)(2 * C) * sizeof *lh);
+            }
         }
     }
     if (st == MSH_OK)
-        make_scales(stats, nb, z->kb, z->xpose ? z->N : 0, z->asym, z->scale_round, sc, zp);
+        make_scales(stats, z->N, z->kb, z->trans, z->xpose, z->asym, z->scale_round, sc, zp);
     free(stats);
     free(buf);
+    free(lh);
     if (st != MSH_OK) {
         free(sc);
         free(zp);
@@ -789,7 +804,7 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
             free(lzp);
             return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
         }
-        make_scales(q->stats, nb, kb, xpose ? N : 0, o->asym, o->scale_round, lsc, lzp);
+        make_scales(q->stats, N, kb, 0, xpose, o->asym, o->scale_round, lsc, lzp);
         if (msh_onnx_own(m, lsc) != MSH_OK || (lzp && msh_onnx_own(m, lzp) != MSH_OK)) {
             free(lzp);
             return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
