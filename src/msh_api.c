@@ -455,6 +455,11 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
         res->pruned_tensors = ps.tensors;
         res->prune_saved_bytes = ps.bytes;
     }
+    if (st == MSH_OK && (opt->int8 || opt->int4 || opt->float_type != MSH_FLOAT_KEEP)) {
+        /* weights read through an Identity: every reader seen by the weight passes */
+        int64_t folded = 0;
+        st = msh_fold_identities(&m, &folded, err);
+    }
     if (st == MSH_OK && (opt->dedup || opt->int8 || opt->int4)) {
         /* weights in Constant nodes, where dedup, INT8 or INT4 would act on them */
         msh_lift_opts lo = {opt->dedup,

@@ -226,3 +226,90 @@ msh_status msh_lift_constants(msh_onnx_model *m, const msh_lift_opts *o, int64_t
     msh_strmap_free(&want);
     return st;
 }
+
+/* Whether a node of a graph other than `gi` reads `name` (from an enclosing scope). */
+static int read_elsewhere(const msh_onnx_model *m, size_t gi, const char *name) {
+    for (size_t h = 0; h < m->n_graphs; h++) {
+        const Onnx__GraphProto *g = m->graphs[h].g;
+        for (size_t i = 0; h != gi && i < g->n_node; i++)
+            for (size_t k = 0; k < g->node[i]->n_input; k++)
+                if (strcmp(g->node[i]->input[k], name) == 0)
+                    return 1;
+    }
+    return 0;
+}
+
+msh_status msh_fold_identities(msh_onnx_model *m, int64_t *folded, msh_error *e) {
+    *folded = 0;
+    msh_strmap outs, decl, inits;
+    msh_strmap_init(&outs);
+    msh_strmap_init(&decl);
+    msh_strmap_init(&inits);
+    msh_status st = MSH_OK;
+    for (size_t gi = 0; st == MSH_OK && gi < m->n_graphs; gi++) {
+        const Onnx__GraphProto *g = m->graphs[gi].g;
+        for (size_t i = 0; st == MSH_OK && i < g->n_output; i++)
+            st = count(&outs, g->output[i]->name, e);
+        for (size_t i = 0; st == MSH_OK && i < g->n_node; i++)
+            for (size_t k = 0; st == MSH_OK && k < g->node[i]->n_output; k++)
+                if (g->node[i]->output[k][0])
+                    st = count(&decl, g->node[i]->output[k], e);
+    }
+    for (size_t gi = 0; st == MSH_OK && gi < m->n_graphs; gi++) {
+        Onnx__GraphProto *g = m->graphs[gi].g;
+        msh_strmap_free(&inits);
+        msh_strmap_init(&inits);
+        for (size_t i = 0; st == MSH_OK && i < g->n_initializer; i++)
+            st = count(&inits, g->initializer[i]->name, e);
+        size_t kept = 0;
+        for (size_t i = 0; i < g->n_node; i++) {
+            Onnx__NodeProto *n = g->node[i];
+            int64_t *d = NULL;
+            if (st == MSH_OK && is_dflt(n->domain) && n->op_type &&
+                strcmp(n->op_type, "Identity") == 0 && n->n_input == 1 && n->n_output == 1 &&
+                n->input[0][0] && n->output[0][0] && msh_strmap_get(&inits, n->input[0]))
+                d = msh_strmap_get(&decl, n->output[0]);
+            if (!d || *d != 1 || msh_strmap_get(&outs, n->output[0]) ||
+                read_elsewhere(m, gi, n->output[0])) {
+                g->node[kept++] = n;
+                continue;
+            }
+            /* its readers read the initializer instead */
+            for (size_t j = 0; st == MSH_OK && j < g->n_node; j++) {
+                if (j >= kept && j <= i) /* g->node[kept .. i] are gone or this node */
+                    continue;
+                Onnx__NodeProto *r = g->node[j];
+                for (size_t k = 0; st == MSH_OK && k < r->n_input; k++) {
+                    if (strcmp(r->input[k], n->output[0]) != 0)
+                        continue;
+                    char *name = msh_strdup(n->input[0]);
+                    if (!name) {
+                        st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+                        break;
+                    }
+                    free(r->input[k]);
+                    r->input[k] = name;
+                }
+            }
+            if (st != MSH_OK) {
+                g->node[kept++] = n;
+                continue;
+            }
+            size_t kv = 0; /* and its value_info goes with it */
+            for (size_t v = 0; v < g->n_value_info; v++) {
+                if (g->value_info[v]->name && strcmp(g->value_info[v]->name, n->output[0]) == 0)
+                    protobuf_c_message_free_unpacked(&g->value_info[v]->base, NULL);
+                else
+                    g->value_info[kv++] = g->value_info[v];
+            }
+            g->n_value_info = kv;
+            protobuf_c_message_free_unpacked(&n->base, NULL);
+            (*folded)++;
+        }
+        g->n_node = kept;
+    }
+    msh_strmap_free(&outs);
+    msh_strmap_free(&decl);
+    msh_strmap_free(&inits);
+    return st;
+}

@@ -35,4 +35,12 @@ typedef struct msh_lift_opts {
 msh_status msh_lift_constants(msh_onnx_model *m, const msh_lift_opts *o, int64_t *lifted,
                               msh_error *e);
 
+/* Identity nodes (default domain) whose input is an initializer of their own graph are removed,
+ * their readers reading the initializer instead (torch.onnx.export writes a weight shared by two
+ * layers as an Identity of the first one's): the graph computes the same values, and the passes
+ * that quantize or convert a weight by its readers see every reader. Kept: an Identity whose
+ * output is a graph output, is declared more than once, or is read from a subgraph.
+ * `*folded`: how many went. */
+msh_status msh_fold_identities(msh_onnx_model *m, int64_t *folded, msh_error *e);
+
 #endif
