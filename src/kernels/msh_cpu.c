@@ -468,6 +468,33 @@ void msh_int8_quantize(const uint8_t *src, uint8_t *dst, size_t n, int64_t first
     quantize_ref(src + 4 * done, dst + done, n - done, &ch, &in, inner, channels, scales);
 }
 
+#if defined(MSH_X86_SIMD)
+/* msh_int4_stats_step over the first values of a run, 8 lanes at a time, from lo = hi = 0: a
+ * non-finite value becomes 0, which changes neither bound, and min_ps(w, lo) keeps lo unless
+ * w < lo, so lo is +0 or the least negative value and hi +0 or the largest positive one, as the
+ * scalar steps give them. Returns the values done (a multiple of 8). */
+__attribute__((target("avx2"))) static int64_t run_minmax_avx2(const float *w, int64_t run,
+                                                               float *lo, float *hi) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(3.4028234663852886e+38f);
+    __m256 l = _mm256_setzero_ps(), h = _mm256_setzero_ps();
+    int64_t t = 0;
+    for (; t + 8 <= run; t += 8) {
+        __m256 x = _mm256_loadu_ps(w + t);
+        x = _mm256_and_ps(x, _mm256_cmp_ps(_mm256_andnot_ps(sign, x), big, _CMP_LE_OQ));
+        l = _mm256_min_ps(x, l);
+        h = _mm256_max_ps(x, h);
+    }
+    float ll[8], hh[8];
+    _mm256_storeu_ps(ll, l);
+    _mm256_storeu_ps(hh, h);
+    for (int j = 0; j < 8; j++) {
+        *lo = ll[j] < *lo ? ll[j] : *lo;
+        *hi = hh[j] > *hi ? hh[j] : *hi;
+    }
+    return t;
+}
+#endif
+
 int64_t msh_int4_stats(const uint8_t *src, size_t n, int64_t first, int64_t cols, int64_t block,
                        float *out) {
     if (n == 0)
@@ -487,7 +514,12 @@ int64_t msh_int4_stats(const uint8_t *src, size_t n, int64_t first, int64_t cols
         if (run > (int64_t)n - i)
             run = (int64_t)n - i;
         float lo = 0.0f, hi = 0.0f;
-        for (int64_t t = 0; t < run; t++)
+        int64_t t = 0;
+#if defined(MSH_X86_SIMD)
+        if (run >= 8 && msh_cpu_has_simd())
+            t = run_minmax_avx2((const float *)(const void *)(src + 4 * i), run, &lo, &hi);
+#endif
+        for (; t < run; t++)
             msh_int4_stats_step(&lo, &hi, ldf(src + 4 * (i + t)));
         out[2 * k] = lo;
         out[2 * k + 1] = hi;

@@ -223,6 +223,22 @@ int main(void) {
                 msh_int4_stats_step(&rlo[c], &rhi[c], cw[k * cols + c]);
         CHECK(memcmp(clo, rlo, (size_t)cols * 4) == 0 && memcmp(chi, rhi, (size_t)cols * 4) == 0,
               "column statistics equal the scalar steps (%d columns)", cols);
+        /* and the row blocks of the same values (blocks of 8 along the rows; row 0 all -0) */
+        for (int c = 0; c < cols; c++)
+            cw[c] = -0.0f;
+        float bs[2 * 9 * 5], rs[2 * 9 * 5];
+        int64_t kb8 = (cols + 7) / 8;
+        msh_int4_stats((const uint8_t *)cw, (size_t)(rows * cols), 0, cols, 8, bs);
+        for (int k = 0; k < rows; k++)
+            for (int64_t b = 0; b < kb8; b++) {
+                float bl = 0.0f, bh = 0.0f;
+                for (int64_t c = 8 * b; c < 8 * b + 8 && c < cols; c++)
+                    msh_int4_stats_step(&bl, &bh, cw[k * cols + c]);
+                rs[2 * (k * kb8 + b)] = bl;
+                rs[2 * (k * kb8 + b) + 1] = bh;
+            }
+        CHECK(memcmp(bs, rs, (size_t)(2 * rows * kb8) * 4) == 0,
+              "row block statistics equal the scalar steps (%d columns)", cols);
     }
     free(x);
     if (fails)
