@@ -324,15 +324,16 @@ static tnode *tnode_add(tnode *p, const char *label, size_t n, int cls) {
     return t;
 }
 
-#define TREE_DEPTH 3 /* levels of module path shown as groups */
+#define TREE_DEPTH 3    /* levels of groups shown, after chains of single groups are joined */
+#define INSERT_DEPTH 12 /* levels of module path read */
 
-/* Add a tensor under its module path: `name` split on '.' and '/', at most TREE_DEPTH groups. */
+/* Add a tensor under its module path: `name` split on '.' and '/', at most INSERT_DEPTH groups. */
 static int tree_insert(tnode *root, const char *name, int64_t bytes, int cls) {
     tnode *p = root;
     p->value += bytes;
     p->count++;
     const char *s = name;
-    for (int d = 0; d < TREE_DEPTH; d++) {
+    for (int d = 0; d < INSERT_DEPTH; d++) {
         while (*s == '.' || *s == '/')
             s++;
         size_t n = strcspn(s, "./");
@@ -352,6 +353,78 @@ static int tree_insert(tnode *root, const char *name, int64_t bytes, int cls) {
     leaf->value = bytes;
     leaf->count = 1;
     return 1;
+}
+
+/* A group whose only part is a group becomes one group ("model" holding only "layers": the
+ * group "model.layers"), so that the levels shown are those where the model branches. */
+static int tree_join(tnode *t, int is_root) {
+    for (size_t i = 0; i < t->nkid; i++)
+        if (t->kid[i].cls < 0 && !tree_join(&t->kid[i], 0))
+            return 0;
+    while (!is_root && t->nkid == 1 && t->kid[0].cls < 0) {
+        tnode *c = t->kid;
+        size_t n = strlen(t->label) + strlen(c->label) + 2;
+        char *label = malloc(n);
+        if (!label)
+            return 0;
+        snprintf(label, n, "%s.%s", t->label, c->label);
+        free(t->label);
+        free(c->label);
+        t->label = label;
+        t->kid = c->kid;
+        t->nkid = c->nkid;
+        t->capkid = c->capkid;
+        free(c);
+    }
+    return 1;
+}
+
+/* Move the leaves below `t` into `v`, freeing the groups they were in. */
+static int take_leaves(tnode *t, tnode **v, size_t *n, size_t *cap) {
+    for (size_t i = 0; i < t->nkid; i++) {
+        tnode *k = &t->kid[i];
+        if (k->cls < 0) {
+            int ok = take_leaves(k, v, n, cap);
+            free(k->kid);
+            free(k->label);
+            k->kid = NULL;
+            k->label = NULL;
+            k->nkid = 0;
+            if (!ok)
+                return 0;
+            continue;
+        }
+        if (*n == *cap) {
+            size_t nc = *cap ? 2 * *cap : 16;
+            tnode *p = realloc(*v, nc * sizeof *p);
+            if (!p)
+                return 0;
+            *v = p;
+            *cap = nc;
+        }
+        (*v)[(*n)++] = *k;
+        k->label = NULL;
+    }
+    t->nkid = 0;
+    return 1;
+}
+
+/* Groups deeper than TREE_DEPTH: their leaves go to their ancestor at that depth. */
+static int tree_flatten(tnode *t, int depth) {
+    if (depth < TREE_DEPTH) {
+        for (size_t i = 0; i < t->nkid; i++)
+            if (t->kid[i].cls < 0 && !tree_flatten(&t->kid[i], depth + 1))
+                return 0;
+        return 1;
+    }
+    tnode *v = NULL;
+    size_t n = 0, cap = 0;
+    int ok = take_leaves(t, &v, &n, &cap);
+    free(t->kid);
+    t->kid = v;
+    t->nkid = n;
+    t->capkid = cap;
+    return ok;
 }
 
 /* Items below `min` bytes are folded, per colour class, into one "N smaller tensors" leaf of
@@ -773,7 +846,8 @@ int msh_cli_html_inspect(const char *in, const char *out, int with_savings) {
         }
     }
     if (ok)
-        ok = tree_fold(&root, file_bytes / 2500 + 1);
+        ok = tree_join(&root, 1) && tree_flatten(&root, 0) &&
+             tree_fold(&root, file_bytes / 2500 + 1);
     if (!ok) {
         tnode_free(&root);
         cJSON_Delete(o);
@@ -854,11 +928,14 @@ int msh_cli_html_inspect(const char *in, const char *out, int with_savings) {
         shape_text(&b, cJSON_GetObjectItemCaseSensitive(g, "shape"));
         putf(&b, "</td><td class=n>%s</td><td class=name>", h);
         const cJSON *m;
-        int first = 1;
+        int k = 0, nm = cJSON_GetArraySize(mem);
         cJSON_ArrayForEach(m, mem) {
-            puts_(&b, first ? "" : ", ");
+            if (k == 20 && nm > 21) { /* a group of thousands of copies stays one line */
+                putf(&b, " and %d more", nm - 20);
+                break;
+            }
+            puts_(&b, k++ ? ", " : "");
             esc(&b, cJSON_IsString(m) ? m->valuestring : "");
-            first = 0;
         }
         puts_(&b, "</td></tr>\n");
     }

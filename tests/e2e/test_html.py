@@ -232,6 +232,27 @@ def test_inspect(F, args, browser, w, fixtures):
         F.check("id=savings" not in text and "Where the bytes go" in text,
                 "--no-savings: the page has the map but no savings section")
 
+    # 10,000 tensors: the treemap folds the small ones, the page stays small
+    many = os.path.join(w, "many.safetensors")
+    hdr, off = {}, 0
+    for i in range(10000):
+        n = (16, 64, 256, 1024)[i % 4]
+        hdr["model.layers.%d.block%d.sub%d.w%d" % (i // 400, i // 40 % 10, i // 4 % 10, i % 4)] = {
+            "dtype": "F32", "shape": [n], "data_offsets": [off, off + 4 * n]}
+        off += 4 * n
+    h = json.dumps(hdr).encode()
+    h += b" " * (-len(h) % 8)
+    with open(many, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + bytes(off))
+    out = os.path.join(pages, "many.html")
+    r = C.run(B, "inspect", "--html", out, "--no-savings", many)
+    if F.check(r.rc == 0, "inspect --html of a 10,000-tensor model", r.describe()):
+        text = open(out, encoding="utf-8").read()
+        print("10,000 tensors: page %d bytes, %d rectangles" % (len(text), text.count("<rect")))
+        F.check(len(text) < 400_000 and 50 < text.count("<rect") < 5000,
+                "10,000 tensors: a page under 400 kB, its map of 50 to 5000 rectangles")
+        F.check("(%d bytes)" % os.path.getsize(many) in text, "10,000 tensors: the file's bytes")
+
     # bad input: one line naming the file, exit 1, nothing written
     bad = os.path.join(w, "bad.onnx")
     with open(bad, "wb") as f:
