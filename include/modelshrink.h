@@ -466,6 +466,24 @@ MSH_API msh_status msh_convert_file(const char *in_path, const char *out_path,
  */
 MSH_API msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err);
 
+/** Flags of msh_inspect_file_ex. */
+enum {
+    /** Add "tensors": [{"name", "dtype", "bytes", "role", "dup_of"}], every tensor of the model
+     *  with its own bytes in the file (a torch.save checkpoint: every storage, under the name of
+     *  its first tensor, since the file holds each storage once; a model folder: a tied key
+     *  once), its role ("weight", "buffer", "optimizer_state", "training_state", "other") and,
+     *  when dedup would merge it into another, "dup_of": that tensor's name. For a map of a
+     *  file's bytes (inspect --html); a model of many tensors makes a long list. */
+    MSH_INSPECT_TENSOR_LIST = 1
+};
+
+/**
+ * msh_inspect_file with `flags` (MSH_INSPECT_TENSOR_LIST, or 0: the same as msh_inspect_file).
+ * Returns what msh_inspect_file returns, and MSH_ERR_USAGE for an unknown flag.
+ */
+MSH_API msh_status msh_inspect_file_ex(const char *path, unsigned flags, char **json_out,
+                                       msh_error *err);
+
 /** One element type's share of a model (msh_inspect_info.by_dtype). Never grows: a new fact per
  *  type would come as a new array of msh_inspect_info. */
 typedef struct msh_inspect_dtype {

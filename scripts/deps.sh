@@ -43,6 +43,7 @@ required_pkgs=(
     libxxhash-dev libcjson-dev zlib1g-dev libonnx-testdata
     python3-venv time python3-torch python3-torchvision
     clang valgrind groff-base
+    chromium # tests/e2e/test_html.py renders the HTML pages (headless)
 )
 # Optional; their absence is not an error. man-db, bash-completion: tests/install/test_install.sh
 # renders the manual page with `man -l` (else with groff alone) and runs the completion through

@@ -1600,7 +1600,7 @@ msh_status msh_diff_files(const char *path_a, const char *path_b, char **json_ou
 
 /* The inspect report of `path` as a JSON tree (`*out`, the caller's to cJSON_Delete): what
  * msh_inspect_file prints and msh_inspect reads its struct from, so the two always agree. */
-static msh_status inspect_json(const char *path, cJSON **out, msh_error *err) {
+static msh_status inspect_json(const char *path, int list, cJSON **out, msh_error *err) {
     msh_convert_options dflt;
     msh_convert_options_init(&dflt);
     *out = NULL;
@@ -1616,19 +1616,19 @@ static msh_status inspect_json(const char *path, cJSON **out, msh_error *err) {
         msh_st_file f;
         st = msh_st_open(&f, path, err);
         if (st == MSH_OK)
-            st = msh_inspect_st(&f, eng, o, err);
+            st = msh_inspect_st(&f, eng, list, o, err);
         msh_st_free(&f);
     } else if (st == MSH_OK && kind == MSH_FORMAT_PTH) {
         msh_pth p;
         st = msh_pth_open(&p, path, NULL, err);
         if (st == MSH_OK)
-            st = msh_inspect_pth(&p, eng, o, err);
+            st = msh_inspect_pth(&p, eng, list, o, err);
         msh_pth_free(&p);
     } else if (st == MSH_OK && (kind == MSH_FORMAT_HF_FOLDER || is_dir(path))) {
         msh_hf h;
         st = msh_hf_open(&h, path, err); /* a folder that is not a model folder says so */
         if (st == MSH_OK)
-            st = msh_inspect_hf(&h, eng, o, err);
+            st = msh_inspect_hf(&h, eng, list, o, err);
         msh_hf_free(&h);
     } else if (st == MSH_OK) {
         msh_onnx_model m;
@@ -1638,7 +1638,7 @@ static msh_status inspect_json(const char *path, cJSON **out, msh_error *err) {
         if (st == MSH_OK)
             st = msh_dedup_find(&m, 0, eng, &plan, err);
         if (st == MSH_OK)
-            st = msh_inspect_onnx(&m, &plan, o, err);
+            st = msh_inspect_onnx(&m, &plan, list, o, err);
         msh_dedup_plan_free(&plan);
         msh_onnx_model_free(&m);
     }
@@ -1653,9 +1653,15 @@ static msh_status inspect_json(const char *path, cJSON **out, msh_error *err) {
 }
 
 msh_status msh_inspect_file(const char *path, char **json_out, msh_error *err) {
+    return msh_inspect_file_ex(path, 0, json_out, err);
+}
+
+msh_status msh_inspect_file_ex(const char *path, unsigned flags, char **json_out, msh_error *err) {
     *json_out = NULL;
+    if (flags & ~(unsigned)MSH_INSPECT_TENSOR_LIST)
+        return msh_fail(err, MSH_ERR_USAGE, "%s: unknown inspect flags 0x%x", path, flags);
     cJSON *o;
-    MSH_FORWARD(inspect_json(path, &o, err));
+    MSH_FORWARD(inspect_json(path, (flags & MSH_INSPECT_TENSOR_LIST) != 0, &o, err));
     *json_out = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (!*json_out)
@@ -1785,7 +1791,7 @@ msh_status msh_inspect(const char *path, msh_inspect_info **info, msh_error *err
     inspect_box *b = calloc(1, sizeof *b);
     if (!b)
         return msh_fail(err, MSH_ERR_NOMEM, "%s: out of memory", path);
-    msh_status st = inspect_json(path, &b->json, err);
+    msh_status st = inspect_json(path, 0, &b->json, err);
     if (st == MSH_OK) {
         st = info_from_json(b->json, b, err);
         if (st != MSH_OK)

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "batch.h"
+#include "html.h"
 #include "modelshrink.h"
 #include "table.h"
 #include "usage.h"
@@ -910,18 +911,31 @@ static int cmd_convert(int argc, char **argv) {
 static int cmd_inspect(int argc, char **argv) {
     struct option lo[8];
     char so[16];
-    int json = 0, c;
+    int json = 0, no_savings = 0, c;
+    const char *html = NULL;
     if (!getopt_setup(lo, sizeof lo / sizeof lo[0], so, sizeof so))
         return usage_error("%s", "inspect: internal error: the option table is too large");
     while ((c = getopt_long(argc, argv, so, lo, NULL)) != -1) {
         switch (c) {
         case OPT_JSON: json = 1; break;
+        case OPT_HTML: html = optarg; break;
+        case OPT_NO_SAVINGS: no_savings = 1; break;
         case OPT_HELP: msh_cli_usage(stdout, "inspect"); return EXIT_ALL_OK;
         default: return option_error(c, argv, lo);
         }
     }
+    if (html && json)
+        return usage_error("inspect: %s", "--html and --json exclude each other");
+    if (no_savings && !html)
+        return usage_error("inspect: %s", "--no-savings needs --html");
     if (optind >= argc)
         return usage_error("inspect: %s", "no file given");
+    if (html && argc - optind != 1)
+        return usage_error("inspect: --html shows one file (%d given)", argc - optind);
+    if (html && !*html)
+        return usage_error("inspect: %s", "--html needs a file name");
+    if (html)
+        return msh_cli_html_inspect(argv[optind], html, !no_savings);
     int failed = 0;
     cJSON *root = cJSON_CreateObject();
     cJSON_AddNumberToObject(root, "schema_version", 1);
@@ -1115,6 +1129,28 @@ static int cmd_report_merge(int argc, char **argv) {
     return code;
 }
 
+/* `modelshrink report html REPORT... -o OUT`. */
+static int cmd_report_html(int argc, char **argv) {
+    struct option lo[8];
+    char so[16];
+    const char *out = NULL;
+    int c;
+    if (!getopt_setup(lo, sizeof lo / sizeof lo[0], so, sizeof so))
+        return usage_error("%s", "report html: internal error: the option table is too large");
+    while ((c = getopt_long(argc, argv, so, lo, NULL)) != -1) {
+        switch (c) {
+        case OPT_OUTPUT: out = optarg; break;
+        case OPT_HELP: msh_cli_usage(stdout, "report html"); return EXIT_ALL_OK;
+        default: return option_error(c, argv, lo);
+        }
+    }
+    if (optind >= argc)
+        return usage_error("report html: %s", "no report given");
+    if (!out || !*out)
+        return usage_error("report html: %s", "no output given (-o OUT.html)");
+    return msh_cli_html_report(argc - optind, argv + optind, out);
+}
+
 /* `modelshrink help [COMMAND]`. */
 static int cmd_help(int argc, char **argv) {
     char name[64] = "";
@@ -1163,6 +1199,10 @@ int main(int argc, char **argv) {
         if (strcmp(argv[2], "merge") == 0) {
             g_cmd = "report merge";
             return cmd_report_merge(argc - 2, argv + 2);
+        }
+        if (strcmp(argv[2], "html") == 0) {
+            g_cmd = "report html";
+            return cmd_report_html(argc - 2, argv + 2);
         }
         if (argv[2][0] == '-')
             return usage_error("report: unknown option '%s'", argv[2]);

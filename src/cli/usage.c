@@ -24,11 +24,16 @@ static const msh_cli_command commands[] = {
      "exit codes: 0 every input converted, 1 at least one input failed (each is named on "
      "stderr; the others still ran), 2 usage error (nothing written)",
      0},
-    {"inspect", "[--json] FILE...", "explain a model's size",
+    {"inspect", "[--json] FILE... | --html OUT [--no-savings] FILE", "explain a model's size",
      "Explain the size of each model file: tensor bytes by element type, graph and metadata "
      "overhead, the duplicates that convert would merge, what its clean-up would remove, and "
-     "the largest tensors.",
-     "exit codes: 0 every file inspected, 1 a file that cannot be read, 2 usage error", 0},
+     "the largest tensors. With --html, one file is shown as a self-contained HTML page "
+     "instead: a treemap of its bytes by module path, coloured by role, the size breakdown, "
+     "the duplicates, the largest tensors, and what each conversion would save, measured by "
+     "running each conversion once into a temporary folder beside OUT.",
+     "exit codes: 0 every file inspected (and the page written), 1 a file that cannot be read "
+     "or a page that cannot be written, 2 usage error",
+     0},
     {"diff", "[--json] [--all] A B", "compare two model files tensor by tensor",
      "Compare two model files tensor by tensor, whatever their formats (an ONNX model and its "
      "safetensors export, a checkpoint and its strip, a GPU conversion and a CPU one). Tensors "
@@ -47,6 +52,15 @@ static const msh_cli_command commands[] = {
      "line goes to stderr.",
      "exit codes: 0 every model in the reports converted, 1 a model failed or OUT cannot be "
      "written, 2 usage error or a report that cannot be read",
+     0},
+    {"report html", "REPORT... -o OUT", "a self-contained HTML page of batch reports",
+     "Write one HTML page of the JSON Lines reports of a batch (convert --report; the reports "
+     "of several shards, or their merge): totals, savings by pass, a table per format, a "
+     "histogram of ratios, the failures with their messages, and a table of the models, sorted "
+     "by ratio (with scripts on, by any column). The last record of each model wins, as in "
+     "report merge. The page loads nothing and reads the same without scripts.",
+     "exit codes: 0 the page was written, 1 OUT cannot be written, 2 usage error or a report "
+     "that cannot be read",
      0},
     {"help", "[COMMAND]", "print a command's usage and options", NULL,
      "exit codes: 0, or 2 for an unknown command", 0},
@@ -202,6 +216,11 @@ static const msh_cli_row rows[] = {
 
     OPT("inspect", OPT_JSON, 0, "json", NULL,
         "print one JSON object (its schema is in README.md, \"inspect --json\")"),
+    OPTF("inspect", OPT_HTML, 0, "html", "OUT",
+         "write a self-contained HTML page about FILE to OUT (one file; not with --json)"),
+    OPT("inspect", OPT_NO_SAVINGS, 0, "no-savings", NULL,
+        "with --html: leave out what each conversion would save (which converts FILE once per "
+        "conversion shown)"),
     OPT("inspect", OPT_HELP, 'h', "help", NULL, "print this text"),
 
     OPT("diff", OPT_JSON, 0, "json", NULL, "print the whole report as JSON"),
@@ -214,6 +233,9 @@ static const msh_cli_row rows[] = {
     OPTF("report merge", OPT_OUTPUT, 'o', "output", "OUT",
          "write the merged report to OUT (default: stdout)"),
     OPT("report merge", OPT_HELP, 'h', "help", NULL, "print this text"),
+
+    OPTF("report html", OPT_OUTPUT, 'o', "output", "OUT", "the page to write (required)"),
+    OPT("report html", OPT_HELP, 'h', "help", NULL, "print this text"),
 };
 
 const msh_cli_command *msh_cli_commands(size_t *n) {

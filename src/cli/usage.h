@@ -57,7 +57,9 @@ enum msh_cli_opt_id {
     OPT_RESUME,
     OPT_SHARD,
     OPT_SHARD_COUNT,
-    OPT_COPY_OTHERS
+    OPT_COPY_OTHERS,
+    OPT_HTML,
+    OPT_NO_SAVINGS
 };
 
 /* A command. `name` is "" for the program itself and "report merge" for a sub-command; a group

@@ -31,6 +31,21 @@ static cJSON *shape_json(const Onnx__TensorProto *tp) {
     return a;
 }
 
+/* One entry of "tensors" (msh_inspect_file_ex with MSH_INSPECT_TENSOR_LIST): a tensor's own bytes
+ * in the file (a checkpoint: a storage, under its first tensor's name), its role and, when dedup
+ * would drop it, the tensor it duplicates. */
+static int add_tensor_item(cJSON *list, const char *name, int32_t dtype, int64_t bytes,
+                           const char *role, const char *dup_of) {
+    cJSON *x = cJSON_CreateObject();
+    if (!x || !cJSON_AddItemToArray(list, x))
+        return (cJSON_Delete(x), 0);
+    return cJSON_AddStringToObject(x, "name", name ? name : "") &&
+           cJSON_AddStringToObject(x, "dtype", msh_dtype_name(dtype)) &&
+           cJSON_AddNumberToObject(x, "bytes", (double)(bytes > 0 ? bytes : 0)) &&
+           cJSON_AddStringToObject(x, "role", role) &&
+           (!dup_of || cJSON_AddStringToObject(x, "dup_of", dup_of));
+}
+
 static _Thread_local const msh_dedup_plan *g_plan;
 static _Thread_local const msh_onnx_model *g_pm;
 static int group_saved_desc(const void *a, const void *b) {
@@ -63,7 +78,24 @@ static int by_size_desc(const void *a, const void *b) {
     return *(const size_t *)a < *(const size_t *)b ? -1 : 1;
 }
 
-msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan, cJSON *o,
+/* "tensors" of an ONNX model: every tensor, a merged duplicate naming its keeper. */
+static msh_status onnx_tensor_list(const msh_onnx_model *m, const msh_dedup_plan *plan, cJSON *o,
+                                   msh_error *e) {
+    const char **dup = (const char **)calloc(m->n_tensors + 1, sizeof *dup);
+    cJSON *list = cJSON_AddArrayToObject(o, "tensors");
+    int ok = dup && list;
+    for (size_t g = 0; ok && g < plan->n_groups; g++)
+        for (size_t r = 0; r < plan->groups[g].n_removed; r++)
+            dup[plan->groups[g].removed[r]] = m->tensors[plan->groups[g].keeper].tp->name;
+    for (size_t i = 0; ok && i < m->n_tensors; i++) {
+        const msh_tensor *t = &m->tensors[i];
+        ok = add_tensor_item(list, t->tp->name, t->tp->data_type, t->d.nbytes, "weight", dup[i]);
+    }
+    free(dup);
+    return ok ? MSH_OK : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+}
+
+msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan, int list, cJSON *o,
                             msh_error *e) {
     int64_t total = 0, inline_bytes = 0;
     int64_t dt_count[32] = {0}, dt_bytes[32] = {0};
@@ -121,6 +153,8 @@ msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan,
         cJSON_AddItemToArray(dl, x);
     }
     free(order);
+    if (list) /* before the clean-up below marks what it would remove */
+        MSH_FORWARD(onnx_tensor_list(m, plan, o, e));
     size_t *idx = malloc((m->n_tensors + 1) * sizeof *idx);
     if (!idx)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
@@ -326,6 +360,7 @@ typedef struct dup_json {
     const msh_table *tab;
     cJSON *list;
     int64_t groups, tensors, saved;
+    int64_t *dup_of; /* NULL, or per table entry: the keeper it duplicates, else -1 */
 } dup_json;
 
 static msh_status dup_class(void *arg, const msh_dedup_cand *const *cls, size_t n, msh_error *e) {
@@ -337,9 +372,12 @@ static msh_status dup_class(void *arg, const msh_dedup_cand *const *cls, size_t 
     cJSON_AddItemToObject(g, "shape", tentry_shape(k));
     cJSON_AddNumberToObject(g, "bytes_each", (double)k->nbytes);
     cJSON *members = cJSON_AddArrayToObject(g, "members");
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         cJSON_AddItemToArray(members,
                              cJSON_CreateString(msh_table_at(d->tab, (size_t)cls[i]->t)->name));
+        if (d->dup_of && i > 0)
+            d->dup_of[cls[i]->t] = cls[0]->t;
+    }
     cJSON_AddItemToArray(d->list, g);
     d->groups++;
     d->tensors += (int64_t)n - 1;
@@ -349,9 +387,9 @@ static msh_status dup_class(void *arg, const msh_dedup_cand *const *cls, size_t 
 
 /* "duplicates": groups of tensors among `sel` (one per storage view) with identical bytes. */
 static msh_status dup_report(const msh_table *tab, msh_dedup_cand *c, size_t nc, msh_engine *eng,
-                             cJSON *o, msh_error *e) {
+                             cJSON *o, int64_t *dup_of, msh_error *e) {
     cJSON *dup = cJSON_AddObjectToObject(o, "duplicates");
-    dup_json d = {tab, NULL, 0, 0, 0};
+    dup_json d = {tab, NULL, 0, 0, 0, dup_of};
     d.list = cJSON_CreateArray();
     msh_status st = nc >= 2 ? msh_dedup_classes(tab, c, nc, eng, dup_class, &d, e) : MSH_OK;
     cJSON_AddNumberToObject(dup, "groups", (double)d.groups);
@@ -421,7 +459,62 @@ static msh_status json_largest(cJSON *o, const msh_table *tab, size_t *idx, size
     return MSH_OK;
 }
 
-msh_status msh_inspect_pth(const msh_pth *p, msh_engine *eng, cJSON *o, msh_error *e) {
+/* A table of -1s, one per entry of `n` (dup_report fills in the keepers); NULL when `list` is 0. */
+static msh_status dup_of_make(int list, size_t n, int64_t **out, msh_error *e) {
+    *out = NULL;
+    if (!list)
+        return MSH_OK;
+    *out = malloc((n + 1) * sizeof **out);
+    if (!*out)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        (*out)[i] = -1;
+    return MSH_OK;
+}
+
+/* "tensors" of a checkpoint: one entry per storage (the file holds each once), named by the
+ * first tensor of the storage's category, with that tensor's role. */
+static msh_status pth_tensor_list(const msh_pth *p, const int64_t *dup_of, cJSON *o, msh_error *e) {
+    int64_t *rep = malloc((p->ns + 1) * sizeof *rep), *dup = malloc((p->ns + 1) * sizeof *dup);
+    cJSON *list = cJSON_AddArrayToObject(o, "tensors");
+    int ok = rep && dup && list;
+    for (size_t s = 0; ok && s < p->ns; s++)
+        rep[s] = dup[s] = -1;
+    for (size_t i = 0; ok && i < p->nt; i++) {
+        size_t s = p->t[i].storage;
+        if (rep[s] < 0 || (p->t[rep[s]].cat != p->s[s].cat && p->t[i].cat == p->s[s].cat))
+            rep[s] = (int64_t)i;
+        if (dup_of[i] >= 0)
+            dup[s] = dup_of[i];
+    }
+    for (size_t s = 0; ok && s < p->ns; s++) {
+        const msh_pth_tensor *t = rep[s] >= 0 ? &p->t[rep[s]] : NULL;
+        ok = add_tensor_item(list, t ? t->name : p->s[s].key, t ? t->d.dtype : p->s[s].dtype,
+                             p->s[s].nbytes,
+                             t ? msh_role_name(t->d.role)
+                               : (p->s[s].cat == MSH_PTH_OPTIM ? "optimizer_state" : "other"),
+                             dup[s] >= 0 ? p->t[dup[s]].name : NULL);
+    }
+    free(rep);
+    free(dup);
+    return ok ? MSH_OK : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+}
+
+/* "tensors" of the table entries `idx` (safetensors, model folders). */
+static msh_status table_tensor_list(const msh_table *tab, const size_t *idx, size_t n,
+                                    const int64_t *dup_of, cJSON *o, msh_error *e) {
+    cJSON *list = cJSON_AddArrayToObject(o, "tensors");
+    int ok = list != NULL;
+    for (size_t k = 0; ok && k < n; k++) {
+        const msh_tentry *t = msh_table_at(tab, idx[k]);
+        ok = add_tensor_item(list, t->name, t->dtype, t->nbytes, msh_role_name(t->role),
+                             dup_of[idx[k]] >= 0 ? msh_table_at(tab, (size_t)dup_of[idx[k]])->name
+                                                 : NULL);
+    }
+    return ok ? MSH_OK : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+}
+
+msh_status msh_inspect_pth(const msh_pth *p, msh_engine *eng, int list, cJSON *o, msh_error *e) {
     int64_t cat_bytes[3] = {0, 0, 0}, total = 0;
     /* the whole file, and the state dict; a storage's bytes once, under its element type */
     int64_t dt_count[32] = {0}, dt_st[32] = {0}, dt_bytes[32] = {0};
@@ -551,13 +644,19 @@ msh_status msh_inspect_pth(const msh_pth *p, msh_engine *eng, cJSON *o, msh_erro
         seen[t->storage] = 1;
         c[nc++] = (msh_dedup_cand){(int64_t)i, 1, 0};
     }
-    msh_status st = dup_report(&tab, c, nc, eng, o, e);
+    int64_t *dup_of;
+    msh_status st = dup_of_make(list, p->nt, &dup_of, e);
+    if (st == MSH_OK)
+        st = dup_report(&tab, c, nc, eng, o, dup_of, e);
     free(c);
     free(seen);
+    if (st == MSH_OK && list)
+        st = pth_tensor_list(p, dup_of, o, e);
+    free(dup_of);
     return st;
 }
 
-msh_status msh_inspect_st(const msh_st_file *f, msh_engine *eng, cJSON *o, msh_error *e) {
+msh_status msh_inspect_st(const msh_st_file *f, msh_engine *eng, int list, cJSON *o, msh_error *e) {
     int64_t total = 0, dt_count[32] = {0}, dt_bytes[32] = {0};
     for (size_t i = 0; i < f->n; i++) {
         int d = f->t[i].d.dtype < 31 ? f->t[i].d.dtype : 31;
@@ -591,12 +690,24 @@ msh_status msh_inspect_st(const msh_st_file *f, msh_engine *eng, cJSON *o, msh_e
     for (size_t i = 0; i < f->n; i++)
         if (msh_dtype_size(f->t[i].d.dtype) > 0)
             c[nc++] = (msh_dedup_cand){(int64_t)i, 1, 0};
-    msh_status st = dup_report(&tab, c, nc, eng, o, e);
+    int64_t *dup_of;
+    msh_status st = dup_of_make(list, f->n, &dup_of, e);
+    if (st == MSH_OK)
+        st = dup_report(&tab, c, nc, eng, o, dup_of, e);
     free(c);
+    if (st == MSH_OK && list) {
+        size_t *all = malloc((f->n + 1) * sizeof *all);
+        for (size_t i = 0; all && i < f->n; i++)
+            all[i] = i;
+        st = all ? table_tensor_list(&tab, all, f->n, dup_of, o, e)
+                 : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        free(all);
+    }
+    free(dup_of);
     return st;
 }
 
-msh_status msh_inspect_hf(msh_hf *h, msh_engine *eng, cJSON *o, msh_error *e) {
+msh_status msh_inspect_hf(msh_hf *h, msh_engine *eng, int list, cJSON *o, msh_error *e) {
     msh_table tab = msh_hf_table(h);
     msh_ckpt_plan plan;
     msh_ckpt_opts co;
@@ -668,8 +779,21 @@ msh_status msh_inspect_hf(msh_hf *h, msh_engine *eng, cJSON *o, msh_error *e) {
     cJSON_AddNumberToObject(o, "other_files", (double)files);
     if (h->note[0])
         cJSON_AddStringToObject(o, "note", h->note);
-    msh_status st = dup_report(&tab, c, nc, eng, o, e);
+    int64_t *dup_of;
+    msh_status st = dup_of_make(list, tab.n, &dup_of, e);
+    if (st == MSH_OK)
+        st = dup_report(&tab, c, nc, eng, o, dup_of, e);
     free(c);
+    if (st == MSH_OK && list) { /* a tied key's bytes once, under the first key */
+        size_t *sel = malloc((plan.n + 1) * sizeof *sel), n = 0;
+        for (size_t k = 0; sel && k < plan.n; k++)
+            if (plan.tied_to[k] == MSH_CKPT_UNTIED)
+                sel[n++] = plan.sel[k];
+        st = sel ? table_tensor_list(&tab, sel, n, dup_of, o, e)
+                 : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        free(sel);
+    }
+    free(dup_of);
     msh_ckpt_plan_free(&plan);
     return st;
 }

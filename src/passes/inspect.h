@@ -19,20 +19,25 @@
  * indexed by element type (index 31: unknown types). */
 void msh_json_by_dtype(cJSON *report, const int64_t count[32], const int64_t bytes[32]);
 
-/* Fill `obj` with the report of `m`; `plan` is what dedup would merge. */
-msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan, cJSON *obj,
-                            msh_error *e);
+/* Each fills `obj` with the report of a model; `list` non-zero adds "tensors": every tensor (a
+ * checkpoint: every storage) with its bytes, element type, role and, when dedup would merge it,
+ * "dup_of", the tensor it duplicates (msh_inspect_file_ex, MSH_INSPECT_TENSOR_LIST). */
+
+/* An ONNX model; `plan` is what dedup would merge. */
+msh_status msh_inspect_onnx(const msh_onnx_model *m, const msh_dedup_plan *plan, int list,
+                            cJSON *obj, msh_error *e);
 
 /* A torch.save checkpoint: sizes by role and type, the state dict, shared storages, and the
  * duplicates a .pth output would store once (found by the engine). */
-msh_status msh_inspect_pth(const msh_pth *p, msh_engine *eng, cJSON *obj, msh_error *e);
+msh_status msh_inspect_pth(const msh_pth *p, msh_engine *eng, int list, cJSON *obj, msh_error *e);
 
 /* A safetensors file: sizes by type and its duplicate tensors (found by the engine). */
-msh_status msh_inspect_st(const msh_st_file *f, msh_engine *eng, cJSON *obj, msh_error *e);
+msh_status msh_inspect_st(const msh_st_file *f, msh_engine *eng, int list, cJSON *obj,
+                          msh_error *e);
 
 /* A Hugging Face model folder as one model: its shards, tensor bytes by type across them (a key
  * tied to an earlier one counted once), the tied keys, and identical tensors that are not tied
  * (found by the engine). */
-msh_status msh_inspect_hf(msh_hf *h, msh_engine *eng, cJSON *obj, msh_error *e);
+msh_status msh_inspect_hf(msh_hf *h, msh_engine *eng, int list, cJSON *obj, msh_error *e);
 
 #endif

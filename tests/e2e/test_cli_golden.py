@@ -70,6 +70,7 @@ CASES = [
     ("diff-help", ["diff", "--help"]),
     ("report-help", ["report", "--help"]),
     ("report-merge-help", ["report", "merge", "--help"]),
+    ("report-html-help", ["report", "html", "--help"]),
     ("version", ["--version"]),
     # ---- commands ----
     ("no-command", []),
@@ -80,6 +81,13 @@ CASES = [
     ("report-merge-no-report", ["report", "merge", "-o", "merged.jsonl"]),
     ("report-merge-unknown-option", ["report", "merge", "--bogus", "in/r.jsonl"]),
     ("report-merge-o-without-file", ["report", "merge", "in/r.jsonl", "-o"]),
+    ("report-html-no-report", ["report", "html", "-o", "page.html"]),
+    ("report-html-no-output", ["report", "html", "in/r.jsonl"]),
+    ("report-html-bad-report", ["report", "html", "in/bad.onnx", "-o", "page.html"]),
+    ("inspect-html-and-json", ["inspect", "--html", "page.html", "--json", B]),
+    ("inspect-html-two-files", ["inspect", "--html", "page.html", B, "in/bad2.onnx"]),
+    ("inspect-no-savings-without-html", ["inspect", "--no-savings", B]),
+    ("inspect-html-bad-file", ["inspect", "--html", "page.html", B]),
     # ---- issue 18, item 1: nothing at -o until a model succeeds ----
     ("convert-bad-file", ["convert", B, "-o", "out.onnx"]),
     ("convert-missing-file", ["convert", "in/missing.onnx", "-o", "out.onnx"]),

@@ -279,7 +279,7 @@ for prelude in "${preludes[@]}"; do
     failed_before=$failed
     expect_completion "convert" modelshrink con
     expect_completion "convert diff help inspect report" modelshrink ""
-    expect_completion "merge" modelshrink report ""
+    expect_completion "html merge" modelshrink report ""
     expect_completion "--device" modelshrink convert --dev
     expect_completion "auto cpu cuda" modelshrink convert --device ""
     expect_completion "pth" modelshrink convert --fp16 --format p
@@ -290,6 +290,8 @@ for prelude in "${preludes[@]}"; do
     expect_completion "model.onnx model.safetensors" modelshrink inspect mo
     expect_completion "zoo" modelshrink convert --fp16 -o z
     expect_completion "notes.txt" modelshrink report merge --output n
+    expect_completion "notes.txt" modelshrink report html -o n
+    expect_completion "--html" modelshrink inspect --ht
     expect_completion "inspect" modelshrink help ins
     [ "$failed" -eq "$failed_before" ] && ok "completions${prelude:+ (with $prelude)}"
 done
@@ -297,7 +299,7 @@ prelude=
 
 # ---- every option of every --help is in the page and the completion ----
 failed_before=$failed
-for c in "" convert inspect diff "report" "report merge"; do
+for c in "" convert inspect diff "report" "report merge" "report html"; do
     # shellcheck disable=SC2086 # the command's words
     opts="$("$P/bin/modelshrink" $c --help | sed -nE 's/^  (-[a-z], )?(--[a-z0-9-]+).*/\2/p')"
     [ -n "$opts" ] || fail "no options found in 'modelshrink $c --help'"
