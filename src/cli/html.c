@@ -181,6 +181,7 @@ static void page_head(hbuf *b, const char *title) {
              "pointer-events:none}\nsvg rect{stroke:#fff;stroke-width:.4}\n"
              "svg rect.g0,svg rect.g1{fill:#fff;fill-opacity:0;stroke:#222;stroke-width:1.5}\n"
              "svg rect.g1{stroke-width:.6}svg rect.g0:hover,svg rect.g1:hover{fill-opacity:.2}\n"
+             "svg text.l{font-size:11px;fill:#fff}\n"
              ".name{word-break:break-all}\n");
     for (int c = 0; c < C_N; c++)
         putf(b, ".c%d{fill:%s;background:%s}\n", c, class_colour[c], class_colour[c]);
@@ -572,6 +573,20 @@ static void tm_node(tm_ctx *c, const tnode *t, double x, double y, double w, dou
         if (depth == 0 && w > 90 && h > 18) { /* a part of the file at the top: named */
             putf(c->b, "<text x=\"%.1f\" y=\"%.1f\">", x + 4, y + 14);
             esc(c->b, t->label);
+            puts_(c->b, "</text>\n");
+        } else if (depth > 0 && w >= 70 && h >= 34) {
+            /* a large part inside a group: its name's end at the bottom left (the group's name
+             * is at the top left), as much as fits at about 6.5 pixels a character */
+            size_t fit = (size_t)((w - 8) / 6.5), len = strlen(t->label);
+            const char *tail = t->label;
+            if (len > fit && fit > 1) {
+                tail = t->label + len - (fit - 1);
+                while ((*tail & 0xC0) == 0x80) /* not inside a UTF-8 sequence */
+                    tail++;
+            }
+            putf(c->b, "<text class=l x=\"%.1f\" y=\"%.1f\">%s", x + 3, y + h - 5,
+                 tail != t->label ? "&hellip;" : "");
+            esc(c->b, tail);
             puts_(c->b, "</text>\n");
         }
         return;
