@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# A two-minute tour: build modelshrink, make a small model zoo, inspect one model, convert the zoo.
+# A two-minute tour: build modelshrink, make a small model zoo, inspect one model, convert the zoo,
+# and make the HTML pages of the model and of the batch.
 #
 #   scripts/demo.sh
 #
-# Leaves demo-zoo/ (inputs) and demo-zoo-out/ (outputs) in the repo root; both are gitignored.
+# Leaves demo-zoo/ (inputs) and demo-zoo-out/ (outputs, the batch report and the two pages) in the
+# repo root; both are gitignored.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,9 +40,15 @@ first="$(find "$ZOO" -name '*.onnx' -printf '%s %p\n' | sort -rn | head -n 1 | c
 say "modelshrink inspect $first"
 "$BIN" inspect "$first"
 
-say "modelshrink convert demo-zoo -o demo-zoo-out"
+say "modelshrink convert --report $OUT/report.jsonl $ZOO -o $OUT"
 rc=0
-"$BIN" convert "$ZOO" -o "$OUT" || rc=$?
+"$BIN" convert --report "$OUT/report.jsonl" "$ZOO" -o "$OUT" || rc=$?
+
+page="$OUT/$(basename "$first" .onnx).html"
+say "modelshrink inspect --html $page $first; modelshrink report html $OUT/report.jsonl -o $OUT/report.html"
+"$BIN" inspect --html "$page" "$first" || rc=$?
+"$BIN" report html "$OUT/report.jsonl" -o "$OUT/report.html" || rc=$?
+echo "open $page and $OUT/report.html in a browser"
 
 say "summary"
 bytes_in=$(find "$ZOO" -type f \( -name '*.onnx' -o -name '*.data' \) -printf '%s\n' | awk '{s+=$1} END {print s+0}')

@@ -479,10 +479,14 @@ static int by_value_desc(const void *a, const void *b) {
     return x->value < y->value ? 1 : x->value > y->value ? -1 : 0;
 }
 
+#define TM_DEPTHS 8
+
 typedef struct tm_ctx {
     hbuf *b;
     double scale; /* square pixels per byte */
     char path[1024];
+    double gx[TM_DEPTHS], gy[TM_DEPTHS]; /* the top left corners of the named groups being
+                                             drawn, by depth (-1: not named) */
 } tm_ctx;
 
 static void tm_node(tm_ctx *c, const tnode *t, double x, double y, double w, double h, int depth);
@@ -577,15 +581,20 @@ static void tm_node(tm_ctx *c, const tnode *t, double x, double y, double w, dou
         } else if (depth > 0 && w >= 70 && h >= 34) {
             /* a large part inside a group: its name's end at the bottom left (the group's name
              * is at the top left), as much as fits at about 6.5 pixels a character */
-            size_t fit = (size_t)((w - 8) / 6.5), len = strlen(t->label);
-            const char *tail = t->label;
+            const char *name = t->label;
+            size_t plen = strlen(c->path);
+            if (plen && strncmp(name, c->path, plen) == 0 && name[plen] && name[plen + 1] &&
+                (name[plen] == '.' || name[plen] == '/'))
+                name += plen + 1; /* the group's path is the group's */
+            size_t fit = (size_t)((w - 8) / 6.5), len = strlen(name);
+            const char *tail = name;
             if (len > fit && fit > 1) {
-                tail = t->label + len - (fit - 1);
+                tail = name + len - (fit - 1);
                 while ((*tail & 0xC0) == 0x80) /* not inside a UTF-8 sequence */
                     tail++;
             }
             putf(c->b, "<text class=l x=\"%.1f\" y=\"%.1f\">%s", x + 3, y + h - 5,
-                 tail != t->label ? "&hellip;" : "");
+                 tail != name ? "&hellip;" : "");
             esc(c->b, tail);
             puts_(c->b, "</text>\n");
         }
@@ -594,6 +603,16 @@ static void tm_node(tm_ctx *c, const tnode *t, double x, double y, double w, dou
     size_t plen = strlen(c->path);
     snprintf(c->path + plen, sizeof c->path - plen, "%s%s", plen ? "." : "", t->label);
     qsort(t->kid, t->nkid, sizeof *t->kid, by_value_desc);
+    /* named: a top group, and an inner group large enough for its name under the names of the
+     * groups that share its top left corner */
+    int named = depth == 0 ? w > 90 && h > 30 : depth < TM_DEPTHS && w > 90 && h > 50;
+    int under = 0;
+    for (int d = 0; named && d < depth; d++)
+        under += c->gx[d] >= 0 && x - c->gx[d] < 1 && y - c->gy[d] < 1;
+    if (depth < TM_DEPTHS) {
+        c->gx[depth] = named ? x : -1;
+        c->gy[depth] = y;
+    }
     puts_(c->b, "<g>");
     squarify(c, t->kid, t->nkid, x, y, w, h, depth + 1);
     /* the group's outline, over its parts, with the group's tooltip */
@@ -601,8 +620,20 @@ static void tm_node(tm_ctx *c, const tnode *t, double x, double y, double w, dou
          depth == 0 ? 0 : 1);
     tm_title(c, t);
     puts_(c->b, "</rect>");
-    if (depth == 0 && w > 90 && h > 30) {
+    if (named && depth == 0) {
         putf(c->b, "<text x=\"%.1f\" y=\"%.1f\" fill=\"#fff\">", x + 4, y + 14);
+        esc(c->b, t->label);
+        puts_(c->b, "</text>");
+    } else if (named) {
+        putf(c->b, "<text class=l x=\"%.1f\" y=\"%.1f\">", x + 4, y + 14 + 13 * under);
+        if (strspn(t->label, "0123456789") == strlen(t->label)) { /* "3": "albert_layers.3" */
+            size_t a = plen;
+            while (a > 0 && c->path[a - 1] != '.')
+                a--;
+            c->path[plen] = 0;
+            esc(c->b, c->path + a);
+            puts_(c->b, ".");
+        }
         esc(c->b, t->label);
         puts_(c->b, "</text>");
     }
@@ -893,7 +924,7 @@ int msh_cli_html_inspect(const char *in, const char *out, int with_savings) {
          "<svg viewBox=\"0 0 %.0f %.0f\" role=\"img\" aria-label=\"treemap of the file's "
          "bytes\">\n",
          W, H);
-    tm_ctx c = {&b, 0, ""};
+    tm_ctx c = {&b, 0, "", {0}, {0}};
     qsort(root.kid, root.nkid, sizeof *root.kid, by_value_desc);
     squarify(&c, root.kid, root.nkid, 0, 0, W, H, 0);
     puts_(&b, "</svg>\n");
