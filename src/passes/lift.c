@@ -246,6 +246,13 @@ msh_status msh_fold_identities(msh_onnx_model *m, int64_t *folded, msh_error *e)
     msh_strmap_init(&decl);
     msh_strmap_init(&inits);
     msh_status st = MSH_OK;
+    /* the removed nodes are freed at the end: the maps borrow their output names */
+    size_t total = 0, n_gone = 0;
+    for (size_t gi = 0; gi < m->n_graphs; gi++)
+        total += m->graphs[gi].g->n_node;
+    Onnx__NodeProto **gone = malloc((total + 1) * sizeof *gone);
+    if (!gone)
+        st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     for (size_t gi = 0; st == MSH_OK && gi < m->n_graphs; gi++) {
         const Onnx__GraphProto *g = m->graphs[gi].g;
         for (size_t i = 0; st == MSH_OK && i < g->n_output; i++)
@@ -303,7 +310,7 @@ msh_status msh_fold_identities(msh_onnx_model *m, int64_t *folded, msh_error *e)
                     g->value_info[kv++] = g->value_info[v];
             }
             g->n_value_info = kv;
-            protobuf_c_message_free_unpacked(&n->base, NULL);
+            gone[n_gone++] = n;
             (*folded)++;
         }
         g->n_node = kept;
@@ -311,5 +318,8 @@ msh_status msh_fold_identities(msh_onnx_model *m, int64_t *folded, msh_error *e)
     msh_strmap_free(&outs);
     msh_strmap_free(&decl);
     msh_strmap_free(&inits);
+    for (size_t i = 0; i < n_gone; i++)
+        protobuf_c_message_free_unpacked(&gone[i]->base, NULL);
+    free(gone);
     return st;
 }
