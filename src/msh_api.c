@@ -544,7 +544,8 @@ static msh_status convert_onnx(const char *in_path, const char *out_path,
                                                                             : MSH_INT4_QDQ,
                             float_runs ? opt->float_type : 0,
                             eng,
-                            opt->int4_search};
+                            opt->int4_search,
+                            out_path};
         msh_int4_result qs;
         memset(&qs, 0, sizeof qs);
         if (st == MSH_OK)

@@ -347,9 +347,9 @@ def int4_bert(ctx):
 
 @case("int4-growth", "INT4: time and memory as the model grows (0.5, 2, 8 GiB)", full_only=True)
 def int4_growth(ctx):
-    """`modelshrink convert --int4` (QDQ, round to nearest) against MatMulNBitsQuantizer and
-    cp on the decoder at about 0.5, 2 and 8 GiB (3, 10 and 42 layers of hidden 2048, MLP 5632):
-    wall time and peak RSS, once each (2 runs each for the smaller two)."""
+    """`modelshrink convert --int4` (QDQ, round to nearest, and with --int4-search) against
+    MatMulNBitsQuantizer and cp on the decoder at about 0.5, 2 and 8 GiB (3, 10 and 42 layers of
+    hidden 2048, MLP 5632): wall time and peak RSS, once each (2 runs each for the smaller two)."""
     rows = []
     ort_v = h.pkg_version("onnxruntime")
     for gib, layers in ((0.5, 3), (2, 10), (8, 42)):
@@ -360,6 +360,7 @@ def int4_growth(ctx):
         in_bytes = os.path.getsize(inp) + os.path.getsize(inp + ".data")
         free = os.statvfs(ctx.work)
         tools = [ms_tool(ctx, "modelshrink", [], ""),
+                 ms_tool(ctx, "modelshrink-search", ["--int4-search"], ""),
                  h.Tool("cp", lambda i, o: ["cp", i + ".data", o], outputs=lambda o: [o])]
         # The peer holds the whole model in memory (peak RSS about 1.2x the model at 0.5 and
         # 2 GiB): run it where twice the model fits in RAM and its output on disk.
@@ -390,6 +391,6 @@ def int4_growth(ctx):
                ("vs_cp", "wall vs cp", "r"), ("gbs", "GB/s of input", "r")]
     preface = ("Inputs: `cases_int4.write_decoder` with hidden 2048, MLP 5632 and 3, 10, 42 "
                "layers, external data. Tools: `modelshrink convert --int4` (QDQ, block 32, "
-               "symmetric), onnxruntime %s `MatMulNBitsQuantizer` (`peer_int4.py`, default "
+               "symmetric), the same with `--int4-search`, onnxruntime %s `MatMulNBitsQuantizer` (`peer_int4.py`, default "
                "config), `cp` of the data file." % ort_v)
     return h.CaseResult(columns, rows, preface=preface)

@@ -457,6 +457,32 @@ msh_status msh_tmpdir_make(const char *final_path, char **tmp_path, msh_error *e
     return MSH_OK;
 }
 
+msh_status msh_scratch_open(const char *near_path, int *fd, msh_error *e) {
+    *fd = -1;
+    char *dir = msh_path_dir(near_path);
+    const char *base = strrchr(near_path, '/');
+    base = base && base[1] ? base + 1 : near_path;
+    size_t n = (dir ? strlen(dir) : 0) + strlen(base) + 128;
+    char *t = dir ? malloc(n) : NULL;
+    if (!t) {
+        free(dir);
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    }
+    snprintf(t, n, "%s/.%s.msh-tmp-%s-%ld-XXXXXX", dir, base, host_tag(), (long)getpid());
+    free(dir);
+    int f = mkstemp(t);
+    if (f < 0) {
+        msh_status st = msh_fail(e, MSH_ERR_IO, "cannot create a scratch file beside %s: %s",
+                                 near_path, strerror(errno));
+        free(t);
+        return st;
+    }
+    unlink(t); /* nameless from now: nothing is left behind, whatever happens */
+    free(t);
+    *fd = f;
+    return MSH_OK;
+}
+
 static int rmtree_at(const char *path, int depth) {
     struct stat sb;
     if (lstat(path, &sb) != 0)

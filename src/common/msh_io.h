@@ -73,6 +73,10 @@ char *msh_path_dir(const char *path);
  * process dies. `*tmp_path` is malloc'd. */
 msh_status msh_tmpdir_make(const char *final_path, char **tmp_path, msh_error *e);
 
+/* A scratch file beside `near_path` (named like the temporary files, then unlinked at once):
+ * `*fd` is open for reading and writing, and the space goes when it is closed. */
+msh_status msh_scratch_open(const char *near_path, int *fd, msh_error *e);
+
 /* Remove `path` and, when it is a folder, everything in it, never following a symbolic link
  * (a link is removed, not its target). 0 on success, -1 otherwise (errno set). */
 int msh_rmtree(const char *path);

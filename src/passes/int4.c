@@ -1,10 +1,14 @@
 #include "passes/int4.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "common/msh_io.h"
 #include "common/msh_strmap.h"
 #include "formats/onnx_build.h"
 #include "kernels/msh_cpu.h"
@@ -441,7 +445,8 @@ static void make_scales(const float *stats, int64_t N, int64_t kb, int stats_kbn
  * A weight's statistics are found from its own bytes, read in rows of W, then turned into
  * scales in the writer's layout. Bytes counted by the releases: once every dependent tensor's
  * input bytes (the 4-bit tensor, the scales, the zero points) are taken and nobody holds them,
- * they are freed; a later use makes them again (the same values: minima and maxima). Besides,
+ * they are freed; a later use makes them again (the same values: minima and maxima; searched
+ * scales, made at planning, are read back from the model's scratch file). Besides,
  * at most Q4_LIVE weights keep theirs while unused (another reader, such as the FP16 range
  * test of the scales, does not keep them all). */
 #define Q4_LIVE 4
@@ -454,6 +459,8 @@ typedef struct q4lazyset {
     uint64_t clock;
     int live;
     q4lazy *head;
+    int spill_fd; /* the searched scales' scratch file (-1: none yet) */
+    int64_t spill_end;
 } q4lazyset;
 
 struct q4lazy {
@@ -471,6 +478,8 @@ struct q4lazy {
     int users;
     int64_t left, total;
     uint64_t used;
+    int spilled;       /* searched: the scales (then zero points) are in the set's scratch file */
+    int64_t spill_off; /* ... at this offset */
 };
 
 static void lazy_drop(q4lazy *z) {
@@ -490,6 +499,8 @@ static void lazyset_free(void *ctx) {
         z->sc = NULL;
         z->zp = NULL;
     }
+    if (S->spill_fd >= 0)
+        close(S->spill_fd);
     pthread_mutex_destroy(&S->mu);
     pthread_cond_destroy(&S->cv);
 }
@@ -499,6 +510,24 @@ static void lazyset_free(void *ctx) {
  * statistics are kept [kb, N] and found a block row at a time, column-wise. */
 static msh_status lazy_make(const q4lazy *z, float **psc, uint8_t **pzp, msh_error *e) {
     const int64_t nb = z->N * z->kb, R = z->trans ? z->K : z->N, C = z->trans ? z->N : z->K;
+    if (z->spilled) { /* searched: read back as they were made */
+        float *sc = malloc((size_t)nb * sizeof *sc + 1);
+        uint8_t *zp = z->asym ? malloc((size_t)nb + 1) : NULL;
+        msh_status st =
+            sc && (!z->asym || zp) ? MSH_OK : msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        if (st == MSH_OK)
+            st = msh_pread_full(z->set->spill_fd, sc, (size_t)nb * 4, z->spill_off, e);
+        if (st == MSH_OK && zp)
+            st = msh_pread_full(z->set->spill_fd, zp, (size_t)nb, z->spill_off + nb * 4, e);
+        if (st != MSH_OK) {
+            free(sc);
+            free(zp);
+            return st;
+        }
+        *psc = sc;
+        *pzp = zp;
+        return MSH_OK;
+    }
     int64_t rp = (int64_t)(Q4_LAZY_CHUNK / 4) / C;
     if (rp < 1)
         rp = 1;
@@ -632,6 +661,7 @@ static q4lazyset *lazyset_get(msh_onnx_model *m, q4lazyset **slot, msh_error *e)
     }
     pthread_mutex_init(&S->mu, NULL);
     pthread_cond_init(&S->cv, NULL);
+    S->spill_fd = -1;
     if (msh_onnx_on_free(m, lazyset_free, S) != MSH_OK) {
         pthread_mutex_destroy(&S->mu);
         pthread_cond_destroy(&S->cv);
@@ -745,8 +775,7 @@ static msh_status add_stream_tensor(msh_onnx_model *m, const char *name, int32_t
  * `cols` values; MatMulNBits packs each row into `per` bytes, the QDQ form packs the flattened
  * tensor. */
 typedef struct zpview {
-    const uint8_t *z; /* [rows, cols], 0..15 */
-    q4lazy *lz;       /* non-NULL: z comes from it */
+    q4lazy *lz; /* the zero points, [rows, cols], 0..15 */
     int64_t rows, cols, per;
     int nbits;
 } zpview;
@@ -754,10 +783,9 @@ typedef struct zpview {
 static msh_status zp_read(const void *ctx, int64_t off, void *dst, size_t n, msh_error *e) {
     const zpview *v = ctx;
     uint8_t *d = dst;
-    const uint8_t *zs = v->z;
+    const uint8_t *zs;
     const float *unused;
-    if (v->lz)
-        MSH_FORWARD(lazy_acquire(v->lz, &unused, &zs, e));
+    MSH_FORWARD(lazy_acquire(v->lz, &unused, &zs, e));
     for (size_t k = 0; k < n; k++) {
         int64_t b = off + (int64_t)k;
         uint8_t byte = 0;
@@ -775,8 +803,26 @@ static msh_status zp_read(const void *ctx, int64_t off, void *dst, size_t n, msh
         }
         d[k] = byte;
     }
-    if (v->lz)
-        lazy_release(v->lz, (int64_t)n);
+    lazy_release(v->lz, (int64_t)n);
+    return MSH_OK;
+}
+
+/* n bytes at `off` of the scratch file. */
+static msh_status spill_write(int fd, const void *p, size_t n, int64_t off, const char *near,
+                              msh_error *e) {
+    const uint8_t *b = p;
+    while (n > 0) {
+        ssize_t w = pwrite(fd, b, n, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return msh_fail(e, MSH_ERR_IO,
+                            "cannot write the INT4 scales' scratch file beside %s: %s", near,
+                            w < 0 ? strerror(errno) : "no space");
+        b += w;
+        off += w;
+        n -= (size_t)w;
+    }
     return MSH_OK;
 }
 
@@ -789,49 +835,58 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
     int graph = w->graph;
     Onnx__GraphProto *g = m->graphs[graph].g;
     /* the engine reads the scales (and zero points) in the writer's layout: [kb, N] for the QDQ
-     * form's [K, N] weight, else [N, kb]. With statistics from a scan (the clipping search) they
-     * are made now and kept by the model; otherwise made when written (q4lazy) */
+     * form's [K, N] weight, else [N, kb]. They are made when written (q4lazy): RTN's from the
+     * weight's statistics then; the clipping search's now, from its scan, and kept in a scratch
+     * file until then, so that no weight holds its scales from planning to the write */
     int xpose = o->format == MSH_INT4_QDQ && q->layout == KN;
     int64_t sdims[2] = {xpose ? kb : N, xpose ? N : kb};
-    float *lsc = NULL;
-    uint8_t *lzp = NULL;
-    q4lazy *lz = NULL;
-    if (q->stats) {
-        lsc = malloc((size_t)nb * sizeof *lsc + 1);
-        lzp = o->asym ? malloc((size_t)nb + 1) : NULL;
-        if (!lsc || (o->asym && !lzp)) {
-            free(lsc);
-            free(lzp);
-            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    q4lazyset *S = lazyset_get(m, lset, e);
+    if (!S)
+        return MSH_ERR_NOMEM;
+    int64_t spill_off = -1;
+    if (q->stats) { /* searched: the scales wait for the write in the scratch file */
+        msh_status rc = S->spill_fd >= 0  ? MSH_OK
+                        : o->scratch_near ? msh_scratch_open(o->scratch_near, &S->spill_fd, e)
+                                          : msh_fail(e, MSH_ERR_USAGE,
+                                                     "internal error: no scratch "
+                                                     "place for INT4 scales");
+        float *sc = rc == MSH_OK ? malloc((size_t)nb * sizeof *sc + 1) : NULL;
+        uint8_t *zp = rc == MSH_OK && o->asym ? malloc((size_t)nb + 1) : NULL;
+        if (rc == MSH_OK && (!sc || (o->asym && !zp)))
+            rc = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+        if (rc == MSH_OK) {
+            make_scales(q->stats, N, kb, 0, xpose, o->asym, o->scale_round, sc, zp);
+            spill_off = S->spill_end;
+            rc = spill_write(S->spill_fd, sc, (size_t)nb * 4, spill_off, o->scratch_near, e);
         }
-        make_scales(q->stats, N, kb, 0, xpose, o->asym, o->scale_round, lsc, lzp);
-        if (msh_onnx_own(m, lsc) != MSH_OK || (lzp && msh_onnx_own(m, lzp) != MSH_OK)) {
-            free(lzp);
-            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-        }
-    } else {
-        q4lazyset *S = lazyset_get(m, lset, e);
-        if (!S)
-            return MSH_ERR_NOMEM;
-        lz = calloc(1, sizeof *lz);
-        if (!lz || msh_onnx_own(m, lz) != MSH_OK)
-            return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-        lz->api = (msh_int4_lazy){lz, lazy_acquire, lazy_release};
-        lz->set = S;
-        lz->src = w->d.src;
-        lz->K = K;
-        lz->N = N;
-        lz->kb = kb;
-        lz->block = B;
-        lz->trans = q->layout == KN;
-        lz->xpose = xpose;
-        lz->asym = o->asym;
-        lz->scale_round = o->scale_round;
-        pthread_mutex_lock(&S->mu);
-        lz->next = S->head;
-        S->head = lz;
-        pthread_mutex_unlock(&S->mu);
+        if (rc == MSH_OK && zp)
+            rc = spill_write(S->spill_fd, zp, (size_t)nb, spill_off + nb * 4, o->scratch_near, e);
+        free(sc);
+        free(zp);
+        if (rc != MSH_OK)
+            return rc;
+        S->spill_end = spill_off + nb * 4 + (o->asym ? nb : 0);
     }
+    q4lazy *lz = calloc(1, sizeof *lz);
+    if (!lz || msh_onnx_own(m, lz) != MSH_OK)
+        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+    lz->api = (msh_int4_lazy){lz, lazy_acquire, lazy_release};
+    lz->set = S;
+    lz->src = w->d.src;
+    lz->K = K;
+    lz->N = N;
+    lz->kb = kb;
+    lz->block = B;
+    lz->trans = q->layout == KN;
+    lz->xpose = xpose;
+    lz->asym = o->asym;
+    lz->scale_round = o->scale_round;
+    lz->spilled = spill_off >= 0;
+    lz->spill_off = spill_off;
+    pthread_mutex_lock(&S->mu);
+    lz->next = S->head;
+    S->head = lz;
+    pthread_mutex_unlock(&S->mu);
     /* ms: the matmulnbits form's names; nbits: MatMulNBits' packing (a Gather table, GT, is
      * packed as the QDQ form packs it: GatherBlockQuantized reads INT4 / UINT4 of its shape) */
     int ms = o->format == MSH_INT4_MATMULNBITS;
@@ -847,14 +902,9 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
     size_t sbytes = (size_t)nb * 4;
     msh_src ssrc;
     memset(&ssrc, 0, sizeof ssrc);
-    if (lz) {
-        ssrc.kind = MSH_SRC_CALLBACK;
-        ssrc.read = lazy_scale_read;
-        ssrc.ctx = lz;
-    } else {
-        ssrc.kind = MSH_SRC_MEMORY;
-        ssrc.mem = (const uint8_t *)lsc;
-    }
+    ssrc.kind = MSH_SRC_CALLBACK;
+    ssrc.read = lazy_scale_read;
+    ssrc.ctx = lz;
     ssrc.length = (int64_t)sbytes;
     MSH_FORWARD(add_stream_tensor(m, sn, 1, sdims, 2, &ssrc, nb, (int64_t)sbytes, graph, &stp, e));
     MSH_FORWARD(msh_quant_add_weight(m, g, stp, e));
@@ -865,7 +915,7 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
             free(zv);
             return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
         }
-        *zv = (zpview){lzp, lz, sdims[0], sdims[1], nbits ? (sdims[1] + 1) / 2 : 0, nbits};
+        *zv = (zpview){lz, sdims[0], sdims[1], nbits ? (sdims[1] + 1) / 2 : 0, nbits};
         zbytes = nbits ? (size_t)(zv->rows * zv->per) : (size_t)((nb + 1) / 2);
         int64_t zd = (int64_t)zbytes;
         msh_src zsrc;
@@ -883,8 +933,8 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
     memset(&l, 0, sizeof l);
     l.block = B;
     l.asym = o->asym;
-    l.scales = lsc;
-    l.zps = lzp;
+    l.scales = NULL;
+    l.zps = NULL;
     l.lazy = lz ? &lz->api : NULL;
     int64_t qbytes, qin; /* the 4-bit tensor's bytes, and the FP32 bytes the engine reads */
     w = &m->tensors[q->t];
@@ -910,8 +960,8 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
         qbytes = (numel + 1) / 2;
         qin = numel * 4;
     }
-    if (lz) /* the bytes the engine reads for the 4-bit tensor, the scales, the zero points */
-        lz->total = qin + (int64_t)sbytes + (int64_t)zbytes;
+    /* the bytes the engine reads for the 4-bit tensor, the scales, the zero points */
+    lz->total = qin + (int64_t)sbytes + (int64_t)zbytes;
     MSH_FORWARD(msh_quant_add_weight(m, g, qtp, e));
     size_t kept = 0;
     if (q->layout == GT) {

@@ -50,6 +50,8 @@ typedef struct msh_int4_opts {
                             type: round them to its values first */
     msh_engine *engine;
     int search; /* the clipping search (kernels/msh_scalar.h) instead of RTN's range */
+    const char *scratch_near; /* search: each weight's searched scales wait for the write in a
+                                 scratch file beside this path (the output) */
 } msh_int4_opts;
 
 typedef struct msh_int4_stats {
