@@ -6,6 +6,8 @@ Models: a linear chain (MatMul [200, 96] with a ragged last block, Gemm transB=1
 N(0, 0.02) with a few outlier columns and a few outlier values. For qdq and matmulnbits,
 symmetric and --int4-asym, blocks 32 / 64 / 128, and qdq with --fp16 (scales stored FP16):
   - the model's line says `int4: K tensors, search N GB/s`; the report has int4.search_seconds;
+    nothing named like a temporary file is left beside the output (the searched scales wait
+    for the write in a scratch file that is unlinked as soon as it is made);
   - the written 4-bit values, scales and zero points equal a numpy oracle of the README's
     search rule (20 ratios r_i = (100 - i) / 100 in float32, both ends of [lo, hi] clipped, the
     RTN rule on the clipped range, float32 squared error summed in element order with
@@ -219,6 +221,9 @@ def main():
             if not ok:
                 continue
             converted += 1
+            left = [f for f in os.listdir(w) if ".msh-tmp-" in f]
+            F.check(not left, "%s: no scratch or temporary file is left beside the output "
+                    "(the searched scales' scratch file is unlinked at once)" % tag, str(left))
             rep = [json.loads(x) for x in open(stem + ".jsonl") if '"type":"model"' in x]
             F.check(len(rep) == 1 and rep[0].get("int4", {}).get("search_seconds", 0) > 0,
                     "%s: the report has int4.search_seconds" % tag, str(rep)[:500])
