@@ -50,6 +50,22 @@ msh_status msh_pread_full(int fd, void *dst, size_t n, int64_t off, msh_error *e
     return MSH_OK;
 }
 
+msh_status msh_pwrite_full(int fd, const void *src, size_t n, int64_t off, msh_error *e) {
+    const uint8_t *p = src;
+    while (n > 0) {
+        ssize_t k = pwrite(fd, p, n, (off_t)off);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return msh_fail(e, MSH_ERR_IO, "write failed at offset %lld: %s", (long long)off,
+                            k < 0 ? strerror(errno) : "nothing written");
+        p += k;
+        n -= (size_t)k;
+        off += k;
+    }
+    return MSH_OK;
+}
+
 msh_status msh_reader_read(msh_reader *r, void *dst, size_t n, msh_error *e) {
     uint8_t *out = dst;
     if ((int64_t)n > r->size - r->pos)
@@ -214,24 +230,41 @@ static const char *host_tag(void) {
     return g_host;
 }
 
+/* "<folder>/.<name>.msh-tmp-<host>-<pid>-XXXXXX" for `path` (its last component, trailing
+ * slashes aside): the template of every temporary name, which msh_clean_stale_temps knows.
+ * malloc'd; NULL when out of memory. */
+static char *temp_template(const char *path) {
+    size_t fl = strlen(path);
+    while (fl > 1 && path[fl - 1] == '/')
+        fl--; /* "out/" names the folder "out" */
+    char *clean = malloc(fl + 1);
+    if (!clean)
+        return NULL;
+    memcpy(clean, path, fl);
+    clean[fl] = 0;
+    char *dir = msh_path_dir(clean);
+    const char *base = strrchr(clean, '/');
+    base = base ? base + 1 : clean;
+    size_t n = (dir ? strlen(dir) : 0) + strlen(base) + 128;
+    char *t = dir ? malloc(n) : NULL;
+    if (t)
+        snprintf(t, n, "%s/.%s.msh-tmp-%s-%ld-XXXXXX", dir, base, host_tag(), (long)getpid());
+    free(dir);
+    free(clean);
+    return t;
+}
+
 msh_status msh_sink_open(msh_sink *s, const char *final_path, msh_error *e) {
     memset(s, 0, sizeof *s);
     s->fd = -1;
-    char *dir = msh_path_dir(final_path);
-    const char *base = strrchr(final_path, '/');
-    base = base ? base + 1 : final_path;
-    size_t n = strlen(dir) + strlen(base) + 128;
-    s->tmp_path = malloc(n);
+    s->tmp_path = temp_template(final_path);
     s->final_path = msh_strdup(final_path);
     s->cap = (size_t)1 << 20;
     s->buf = malloc(s->cap);
-    if (!dir || !s->tmp_path || !s->final_path || !s->buf) {
-        free(dir);
+    if (!s->tmp_path || !s->final_path || !s->buf) {
         msh_sink_abort(s);
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     }
-    snprintf(s->tmp_path, n, "%s/.%s.msh-tmp-%s-%ld-XXXXXX", dir, base, host_tag(), (long)getpid());
-    free(dir);
     s->fd = mkstemp(s->tmp_path);
     if (s->fd < 0) {
         msh_status st = msh_fail(e, MSH_ERR_IO,
@@ -422,28 +455,9 @@ void msh_sync_dir_of(const char *path) {
 
 msh_status msh_tmpdir_make(const char *final_path, char **tmp_path, msh_error *e) {
     *tmp_path = NULL;
-    size_t fl = strlen(final_path);
-    while (fl > 1 && final_path[fl - 1] == '/')
-        fl--; /* "out/" names the folder "out" */
-    char *clean = malloc(fl + 1);
-    if (!clean)
+    char *t = temp_template(final_path);
+    if (!t)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    memcpy(clean, final_path, fl);
-    clean[fl] = 0;
-    char *dir = msh_path_dir(clean);
-    const char *base = strrchr(clean, '/');
-    base = base ? base + 1 : clean;
-    size_t n = (dir ? strlen(dir) : 0) + strlen(base) + 128;
-    char *t = malloc(n);
-    if (!dir || !t) {
-        free(dir);
-        free(clean);
-        free(t);
-        return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    }
-    snprintf(t, n, "%s/.%s.msh-tmp-%s-%ld-XXXXXX", dir, base, host_tag(), (long)getpid());
-    free(dir);
-    free(clean);
     if (!mkdtemp(t)) {
         msh_status st = msh_fail(e, MSH_ERR_IO, "cannot create a temporary folder beside %s: %s",
                                  final_path, strerror(errno));
@@ -459,17 +473,9 @@ msh_status msh_tmpdir_make(const char *final_path, char **tmp_path, msh_error *e
 
 msh_status msh_scratch_open(const char *near_path, int *fd, msh_error *e) {
     *fd = -1;
-    char *dir = msh_path_dir(near_path);
-    const char *base = strrchr(near_path, '/');
-    base = base && base[1] ? base + 1 : near_path;
-    size_t n = (dir ? strlen(dir) : 0) + strlen(base) + 128;
-    char *t = dir ? malloc(n) : NULL;
-    if (!t) {
-        free(dir);
+    char *t = temp_template(near_path);
+    if (!t)
         return msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-    }
-    snprintf(t, n, "%s/.%s.msh-tmp-%s-%ld-XXXXXX", dir, base, host_tag(), (long)getpid());
-    free(dir);
     int f = mkstemp(t);
     if (f < 0) {
         msh_status st = msh_fail(e, MSH_ERR_IO, "cannot create a scratch file beside %s: %s",

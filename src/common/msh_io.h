@@ -23,6 +23,8 @@ msh_status msh_reader_read(msh_reader *r, void *dst, size_t n, msh_error *e);
 
 /* pread exactly n bytes at off (retrying short reads). */
 msh_status msh_pread_full(int fd, void *dst, size_t n, int64_t off, msh_error *e);
+/* Write all `n` bytes at `off` (retrying short writes and EINTR). */
+msh_status msh_pwrite_full(int fd, const void *src, size_t n, int64_t off, msh_error *e);
 
 /* An output file written under a temporary name in its final folder. */
 typedef struct msh_sink {

@@ -1,6 +1,5 @@
 #include "passes/int4.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -807,25 +806,6 @@ static msh_status zp_read(const void *ctx, int64_t off, void *dst, size_t n, msh
     return MSH_OK;
 }
 
-/* n bytes at `off` of the scratch file. */
-static msh_status spill_write(int fd, const void *p, size_t n, int64_t off, const char *near,
-                              msh_error *e) {
-    const uint8_t *b = p;
-    while (n > 0) {
-        ssize_t w = pwrite(fd, b, n, (off_t)off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return msh_fail(e, MSH_ERR_IO,
-                            "cannot write the INT4 scales' scratch file beside %s: %s", near,
-                            w < 0 ? strerror(errno) : "no space");
-        b += w;
-        off += w;
-        n -= (size_t)w;
-    }
-    return MSH_OK;
-}
-
 static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_int4_result *st,
                                msh_names *nm, qcand *q, int *ms_used, q4cache **cache,
                                q4lazyset **lset, msh_error *e) {
@@ -857,10 +837,10 @@ static msh_status quantize_one(msh_onnx_model *m, const msh_int4_opts *o, msh_in
         if (rc == MSH_OK) {
             make_scales(q->stats, N, kb, 0, xpose, o->asym, o->scale_round, sc, zp);
             spill_off = S->spill_end;
-            rc = spill_write(S->spill_fd, sc, (size_t)nb * 4, spill_off, o->scratch_near, e);
+            rc = msh_pwrite_full(S->spill_fd, sc, (size_t)nb * 4, spill_off, e);
         }
         if (rc == MSH_OK && zp)
-            rc = spill_write(S->spill_fd, zp, (size_t)nb, spill_off + nb * 4, o->scratch_near, e);
+            rc = msh_pwrite_full(S->spill_fd, zp, (size_t)nb, spill_off + nb * 4, e);
         free(sc);
         free(zp);
         if (rc != MSH_OK)

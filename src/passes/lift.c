@@ -241,17 +241,20 @@ static int read_elsewhere(const msh_onnx_model *m, size_t gi, const char *name) 
 
 msh_status msh_fold_identities(msh_onnx_model *m, int64_t *folded, msh_error *e) {
     *folded = 0;
-    msh_strmap outs, decl, inits;
+    msh_strmap outs, decl, inits, alias;
     msh_strmap_init(&outs);
     msh_strmap_init(&decl);
     msh_strmap_init(&inits);
+    msh_strmap_init(&alias);
     msh_status st = MSH_OK;
-    /* the removed nodes are freed at the end: the maps borrow their output names */
+    /* the removed nodes are freed at the end: the maps borrow their output names; target[k]: the
+     * initializer that alias k (an Identity's output) stands for */
     size_t total = 0, n_gone = 0;
     for (size_t gi = 0; gi < m->n_graphs; gi++)
         total += m->graphs[gi].g->n_node;
     Onnx__NodeProto **gone = malloc((total + 1) * sizeof *gone);
-    if (!gone)
+    const char **target = malloc((total + 1) * sizeof *target);
+    if (!gone || !target)
         st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
     for (size_t gi = 0; st == MSH_OK && gi < m->n_graphs; gi++) {
         const Onnx__GraphProto *g = m->graphs[gi].g;
@@ -266,43 +269,34 @@ msh_status msh_fold_identities(msh_onnx_model *m, int64_t *folded, msh_error *e)
         Onnx__GraphProto *g = m->graphs[gi].g;
         msh_strmap_free(&inits);
         msh_strmap_init(&inits);
+        msh_strmap_free(&alias);
+        msh_strmap_init(&alias);
+        size_t n_alias = 0;
         for (size_t i = 0; st == MSH_OK && i < g->n_initializer; i++)
             st = count(&inits, g->initializer[i]->name, e);
+        /* the Identities of an initializer (through earlier ones: a chain), in node order */
         size_t kept = 0;
         for (size_t i = 0; i < g->n_node; i++) {
             Onnx__NodeProto *n = g->node[i];
-            int64_t *d = NULL;
+            const char *src = NULL;
             if (st == MSH_OK && is_dflt(n->domain) && n->op_type &&
                 strcmp(n->op_type, "Identity") == 0 && n->n_input == 1 && n->n_output == 1 &&
-                n->input[0][0] && n->output[0][0] && msh_strmap_get(&inits, n->input[0]))
-                d = msh_strmap_get(&decl, n->output[0]);
-            if (!d || *d != 1 || msh_strmap_get(&outs, n->output[0]) ||
-                read_elsewhere(m, gi, n->output[0])) {
+                n->input[0][0] && n->output[0][0]) {
+                int64_t *a = msh_strmap_get(&alias, n->input[0]);
+                src = a ? target[*a] : msh_strmap_get(&inits, n->input[0]) ? n->input[0] : NULL;
+            }
+            int64_t *d = src ? msh_strmap_get(&decl, n->output[0]) : NULL;
+            int64_t *a = NULL;
+            if (d && *d == 1 && !msh_strmap_get(&outs, n->output[0]) &&
+                !read_elsewhere(m, gi, n->output[0]) &&
+                !(a = msh_strmap_upsert(&alias, n->output[0], (int64_t)n_alias)))
+                st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+            if (!a) {
                 g->node[kept++] = n;
                 continue;
             }
-            /* its readers read the initializer instead */
-            for (size_t j = 0; st == MSH_OK && j < g->n_node; j++) {
-                if (j >= kept && j <= i) /* g->node[kept .. i] are gone or this node */
-                    continue;
-                Onnx__NodeProto *r = g->node[j];
-                for (size_t k = 0; st == MSH_OK && k < r->n_input; k++) {
-                    if (strcmp(r->input[k], n->output[0]) != 0)
-                        continue;
-                    char *name = msh_strdup(n->input[0]);
-                    if (!name) {
-                        st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
-                        break;
-                    }
-                    free(r->input[k]);
-                    r->input[k] = name;
-                }
-            }
-            if (st != MSH_OK) {
-                g->node[kept++] = n;
-                continue;
-            }
-            size_t kv = 0; /* and its value_info goes with it */
+            target[n_alias++] = src;
+            size_t kv = 0; /* its value_info goes with it */
             for (size_t v = 0; v < g->n_value_info; v++) {
                 if (g->value_info[v]->name && strcmp(g->value_info[v]->name, n->output[0]) == 0)
                     protobuf_c_message_free_unpacked(&g->value_info[v]->base, NULL);
@@ -314,12 +308,28 @@ msh_status msh_fold_identities(msh_onnx_model *m, int64_t *folded, msh_error *e)
             (*folded)++;
         }
         g->n_node = kept;
+        /* their readers read the initializer instead */
+        for (size_t i = 0; st == MSH_OK && n_alias && i < g->n_node; i++) {
+            Onnx__NodeProto *r = g->node[i];
+            for (size_t k = 0; st == MSH_OK && k < r->n_input; k++) {
+                int64_t *a = r->input[k][0] ? msh_strmap_get(&alias, r->input[k]) : NULL;
+                char *name = a ? msh_strdup(target[*a]) : NULL;
+                if (a && !name)
+                    st = msh_fail(e, MSH_ERR_NOMEM, "out of memory");
+                if (name) {
+                    free(r->input[k]);
+                    r->input[k] = name;
+                }
+            }
+        }
     }
     msh_strmap_free(&outs);
     msh_strmap_free(&decl);
     msh_strmap_free(&inits);
+    msh_strmap_free(&alias);
     for (size_t i = 0; i < n_gone; i++)
         protobuf_c_message_free_unpacked(&gone[i]->base, NULL);
     free(gone);
+    free(target);
     return st;
 }
